@@ -1,0 +1,288 @@
+//! Phases of one cluster's migration and the transition function between them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::guard::AbortReason;
+
+/// Where one cluster's migration stands. The string form is what the control plane stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Pending,
+    Preflight,
+    Provisioning,
+    Schema,
+    Hydrating,
+    Replicating,
+    Aborting,
+    Aborted,
+    Failed,
+}
+
+/// The forward pipeline, in order. Later phases (validating, shadow_reads, flipping...) are appended
+/// here; everything else in this crate follows from this list.
+const PIPELINE: &[Phase] = &[
+    Phase::Pending,
+    Phase::Preflight,
+    Phase::Provisioning,
+    Phase::Schema,
+    Phase::Hydrating,
+    Phase::Replicating,
+];
+
+impl Phase {
+    pub const ALL: &'static [Phase] = &[
+        Phase::Pending,
+        Phase::Preflight,
+        Phase::Provisioning,
+        Phase::Schema,
+        Phase::Hydrating,
+        Phase::Replicating,
+        Phase::Aborting,
+        Phase::Aborted,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Preflight => "preflight",
+            Phase::Provisioning => "provisioning",
+            Phase::Schema => "schema",
+            Phase::Hydrating => "hydrating",
+            Phase::Replicating => "replicating",
+            Phase::Aborting => "aborting",
+            Phase::Aborted => "aborted",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// The phase a successful activity leads to; `None` for steady and terminal phases.
+    pub fn next(self) -> Option<Phase> {
+        if self == Phase::Aborting {
+            return Some(Phase::Aborted);
+        }
+        let i = PIPELINE.iter().position(|p| *p == self)?;
+        PIPELINE.get(i + 1).copied()
+    }
+
+    /// Terminal phases have no activity and never move again on their own.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Aborted)
+    }
+
+    /// A phase whose activity keeps running (re-checking guards) instead of completing.
+    pub fn is_steady(self) -> bool {
+        matches!(self, Phase::Replicating)
+    }
+
+    /// Whether an activity job runs in this phase. `pending` waits for the scheduler, `failed` for an
+    /// operator.
+    pub fn runs_activity(self) -> bool {
+        !matches!(self, Phase::Pending | Phase::Failed | Phase::Aborted)
+    }
+
+    /// Abort is allowed from every phase before traffic moves (and from `failed`).
+    pub fn can_abort(self) -> bool {
+        PIPELINE.contains(&self) || self == Phase::Failed
+    }
+
+    /// Heavy phases count against the scheduler's concurrency limits.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, Phase::Preflight | Phase::Provisioning | Phase::Schema | Phase::Hydrating)
+    }
+
+    /// A wave is finished when none of its clusters is pending or in flight.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Phase::Replicating | Phase::Aborted | Phase::Failed)
+    }
+
+    /// Position in the forward pipeline, used to order phases in reports.
+    pub fn ordinal(self) -> usize {
+        Phase::ALL.iter().position(|p| *p == self).unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown phase {0:?}; expected one of: pending, preflight, provisioning, schema, hydrating, replicating, aborting, aborted, failed")]
+pub struct UnknownPhase(pub String);
+
+impl FromStr for Phase {
+    type Err = UnknownPhase;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .iter()
+            .copied()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPhase(s.to_string()))
+    }
+}
+
+/// What an activity reports back to the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The phase's work is done; move on.
+    Done,
+    /// Steady phase: all guards fine, look again after this long.
+    Watch(Duration),
+    /// A transient problem (network, lock, busy lease): try the same phase again.
+    Retry { error: String },
+    /// A guard tripped: tear down and stop.
+    Abort { reason: AbortReason, detail: String },
+    /// Something an operator must look at (bad credentials, a bug): stop without tearing down.
+    Fail { error: String },
+}
+
+/// Limits the worker applies when turning an outcome into a decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Attempts of one phase before the migration is marked failed.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { max_attempts: 5, base_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) }
+    }
+}
+
+/// What the worker must make durable next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Compare-and-set to `to`, enqueue its activity (if any).
+    Transition { to: Phase, abort_reason: Option<AbortReason>, note: String },
+    /// Stay in the phase, same epoch; run the activity again after `after` (steady watch).
+    Watch { after: Duration },
+    /// Stay in the phase; record the error, run again after `after`.
+    Retry { after: Duration, error: String },
+}
+
+impl Policy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+        self.base_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+
+    /// Turn the outcome of attempt number `attempt` (1-based) of `phase` into a decision.
+    pub fn decide(&self, phase: Phase, outcome: Outcome, attempt: u32) -> Decision {
+        match outcome {
+            Outcome::Done => match phase.next() {
+                Some(to) => Decision::Transition { to, abort_reason: None, note: format!("{phase} done") },
+                // A steady phase that reports Done keeps watching; a terminal phase never runs.
+                None => Decision::Watch { after: self.base_backoff },
+            },
+            Outcome::Watch(after) => Decision::Watch { after },
+            Outcome::Retry { error } if phase == Phase::Aborting => {
+                // Cleanup must finish: it never gives up on its own, it backs off.
+                Decision::Retry { after: self.backoff(attempt), error }
+            }
+            Outcome::Retry { error } if attempt >= self.max_attempts => Decision::Transition {
+                to: Phase::Failed,
+                abort_reason: None,
+                note: format!("{phase} failed after {attempt} attempts: {error}"),
+            },
+            Outcome::Retry { error } => Decision::Retry { after: self.backoff(attempt), error },
+            Outcome::Abort { reason, detail } if phase.can_abort() => {
+                Decision::Transition { to: Phase::Aborting, abort_reason: Some(reason), note: detail }
+            }
+            Outcome::Abort { reason, detail } => Decision::Transition {
+                to: Phase::Failed,
+                abort_reason: Some(reason),
+                note: format!("abort requested in {phase}, which cannot abort: {detail}"),
+            },
+            Outcome::Fail { error } => Decision::Transition { to: Phase::Failed, abort_reason: None, note: error },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_runs_in_order_and_replicating_is_steady() {
+        let mut p = Phase::Pending;
+        let mut seen = vec![p];
+        while let Some(n) = p.next() {
+            p = n;
+            seen.push(p);
+        }
+        assert_eq!(
+            seen,
+            vec![Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating]
+        );
+        assert!(Phase::Replicating.is_steady());
+        assert_eq!(Phase::Aborting.next(), Some(Phase::Aborted));
+        assert_eq!(Phase::Aborted.next(), None);
+    }
+
+    #[test]
+    fn phase_strings_round_trip() {
+        for p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>().ok(), Some(*p));
+        }
+        assert!("flipped".parse::<Phase>().is_err());
+    }
+
+    #[test]
+    fn abort_allowed_up_to_replicating_and_from_failed() {
+        for p in [Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Failed] {
+            assert!(p.can_abort(), "{p}");
+        }
+        assert!(!Phase::Aborting.can_abort());
+        assert!(!Phase::Aborted.can_abort());
+    }
+
+    #[test]
+    fn retries_back_off_then_fail_at_the_cap() {
+        let policy = Policy { max_attempts: 3, base_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(3) };
+        let retry = |a| policy.decide(Phase::Schema, Outcome::Retry { error: "boom".into() }, a);
+        assert_eq!(retry(1), Decision::Retry { after: Duration::from_secs(1), error: "boom".into() });
+        assert_eq!(retry(2), Decision::Retry { after: Duration::from_secs(2), error: "boom".into() });
+        match retry(3) {
+            Decision::Transition { to: Phase::Failed, note, .. } => assert!(note.contains("3 attempts")),
+            other => panic!("expected failed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cleanup_never_gives_up_and_caps_its_backoff() {
+        let policy = Policy { max_attempts: 2, base_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(8) };
+        let d = policy.decide(Phase::Aborting, Outcome::Retry { error: "source down".into() }, 40);
+        assert_eq!(d, Decision::Retry { after: Duration::from_secs(8), error: "source down".into() });
+    }
+
+    #[test]
+    fn guard_abort_carries_its_reason() {
+        let d = Policy::default().decide(
+            Phase::Replicating,
+            Outcome::Abort { reason: AbortReason::SlotLost, detail: "slot dmf_x gone".into() },
+            1,
+        );
+        assert_eq!(
+            d,
+            Decision::Transition { to: Phase::Aborting, abort_reason: Some(AbortReason::SlotLost), note: "slot dmf_x gone".into() }
+        );
+    }
+
+    #[test]
+    fn done_advances_and_steady_done_keeps_watching() {
+        let p = Policy::default();
+        assert!(matches!(p.decide(Phase::Hydrating, Outcome::Done, 1), Decision::Transition { to: Phase::Replicating, .. }));
+        assert!(matches!(p.decide(Phase::Replicating, Outcome::Done, 1), Decision::Watch { .. }));
+        assert!(matches!(p.decide(Phase::Aborting, Outcome::Done, 1), Decision::Transition { to: Phase::Aborted, .. }));
+    }
+}
