@@ -1,0 +1,34 @@
+//! Errors of the control-plane layer.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("control plane: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("control plane migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("bad control-plane URL: {0}")]
+    BadUrl(String),
+    #[error("queue: {0}")]
+    Queue(String),
+    #[error("no cluster named {0:?} in the control plane")]
+    UnknownCluster(String),
+    #[error("cluster {cluster:?} is in phase {phase}; {what}")]
+    WrongPhase { cluster: String, phase: String, what: String },
+    #[error("corrupt control-plane row: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl Error {
+    /// A connection-level failure: the control plane is down or unreachable; wait and retry.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Sql(e) => matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+            ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))),
+            _ => false,
+        }
+    }
+}

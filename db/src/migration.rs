@@ -1,0 +1,331 @@
+//! Migrations: loading them, and the phase compare-and-set that moves them (with its event and the
+//! next job) in one control-plane transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dmf_workflows::{AbortReason, Phase};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::queue::{self, ActivityJob};
+use crate::{Db, Error};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MigrationRow {
+    pub id: Uuid,
+    pub cluster: String,
+    pub phase: String,
+    pub epoch: i64,
+    pub nudge: i64,
+    pub attempts: i32,
+    pub phase_started_at: DateTime<Utc>,
+    pub failed_phase: Option<String>,
+    pub last_error: Option<String>,
+    pub abort_reason: Option<String>,
+    pub pause_before: Vec<String>,
+    pub paused: bool,
+    pub state: serde_json::Value,
+    pub lag_ms: Option<i64>,
+    pub lag_bytes: Option<i64>,
+    pub lag_over_since: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub source_dsn: String,
+    pub target_dsn: Option<String>,
+    pub provider: String,
+    pub settings: serde_json::Value,
+}
+
+impl MigrationRow {
+    pub fn phase(&self) -> Result<Phase, Error> {
+        self.phase.parse().map_err(|e| Error::Corrupt(format!("migration of {}: {e}", self.cluster)))
+    }
+
+    /// A string the activities stored in `state` (target DSN, slot name...).
+    pub fn state_str(&self, key: &str) -> Option<&str> {
+        self.state.get(key).and_then(|v| v.as_str())
+    }
+}
+
+/// A compare-and-set from (`from`, `epoch`) to `to`.
+#[derive(Debug, Clone)]
+pub struct TransitionRequest {
+    pub from: Phase,
+    pub epoch: i64,
+    pub to: Phase,
+    pub actor: String,
+    pub note: String,
+    pub abort_reason: Option<AbortReason>,
+    pub last_error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Moved {
+    cluster: String,
+    epoch: i64,
+    paused: bool,
+}
+
+impl Db {
+    pub async fn migration(&self, id: Uuid) -> Result<MigrationRow, Error> {
+        sqlx::query_as(concat!(include_str!("queries/select_migration.sql"), " WHERE m.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("migration {id} vanished")))
+    }
+
+    pub async fn migration_by_cluster(&self, cluster: &str) -> Result<MigrationRow, Error> {
+        sqlx::query_as(concat!(include_str!("queries/select_migration.sql"), " WHERE m.cluster = $1"))
+            .bind(cluster)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::UnknownCluster(cluster.to_string()))
+    }
+
+    /// Every migration not in a terminal phase (for the reconciler).
+    pub async fn active_migrations(&self) -> Result<Vec<MigrationRow>, Error> {
+        Ok(sqlx::query_as(concat!(
+            include_str!("queries/select_migration.sql"),
+            " WHERE m.phase NOT IN ('pending', 'aborted', 'failed') AND NOT m.paused"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The phase compare-and-set, its event and the next job, in one transaction.
+    ///
+    /// `Ok(None)`: the migration had already moved on (a stale or duplicate job) and nothing changed.
+    /// `Ok(Some(job))`: moved; `job` is what was enqueued for the new phase (None when the new phase
+    /// runs no activity or is paused).
+    pub async fn transition(&self, id: Uuid, req: &TransitionRequest) -> Result<Option<Option<ActivityJob>>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let moved: Option<Moved> = sqlx::query_as(include_str!("queries/transition.sql"))
+            .bind(id)
+            .bind(req.from.as_str())
+            .bind(req.epoch)
+            .bind(req.to.as_str())
+            .bind(req.abort_reason.map(|r| r.as_str()))
+            .bind(req.last_error.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(moved) = moved else {
+            return Ok(None);
+        };
+        sqlx::query(include_str!("queries/insert_event.sql"))
+            .bind(id)
+            .bind(&moved.cluster)
+            .bind("transition")
+            .bind(req.from.as_str())
+            .bind(req.to.as_str())
+            .bind(moved.epoch)
+            .bind(&req.actor)
+            .bind(&req.note)
+            .execute(&mut *tx)
+            .await?;
+        let job = if req.to.runs_activity() && !moved.paused {
+            let job = ActivityJob {
+                migration: id,
+                cluster: moved.cluster.clone(),
+                phase: req.to.as_str().to_string(),
+                epoch: moved.epoch,
+                nudge: 0,
+            };
+            queue::push(&mut tx, &job, Duration::ZERO).await?;
+            Some(job)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        tracing::info!(cluster = %moved.cluster, migration = %id, from = %req.from, to = %req.to, epoch = moved.epoch, "transition");
+        Ok(Some(job))
+    }
+
+    /// Count one more attempt of the current (phase, epoch). `None` if the migration moved on.
+    pub async fn begin_attempt(&self, id: Uuid, phase: Phase, epoch: i64) -> Result<Option<i32>, Error> {
+        Ok(sqlx::query_scalar(
+            "UPDATE dmf.migrations SET attempts = attempts + 1, updated_at = now() \
+             WHERE id = $1 AND phase = $2 AND epoch = $3 RETURNING attempts",
+        )
+        .bind(id)
+        .bind(phase.as_str())
+        .bind(epoch)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Run the same (phase, epoch) again after `delay`: a watch tick, a retry or a nudge. Records
+    /// `error` as the last error when given. `false` if the migration moved on.
+    pub async fn follow_up(
+        &self,
+        id: Uuid,
+        phase: Phase,
+        epoch: i64,
+        delay: Duration,
+        error: Option<&str>,
+        actor: &str,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, i64)> = sqlx::query_as(include_str!("queries/follow_up.sql"))
+            .bind(id)
+            .bind(phase.as_str())
+            .bind(epoch)
+            .bind(error)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((cluster, nudge)) = row else {
+            return Ok(false);
+        };
+        if let Some(error) = error {
+            sqlx::query(include_str!("queries/insert_event.sql"))
+                .bind(id)
+                .bind(&cluster)
+                .bind("retry")
+                .bind(phase.as_str())
+                .bind(phase.as_str())
+                .bind(epoch)
+                .bind(actor)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let job = ActivityJob { migration: id, cluster, phase: phase.as_str().to_string(), epoch, nudge };
+        queue::push(&mut tx, &job, delay).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Merge `patch` (a JSON object) into the migration's durable activity state.
+    pub async fn merge_state(&self, id: Uuid, patch: serde_json::Value) -> Result<(), Error> {
+        sqlx::query("UPDATE dmf.migrations SET state = state || $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(patch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Record one replication lag sample and the guard's "over the limit since" marker.
+    pub async fn record_lag(
+        &self,
+        id: Uuid,
+        lag_ms: Option<i64>,
+        lag_bytes: Option<i64>,
+        over_limit: bool,
+    ) -> Result<Option<DateTime<Utc>>, Error> {
+        Ok(sqlx::query_scalar(include_str!("queries/record_lag.sql"))
+            .bind(id)
+            .bind(lag_ms)
+            .bind(lag_bytes)
+            .bind(over_limit)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// `dmf abort`: move a cluster to `aborting` from any phase that allows it.
+    pub async fn request_abort(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
+        loop {
+            let m = self.migration_by_cluster(cluster).await?;
+            let phase = m.phase()?;
+            if phase == Phase::Aborting || phase == Phase::Aborted {
+                return Ok(m);
+            }
+            if !phase.can_abort() {
+                return Err(Error::WrongPhase {
+                    cluster: cluster.into(),
+                    phase: m.phase.clone(),
+                    what: "abort is only possible before traffic moves".into(),
+                });
+            }
+            let req = TransitionRequest {
+                from: phase,
+                epoch: m.epoch,
+                to: Phase::Aborting,
+                actor: actor.to_string(),
+                note: format!("abort requested by {actor}"),
+                abort_reason: Some(AbortReason::Operator),
+                last_error: None,
+            };
+            // Lost the race with a worker's transition: look again.
+            if self.transition(m.id, &req).await?.is_some() {
+                return self.migration(m.id).await;
+            }
+        }
+    }
+
+    /// `dmf resume`: a failed migration re-enters the phase it failed in; a paused one runs.
+    pub async fn resume(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
+        let m = self.migration_by_cluster(cluster).await?;
+        let phase = m.phase()?;
+        if phase == Phase::Failed {
+            let to: Phase = m
+                .failed_phase
+                .as_deref()
+                .unwrap_or("preflight")
+                .parse()
+                .map_err(|e| Error::Corrupt(format!("{e}")))?;
+            let req = TransitionRequest {
+                from: phase,
+                epoch: m.epoch,
+                to,
+                actor: actor.to_string(),
+                note: format!("resumed by {actor}"),
+                abort_reason: None,
+                last_error: None,
+            };
+            if self.transition(m.id, &req).await?.is_none() {
+                return Err(Error::Conflict(format!("cluster {cluster:?} moved while resuming; look again")));
+            }
+            // A resumed migration that is told to pause before this phase should not stop again.
+            self.unpause(&m, actor).await?;
+            return self.migration(m.id).await;
+        }
+        if m.paused {
+            self.unpause(&m, actor).await?;
+            return self.migration(m.id).await;
+        }
+        Err(Error::WrongPhase {
+            cluster: cluster.into(),
+            phase: m.phase.clone(),
+            what: "only failed or paused migrations can be resumed".into(),
+        })
+    }
+
+    async fn unpause(&self, m: &MigrationRow, actor: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "UPDATE dmf.migrations SET paused = false, nudge = nudge + 1, updated_at = now() \
+             WHERE id = $1 AND paused RETURNING phase, epoch, nudge",
+        )
+        .bind(m.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((phase, epoch, nudge)) = row {
+            sqlx::query(include_str!("queries/insert_event.sql"))
+                .bind(m.id)
+                .bind(&m.cluster)
+                .bind("resume")
+                .bind(&phase)
+                .bind(&phase)
+                .bind(epoch)
+                .bind(actor)
+                .bind("pause lifted")
+                .execute(&mut *tx)
+                .await?;
+            let job = ActivityJob { migration: m.id, cluster: m.cluster.clone(), phase, epoch, nudge };
+            queue::push(&mut tx, &job, Duration::ZERO).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Transition events of one migration, oldest first: (from, to, epoch).
+    pub async fn transitions(&self, id: Uuid) -> Result<Vec<(Option<String>, Option<String>, Option<i64>)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT from_phase, to_phase, epoch FROM dmf.events WHERE migration = $1 AND kind = 'transition' ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

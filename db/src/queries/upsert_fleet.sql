@@ -1,0 +1,7 @@
+INSERT INTO dmf.fleets (name, max_concurrent, max_per_source_host, breaker_threshold, manifest)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO UPDATE
+SET max_concurrent = EXCLUDED.max_concurrent,
+    max_per_source_host = EXCLUDED.max_per_source_host,
+    breaker_threshold = EXCLUDED.breaker_threshold,
+    manifest = dmf.fleets.manifest || E'\n' || EXCLUDED.manifest
