@@ -1,1 +1,147 @@
-//! placeholder
+//! Idempotent activities, one per phase: preflight, provision, schema, hydrate, replicate, cleanup.
+//!
+//! Each activity converges: running it twice, or again after a crash half-way, reaches the same end
+//! state (check-then-create, names derived from the migration id, `IF NOT EXISTS`). What an activity
+//! learns that a later one needs (the target's connection string, reports) goes into the migration's
+//! durable `state` in the control plane, never only into memory.
+
+pub mod cleanup;
+pub mod error;
+pub mod hydrate;
+pub mod pg;
+pub mod preflight;
+pub mod provision;
+pub mod providers;
+pub mod replconn;
+pub mod replicate;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dmf_db::{Db, MigrationRow};
+use dmf_workflows::{LagGuard, Outcome, Phase};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use error::Error;
+
+/// Tunables of the activities, shared by every migration a worker runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the `local` provider creates target clusters.
+    pub local_base_dir: PathBuf,
+    /// Parallel COPY streams per hydration.
+    pub hydrate_jobs: usize,
+    /// Tables larger than this are split by primary-key ranges.
+    pub split_bytes: u64,
+    /// Abort when heartbeat lag stays above the limit for longer than the window.
+    pub lag: LagGuard,
+    /// Abort when the slot stays inactive for longer than this.
+    pub slot_inactive_window: Duration,
+    /// How often a replicating migration is checked.
+    pub watch_interval: Duration,
+    /// Longest wait for one heartbeat to reach the target.
+    pub heartbeat_timeout: Duration,
+    /// Local targets run with fsync off (tests, demo, benchmarks).
+    pub fast_local_targets: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            local_base_dir: std::env::temp_dir().join("dmf-clusters"),
+            hydrate_jobs: 4,
+            split_bytes: 64 << 20,
+            lag: LagGuard { limit: Duration::from_secs(5), window: Duration::from_secs(60) },
+            slot_inactive_window: Duration::from_secs(60),
+            watch_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(5),
+            fast_local_targets: false,
+        }
+    }
+}
+
+/// Everything an activity run needs.
+#[derive(Clone)]
+pub struct Context {
+    pub db: Db,
+    pub migration: MigrationRow,
+    /// Fired when the lease is lost, the migration moves on, or the worker stops.
+    pub cancel: CancellationToken,
+    pub config: Config,
+}
+
+/// The names of the replication objects a migration owns, derived from its id so that every
+/// attempt finds the ones an earlier attempt made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub publication: String,
+    pub slot: String,
+    pub subscription: String,
+}
+
+impl Names {
+    pub fn of(id: Uuid) -> Names {
+        let short = id.simple().to_string()[..12].to_string();
+        Names {
+            publication: format!("dmf_pub_{short}"),
+            slot: format!("dmf_slot_{short}"),
+            subscription: format!("dmf_sub_{short}"),
+        }
+    }
+}
+
+/// Schema that holds dmf's heartbeat table on the source (replicated to the target).
+pub const HEARTBEAT_SCHEMA: &str = "_dmf";
+
+impl Context {
+    pub fn names(&self) -> Names {
+        Names::of(self.migration.id)
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.migration.cluster
+    }
+
+    pub fn source_dsn(&self) -> &str {
+        &self.migration.source_dsn
+    }
+
+    /// The target: adopted (from the manifest) or provisioned (from the durable state).
+    pub fn target_dsn(&self) -> Option<String> {
+        self.migration.target_dsn.clone().or_else(|| self.migration.state_str("target_dsn").map(str::to_string))
+    }
+
+    pub fn require_target(&self) -> Result<String, Error> {
+        self.target_dsn()
+            .ok_or_else(|| Error::NeedsOperator(format!("cluster {}: no target provisioned yet", self.cluster())))
+    }
+
+    pub fn check_cancel(&self) -> Result<(), Error> {
+        if self.cancel.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Run the activity of `phase`, and turn whatever happened into an outcome for the state machine.
+pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
+    let result = match phase {
+        Phase::Preflight => preflight::run(ctx).await,
+        Phase::Provisioning => provision::run(ctx).await,
+        Phase::Schema => schema::run(ctx).await,
+        Phase::Hydrating => hydrate::run(ctx).await,
+        Phase::Replicating => replicate::run(ctx).await,
+        Phase::Aborting => cleanup::run(ctx).await,
+        Phase::Pending | Phase::Aborted | Phase::Failed => {
+            return Outcome::Fail { error: format!("phase {phase} has no activity") }
+        }
+    };
+    match result {
+        Ok(outcome) => outcome,
+        Err(e) => e.into_outcome(),
+    }
+}

@@ -7,6 +7,7 @@ pub mod error;
 pub mod fleet;
 pub mod lease;
 pub mod migration;
+pub mod progress;
 pub mod queue;
 pub mod status;
 

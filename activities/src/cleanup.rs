@@ -1,0 +1,70 @@
+//! Abort and cleanup: remove the subscription, slot, publication and heartbeat objects, and the
+//! provisioned target, so that the source is left exactly as it was. Runs until it succeeds.
+
+use crate::error::Error;
+use crate::hydrate::drop_slot;
+use crate::providers::local::LocalCluster;
+use crate::{pg, Context, HEARTBEAT_SCHEMA};
+use dmf_workflows::Outcome;
+
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster().to_string();
+    let m = &ctx.migration;
+    let names = ctx.names();
+    // Target first: a subscription left enabled would recreate activity on the slot.
+    if let Some(target_dsn) = ctx.target_dsn() {
+        let reachable = if m.migration_target_is_ours() { local_target(ctx).map(|c| c.is_running()).unwrap_or(true) } else { true };
+        if reachable {
+            let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
+            let exists = target
+                .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&names.subscription])
+                .await
+                .map_err(pg::err("look up subscription"))?
+                .is_some();
+            if exists {
+                let sub = pg::ident(&names.subscription);
+                // Detach the slot so DROP does not try to drop it remotely; the source side drops it.
+                pg::exec(&target, "disable subscription", &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await?;
+                pg::exec(&target, "detach subscription slot", &format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")).await?;
+                pg::exec(&target, "drop subscription", &format!("DROP SUBSCRIPTION {sub}")).await?;
+            }
+        }
+    }
+    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    drop_slot(&source, &names.slot).await?;
+    pg::exec(&source, "drop publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&names.publication))).await?;
+    pg::exec(&source, "drop heartbeat schema", &format!("DROP SCHEMA IF EXISTS {} CASCADE", pg::ident(HEARTBEAT_SCHEMA))).await?;
+    if let Some(c) = local_target(ctx) {
+        let teardown = m.settings.get("teardown_target").and_then(|v| v.as_bool()).unwrap_or(true);
+        if teardown {
+            tokio::task::spawn_blocking(move || c.destroy())
+                .await
+                .map_err(|e| Error::Local(format!("teardown task: {e}")))??;
+            tracing::info!(cluster = %cluster, migration = %m.id, "local target removed");
+        }
+    }
+    tracing::info!(cluster = %cluster, migration = %m.id, "cleanup done: no slot, publication or subscription left");
+    Ok(Outcome::Done)
+}
+
+/// The local cluster this migration provisioned, if any.
+fn local_target(ctx: &Context) -> Option<LocalCluster> {
+    let m = &ctx.migration;
+    if !m.migration_target_is_ours() {
+        return None;
+    }
+    let dir = m.state_str("target_dir")?;
+    let port = m.state.get("target_port")?.as_u64()? as u16;
+    Some(LocalCluster { dir: dir.into(), port })
+}
+
+trait Ownership {
+    fn migration_target_is_ours(&self) -> bool;
+}
+
+impl Ownership for dmf_db::MigrationRow {
+    /// Provisioned by us (not adopted): ours to tear down.
+    fn migration_target_is_ours(&self) -> bool {
+        self.target_dsn.is_none() && self.state.get("target_created").and_then(|v| v.as_bool()).unwrap_or(false)
+    }
+}

@@ -1,0 +1,388 @@
+//! Hydration: publication and slot on the source, a parallel COPY of every table under the slot's
+//! exported snapshot (large tables split by key ranges), sequences, indexes and constraints built in
+//! parallel after the copy, then a native subscription that starts exactly at the slot.
+//!
+//! A crash loses the snapshot, so a re-run starts the copy over: it drops the half-used slot,
+//! empties the target's tables and copies again. Once the subscription exists the phase is done.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+use crate::error::Error;
+use crate::replconn::ReplConn;
+use crate::schema::{dump_schema, run_program, tempdir};
+use crate::{pg, Context, Names, HEARTBEAT_SCHEMA};
+use dmf_workflows::Outcome;
+
+/// One unit of copy work: a table, or a key range of one.
+#[derive(Debug, Clone)]
+struct Chunk {
+    table: String,
+    columns: String,
+    chunk: i32,
+    /// SQL condition on the key, None for the whole table.
+    range: Option<String>,
+    bytes_estimate: i64,
+}
+
+impl Chunk {
+    fn copy_out_sql(&self) -> String {
+        match &self.range {
+            None => format!("COPY {} ({}) TO STDOUT", self.table, self.columns),
+            Some(cond) => format!("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT", self.columns, self.table, cond),
+        }
+    }
+    fn copy_in_sql(&self) -> String {
+        format!("COPY {} ({}) FROM STDIN", self.table, self.columns)
+    }
+}
+
+/// Split `[min, max]` of an integer key into `n` ranges; the first and last are open-ended.
+fn key_ranges(key: &str, min: i64, max: i64, n: i64) -> Vec<String> {
+    let n = n.max(1);
+    let span = (max as i128 - min as i128 + 1).max(1);
+    let step = ((span + n as i128 - 1) / n as i128).max(1);
+    let mut bounds = Vec::new();
+    let mut b = min as i128 + step;
+    while b <= max as i128 && (bounds.len() as i64) < n - 1 {
+        bounds.push(b as i64);
+        b += step;
+    }
+    let k = pg::ident(key);
+    let mut out = Vec::new();
+    let mut lo: Option<i64> = None;
+    for hi in bounds.iter().copied().map(Some).chain(std::iter::once(None)) {
+        out.push(match (lo, hi) {
+            (None, Some(h)) => format!("{k} < {h}"),
+            (Some(l), Some(h)) => format!("{k} >= {l} AND {k} < {h}"),
+            (Some(l), None) => format!("{k} >= {l}"),
+            (None, None) => "true".to_string(),
+        });
+        lo = hi;
+    }
+    out
+}
+
+async fn begin_snapshot(client: &Client, snapshot: &str) -> Result<(), Error> {
+    pg::exec(
+        client,
+        "import the exported snapshot",
+        &format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}", pg::literal(snapshot)),
+    )
+    .await
+}
+
+async fn plan(client: &Client, split_bytes: u64) -> Result<Vec<Chunk>, Error> {
+    let rows = client.query(include_str!("sql/copy_plan.sql"), &[]).await.map_err(pg::err("plan the copy"))?;
+    let mut chunks = Vec::new();
+    for r in rows {
+        let table = pg::qualified(r.get("schema"), r.get("name"));
+        let bytes: i64 = r.get("bytes");
+        let columns: Option<String> = r.get("columns");
+        let Some(columns) = columns else { continue };
+        let key: Option<String> = r.get("int_key");
+        let pieces = (bytes as u64).div_ceil(split_bytes.max(1)).clamp(1, 64) as i64;
+        match key {
+            Some(key) if pieces > 1 => {
+                let mm = client
+                    .query_one(&format!("SELECT min({k})::int8, max({k})::int8 FROM {table}", k = pg::ident(&key)), &[])
+                    .await
+                    .map_err(pg::err(&format!("key range of {table}")))?;
+                let (min, max): (Option<i64>, Option<i64>) = (mm.get(0), mm.get(1));
+                let (Some(min), Some(max)) = (min, max) else {
+                    chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes });
+                    continue;
+                };
+                let ranges = key_ranges(&key, min, max, pieces);
+                let per = bytes / ranges.len() as i64;
+                for (i, cond) in ranges.into_iter().enumerate() {
+                    chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per });
+                }
+            }
+            _ => chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes }),
+        }
+    }
+    chunks.sort_by(|a, b| b.bytes_estimate.cmp(&a.bytes_estimate));
+    Ok(chunks)
+}
+
+/// Stream one chunk from source to target; report progress about once a second.
+async fn copy_chunk(ctx: &Context, src: &Client, dst: &Client, c: &Chunk) -> Result<(), Error> {
+    let what = format!("copy {} chunk {}", c.table, c.chunk);
+    let out = src.copy_out(&c.copy_out_sql()).await.map_err(pg::err(&what))?;
+    let sink = dst.copy_in::<_, bytes::Bytes>(&c.copy_in_sql()).await.map_err(pg::err(&what))?;
+    futures::pin_mut!(out);
+    futures::pin_mut!(sink);
+    let (mut rows, mut bytes) = (0i64, 0i64);
+    let mut last_report = Instant::now();
+    loop {
+        let next = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+            next = out.next() => next,
+        };
+        let Some(data) = next else { break };
+        let data = data.map_err(pg::err(&what))?;
+        rows += data.iter().filter(|b| **b == b'\n').count() as i64;
+        bytes += data.len() as i64;
+        sink.feed(data).await.map_err(pg::err(&what))?;
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, false).await?;
+        }
+    }
+    sink.as_mut().finish().await.map_err(pg::err(&what))?;
+    ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, true).await?;
+    Ok(())
+}
+
+async fn copy_worker(ctx: Context, snapshot: String, target_dsn: String, queue: Arc<Mutex<VecDeque<Chunk>>>) -> Result<(), Error> {
+    let cluster = ctx.cluster().to_string();
+    let src = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    begin_snapshot(&src, &snapshot).await?;
+    let dst = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
+    pg::exec(&dst, "tune the copy session", "SET synchronous_commit = off").await?;
+    loop {
+        let Some(chunk) = queue.lock().await.pop_front() else { break };
+        ctx.check_cancel()?;
+        copy_chunk(&ctx, &src, &dst, &chunk).await?;
+    }
+    pg::exec(&src, "end the snapshot transaction", "COMMIT").await
+}
+
+async fn subscription_exists(target: &Client, name: &str) -> Result<bool, Error> {
+    Ok(target
+        .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
+        .await
+        .map_err(pg::err("look up subscription"))?
+        .is_some())
+}
+
+/// Create the publication (all tables when we may, else every user table by name).
+pub(crate) async fn ensure_publication(source: &Client, names: &Names) -> Result<(), Error> {
+    let exists = source
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&names.publication])
+        .await
+        .map_err(pg::err("look up publication"))?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let superuser: bool = source
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(pg::err("check role"))?
+        .get(0);
+    let sql = if superuser {
+        format!("CREATE PUBLICATION {} FOR ALL TABLES", pg::ident(&names.publication))
+    } else {
+        let tables: Vec<String> = source
+            .query(include_str!("sql/copy_plan.sql"), &[])
+            .await
+            .map_err(pg::err("list tables"))?
+            .iter()
+            .map(|r| pg::qualified(r.get("schema"), r.get("name")))
+            .collect();
+        format!("CREATE PUBLICATION {} FOR TABLE {}", pg::ident(&names.publication), tables.join(", "))
+    };
+    pg::exec(source, "create publication", &sql).await
+}
+
+/// Drop a slot, ending the session that holds it first.
+pub(crate) async fn drop_slot(source: &Client, slot: &str) -> Result<bool, Error> {
+    for _ in 0..50 {
+        let row = source
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .map_err(pg::err("look up slot"))?;
+        let Some(row) = row else { return Ok(false) };
+        let pid: Option<i32> = row.get(0);
+        if let Some(pid) = pid {
+            source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.map_err(pg::err("end the slot's session"))?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        match source.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+            Ok(_) => return Ok(true),
+            // Became active again in between, or already gone: look again.
+            Err(e) if e.code().is_some() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => return Err(pg::err("drop slot")(e)),
+        }
+    }
+    Err(Error::Replication(format!("slot {slot} stayed active; could not drop it")))
+}
+
+/// Names of objects that already exist on the target, to skip them on a re-run of post-data.
+async fn existing_post_data(target: &Client) -> Result<HashSet<String>, Error> {
+    let rows = target
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relkind IN ('i','I') \
+             UNION SELECT conname::text FROM pg_constraint \
+             UNION SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal \
+             UNION SELECT rulename::text FROM pg_rewrite \
+             UNION SELECT polname::text FROM pg_policy",
+            &[],
+        )
+        .await
+        .map_err(pg::err("list target indexes and constraints"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn post_data(ctx: &Context, target: &Client, target_dsn: &str) -> Result<(), Error> {
+    let cluster = ctx.cluster();
+    let dir = tempdir(&ctx.config.local_base_dir, &format!("post-{}", ctx.migration.id))?;
+    let file = dir.join("post.dump");
+    let list = dir.join("post.list");
+    let result = async {
+        dump_schema(ctx.source_dsn(), "post-data", &file, cluster).await?;
+        let toc = run_program("pg_restore", &["--list", &file.display().to_string()], &format!("list post-data of {cluster}")).await?;
+        let existing = existing_post_data(target).await?;
+        let mut kept = String::new();
+        for line in toc.lines() {
+            if line.starts_with(';') || line.trim().is_empty() {
+                continue;
+            }
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            let name = tokens.len().checked_sub(2).and_then(|i| tokens.get(i)).copied().unwrap_or("");
+            if existing.contains(name) {
+                continue;
+            }
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        std::fs::write(&list, kept).map_err(Error::io(format!("write {}", list.display())))?;
+        let jobs = ctx.config.hydrate_jobs.max(1).to_string();
+        run_program(
+            "pg_restore",
+            &[
+                "--section=post-data",
+                "--exit-on-error",
+                "--no-owner",
+                "--no-acl",
+                "--jobs",
+                &jobs,
+                "--use-list",
+                &list.display().to_string(),
+                "--dbname",
+                target_dsn,
+                &file.display().to_string(),
+            ],
+            &format!("build indexes and constraints on the target of {cluster}"),
+        )
+        .await
+        .map(|_| ())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster().to_string();
+    let id = ctx.migration.id;
+    let names = ctx.names();
+    let target_dsn = ctx.require_target()?;
+    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
+    if subscription_exists(&target, &names.subscription).await? {
+        return Ok(Outcome::Done);
+    }
+    ensure_publication(&source, &names).await?;
+    // Whatever an earlier attempt copied is not covered by a live snapshot any more: start over.
+    if drop_slot(&source, &names.slot).await? {
+        tracing::warn!(cluster = %cluster, migration = %id, slot = %names.slot, "dropped the slot of an interrupted hydration; copying again");
+    }
+    let tables: Vec<String> = plan(&target, u64::MAX).await?.into_iter().map(|c| c.table).collect();
+    if !tables.is_empty() {
+        pg::exec(&target, "empty the target tables", &format!("TRUNCATE {}", tables.join(", "))).await?;
+    }
+
+    let mut repl = ReplConn::connect(ctx.source_dsn()).await?;
+    let slot = repl.create_slot_with_snapshot(&names.slot).await?;
+    tracing::info!(cluster = %cluster, migration = %id, slot = %slot.slot, lsn = %slot.consistent_point, snapshot = %slot.snapshot, "slot created with exported snapshot");
+    ctx.db.merge_state(id, json!({ "slot_lsn": slot.consistent_point })).await?;
+
+    let planner = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    begin_snapshot(&planner, &slot.snapshot).await?;
+    let chunks = plan(&planner, ctx.config.split_bytes).await?;
+    let planned: Vec<(String, i32, i64)> = chunks.iter().map(|c| (c.table.clone(), c.chunk, c.bytes_estimate)).collect();
+    ctx.db.reset_copy_progress(id, &planned).await?;
+    let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
+    // The copy streams share a child token: one failing stops the others, not the activity's lease.
+    let mut copy_ctx = ctx.clone();
+    copy_ctx.cancel = ctx.cancel.child_token();
+    let jobs = ctx.config.hydrate_jobs.max(1);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..jobs {
+        workers.spawn(copy_worker(copy_ctx.clone(), slot.snapshot.clone(), target_dsn.clone(), queue.clone()));
+    }
+    let mut failure = None;
+    while let Some(res) = workers.join_next().await {
+        let res = res.map_err(|e| Error::Replication(format!("copy task: {e}"))).and_then(|r| r);
+        if let Err(e) = res {
+            if failure.is_none() {
+                failure = Some(e);
+                // One stream failed: stop the others, the whole copy restarts.
+                copy_ctx.cancel.cancel();
+            }
+        }
+    }
+    if let Some(e) = failure {
+        repl.close().await;
+        return Err(e);
+    }
+    copy_sequences(&planner, &target).await?;
+    pg::exec(&planner, "end the planning snapshot", "COMMIT").await?;
+    repl.close().await;
+
+    post_data(ctx, &target, &target_dsn).await?;
+    ctx.check_cancel()?;
+    let sql = format!(
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",
+        pg::ident(&names.subscription),
+        pg::literal(ctx.source_dsn()),
+        pg::ident(&names.publication),
+        pg::literal(&names.slot),
+    );
+    pg::exec(&target, "create subscription", &sql).await?;
+    tracing::info!(cluster = %cluster, migration = %id, "hydrated; subscription started at the slot");
+    Ok(Outcome::Done)
+}
+
+/// Set every sequence on the target to the source's current value (again at the flip).
+pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(), Error> {
+    let rows = source
+        .query(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value FROM pg_sequences \
+             WHERE schemaname <> $1 AND last_value IS NOT NULL",
+            &[&HEARTBEAT_SCHEMA],
+        )
+        .await
+        .map_err(pg::err("read sequences"))?;
+    for r in rows {
+        let (name, value): (String, i64) = (r.get(0), r.get(1));
+        target
+            .execute("SELECT setval($1::regclass, $2, true)", &[&name, &value])
+            .await
+            .map_err(pg::err(&format!("set sequence {name}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_ranges;
+
+    #[test]
+    fn key_ranges_cover_everything_without_overlap() {
+        let r = key_ranges("aid", 1, 100, 4);
+        assert_eq!(r, vec!["\"aid\" < 26", "\"aid\" >= 26 AND \"aid\" < 51", "\"aid\" >= 51 AND \"aid\" < 76", "\"aid\" >= 76"]);
+        assert_eq!(key_ranges("k", 5, 5, 8), vec!["true"]);
+        assert_eq!(key_ranges("k", i64::MIN, i64::MAX, 2).len(), 2);
+    }
+}

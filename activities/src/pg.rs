@@ -1,0 +1,62 @@
+//! Data-plane connections (tokio-postgres) and small SQL helpers shared by the activities.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{describe, Error};
+
+/// Open a connection; its connection task ends with the client. `role` names it in errors
+/// ("source of orders", "target of orders").
+pub async fn connect(dsn: &str, role: &str) -> Result<Client, Error> {
+    let mut config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string for {role}: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("dmf");
+    let (client, conn) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| Error::Postgres { what: format!("connect to {role}: {}", describe(&e)), source: e })?;
+    let role = role.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%role, error = %e, "data-plane connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Quote an identifier for SQL.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quote a schema-qualified name.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", ident(schema), ident(name))
+}
+
+/// Quote a string literal for SQL.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Map a tokio-postgres error to ours, with the server's message and what we were doing.
+pub fn err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::Postgres { what: format!("{what}: {}", describe(&e)), source: e }
+}
+
+/// Run statements, naming what they were for in the error.
+pub async fn exec(client: &Client, what: &str, sql: &str) -> Result<(), Error> {
+    client.batch_execute(sql).await.map_err(err(what))
+}
+
+/// The database name of a connection string.
+pub fn dbname(dsn: &str) -> Result<String, Error> {
+    let config: tokio_postgres::Config =
+        dsn.parse().map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string: {e}")))?;
+    Ok(config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_string())
+}

@@ -1,0 +1,60 @@
+//! Provisioning: create the target (provider `local`) or check the adopted one; either way the
+//! target's connection string ends up in the migration's durable state.
+
+use serde_json::json;
+
+use crate::error::Error;
+use crate::providers::local::{self, LocalCluster, Options};
+use crate::{pg, Context};
+use dmf_workflows::Outcome;
+
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster().to_string();
+    if let Some(dsn) = ctx.migration.target_dsn.as_deref() {
+        // Adopted target: it must answer; nothing is created.
+        pg::connect(dsn, &format!("target of {cluster}")).await?;
+        return Ok(Outcome::Done);
+    }
+    match ctx.migration.provider.as_str() {
+        "local" => provision_local(ctx).await,
+        other => Err(Error::NeedsOperator(format!("cluster {cluster}: provider {other:?} is not available in this build"))),
+    }
+}
+
+async fn provision_local(ctx: &Context) -> Result<Outcome, Error> {
+    let m = &ctx.migration;
+    // The port is chosen once and made durable before anything is created, so that a re-run finds
+    // the same cluster.
+    let port = match m.state.get("target_port").and_then(|v| v.as_u64()) {
+        Some(p) => p as u16,
+        None => {
+            let p = local::free_port()?;
+            ctx.db.merge_state(m.id, json!({ "target_port": p })).await?;
+            p
+        }
+    };
+    let dir = ctx.config.local_base_dir.join(format!("{}-{}", m.cluster, &m.id.simple().to_string()[..12]));
+    let opts = Options { dir: dir.clone(), port, fast: ctx.config.fast_local_targets, extra_conf: String::new() };
+    ctx.db.merge_state(m.id, json!({ "target_dir": dir.display().to_string(), "target_created": true })).await?;
+    let c = tokio::task::spawn_blocking(move || -> Result<LocalCluster, Error> {
+        let c = LocalCluster::create(&opts)?;
+        c.start()?;
+        Ok(c)
+    })
+    .await
+    .map_err(|e| Error::Local(format!("provisioning task: {e}")))??;
+    let dbname = pg::dbname(ctx.source_dsn())?;
+    let admin = pg::connect(&c.dsn("postgres"), &format!("target of {}", m.cluster)).await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+        .await
+        .map_err(pg::err("look up target database"))?
+        .is_some();
+    if !exists {
+        pg::exec(&admin, "create target database", &format!("CREATE DATABASE {}", pg::ident(&dbname))).await?;
+    }
+    let dsn = c.dsn(&dbname);
+    ctx.db.merge_state(m.id, json!({ "target_dsn": dsn })).await?;
+    tracing::info!(cluster = %m.cluster, migration = %m.id, dir = %dir.display(), port, "local target ready");
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,205 @@
+//! A minimal replication-protocol connection (`replication=database`), enough to create a logical
+//! slot with an exported snapshot and keep that snapshot alive while the copy runs.
+//!
+//! tokio-postgres cannot open replication connections, so this speaks the protocol itself with the
+//! postgres-protocol message codecs: startup, authentication (trust, password, MD5, SCRAM-SHA-256)
+//! and simple queries.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::Error;
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub struct ReplConn {
+    stream: Box<dyn Stream>,
+    buf: BytesMut,
+}
+
+/// What CREATE_REPLICATION_SLOT returned.
+#[derive(Debug, Clone)]
+pub struct CreatedSlot {
+    pub slot: String,
+    pub consistent_point: String,
+    pub snapshot: String,
+}
+
+fn perr(e: impl std::fmt::Display) -> Error {
+    Error::Replication(e.to_string())
+}
+
+impl ReplConn {
+    pub async fn connect(dsn: &str) -> Result<ReplConn, Error> {
+        let config: tokio_postgres::Config = dsn.parse().map_err(perr)?;
+        let user = config.get_user().unwrap_or("postgres").to_string();
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let host = config.get_hosts().first().cloned().ok_or_else(|| perr("no host in connection string"))?;
+        let stream: Box<dyn Stream> = match host {
+            tokio_postgres::config::Host::Tcp(h) => {
+                let s = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((h.as_str(), port)))
+                    .await
+                    .map_err(|_| perr(format!("connect to {h}:{port} timed out")))?
+                    .map_err(|e| perr(format!("connect to {h}:{port}: {e}")))?;
+                s.set_nodelay(true).map_err(perr)?;
+                Box::new(s)
+            }
+            tokio_postgres::config::Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| perr(format!("{}: {e}", path.display())))?)
+            }
+        };
+        let mut conn = ReplConn { stream, buf: BytesMut::new() };
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            [("user", user.as_str()), ("database", dbname.as_str()), ("replication", "database"), ("application_name", "dmf")],
+            &mut out,
+        )
+        .map_err(perr)?;
+        conn.send(&out).await?;
+        let password = config.get_password().map(|p| p.to_vec());
+        conn.authenticate(&user, password.as_deref()).await?;
+        Ok(conn)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.write_all(bytes).await.map_err(perr)?;
+        self.stream.flush().await.map_err(perr)
+    }
+
+    async fn next(&mut self) -> Result<backend::Message, Error> {
+        loop {
+            if let Some(msg) = backend::Message::parse(&mut self.buf).map_err(perr)? {
+                return Ok(msg);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(perr)?;
+            if n == 0 {
+                return Err(perr("server closed the replication connection"));
+            }
+        }
+    }
+
+    fn server_error(body: &backend::ErrorResponseBody) -> Error {
+        perr(fields::describe(body))
+    }
+
+    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), Error> {
+        let need_password = || perr("the server asks for a password and the connection string has none");
+        loop {
+            match self.next().await? {
+                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationCleartextPassword => {
+                    let mut out = BytesMut::new();
+                    frontend::password_message(password.ok_or_else(need_password)?, &mut out).map_err(perr)?;
+                    self.send(&out).await?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, body.salt());
+                    let mut out = BytesMut::new();
+                    frontend::password_message(hash.as_bytes(), &mut out).map_err(perr)?;
+                    self.send(&out).await?;
+                }
+                backend::Message::AuthenticationSasl(_) => {
+                    let mut scram = sasl::ScramSha256::new(password.ok_or_else(need_password)?, sasl::ChannelBinding::unsupported());
+                    let mut out = BytesMut::new();
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut out).map_err(perr)?;
+                    self.send(&out).await?;
+                    match self.next().await? {
+                        backend::Message::AuthenticationSaslContinue(body) => scram.update(body.data()).map_err(perr)?,
+                        backend::Message::ErrorResponse(body) => return Err(Self::server_error(&body)),
+                        _ => return Err(perr("unexpected message during SCRAM")),
+                    }
+                    let mut out = BytesMut::new();
+                    frontend::sasl_response(scram.message(), &mut out).map_err(perr)?;
+                    self.send(&out).await?;
+                    match self.next().await? {
+                        backend::Message::AuthenticationSaslFinal(body) => scram.finish(body.data()).map_err(perr)?,
+                        backend::Message::ErrorResponse(body) => return Err(Self::server_error(&body)),
+                        _ => return Err(perr("unexpected message during SCRAM")),
+                    }
+                }
+                backend::Message::ErrorResponse(body) => return Err(Self::server_error(&body)),
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ParameterStatus(_) | backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
+                _ => return Err(perr("unsupported authentication request")),
+            }
+        }
+    }
+
+    /// Run one simple query and return its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(perr)?;
+        self.send(&out).await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            match self.next().await? {
+                backend::Message::DataRow(body) => {
+                    rows.push(fields::row_values(&body).map_err(perr)?);
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(Self::server_error(&body)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// `CREATE_REPLICATION_SLOT name LOGICAL pgoutput (SNAPSHOT 'export')`. The snapshot stays
+    /// importable while this connection stays open and idle.
+    pub async fn create_slot_with_snapshot(&mut self, slot: &str) -> Result<CreatedSlot, Error> {
+        let rows = self
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')", crate::pg::ident(slot)))
+            .await?;
+        let row = rows.first().ok_or_else(|| perr("CREATE_REPLICATION_SLOT returned no row"))?;
+        let col = |i: usize| row.get(i).cloned().flatten().ok_or_else(|| perr("CREATE_REPLICATION_SLOT returned a short row"));
+        Ok(CreatedSlot { slot: col(0)?, consistent_point: col(1)?, snapshot: col(2)? })
+    }
+
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = self.send(&out).await;
+    }
+}
+
+/// Reading postgres-protocol's fallible iterators.
+mod fields {
+    use fallible_iterator::FallibleIterator;
+    use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody};
+
+    pub fn describe(body: &ErrorResponseBody) -> String {
+        let mut fields = body.fields();
+        let (mut severity, mut message, mut code) = (String::new(), String::new(), String::new());
+        while let Ok(Some(f)) = fields.next() {
+            let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+            match f.type_() {
+                b'S' => severity = value,
+                b'M' => message = value,
+                b'C' => code = value,
+                _ => {}
+            }
+        }
+        format!("{severity}: {message} ({code})")
+    }
+
+    pub fn row_values(body: &DataRowBody) -> std::io::Result<Vec<Option<String>>> {
+        let mut ranges = body.ranges();
+        let buf = body.buffer();
+        let mut out = Vec::new();
+        while let Some(r) = ranges.next()? {
+            out.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,106 @@
+//! Replicating, the steady state: measure lag (milliseconds by heartbeat, bytes from the slot) and
+//! check the guards (slot lost, slot inactive, lag above the limit for longer than the window).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::error::Error;
+use crate::{pg, Context, HEARTBEAT_SCHEMA};
+use dmf_workflows::{AbortReason, LagVerdict, Outcome};
+
+/// What one check measured.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub lag: Duration,
+    /// The heartbeat did not reach the target within the timeout: `lag` is a lower bound.
+    pub lag_timed_out: bool,
+    pub lag_bytes: Option<i64>,
+    pub slot_active: bool,
+}
+
+/// Write a heartbeat on the source and time how long the target takes to show it.
+pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
+    let cluster = ctx.cluster();
+    let names = ctx.names();
+    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    let slot = source
+        .query_opt(
+            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&names.slot],
+        )
+        .await
+        .map_err(pg::err("read the slot"))?;
+    let Some(slot) = slot else {
+        return Err(Error::Abort { reason: AbortReason::SlotLost, detail: format!("replication slot {} no longer exists on the source of {cluster}", names.slot) });
+    };
+    let target = pg::connect(&ctx.require_target()?, &format!("target of {cluster}")).await?;
+    let hb = pg::qualified(HEARTBEAT_SCHEMA, "heartbeat");
+    let started = Instant::now();
+    let seq: i64 = source
+        .query_one(&format!("UPDATE {hb} SET seq = seq + 1, written_at = clock_timestamp() WHERE id = 1 RETURNING seq"), &[])
+        .await
+        .map_err(pg::err("write heartbeat"))?
+        .get(0);
+    let read = format!("SELECT seq FROM {hb} WHERE id = 1");
+    let mut timed_out = true;
+    while started.elapsed() < ctx.config.heartbeat_timeout {
+        let seen: Option<i64> = target.query_opt(&read, &[]).await.map_err(pg::err("read heartbeat on the target"))?.map(|r| r.get(0));
+        if seen.is_some_and(|s| s >= seq) {
+            timed_out = false;
+            break;
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    Ok(Sample { lag: started.elapsed(), lag_timed_out: timed_out, lag_bytes: slot.get(1), slot_active: slot.get(0) })
+}
+
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    let m = &ctx.migration;
+    let s = sample(ctx).await?;
+    let lag_ms = s.lag.as_millis() as i64;
+    let verdict_input_over = s.lag > ctx.config.lag.limit;
+    let over_since = ctx.db.record_lag(m.id, Some(lag_ms), s.lag_bytes, verdict_input_over).await?;
+    let over_for = over_since.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
+    tracing::debug!(cluster = %m.cluster, migration = %m.id, lag_ms, lag_bytes = ?s.lag_bytes, active = s.slot_active, "replication sample");
+
+    // Slot inactive: nobody consumes it, so it retains WAL on the source.
+    let inactive_since = m.state.get("slot_inactive_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+    if s.slot_active {
+        if inactive_since.is_some() {
+            ctx.db.merge_state(m.id, json!({ "slot_inactive_since": null })).await?;
+        }
+    } else {
+        let since = match inactive_since {
+            Some(t) => t,
+            None => {
+                let now = chrono::Utc::now();
+                ctx.db.merge_state(m.id, json!({ "slot_inactive_since": now })).await?;
+                now
+            }
+        };
+        let for_how_long = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+        if for_how_long > ctx.config.slot_inactive_window {
+            return Ok(Outcome::Abort {
+                reason: AbortReason::SlotInactive,
+                detail: format!("slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs()),
+            });
+        }
+    }
+    match ctx.config.lag.evaluate(s.lag, over_for) {
+        LagVerdict::Trip { for_how_long } => Ok(Outcome::Abort {
+            reason: AbortReason::ReplicationLag,
+            detail: format!(
+                "lag {}ms{} above the {}ms limit for {}s",
+                lag_ms,
+                if s.lag_timed_out { "+" } else { "" },
+                ctx.config.lag.limit.as_millis(),
+                for_how_long.as_secs()
+            ),
+        }),
+        LagVerdict::Healthy | LagVerdict::Over { .. } => Ok(Outcome::Watch(ctx.config.watch_interval)),
+    }
+}

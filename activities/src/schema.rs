@@ -1,0 +1,112 @@
+//! Schema copy: the heartbeat table on the source, then the source's tables, types and functions
+//! (pg_dump's pre-data section) on the target in one transaction. Indexes and constraints
+//! (post-data) are built after the data copy, in parallel (see `hydrate`).
+
+use std::path::Path;
+
+use tokio::process::Command;
+
+use crate::error::Error;
+use crate::providers::local;
+use crate::{pg, Context, HEARTBEAT_SCHEMA};
+use dmf_workflows::Outcome;
+
+/// Run a PostgreSQL client program; its stderr becomes the error.
+pub(crate) async fn run_program(name: &str, args: &[&str], what: &str) -> Result<String, Error> {
+    let out = Command::new(local::program(name)?)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(Error::io(format!("{what}: run {name}")))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: what.to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Dump the source's schema (custom format) to `file`.
+pub(crate) async fn dump_schema(source_dsn: &str, section: &str, file: &Path, cluster: &str) -> Result<(), Error> {
+    let file = file.display().to_string();
+    run_program(
+        "pg_dump",
+        &["--schema-only", "--format=custom", &format!("--section={section}"), "--file", &file, "--dbname", source_dsn],
+        &format!("pg_dump {section} of {cluster}"),
+    )
+    .await
+    .map(|_| ())
+}
+
+pub(crate) async fn ensure_heartbeat(source: &tokio_postgres::Client) -> Result<(), Error> {
+    let s = pg::ident(HEARTBEAT_SCHEMA);
+    pg::exec(
+        source,
+        "create heartbeat table on the source",
+        &format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.heartbeat (id int PRIMARY KEY, seq bigint NOT NULL, written_at timestamptz NOT NULL);
+             INSERT INTO {s}.heartbeat VALUES (1, 0, now()) ON CONFLICT (id) DO NOTHING;"
+        ),
+    )
+    .await
+}
+
+pub(crate) async fn count_user_tables(client: &tokio_postgres::Client) -> Result<i64, Error> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'",
+            &[],
+        )
+        .await
+        .map_err(pg::err("count tables"))?
+        .get(0))
+}
+
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster();
+    let target_dsn = ctx.require_target()?;
+    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
+    ensure_heartbeat(&source).await?;
+    let on_source = count_user_tables(&source).await?;
+    let on_target = count_user_tables(&target).await?;
+    if on_target == on_source {
+        // An earlier attempt committed the schema (the restore is one transaction).
+        return Ok(Outcome::Done);
+    }
+    if on_target != 0 {
+        return Err(Error::NeedsOperator(format!(
+            "cluster {cluster}: the target has {on_target} tables and the source {on_source}; something else wrote to the target"
+        )));
+    }
+    let dir = tempdir(&ctx.config.local_base_dir, &format!("schema-{}", ctx.migration.id))?;
+    let file = dir.join("pre.dump");
+    let result = async {
+        dump_schema(ctx.source_dsn(), "pre-data", &file, cluster).await?;
+        run_program(
+            "pg_restore",
+            &["--section=pre-data", "--single-transaction", "--exit-on-error", "--no-owner", "--no-acl", "--dbname", &target_dsn, &file.display().to_string()],
+            &format!("pg_restore pre-data into the target of {cluster}"),
+        )
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    tracing::info!(cluster = %cluster, migration = %ctx.migration.id, tables = on_source, "schema copied");
+    Ok(Outcome::Done)
+}
+
+/// A private scratch directory for dump files.
+pub(crate) fn tempdir(base: &Path, name: &str) -> Result<std::path::PathBuf, Error> {
+    let dir = base.join("scratch").join(name);
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,51 @@
+//! Hydration progress per table chunk, written by the copy and read by `dmf status`.
+
+use uuid::Uuid;
+
+use crate::{Db, Error};
+
+impl Db {
+    /// Forget the progress of an earlier hydration attempt (its snapshot is gone; it starts over).
+    pub async fn reset_copy_progress(&self, migration: Uuid, planned: &[(String, i32, i64)]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM dmf.copy_progress WHERE migration = $1").bind(migration).execute(&mut *tx).await?;
+        for (table, chunk, total) in planned {
+            sqlx::query("INSERT INTO dmf.copy_progress (migration, table_name, chunk, bytes_total) VALUES ($1, $2, $3, $4)")
+                .bind(migration)
+                .bind(table)
+                .bind(chunk)
+                .bind(total)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE dmf.migrations SET state = state || jsonb_build_object('copy_started_at', now()) WHERE id = $1",
+        )
+        .bind(migration)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn record_copy_progress(
+        &self,
+        migration: Uuid,
+        table: &str,
+        chunk: i32,
+        rows: i64,
+        bytes: i64,
+        done: bool,
+    ) -> Result<(), Error> {
+        sqlx::query(include_str!("queries/copy_progress.sql"))
+            .bind(migration)
+            .bind(table)
+            .bind(chunk)
+            .bind(rows)
+            .bind(bytes)
+            .bind(done)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
