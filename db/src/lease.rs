@@ -51,3 +51,16 @@ impl Db {
         Ok(())
     }
 }
+
+impl Db {
+    /// Whether a migration has neither a queued or running job nor a live lease: nothing will move
+    /// it unless it is nudged (its worker died after apalis gave up on the job).
+    pub async fn is_stranded(&self, migration: Uuid) -> Result<bool, Error> {
+        Ok(sqlx::query_scalar(include_str!("queries/is_stranded.sql"))
+            .bind(migration)
+            .bind(crate::QUEUE)
+            .bind(format!("{migration}/%"))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

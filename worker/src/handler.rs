@@ -1,0 +1,142 @@
+//! One activity job: check it is current, take the lease, run the activity with its deadline while
+//! renewing the lease, then make the decision durable.
+
+use std::time::{Duration, Instant};
+
+use dmf_activities::Context;
+use dmf_db::ActivityJob;
+use dmf_workflows::{AbortReason, Decision, Outcome, Phase};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Shared};
+
+pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Error> {
+    let key = job.idempotency_key();
+    let _permit = shared.permits.acquire().await.map_err(|e| Error::Job { key: key.clone(), message: e.to_string() })?;
+    let phase: Phase = job.phase.parse().map_err(|e| Error::Job { key: key.clone(), message: format!("{e}") })?;
+    let m = shared.db.migration(job.migration).await?;
+    if m.phase != job.phase || m.epoch != job.epoch || m.paused {
+        tracing::debug!(cluster = %job.cluster, migration = %job.migration, %key, now = %m.phase, "stale job: nothing to do");
+        return Ok(());
+    }
+    let holder = format!("{}:{key}", shared.opts.name);
+    let ttl = shared.opts.lease_ttl;
+    if !shared.db.acquire_lease(m.id, &holder, m.epoch, ttl).await? {
+        // Someone runs this migration right now (a duplicate, or the previous phase still winding
+        // down). Look again once their lease could have expired.
+        tracing::debug!(cluster = %m.cluster, migration = %m.id, %key, "lease busy; retrying later");
+        shared.db.follow_up(m.id, phase, m.epoch, ttl, None, &shared.opts.name).await?;
+        return Ok(());
+    }
+    let result = run_leased(shared, &job, phase, &holder).await;
+    if let Err(e) = shared.db.release_lease(m.id, &holder).await {
+        tracing::warn!(cluster = %m.cluster, migration = %m.id, error = %e, "could not release lease; it expires on its own");
+    }
+    result
+}
+
+async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &str) -> Result<(), Error> {
+    // Re-read under the lease: the migration may have moved while we waited for it.
+    let m = shared.db.migration(job.migration).await?;
+    if m.phase != job.phase || m.epoch != job.epoch {
+        return Ok(());
+    }
+    let Some(attempt) = shared.db.begin_attempt(m.id, phase, m.epoch).await? else { return Ok(()) };
+    let cancel = shared.hard_stop.child_token();
+    let renewer = tokio::spawn(renew(shared.db.clone(), m.id, holder.to_string(), job.phase.clone(), m.epoch, shared.opts.lease_ttl, cancel.clone()));
+
+    let elapsed = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
+    let deadline = shared.opts.phase_timeouts.get(&phase).copied();
+    let started = Instant::now();
+    let ctx = Context { db: shared.db.clone(), migration: m.clone(), cancel: cancel.clone(), config: shared.opts.activities.clone() };
+    tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, attempt, "activity started");
+    let outcome = match deadline {
+        Some(limit) if elapsed >= limit => timeout_outcome(phase, limit),
+        Some(limit) => tokio::select! {
+            o = dmf_activities::run(phase, &ctx) => o,
+            _ = tokio::time::sleep(limit - elapsed) => timeout_outcome(phase, limit),
+        },
+        None => dmf_activities::run(phase, &ctx).await,
+    };
+    let cancelled = cancel.is_cancelled();
+    renewer.abort();
+    if cancelled {
+        // Lease lost, migration moved on (an abort), or shutdown: the decision is someone else's.
+        tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, "activity cancelled; leaving the decision to the next run");
+        return Ok(());
+    }
+    let decision = shared.opts.policy.decide(phase, outcome.clone(), attempt as u32);
+    match &outcome {
+        Outcome::Watch(_) => tracing::debug!(cluster = %m.cluster, migration = %m.id, phase = %phase, "watch"),
+        _ => tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, took_ms = started.elapsed().as_millis() as u64, ?outcome, "activity finished"),
+    }
+    apply(shared, &m, phase, decision).await
+}
+
+fn timeout_outcome(phase: Phase, limit: Duration) -> Outcome {
+    Outcome::Abort { reason: AbortReason::PhaseTimeout, detail: format!("{phase} took longer than {}s", limit.as_secs()) }
+}
+
+/// Make the decision durable, retrying through a short control-plane outage. If it never lands,
+/// the reconciler runs the (idempotent) activity again later.
+async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision: Decision) -> Result<(), Error> {
+    let actor = shared.opts.name.clone();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let r = match &decision {
+            Decision::Transition { to, abort_reason, note } => {
+                let req = dmf_db::TransitionRequest {
+                    from: phase,
+                    epoch: m.epoch,
+                    to: *to,
+                    actor: actor.clone(),
+                    note: note.clone(),
+                    abort_reason: *abort_reason,
+                    last_error: if *to == Phase::Failed || *to == Phase::Aborting { Some(note.clone()) } else { None },
+                };
+                shared.db.transition(m.id, &req).await.map(|_| ())
+            }
+            Decision::Watch { after } => shared.db.follow_up(m.id, phase, m.epoch, *after, None, &actor).await.map(|_| ()),
+            Decision::Retry { after, error } => {
+                tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, error = %error, retry_in_ms = after.as_millis() as u64, "activity will retry");
+                shared.db.follow_up(m.id, phase, m.epoch, *after, Some(error), &actor).await.map(|_| ())
+            }
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_unavailable() && wait < Duration::from_secs(20) => {
+                tracing::warn!(cluster = %m.cluster, migration = %m.id, error = %e, "control plane unavailable; retrying the decision");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Renew the lease every third of its life; cancel the activity when the lease is lost, the
+/// migration moved on, or renewals failed for longer than two thirds of the lease.
+async fn renew(db: dmf_db::Db, id: uuid::Uuid, holder: String, phase: String, epoch: i64, ttl: Duration, cancel: CancellationToken) {
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        match db.renew_lease(id, &holder, ttl).await {
+            Ok(r) if r.held && r.phase == phase && r.epoch == epoch => last_ok = Instant::now(),
+            Ok(r) => {
+                tracing::info!(migration = %id, held = r.held, now = %r.phase, "lease lost or migration moved; cancelling activity");
+                cancel.cancel();
+                return;
+            }
+            Err(e) => {
+                if last_ok.elapsed() > ttl * 2 / 3 {
+                    tracing::warn!(migration = %id, error = %e, "cannot renew lease; cancelling activity before it expires");
+                    cancel.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}

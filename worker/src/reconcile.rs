@@ -1,0 +1,41 @@
+//! The reconciler: finds migrations that nothing will move (their job was lost with a dead worker
+//! and apalis gave up on it) and nudges them. The control plane, not the queue, is the truth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmf_workflows::Phase;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(shared.opts.reconcile_interval) => {}
+        }
+        if let Err(e) = tick(&shared).await {
+            tracing::debug!(error = %e, "reconciler tick failed; next tick retries");
+        }
+    }
+}
+
+async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
+    let quiet_for = shared.opts.reconcile_interval.max(Duration::from_secs(5));
+    for m in shared.db.active_migrations().await? {
+        let Ok(phase) = m.phase() else { continue };
+        if !phase.runs_activity() || phase == Phase::Pending {
+            continue;
+        }
+        let idle = (chrono::Utc::now() - m.updated_at).to_std().unwrap_or_default();
+        if idle < quiet_for {
+            continue;
+        }
+        if shared.db.is_stranded(m.id).await? {
+            tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, "stranded migration: nudging");
+            shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, &shared.opts.name).await?;
+        }
+    }
+    Ok(())
+}
