@@ -1,0 +1,244 @@
+//! The fleet manifest (TOML): fleet limits, defaults, and one `[[cluster]]` table per cluster.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::Error;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    fleet: Spanned<RawFleet>,
+    #[serde(default)]
+    cluster: Vec<Spanned<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    name: Spanned<String>,
+    #[serde(default = "default_max_concurrent")]
+    max_concurrent: Spanned<i64>,
+    #[serde(default = "default_max_per_host")]
+    max_per_source_host: Spanned<i64>,
+    #[serde(default = "default_breaker")]
+    breaker_threshold: Spanned<f64>,
+}
+
+fn default_max_concurrent() -> Spanned<i64> {
+    Spanned::new(0..0, 10)
+}
+fn default_max_per_host() -> Spanned<i64> {
+    Spanned::new(0..0, 2)
+}
+fn default_breaker() -> Spanned<f64> {
+    Spanned::new(0..0, 0.2)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    source: Spanned<String>,
+    #[serde(default)]
+    target: Option<Spanned<String>>,
+    #[serde(default)]
+    wave: Option<Spanned<i64>>,
+    #[serde(default)]
+    provider: Option<Spanned<String>>,
+    #[serde(default)]
+    pause_before: Vec<Spanned<String>>,
+    #[serde(default)]
+    teardown_target: Option<bool>,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub fleet: dmf_db::fleet::NewFleet,
+    /// Manifest line of each cluster, for error messages.
+    pub lines: HashMap<String, usize>,
+}
+
+/// Where a byte offset falls, as a 1-based line number.
+fn line_of(text: &str, span: &Range<usize>) -> usize {
+    text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+/// The host of a connection string (URL or key=value), for the per-host limit.
+pub fn source_host(dsn: &str) -> Result<String, String> {
+    let config: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL connection string: {e}"))?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    Ok(format!("{host}:{port}"))
+}
+
+const PHASES_THAT_CAN_PAUSE: &[&str] = &["preflight", "provisioning", "schema", "hydrating", "replicating"];
+
+impl Manifest {
+    pub fn parse(file: &str, text: &str) -> Result<Manifest, Error> {
+        let err = |span: &Range<usize>, message: String| Error::Manifest { file: file.to_string(), line: line_of(text, span), message };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, &s)).unwrap_or(1);
+            // toml's message does not always name the key: quote the offending line.
+            let at = text.lines().nth(line - 1).map(str::trim).unwrap_or("");
+            Error::Manifest { file: file.to_string(), line, message: format!("{} (at `{at}`)", e.message()) }
+        })?;
+        let f = raw.fleet.get_ref();
+        let name = f.name.get_ref().trim();
+        if name.is_empty() {
+            return Err(err(&f.name.span(), "fleet.name: must not be empty".into()));
+        }
+        let positive = |v: &Spanned<i64>, field: &str| -> Result<i32, Error> {
+            let n = *v.get_ref();
+            if n <= 0 || n > i32::MAX as i64 {
+                Err(err(&v.span(), format!("fleet.{field}: must be a positive integer, got {n}")))
+            } else {
+                Ok(n as i32)
+            }
+        };
+        let max_concurrent = positive(&f.max_concurrent, "max_concurrent")?;
+        let max_per_source_host = positive(&f.max_per_source_host, "max_per_source_host")?;
+        let breaker = *f.breaker_threshold.get_ref();
+        if !(0.0..=1.0).contains(&breaker) {
+            return Err(err(&f.breaker_threshold.span(), format!("fleet.breaker_threshold: must be between 0 and 1, got {breaker}")));
+        }
+        if raw.cluster.is_empty() {
+            return Err(Error::Manifest { file: file.into(), line: line_of(text, &raw.fleet.span()), message: "no [[cluster]] in the manifest".into() });
+        }
+        let mut clusters = Vec::new();
+        let mut lines: HashMap<String, usize> = HashMap::new();
+        for c in &raw.cluster {
+            let line = line_of(text, &c.span());
+            let c = c.get_ref();
+            let cname = c.name.get_ref().trim().to_string();
+            if cname.is_empty() || !cname.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                return Err(err(&c.name.span(), format!("cluster.name: {cname:?} must be non-empty letters, digits, '-' or '_'")));
+            }
+            if let Some(first) = lines.get(&cname) {
+                return Err(err(&c.name.span(), format!("cluster.name: {cname:?} appears twice (first on line {first})")));
+            }
+            let source = c.source.get_ref().clone();
+            let host = source_host(&source).map_err(|m| err(&c.source.span(), format!("cluster {cname}: source: {m}")))?;
+            let target = match &c.target {
+                Some(t) => {
+                    source_host(t.get_ref()).map_err(|m| err(&t.span(), format!("cluster {cname}: target: {m}")))?;
+                    Some(t.get_ref().clone())
+                }
+                None => None,
+            };
+            let wave = match &c.wave {
+                Some(w) if *w.get_ref() < 1 || *w.get_ref() > 10_000 => {
+                    return Err(err(&w.span(), format!("cluster {cname}: wave: must be between 1 and 10000, got {}", w.get_ref())))
+                }
+                Some(w) => *w.get_ref() as i32,
+                None => 1,
+            };
+            let provider = match &c.provider {
+                Some(p) if p.get_ref() != "local" => {
+                    return Err(err(&p.span(), format!("cluster {cname}: provider: {:?} is not supported (supported: \"local\")", p.get_ref())))
+                }
+                _ => "local".to_string(),
+            };
+            let mut pause_before = Vec::new();
+            for p in &c.pause_before {
+                if !PHASES_THAT_CAN_PAUSE.contains(&p.get_ref().as_str()) {
+                    return Err(err(&p.span(), format!("cluster {cname}: pause_before: {:?} is not one of {}", p.get_ref(), PHASES_THAT_CAN_PAUSE.join(", "))));
+                }
+                pause_before.push(p.get_ref().clone());
+            }
+            let mut settings = serde_json::Map::new();
+            if let Some(t) = c.teardown_target {
+                settings.insert("teardown_target".into(), t.into());
+            }
+            lines.insert(cname.clone(), line);
+            clusters.push(dmf_db::fleet::NewCluster {
+                name: cname,
+                wave,
+                source_dsn: source,
+                source_host: host,
+                target_dsn: target,
+                provider,
+                pause_before,
+                settings: serde_json::Value::Object(settings),
+            });
+        }
+        Ok(Manifest {
+            fleet: dmf_db::fleet::NewFleet {
+                name: name.to_string(),
+                max_concurrent,
+                max_per_source_host,
+                breaker_threshold: breaker,
+                manifest: text.to_string(),
+                clusters,
+            },
+            lines,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[fleet]
+name = "payments"
+max_concurrent = 4
+
+[[cluster]]
+name = "orders"
+source = "postgres://app@db1:5432/orders"
+wave = 1
+
+[[cluster]]
+name = "ledger"
+source = "host=db2 port=5433 dbname=ledger user=app"
+wave = 2
+pause_before = ["hydrating"]
+"#;
+
+    #[test]
+    fn parses_a_fleet_with_defaults() {
+        let m = Manifest::parse("fleet.toml", GOOD).expect("valid");
+        assert_eq!(m.fleet.name, "payments");
+        assert_eq!(m.fleet.max_concurrent, 4);
+        assert_eq!(m.fleet.max_per_source_host, 2);
+        assert_eq!(m.fleet.clusters.len(), 2);
+        assert_eq!(m.fleet.clusters[1].source_host, "db2:5433");
+        assert_eq!(m.fleet.clusters[1].pause_before, vec!["hydrating"]);
+        assert_eq!(m.lines["ledger"], 11);
+    }
+
+    fn error_of(text: &str) -> String {
+        Manifest::parse("fleet.toml", text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn names_the_line_and_field_of_a_bad_value() {
+        let bad = GOOD.replace("wave = 2", "wave = \"two\"");
+        let e = error_of(&bad);
+        assert!(e.starts_with("fleet.toml:14:") && e.contains("wave = \"two\""), "{e}");
+        let bad = GOOD.replace("max_concurrent = 4", "max_concurrent = 0");
+        assert_eq!(error_of(&bad), "fleet.toml:4: fleet.max_concurrent: must be a positive integer, got 0");
+    }
+
+    #[test]
+    fn refuses_unknown_fields_duplicates_and_bad_sources() {
+        let e = error_of(&GOOD.replace("wave = 1", "wave = 1\nwaev = 3"));
+        assert!(e.contains(":10:") && e.contains("waev"), "{e}");
+        let e = error_of(&GOOD.replace("name = \"ledger\"", "name = \"orders\""));
+        assert!(e.contains("appears twice (first on line 6)"), "{e}");
+        let e = error_of(&GOOD.replace("postgres://app@db1:5432/orders", "mysql://x"));
+        assert!(e.contains("cluster orders: source"), "{e}");
+        let e = error_of(&GOOD.replace("[\"hydrating\"]", "[\"flipping\"]"));
+        assert!(e.contains("pause_before"), "{e}");
+    }
+}

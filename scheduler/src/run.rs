@@ -1,0 +1,126 @@
+//! Enqueueing a manifest, and the scheduler loop that releases waves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dmf_db::Db;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Manifest};
+
+/// Check every source answers, then register the fleet (all or nothing).
+pub async fn enqueue(db: &Db, manifest: &Manifest, actor: &str) -> Result<Vec<uuid::Uuid>, Error> {
+    let mut checks = tokio::task::JoinSet::new();
+    for c in &manifest.fleet.clusters {
+        let (name, dsn) = (c.name.clone(), c.source_dsn.clone());
+        checks.spawn(async move { (name, probe(&dsn).await) });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = checks.join_next().await {
+        if let Ok((name, Err(message))) = r {
+            failures.push((name, message));
+        }
+    }
+    failures.sort_by_key(|(name, _)| manifest.lines.get(name).copied().unwrap_or(0));
+    if let Some((cluster, message)) = failures.into_iter().next() {
+        let line = manifest.lines.get(&cluster).copied().unwrap_or(0);
+        return Err(Error::Unreachable { cluster, line, message });
+    }
+    Ok(db.register_fleet(&manifest.fleet, actor).await?)
+}
+
+async fn probe(dsn: &str) -> Result<(), String> {
+    let mut config: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
+    config.connect_timeout(Duration::from_secs(5));
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    })?;
+    let task = tokio::spawn(conn);
+    let r = client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string());
+    drop(client);
+    let _ = task.await;
+    r
+}
+
+/// The scheduler service: `run` ticks until cancelled. Several may run; one ticks at a time.
+pub struct Scheduler {
+    db: Db,
+    name: String,
+    interval: Duration,
+}
+
+impl Scheduler {
+    pub fn new(db: Db, name: String, interval: Duration) -> Scheduler {
+        Scheduler { db, name, interval }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        tracing::info!(scheduler = %self.name, "scheduler started");
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(scheduler = %self.name, error = %e, "scheduler tick failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        tracing::info!(scheduler = %self.name, "scheduler stopped");
+        Ok(())
+    }
+
+    /// One pass over every fleet: breaker, wave release, cluster starts.
+    pub async fn tick(&self) -> Result<(), Error> {
+        let Some(lock) = self.db.try_scheduler_lock().await? else { return Ok(()) };
+        for fleet in self.db.fleets().await? {
+            self.tick_fleet(&fleet).await?;
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    async fn tick_fleet(&self, fleet: &dmf_db::fleet::FleetRow) -> Result<(), Error> {
+        let mut breaker_open = fleet.breaker_open;
+        for w in self.db.wave_summaries(&fleet.name).await? {
+            if w.released {
+                let rate = if w.total > 0 { w.bad as f64 / w.total as f64 } else { 0.0 };
+                if !breaker_open && w.bad > 0 && rate > fleet.breaker_threshold {
+                    let reason = format!(
+                        "wave {}: {} of {} clusters failed or aborted ({:.0}% > {:.0}%)",
+                        w.wave, w.bad, w.total, rate * 100.0, fleet.breaker_threshold * 100.0
+                    );
+                    tracing::warn!(fleet = %fleet.name, wave = w.wave, "circuit breaker open: {reason}");
+                    self.db.open_breaker(&fleet.name, &reason, &self.name).await?;
+                    breaker_open = true;
+                }
+                if w.settled < w.total {
+                    break; // this wave is still running: later waves wait
+                }
+                continue;
+            }
+            if !breaker_open {
+                tracing::info!(fleet = %fleet.name, wave = w.wave, clusters = w.total, "releasing wave");
+                self.db.release_wave(&fleet.name, w.wave, &self.name).await?;
+            }
+            break;
+        }
+        let (mut total, hosts) = self.db.in_flight_by_host(&fleet.name).await?;
+        let mut per_host: HashMap<String, i64> = hosts.into_iter().collect();
+        for c in self.db.candidates(&fleet.name).await? {
+            if total >= fleet.max_concurrent as i64 {
+                break;
+            }
+            let on_host = per_host.entry(c.source_host.clone()).or_insert(0);
+            if *on_host >= fleet.max_per_source_host as i64 {
+                continue;
+            }
+            if self.db.start_migration(&c, &self.name).await? {
+                *on_host += 1;
+                total += 1;
+                tracing::info!(fleet = %fleet.name, cluster = %c.cluster, migration = %c.migration, "cluster started");
+            }
+        }
+        Ok(())
+    }
+}
