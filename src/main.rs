@@ -1,1 +1,83 @@
-fn main() {}
+//! `dmf`: the command line. Parses arguments and calls the library crates; no business logic.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dmf", version, about = "Data Migration Factory: move fleets of PostgreSQL clusters with zero downtime")]
+#[command(long_about = "Data Migration Factory: move fleets of PostgreSQL clusters with zero downtime.\n\n\
+Typical flow: `dmf init` once, `dmf enqueue fleet.toml`, then run `dmf scheduler` and any number of \
+`dmf worker` processes, and watch with `dmf status --watch`. Every command reads the control plane \
+from --database-url or DMF_DATABASE_URL. Try `dmf demo` for a throwaway end-to-end run.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or upgrade the control-plane schema and the job queue (safe to repeat).
+    Init(commands::init::Args),
+    /// Register a fleet manifest: clusters and waves. Checks every source answers first.
+    Enqueue(commands::enqueue::Args),
+    /// Release waves under the fleet's concurrency limits and circuit breaker.
+    Scheduler(commands::scheduler::Args),
+    /// Run activities: claim jobs, run them, advance each migration's state machine.
+    Worker(commands::worker::Args),
+    /// Show each cluster's phase, lag, hydration progress and last error.
+    Status(commands::status::Args),
+    /// Resume a failed or paused cluster, or close a fleet's circuit breaker.
+    Resume(commands::resume::Args),
+    /// Abort a cluster's migration and remove everything it created on both sides.
+    Abort(commands::abort::Args),
+    /// Throwaway local control plane and fleet: hydrate, replicate, report.
+    Demo(commands::demo::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json = cli.command.json();
+    output::init_tracing(json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Init(a) => commands::init::run(a).await,
+            Command::Enqueue(a) => commands::enqueue::run(a).await,
+            Command::Scheduler(a) => commands::scheduler::run(a).await,
+            Command::Worker(a) => commands::worker::run(a).await,
+            Command::Status(a) => commands::status::run(a).await,
+            Command::Resume(a) => commands::resume::run(a).await,
+            Command::Abort(a) => commands::abort::run(a).await,
+            Command::Demo(a) => commands::demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            output::error(json, &e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    fn json(&self) -> bool {
+        match self {
+            Command::Init(a) => a.json,
+            Command::Enqueue(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Resume(a) => a.json,
+            Command::Abort(a) => a.json,
+            Command::Demo(a) => a.json,
+            Command::Scheduler(_) | Command::Worker(_) => false,
+        }
+    }
+}

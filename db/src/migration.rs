@@ -329,3 +329,15 @@ impl Db {
         .await?)
     }
 }
+
+impl Db {
+    /// When each phase of a migration was entered, oldest first.
+    pub async fn phase_entries(&self, id: Uuid) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT to_phase, at FROM dmf.events WHERE migration = $1 AND kind = 'transition' AND to_phase IS NOT NULL ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,53 @@
+//! One module per command.
+
+pub mod abort;
+pub mod demo;
+pub mod enqueue;
+pub mod init;
+pub mod resume;
+pub mod scheduler;
+pub mod status;
+pub mod worker;
+
+/// The control-plane URL every command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControlPlane {
+    /// Control-plane PostgreSQL URL.
+    #[arg(long = "database-url", env = "DMF_DATABASE_URL")]
+    pub database_url: String,
+}
+
+impl ControlPlane {
+    pub async fn connect(&self) -> anyhow::Result<dmf_db::Db> {
+        let db = dmf_db::Db::connect(&self.database_url).await.map_err(|e| anyhow::anyhow!("cannot reach the control plane: {e}"))?;
+        if !db.is_initialized().await? {
+            anyhow::bail!("the control plane is not initialized: run `dmf init` first");
+        }
+        Ok(db)
+    }
+}
+
+/// Who did it, for the event log.
+pub fn actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}

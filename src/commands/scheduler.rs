@@ -1,0 +1,22 @@
+//! `dmf scheduler`.
+
+use std::time::Duration;
+
+use super::ControlPlane;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    cp: ControlPlane,
+    /// Seconds between passes.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let db = a.cp.connect().await?;
+    let name = format!("scheduler-{}", std::process::id());
+    let s = dmf_scheduler::Scheduler::new(db, name, Duration::from_secs_f64(a.interval.max(0.05)));
+    s.run(super::shutdown_signal()).await?;
+    Ok(())
+}

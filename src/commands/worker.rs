@@ -1,0 +1,68 @@
+//! `dmf worker`.
+
+use std::time::Duration;
+
+use super::ControlPlane;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub cp: ControlPlane,
+    /// Unique worker name (default: host, pid and a random suffix).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Activities run at once by this process.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Where the local provider creates target clusters.
+    #[arg(long, env = "DMF_LOCAL_DIR")]
+    pub local_dir: Option<std::path::PathBuf>,
+    /// Parallel COPY streams per hydration.
+    #[arg(long, default_value_t = 4)]
+    pub hydrate_jobs: usize,
+    /// Split tables larger than this many MiB by key ranges.
+    #[arg(long, default_value_t = 64)]
+    pub split_mib: u64,
+    /// Replication lag limit (ms) of the lag guard.
+    #[arg(long, default_value_t = 5000)]
+    pub lag_limit_ms: u64,
+    /// Abort when lag stays above the limit for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub lag_window_s: u64,
+    /// Seconds between checks of a replicating cluster.
+    #[arg(long, default_value_t = 2.0)]
+    pub watch_interval: f64,
+    /// Lease time-to-live in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub lease_ttl_s: u64,
+    /// Create local targets with fsync off (tests and demos only).
+    #[arg(long, env = "DMF_FAST_LOCAL_TARGETS")]
+    pub fast_local_targets: bool,
+}
+
+impl Args {
+    pub fn options(&self) -> dmf_worker::Options {
+        let mut o = dmf_worker::Options::new(self.cp.database_url.clone());
+        if let Some(n) = &self.name {
+            o.name = n.clone();
+        }
+        o.concurrency = self.concurrency.max(1);
+        if let Some(d) = &self.local_dir {
+            o.activities.local_base_dir = d.clone();
+        }
+        o.activities.hydrate_jobs = self.hydrate_jobs.max(1);
+        o.activities.split_bytes = self.split_mib.max(1) << 20;
+        o.activities.lag.limit = Duration::from_millis(self.lag_limit_ms);
+        o.activities.lag.window = Duration::from_secs(self.lag_window_s);
+        o.activities.watch_interval = Duration::from_secs_f64(self.watch_interval.max(0.05));
+        o.activities.fast_local_targets = self.fast_local_targets;
+        o.lease_ttl = Duration::from_secs(self.lease_ttl_s.max(3));
+        o
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let worker = dmf_worker::Worker::build(a.options())?;
+    worker.run(super::shutdown_signal()).await?;
+    Ok(())
+}
