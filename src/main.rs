@@ -39,7 +39,8 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.command.json();
-    output::init_tracing(json);
+    // The demo draws progress bars; its logs would tear them.
+    output::init_tracing(json || matches!(cli.command, Command::Demo(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -367,7 +367,7 @@ pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(
     for r in rows {
         let (name, value): (String, i64) = (r.get(0), r.get(1));
         target
-            .execute("SELECT setval($1::regclass, $2, true)", &[&name, &value])
+            .execute("SELECT setval($1::text::regclass, $2, true)", &[&name, &value])
             .await
             .map_err(pg::err(&format!("set sequence {name}")))?;
     }

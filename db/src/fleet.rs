@@ -221,6 +221,7 @@ impl Db {
             note: "released by the scheduler".into(),
             abort_reason: None,
             last_error: None,
+            release_lease: None,
         };
         Ok(self.transition(c.migration, &req).await?.is_some())
     }

@@ -57,6 +57,9 @@ pub struct TransitionRequest {
     pub note: String,
     pub abort_reason: Option<AbortReason>,
     pub last_error: Option<String>,
+    /// The lease holder making this transition: its lease is released in the same transaction, so
+    /// the next phase's job can take it at once.
+    pub release_lease: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -112,6 +115,9 @@ impl Db {
         let Some(moved) = moved else {
             return Ok(None);
         };
+        if let Some(holder) = &req.release_lease {
+            release_in(&mut tx, id, holder).await?;
+        }
         sqlx::query(include_str!("queries/insert_event.sql"))
             .bind(id)
             .bind(&moved.cluster)
@@ -164,6 +170,7 @@ impl Db {
         delay: Duration,
         error: Option<&str>,
         actor: &str,
+        release_lease: Option<&str>,
     ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(String, i64)> = sqlx::query_as(include_str!("queries/follow_up.sql"))
@@ -176,6 +183,9 @@ impl Db {
         let Some((cluster, nudge)) = row else {
             return Ok(false);
         };
+        if let Some(holder) = release_lease {
+            release_in(&mut tx, id, holder).await?;
+        }
         if let Some(error) = error {
             sqlx::query(include_str!("queries/insert_event.sql"))
                 .bind(id)
@@ -245,6 +255,7 @@ impl Db {
                 note: format!("abort requested by {actor}"),
                 abort_reason: Some(AbortReason::Operator),
                 last_error: None,
+                release_lease: None,
             };
             // Lost the race with a worker's transition: look again.
             if self.transition(m.id, &req).await?.is_some() {
@@ -272,6 +283,7 @@ impl Db {
                 note: format!("resumed by {actor}"),
                 abort_reason: None,
                 last_error: None,
+                release_lease: None,
             };
             if self.transition(m.id, &req).await?.is_none() {
                 return Err(Error::Conflict(format!("cluster {cluster:?} moved while resuming; look again")));
@@ -340,4 +352,13 @@ impl Db {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+async fn release_in(conn: &mut sqlx::PgConnection, id: Uuid, holder: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM dmf.leases WHERE migration = $1 AND holder = $2")
+        .bind(id)
+        .bind(holder)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -113,6 +113,8 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
         let g = LocalCluster::ephemeral(base, &format!("source-{i}"), "")?;
         g.psql("postgres", "CREATE DATABASE app")?;
         pgbench_init(&g, a.scale)?;
+        // pgbench_history has no key; preflight would (rightly) refuse to publish it.
+        g.psql("app", "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")?;
         let wave = if i <= a.clusters.div_ceil(2) { 1 } else { 2 };
         manifest.push_str(&format!("\n[[cluster]]\nname = \"demo-{i}\"\nsource = \"{}\"\nwave = {wave}\n", g.dsn("app")));
         sources.push(g);
@@ -159,6 +161,10 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
         }
         if rows.iter().all(|r| matches!(r.phase.as_str(), "replicating" | "aborted" | "failed")) {
             break Ok(());
+        }
+        let breaker_open = db.fleets().await?.iter().any(|f| f.breaker_open);
+        if breaker_open && rows.iter().all(|r| matches!(r.phase.as_str(), "pending" | "replicating" | "aborted" | "failed")) {
+            break Err(anyhow::anyhow!("the circuit breaker opened: see the report above and `dmf status`"));
         }
         if Instant::now() > deadline {
             break Err(anyhow::anyhow!("the fleet did not reach replicating within {}s", a.timeout));

@@ -25,7 +25,7 @@ pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Erro
         // Someone runs this migration right now (a duplicate, or the previous phase still winding
         // down). Look again once their lease could have expired.
         tracing::debug!(cluster = %m.cluster, migration = %m.id, %key, "lease busy; retrying later");
-        shared.db.follow_up(m.id, phase, m.epoch, ttl, None, &shared.opts.name).await?;
+        shared.db.follow_up(m.id, phase, m.epoch, ttl / 3, None, &shared.opts.name, None).await?;
         return Ok(());
     }
     let result = run_leased(shared, &job, phase, &holder).await;
@@ -70,7 +70,7 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
         Outcome::Watch(_) => tracing::debug!(cluster = %m.cluster, migration = %m.id, phase = %phase, "watch"),
         _ => tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, took_ms = started.elapsed().as_millis() as u64, ?outcome, "activity finished"),
     }
-    apply(shared, &m, phase, decision).await
+    apply(shared, &m, phase, decision, holder).await
 }
 
 fn timeout_outcome(phase: Phase, limit: Duration) -> Outcome {
@@ -79,7 +79,7 @@ fn timeout_outcome(phase: Phase, limit: Duration) -> Outcome {
 
 /// Make the decision durable, retrying through a short control-plane outage. If it never lands,
 /// the reconciler runs the (idempotent) activity again later.
-async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision: Decision) -> Result<(), Error> {
+async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision: Decision, holder: &str) -> Result<(), Error> {
     let actor = shared.opts.name.clone();
     let mut wait = Duration::from_millis(200);
     loop {
@@ -93,13 +93,14 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
                     note: note.clone(),
                     abort_reason: *abort_reason,
                     last_error: if *to == Phase::Failed || *to == Phase::Aborting { Some(note.clone()) } else { None },
+                    release_lease: Some(holder.to_string()),
                 };
                 shared.db.transition(m.id, &req).await.map(|_| ())
             }
-            Decision::Watch { after } => shared.db.follow_up(m.id, phase, m.epoch, *after, None, &actor).await.map(|_| ()),
+            Decision::Watch { after } => shared.db.follow_up(m.id, phase, m.epoch, *after, None, &actor, Some(holder)).await.map(|_| ()),
             Decision::Retry { after, error } => {
                 tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, error = %error, retry_in_ms = after.as_millis() as u64, "activity will retry");
-                shared.db.follow_up(m.id, phase, m.epoch, *after, Some(error), &actor).await.map(|_| ())
+                shared.db.follow_up(m.id, phase, m.epoch, *after, Some(error), &actor, Some(holder)).await.map(|_| ())
             }
         };
         match r {

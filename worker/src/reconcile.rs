@@ -34,7 +34,7 @@ async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
         }
         if shared.db.is_stranded(m.id).await? {
             tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, "stranded migration: nudging");
-            shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, &shared.opts.name).await?;
+            shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, &shared.opts.name, None).await?;
         }
     }
     Ok(())

@@ -184,7 +184,7 @@ impl LocalCluster {
         run(cmd, &format!("initdb {}", data.display()))?;
         let mut conf = format!("{BASE_CONF}port = {}\nunix_socket_directories = '{}'\n", opts.port, c.dir.display());
         if opts.fast {
-            conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+            conf.push_str("fsync = off\nfull_page_writes = off\n");
         }
         conf.push_str(&opts.extra_conf);
         let conf_path = data.join("postgresql.auto.conf");
