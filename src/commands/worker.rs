@@ -35,6 +35,16 @@ pub struct Args {
     /// Lease time-to-live in seconds.
     #[arg(long, default_value_t = 15)]
     pub lease_ttl_s: u64,
+    /// Seconds between the worker's heartbeats; a worker silent for three is presumed dead and
+    /// its jobs go back to the queue.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_s: u64,
+    /// Seconds between passes of the reconciler (nudges migrations whose job was lost).
+    #[arg(long, default_value_t = 10)]
+    pub reconcile_s: u64,
+    /// Attempts of one phase before the migration is marked failed (a crash counts).
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
     /// Create local targets with fsync off (tests and demos only).
     #[arg(long, env = "DMF_FAST_LOCAL_TARGETS")]
     pub fast_local_targets: bool,
@@ -57,6 +67,9 @@ impl Args {
         o.activities.watch_interval = Duration::from_secs_f64(self.watch_interval.max(0.05));
         o.activities.fast_local_targets = self.fast_local_targets;
         o.lease_ttl = Duration::from_secs(self.lease_ttl_s.max(3));
+        o.heartbeat = Duration::from_secs(self.heartbeat_s.max(1));
+        o.reconcile_interval = Duration::from_secs(self.reconcile_s.max(1));
+        o.policy.max_attempts = self.max_attempts.max(1);
         o
     }
 }

@@ -1,0 +1,81 @@
+//! Abort from every phase up to replicating leaves no slot, publication, subscription or heartbeat
+//! schema on either side, removes the provisioned target, and leaves the source's data untouched.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{digest, leftovers, psql, Env, CLEAN, SAMPLE_SCHEMA};
+
+const PHASES: &[&str] = &["preflight", "provisioning", "schema", "hydrating", "replicating"];
+
+#[test]
+fn abort_from_every_phase_leaves_nothing_behind() {
+    let env = Env::new("abort");
+    let src = env.source("src");
+    let mut manifest = String::from("[fleet]\nname = \"f\"\nmax_concurrent = 10\nmax_per_source_host = 10\n");
+    let mut before = Vec::new();
+    for p in PHASES {
+        src.psql("postgres", &format!("CREATE DATABASE db_{p}")).expect("db");
+        psql(&src.dsn(&format!("db_{p}")), SAMPLE_SCHEMA);
+        before.push(digest(&src.dsn(&format!("db_{p}")), "items", "id"));
+        manifest.push_str(&format!(
+            "\n[[cluster]]\nname = \"at-{p}\"\nsource = \"{}\"\npause_before = [\"{p}\"]\n",
+            src.dsn(&format!("db_{p}"))
+        ));
+    }
+    // One more, aborted while its copy is running.
+    src.psql("postgres", "CREATE DATABASE db_busy").expect("db");
+    psql(
+        &src.dsn("db_busy"),
+        "CREATE TABLE big (id bigserial PRIMARY KEY, pad text); \
+         INSERT INTO big (pad) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;",
+    );
+    manifest.push_str(&format!("\n[[cluster]]\nname = \"busy\"\nsource = \"{}\"\n", src.dsn("db_busy")));
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let _worker = env.worker("w1", &["--hydrate-jobs", "1"]);
+
+    env.wait_for("every cluster paused in its phase", Duration::from_secs(180), |cs| {
+        PHASES.iter().all(|p| cs.iter().any(|c| c["cluster"] == format!("at-{p}") && c["phase"] == *p && c["paused"] == true))
+    });
+    // Mid-copy abort: as soon as the copy has reported progress.
+    env.wait_for("busy to be copying", Duration::from_secs(120), |cs| {
+        cs.iter().any(|c| c["cluster"] == "busy" && (c["phase"] == "replicating" || (c["phase"] == "hydrating" && c["rows_copied"].as_i64().unwrap_or(0) > 0)))
+    });
+    let was = env.phase_of("busy");
+    let out = env.dmf(&["abort", "busy", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("busy aborted while {was}");
+    // Capture targets before they are torn down.
+    let targets: Vec<(String, String)> = PHASES
+        .iter()
+        .map(|p| format!("at-{p}"))
+        .chain(std::iter::once("busy".to_string()))
+        .map(|c| (c.clone(), env.cp_query(&format!("SELECT coalesce(state->>'target_dir', '') FROM dmf.migrations WHERE cluster = '{c}'"))))
+        .collect();
+    for p in PHASES {
+        let out = env.dmf(&["abort", &format!("at-{p}"), "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    env.wait_for("every cluster aborted", Duration::from_secs(120), |cs| cs.iter().all(|c| c["phase"] == "aborted"));
+
+    for c in env.clusters() {
+        assert_eq!(c["abort_reason"], "operator", "{c}");
+    }
+    for (i, p) in PHASES.iter().enumerate() {
+        let dsn = src.dsn(&format!("db_{p}"));
+        assert_eq!(leftovers(&dsn), CLEAN, "source of at-{p}");
+        assert_eq!(digest(&dsn, "items", "id"), before[i], "source data of at-{p} changed");
+    }
+    assert_eq!(leftovers(&src.dsn("db_busy")), CLEAN, "source of busy");
+    for (cluster, dir) in targets {
+        if !dir.is_empty() {
+            assert!(!std::path::Path::new(&dir).exists(), "target of {cluster} still at {dir}");
+        }
+    }
+    // An aborted cluster cannot be aborted into anything else, nor resumed.
+    let out = env.dmf(&["resume", "at-schema"]);
+    assert!(!out.status.success());
+}

@@ -1,0 +1,254 @@
+//! Test harness: a throwaway control plane, source clusters and `dmf` processes, all under one
+//! temporary directory, stopped and removed when the `Env` drops (also during a panic).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use dmf_activities::providers::local::{Guard, LocalCluster};
+
+pub struct Env {
+    pub cp: Guard,
+    pub url: String,
+    children: Mutex<Vec<(String, Child)>>,
+    // Last: removed after everything in it is stopped.
+    pub base: tempfile::TempDir,
+}
+
+/// A `dmf` process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+}
+
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn dmf_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dmf")
+}
+
+/// Run SQL with psql against a connection string; returns trimmed unaligned output.
+pub fn psql(dsn: &str, sql: &str) -> String {
+    let psql = dmf_activities::providers::local::program("psql").expect("psql");
+    let out = Command::new(psql)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "psql failed on {dsn}: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        let base = tempfile::Builder::new().prefix(&format!("dmf-{name}-")).tempdir_in("/tmp").expect("tempdir");
+        dmf_activities::providers::local::prepare_dir(base.path()).expect("prepare base dir");
+        let cp = LocalCluster::ephemeral(base.path(), "control-plane", "").expect("control plane");
+        let url = cp.dsn("postgres");
+        let env = Env { cp, url, children: Mutex::new(Vec::new()), base };
+        let out = env.dmf(&["init"]);
+        assert!(out.status.success(), "dmf init: {}", String::from_utf8_lossy(&out.stderr));
+        env
+    }
+
+    pub fn path(&self) -> &Path {
+        self.base.path()
+    }
+
+    /// A fresh source cluster for this test.
+    pub fn source(&self, name: &str) -> Guard {
+        LocalCluster::ephemeral(self.path(), name, "").expect("source cluster")
+    }
+
+    pub fn dmf(&self, args: &[&str]) -> Output {
+        Command::new(dmf_bin())
+            .args(args)
+            .env("DMF_DATABASE_URL", &self.url)
+            .env("DMF_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dmf")
+    }
+
+    /// Run dmf and parse its `--json` output; panics with stderr on failure.
+    pub fn dmf_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.dmf(args);
+        assert!(out.status.success(), "dmf {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("dmf {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn enqueue(&self, file_name: &str, manifest: &str) -> Output {
+        let path = self.path().join(file_name);
+        std::fs::write(&path, manifest).expect("write manifest");
+        self.dmf(&["enqueue", path.to_str().expect("utf-8 path"), "--json"])
+    }
+
+    fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let log = self.path().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(dmf_bin())
+            .args(args)
+            .env("DMF_DATABASE_URL", &self.url)
+            .env("DMF_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn dmf");
+        Proc { child, log }
+    }
+
+    pub fn targets_dir(&self) -> PathBuf {
+        self.path().join("targets")
+    }
+
+    /// A worker with test-friendly timings; `extra` adds or overrides flags.
+    pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
+        let dir = self.targets_dir();
+        let mut args = vec![
+            "worker",
+            "--name",
+            name,
+            "--local-dir",
+            dir.to_str().expect("utf-8 path"),
+            "--fast-local-targets",
+            "--watch-interval",
+            "0.5",
+            "--lease-ttl-s",
+            "6",
+            "--heartbeat-s",
+            "1",
+            "--reconcile-s",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(name, &args)
+    }
+
+    pub fn scheduler(&self) -> Proc {
+        self.spawn("scheduler", &["scheduler", "--interval", "0.3"])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.dmf_json(&["status", "--json"])
+    }
+
+    /// Clusters by name -> their status object.
+    pub fn clusters(&self) -> Vec<serde_json::Value> {
+        self.status()["clusters"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn phase_of(&self, cluster: &str) -> String {
+        self.clusters()
+            .iter()
+            .find(|c| c["cluster"] == cluster)
+            .and_then(|c| c["phase"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Poll `dmf status` until `done` holds; panic with the status and logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&[serde_json::Value]) -> bool) {
+        let start = Instant::now();
+        loop {
+            let clusters = self.clusters();
+            if done(&clusters) {
+                return;
+            }
+            if start.elapsed() > timeout {
+                let phases: Vec<String> = clusters
+                    .iter()
+                    .map(|c| format!("{} {} {}", c["cluster"], c["phase"], c["last_error"]))
+                    .collect();
+                let mut logs = String::new();
+                for entry in std::fs::read_dir(self.path()).into_iter().flatten().flatten() {
+                    if entry.path().extension().is_some_and(|e| e == "log") {
+                        logs.push_str(&format!("--- {}\n{}\n", entry.path().display(), tail(&entry.path(), 30)));
+                    }
+                }
+                panic!("timed out after {:?} waiting for {what}\n{}\n{logs}", timeout, phases.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// A control-plane query (for checks the CLI does not expose, like the raw event log).
+    pub fn cp_query(&self, sql: &str) -> String {
+        psql(&self.url, sql)
+    }
+
+    /// The target connection string a migration provisioned.
+    pub fn target_dsn(&self, cluster: &str) -> String {
+        self.cp_query(&format!(
+            "SELECT state->>'target_dsn' FROM dmf.migrations WHERE cluster = '{cluster}'"
+        ))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Stop every target the workers provisioned (the processes themselves are Procs owned
+        // by the test and already dropped).
+        if let Ok(entries) = std::fs::read_dir(self.targets_dir()) {
+            for e in entries.flatten() {
+                let dir = e.path();
+                if dir.join("data").join("PG_VERSION").exists() {
+                    let _ = LocalCluster { dir, port: 0 }.stop_mode("immediate");
+                }
+            }
+        }
+    }
+}
+
+/// Row count and an order-independent digest of a table's rows.
+pub fn digest(dsn: &str, table: &str, order_by: &str) -> String {
+    psql(dsn, &format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY {order_by}), '')) FROM {table} t"))
+}
+
+/// Replication objects dmf could leave behind on a cluster: slots, publications, subscriptions,
+/// and the heartbeat schema.
+pub fn leftovers(dsn: &str) -> String {
+    psql(
+        dsn,
+        "SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, ' || \
+                (SELECT count(*) FROM pg_publication) || ' publications, ' || \
+                (SELECT count(*) FROM pg_subscription) || ' subscriptions, ' || \
+                (SELECT count(*) FROM pg_namespace WHERE nspname = '_dmf') || ' heartbeat schemas'",
+    )
+}
+
+pub const CLEAN: &str = "0 slots, 0 publications, 0 subscriptions, 0 heartbeat schemas";
+
+/// Small but varied data: a serial key, a composite key, an index, a sequence.
+pub const SAMPLE_SCHEMA: &str = "
+CREATE TABLE items (id bigserial PRIMARY KEY, payload text, n int, at timestamptz DEFAULT now());
+INSERT INTO items (payload, n) SELECT md5(g::text), g FROM generate_series(1, 3000) g;
+CREATE INDEX items_n ON items (n);
+CREATE TABLE pairs (a int, b int, v text, PRIMARY KEY (a, b));
+INSERT INTO pairs SELECT g % 50, g, 'v' || g FROM generate_series(1, 1500) g;
+";
