@@ -28,7 +28,7 @@ fn preflight_blocks_a_table_without_key_or_replica_identity_and_names_it() {
 
     let status = env.dmf_json(&["status", "app", "--json"]);
     let c = &status["clusters"][0];
-    assert_eq!(c["abort_reason"], "preflight_failed");
+    assert_eq!(c["abort_reason"], "preflight_failed", "{c}");
     let err = c["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("\"public\".\"event_log\""), "{err}");
     assert!(!err.contains("wide") && !err.contains("keyed"), "only the offending table is an error: {err}");

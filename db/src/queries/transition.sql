@@ -6,7 +6,7 @@ SET phase            = $4,
     phase_started_at = now(),
     failed_phase     = CASE WHEN $4 = 'failed' THEN $2 ELSE failed_phase END,
     abort_reason     = COALESCE($5, abort_reason),
-    last_error       = CASE WHEN $4 = 'failed' THEN COALESCE($6, last_error) ELSE $6 END,
+    last_error       = CASE WHEN $4 IN ('failed', 'aborting', 'aborted') THEN COALESCE($6, last_error) ELSE $6 END,
     paused           = ($4 = ANY (pause_before)),
     lag_over_since   = NULL,
     updated_at       = now()
