@@ -30,12 +30,13 @@ pub(crate) async fn run_program(name: &str, args: &[&str], what: &str) -> Result
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Dump the source's schema (custom format) to `file`.
+/// Dump the source's schema (custom format) to `file`. Publications and subscriptions stay behind:
+/// dmf's own publication must not reach the target, and the source's belong to the source.
 pub(crate) async fn dump_schema(source_dsn: &str, section: &str, file: &Path, cluster: &str) -> Result<(), Error> {
     let file = file.display().to_string();
     run_program(
         "pg_dump",
-        &["--schema-only", "--format=custom", &format!("--section={section}"), "--file", &file, "--dbname", source_dsn],
+        &["--schema-only", "--no-publications", "--no-subscriptions", "--format=custom", &format!("--section={section}"), "--file", &file, "--dbname", source_dsn],
         &format!("pg_dump {section} of {cluster}"),
     )
     .await
