@@ -35,3 +35,41 @@ ensure_postgres() {
     export DMF_PG_BIN="$bin"
     export PATH="$bin:$PATH"
 }
+
+# Run a PostgreSQL server program, as postgres when root (initdb and pg_ctl refuse root).
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# make_cluster DIR PORT: initdb + start a throwaway cluster configured like dmf's local provider
+# in fast mode (logical replication on, fsync off).
+make_cluster() {
+    local dir="$1" port="$2"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$dir"
+    as_pg "$DMF_PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+    cat >> "$dir/data/postgresql.auto.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir'
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 64
+max_worker_processes = 32
+max_connections = 120
+shared_buffers = 128MB
+maintenance_work_mem = 256MB
+fsync = off
+full_page_writes = off
+CONF
+    echo "host replication all 127.0.0.1/32 trust" >> "$dir/data/pg_hba.conf"
+    as_pg "$DMF_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+}
+
+stop_cluster() {
+    as_pg "$DMF_PG_BIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1 || true
+}
