@@ -37,7 +37,7 @@ fn twenty_clusters_reach_replicating_while_workers_are_killed() {
     let mut workers = vec![env.worker("w0", &worker_args), env.worker("w1", &worker_args)];
     let start = Instant::now();
     let mut kills = 0;
-    let mut next_kill = Instant::now() + Duration::from_secs(3);
+    let mut next_kill = Instant::now() + Duration::from_secs(4);
     let mut generation = 2;
     loop {
         let cs = env.clusters();
@@ -55,7 +55,7 @@ fn twenty_clusters_reach_replicating_while_workers_are_killed() {
             kills += 1;
             workers[victim] = env.worker(&format!("w{generation}"), &worker_args);
             generation += 1;
-            next_kill = Instant::now() + Duration::from_secs(3);
+            next_kill = Instant::now() + Duration::from_secs(4);
         }
         std::thread::sleep(Duration::from_millis(250));
     }

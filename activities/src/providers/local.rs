@@ -25,6 +25,9 @@ logging_collector = off
 wal_sender_timeout = 30s
 ";
 
+/// Written after initdb and configuration have completed.
+const READY_MARKER: &str = "dmf-cluster-ready";
+
 /// Options for creating a local cluster.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -162,9 +165,10 @@ impl LocalCluster {
         format!("postgres://postgres@127.0.0.1:{}/{}", self.port, dbname)
     }
 
-    /// Whether `initdb` already ran here.
+    /// Whether this cluster was completely made (initdb ran and its settings were written): the
+    /// marker is written last, so a cluster interrupted half-way is made again.
     pub fn exists(&self) -> bool {
-        self.data_dir().join("PG_VERSION").exists()
+        self.dir.join(READY_MARKER).exists()
     }
 
     /// initdb a new cluster (or adopt the one already in `dir`), configured for logical replication.
@@ -175,8 +179,10 @@ impl LocalCluster {
         }
         prepare_dir(&c.dir)?;
         let data = c.data_dir();
-        // A half-made data directory from a crash is useless: start over.
+        // A half-made data directory from a crash is useless: start over (stopping it first, in
+        // case it was started with initdb's defaults).
         if data.exists() {
+            let _ = c.stop_mode("immediate");
             std::fs::remove_dir_all(&data).map_err(|e| Error::Local(format!("remove {}: {e}", data.display())))?;
         }
         let mut cmd = server_command(&bin_dir()?.join("initdb"));
@@ -197,6 +203,8 @@ impl LocalCluster {
         rules.push_str("\nhost replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n");
         std::fs::write(&hba, rules).map_err(|e| Error::Local(format!("write {}: {e}", hba.display())))?;
         prepare_dir(&c.dir)?;
+        let marker = c.dir.join(READY_MARKER);
+        std::fs::write(&marker, format!("port {}\n", opts.port)).map_err(|e| Error::Local(format!("write {}: {e}", marker.display())))?;
         Ok(c)
     }
 
