@@ -7,7 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::migration::TransitionRequest;
-use crate::{Db, Error};
+use crate::{Db, Error, Event};
 
 /// One fleet manifest, validated, ready to register.
 #[derive(Debug, Clone)]
@@ -116,16 +116,9 @@ impl Db {
             .bind(&c.source_dsn)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(include_str!("queries/insert_event.sql"))
-                .bind(id)
-                .bind(&c.name)
-                .bind("enqueue")
-                .bind(None::<String>)
-                .bind(Some("pending"))
-                .bind(0i64)
-                .bind(actor)
-                .bind(format!("fleet {} wave {}", fleet.name, c.wave))
-                .execute(&mut *tx)
+            let detail = format!("fleet {} wave {}", fleet.name, c.wave);
+            Event { migration: Some(id), cluster: Some(&c.name), kind: "enqueue", from: None, to: Some("pending"), epoch: Some(0), actor, detail: &detail }
+                .insert(&mut tx)
                 .await?;
             ids.push(id);
         }
@@ -226,26 +219,13 @@ impl Db {
         Ok(self.transition(c.migration, &req).await?.is_some())
     }
 
-    /// Run `f` only if no other scheduler is inside its tick (transaction-scoped advisory lock).
+    /// The scheduler's tick lock: `Some(tx)` holds it until dropped, `None` when another scheduler
+    /// is inside its tick (transaction-scoped advisory lock).
     pub async fn try_scheduler_lock(&self) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, Error> {
         let mut tx = self.pool.begin().await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('dmf.scheduler'))")
             .fetch_one(&mut *tx)
             .await?;
         Ok(if got { Some(tx) } else { None })
-    }
-
-    /// Jobs that would run after `delay` are visible now: wake workers listening for the queue.
-    pub async fn wait_until_reachable(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
     }
 }

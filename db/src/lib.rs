@@ -66,6 +66,20 @@ impl Db {
         Ok(found.is_some())
     }
 
+    /// Wait until the control plane answers, up to `timeout`; false if it did not.
+    pub async fn wait_until_reachable(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Append an event that is not a phase transition (operator actions, scheduler decisions).
     pub async fn log_event(
         &self,
@@ -75,16 +89,37 @@ impl Db {
         actor: &str,
         detail: &str,
     ) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await?;
+        let event = Event { migration, cluster, kind, from: None, to: None, epoch: None, actor, detail };
+        event.insert(&mut conn).await
+    }
+}
+
+/// One row of the append-only event log.
+pub(crate) struct Event<'a> {
+    pub migration: Option<uuid::Uuid>,
+    pub cluster: Option<&'a str>,
+    pub kind: &'a str,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub epoch: Option<i64>,
+    pub actor: &'a str,
+    pub detail: &'a str,
+}
+
+impl Event<'_> {
+    /// Insert in the caller's transaction, so the event lands with the change it describes.
+    pub(crate) async fn insert(&self, conn: &mut sqlx::PgConnection) -> Result<(), Error> {
         sqlx::query(include_str!("queries/insert_event.sql"))
-            .bind(migration)
-            .bind(cluster)
-            .bind(kind)
-            .bind(None::<String>)
-            .bind(None::<String>)
-            .bind(None::<i64>)
-            .bind(actor)
-            .bind(detail)
-            .execute(&self.pool)
+            .bind(self.migration)
+            .bind(self.cluster)
+            .bind(self.kind)
+            .bind(self.from)
+            .bind(self.to)
+            .bind(self.epoch)
+            .bind(self.actor)
+            .bind(self.detail)
+            .execute(conn)
             .await?;
         Ok(())
     }

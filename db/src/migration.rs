@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::queue::{self, ActivityJob};
-use crate::{Db, Error};
+use crate::{Db, Error, Event};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MigrationRow {
@@ -118,17 +118,18 @@ impl Db {
         if let Some(holder) = &req.release_lease {
             release_in(&mut tx, id, holder).await?;
         }
-        sqlx::query(include_str!("queries/insert_event.sql"))
-            .bind(id)
-            .bind(&moved.cluster)
-            .bind("transition")
-            .bind(req.from.as_str())
-            .bind(req.to.as_str())
-            .bind(moved.epoch)
-            .bind(&req.actor)
-            .bind(&req.note)
-            .execute(&mut *tx)
-            .await?;
+        Event {
+            migration: Some(id),
+            cluster: Some(&moved.cluster),
+            kind: "transition",
+            from: Some(req.from.as_str()),
+            to: Some(req.to.as_str()),
+            epoch: Some(moved.epoch),
+            actor: &req.actor,
+            detail: &req.note,
+        }
+        .insert(&mut tx)
+        .await?;
         let job = if req.to.runs_activity() && !moved.paused {
             let job = ActivityJob {
                 migration: id,
@@ -187,16 +188,9 @@ impl Db {
             release_in(&mut tx, id, holder).await?;
         }
         if let Some(error) = error {
-            sqlx::query(include_str!("queries/insert_event.sql"))
-                .bind(id)
-                .bind(&cluster)
-                .bind("retry")
-                .bind(phase.as_str())
-                .bind(phase.as_str())
-                .bind(epoch)
-                .bind(actor)
-                .bind(error)
-                .execute(&mut *tx)
+            let p = phase.as_str();
+            Event { migration: Some(id), cluster: Some(&cluster), kind: "retry", from: Some(p), to: Some(p), epoch: Some(epoch), actor, detail: error }
+                .insert(&mut tx)
                 .await?;
         }
         let job = ActivityJob { migration: id, cluster, phase: phase.as_str().to_string(), epoch, nudge };
@@ -313,17 +307,18 @@ impl Db {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some((phase, epoch, nudge)) = row {
-            sqlx::query(include_str!("queries/insert_event.sql"))
-                .bind(m.id)
-                .bind(&m.cluster)
-                .bind("resume")
-                .bind(&phase)
-                .bind(&phase)
-                .bind(epoch)
-                .bind(actor)
-                .bind("pause lifted")
-                .execute(&mut *tx)
-                .await?;
+            Event {
+                migration: Some(m.id),
+                cluster: Some(&m.cluster),
+                kind: "resume",
+                from: Some(&phase),
+                to: Some(&phase),
+                epoch: Some(epoch),
+                actor,
+                detail: "pause lifted",
+            }
+            .insert(&mut tx)
+            .await?;
             let job = ActivityJob { migration: m.id, cluster: m.cluster.clone(), phase, epoch, nudge };
             queue::push(&mut tx, &job, Duration::ZERO).await?;
         }
