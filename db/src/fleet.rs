@@ -1,7 +1,5 @@
 //! Fleets, waves and clusters: what `dmf enqueue` registers and what the scheduler reads.
 
-use std::time::Duration;
-
 use dmf_workflows::Phase;
 use serde::Serialize;
 use uuid::Uuid;
