@@ -33,7 +33,7 @@ as_pg "$DMF_PG_BIN/psql" -q -h 127.0.0.1 -p "$SRC_PORT" -U postgres -d postgres 
 echo "loading pgbench scale $SCALE"
 pgbench -i -q -s "$SCALE" "$SRC" >/dev/null 2>&1
 # pgbench_history has no key: dmf's preflight refuses to publish such a table. Same data for both.
-psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY; VACUUM ANALYZE"
+psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" -c "VACUUM ANALYZE"
 SIZE=$(psql -X -A -t "$SRC" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 echo "source: $SIZE"
 
@@ -62,7 +62,7 @@ name = "bench"
 source = "$SRC"
 TOML
 "$DMF" enqueue "$BASE/fleet.toml" >/dev/null
-"$DMF" worker --local-dir "$BASE/targets" --fast-local-targets --hydrate-jobs "$JOBS" >"$BASE/worker.log" 2>&1 & PIDS+=($!)
+DMF_LOG=info "$DMF" worker --local-dir "$BASE/targets" --fast-local-targets --hydrate-jobs "$JOBS" >"$BASE/worker.log" 2>&1 & PIDS+=($!)
 "$DMF" scheduler --interval 0.2 >"$BASE/scheduler.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 1 1800); do
     phase=$("$DMF" status bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clusters"][0]["phase"])')
@@ -80,5 +80,6 @@ for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
     a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$TARGET" -c "SELECT count(*) FROM $t")
     [ "$a" = "$b" ] || { echo "row count of $t differs: $a vs $b"; exit 1; }
 done
+grep -E "data copied|indexes and constraints built" "$BASE/worker.log" | sed -E 's/.*(data copied|indexes and constraints built).*seconds[^0-9]*([0-9.]+).*/  dmf \1: \2 s/' || true
 printf 'dmf hydrate (schema -> replicating): %.2f s (provisioning the target took %.2f s more)\n' "$DMF_S" "$PROV_S"
 printf 'hydrate_ratio_vs_pgcopydb=%.3f\n' "$(python3 -c "print($DMF_S / $PEER_S)")"

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::replconn::ReplConn;
-use crate::schema::{dump_schema, run_program, tempdir};
+use crate::schema::{dump_schema, run_program, run_program_with, tempdir};
 use crate::{pg, Context, Names, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
 
@@ -29,17 +29,25 @@ struct Chunk {
     /// SQL condition on the key, None for the whole table.
     range: Option<String>,
     bytes_estimate: i64,
+    binary: bool,
 }
 
 impl Chunk {
+    fn format(&self) -> &'static str {
+        if self.binary {
+            " WITH (FORMAT binary)"
+        } else {
+            ""
+        }
+    }
     fn copy_out_sql(&self) -> String {
         match &self.range {
-            None => format!("COPY {} ({}) TO STDOUT", self.table, self.columns),
-            Some(cond) => format!("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT", self.columns, self.table, cond),
+            None => format!("COPY {} ({}) TO STDOUT{}", self.table, self.columns, self.format()),
+            Some(cond) => format!("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}", self.columns, self.table, cond, self.format()),
         }
     }
     fn copy_in_sql(&self) -> String {
-        format!("COPY {} ({}) FROM STDIN", self.table, self.columns)
+        format!("COPY {} ({}) FROM STDIN{}", self.table, self.columns, self.format())
     }
 }
 
@@ -78,7 +86,9 @@ async fn begin_snapshot(client: &Client, snapshot: &str) -> Result<(), Error> {
     .await
 }
 
-async fn plan(client: &Client, split_bytes: u64) -> Result<Vec<Chunk>, Error> {
+/// Plan the copy: one chunk per table, large tables split by key range into a multiple of `jobs`
+/// pieces so that the streams finish together.
+async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chunk>, Error> {
     let rows = client.query(include_str!("sql/copy_plan.sql"), &[]).await.map_err(pg::err("plan the copy"))?;
     let mut chunks = Vec::new();
     for r in rows {
@@ -87,7 +97,11 @@ async fn plan(client: &Client, split_bytes: u64) -> Result<Vec<Chunk>, Error> {
         let columns: Option<String> = r.get("columns");
         let Some(columns) = columns else { continue };
         let key: Option<String> = r.get("int_key");
-        let pieces = (bytes as u64).div_ceil(split_bytes.max(1)).clamp(1, 64) as i64;
+        let binary: bool = r.get("binary_ok");
+        let jobs = jobs.max(1) as u64;
+        let pieces = (bytes as u64).div_ceil(split_bytes.max(1));
+        let pieces = if pieces > 1 { pieces.div_ceil(jobs) * jobs } else { 1 };
+        let pieces = pieces.clamp(1, 256) as i64;
         match key {
             Some(key) if pieces > 1 => {
                 let mm = client
@@ -96,16 +110,16 @@ async fn plan(client: &Client, split_bytes: u64) -> Result<Vec<Chunk>, Error> {
                     .map_err(pg::err(&format!("key range of {table}")))?;
                 let (min, max): (Option<i64>, Option<i64>) = (mm.get(0), mm.get(1));
                 let (Some(min), Some(max)) = (min, max) else {
-                    chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes });
+                    chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary });
                     continue;
                 };
                 let ranges = key_ranges(&key, min, max, pieces);
                 let per = bytes / ranges.len() as i64;
                 for (i, cond) in ranges.into_iter().enumerate() {
-                    chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per });
+                    chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per, binary });
                 }
             }
-            _ => chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes }),
+            _ => chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary }),
         }
     }
     chunks.sort_by(|a, b| b.bytes_estimate.cmp(&a.bytes_estimate));
@@ -121,6 +135,7 @@ async fn copy_chunk(ctx: &Context, src: &Client, dst: &Client, c: &Chunk) -> Res
     futures::pin_mut!(sink);
     let (mut rows, mut bytes) = (0i64, 0i64);
     let mut last_report = Instant::now();
+    // Text rows end with a newline (embedded ones are escaped); binary rows are counted at the end.
     loop {
         let next = tokio::select! {
             _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
@@ -128,7 +143,9 @@ async fn copy_chunk(ctx: &Context, src: &Client, dst: &Client, c: &Chunk) -> Res
         };
         let Some(data) = next else { break };
         let data = data.map_err(pg::err(&what))?;
-        rows += data.iter().filter(|b| **b == b'\n').count() as i64;
+        if !c.binary {
+            rows += data.iter().filter(|b| **b == b'\n').count() as i64;
+        }
         bytes += data.len() as i64;
         sink.feed(data).await.map_err(pg::err(&what))?;
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -136,7 +153,7 @@ async fn copy_chunk(ctx: &Context, src: &Client, dst: &Client, c: &Chunk) -> Res
             ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, false).await?;
         }
     }
-    sink.as_mut().finish().await.map_err(pg::err(&what))?;
+    let rows = sink.as_mut().finish().await.map_err(pg::err(&what))? as i64;
     ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, true).await?;
     Ok(())
 }
@@ -257,7 +274,7 @@ async fn post_data(ctx: &Context, target: &Client, target_dsn: &str) -> Result<(
         }
         std::fs::write(&list, kept).map_err(Error::io(format!("write {}", list.display())))?;
         let jobs = ctx.config.hydrate_jobs.max(1).to_string();
-        run_program(
+        run_program_with(
             "pg_restore",
             &[
                 "--section=post-data",
@@ -272,6 +289,8 @@ async fn post_data(ctx: &Context, target: &Client, target_dsn: &str) -> Result<(
                 target_dsn,
                 &file.display().to_string(),
             ],
+            // Index builds sort: give each restore session room (the copy is over by now).
+            &[("PGOPTIONS", "-c maintenance_work_mem=512MB")],
             &format!("build indexes and constraints on the target of {cluster}"),
         )
         .await
@@ -297,7 +316,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     if drop_slot(&source, &names.slot).await? {
         tracing::warn!(cluster = %cluster, migration = %id, slot = %names.slot, "dropped the slot of an interrupted hydration; copying again");
     }
-    let tables: Vec<String> = plan(&target, u64::MAX).await?.into_iter().map(|c| c.table).collect();
+    let tables: Vec<String> = plan(&target, u64::MAX, 1).await?.into_iter().map(|c| c.table).collect();
     if !tables.is_empty() {
         pg::exec(&target, "empty the target tables", &format!("TRUNCATE {}", tables.join(", "))).await?;
     }
@@ -309,7 +328,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
 
     let planner = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     begin_snapshot(&planner, &slot.snapshot).await?;
-    let chunks = plan(&planner, ctx.config.split_bytes).await?;
+    let chunks = plan(&planner, ctx.config.split_bytes, ctx.config.hydrate_jobs).await?;
+    let copy_started = Instant::now();
     let planned: Vec<(String, i32, i64)> = chunks.iter().map(|c| (c.table.clone(), c.chunk, c.bytes_estimate)).collect();
     ctx.db.reset_copy_progress(id, &planned).await?;
     let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
@@ -339,8 +359,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     copy_sequences(&planner, &target).await?;
     pg::exec(&planner, "end the planning snapshot", "COMMIT").await?;
     repl.close().await;
+    tracing::info!(cluster = %cluster, migration = %id, seconds = copy_started.elapsed().as_secs_f64(), "data copied");
 
+    let post_started = Instant::now();
     post_data(ctx, &target, &target_dsn).await?;
+    tracing::info!(cluster = %cluster, migration = %id, seconds = post_started.elapsed().as_secs_f64(), "indexes and constraints built");
     ctx.check_cancel()?;
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",

@@ -13,8 +13,14 @@ use dmf_workflows::Outcome;
 
 /// Run a PostgreSQL client program; its stderr becomes the error.
 pub(crate) async fn run_program(name: &str, args: &[&str], what: &str) -> Result<String, Error> {
+    run_program_with(name, args, &[], what).await
+}
+
+/// `run_program` with extra environment (e.g. PGOPTIONS for the sessions it opens).
+pub(crate) async fn run_program_with(name: &str, args: &[&str], env: &[(&str, &str)], what: &str) -> Result<String, Error> {
     let out = Command::new(local::program(name)?)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()

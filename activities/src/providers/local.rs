@@ -20,7 +20,7 @@ max_worker_processes = 32
 max_logical_replication_workers = 16
 max_sync_workers_per_subscription = 2
 max_connections = 120
-shared_buffers = 32MB
+shared_buffers = 128MB
 logging_collector = off
 wal_sender_timeout = 30s
 ";

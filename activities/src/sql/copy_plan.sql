@@ -10,7 +10,12 @@ SELECT n.nspname AS schema,
           FROM pg_index i
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
          WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1
-           AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)) AS int_key
+           AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)) AS int_key,
+       -- binary COPY is cheaper to produce and parse; only when every column's type has binary I/O
+       (SELECT coalesce(bool_and(t.typsend <> 0 AND t.typreceive <> 0), true)
+          FROM pg_attribute a
+          JOIN pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') AS binary_ok
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
