@@ -80,6 +80,6 @@ for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
     a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$TARGET" -c "SELECT count(*) FROM $t")
     [ "$a" = "$b" ] || { echo "row count of $t differs: $a vs $b"; exit 1; }
 done
-grep -E "data copied|indexes and constraints built" "$BASE/worker.log" | sed -E 's/.*(data copied|indexes and constraints built).*seconds[^0-9]*([0-9.]+).*/  dmf \1: \2 s/' || true
+grep -E "transition|activity finished|slot created|data copied|indexes and constraints built|hydrated" "$BASE/worker.log" | sed -E 's/^[^ ]+ +INFO +/  /; s/ (cluster|migration)=[^ ]+//g' | cut -c1-150 || true
 printf 'dmf hydrate (schema -> replicating): %.2f s (provisioning the target took %.2f s more)\n' "$DMF_S" "$PROV_S"
 printf 'hydrate_ratio_vs_pgcopydb=%.3f\n' "$(python3 -c "print($DMF_S / $PEER_S)")"

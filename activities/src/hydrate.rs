@@ -51,30 +51,53 @@ impl Chunk {
     }
 }
 
-/// Split `[min, max]` of an integer key into `n` ranges; the first and last are open-ended.
-fn key_ranges(key: &str, min: i64, max: i64, n: i64) -> Vec<String> {
+/// Split `[min, max]` into at most `n` half-open ranges; the first and last are open-ended so that
+/// nothing outside the bounds seen at planning time is missed.
+fn split_bounds(min: i64, max: i64, n: i64) -> Vec<(Option<i64>, Option<i64>)> {
     let n = n.max(1);
     let span = (max as i128 - min as i128 + 1).max(1);
     let step = ((span + n as i128 - 1) / n as i128).max(1);
-    let mut bounds = Vec::new();
+    let mut cuts = Vec::new();
     let mut b = min as i128 + step;
-    while b <= max as i128 && (bounds.len() as i64) < n - 1 {
-        bounds.push(b as i64);
+    while b <= max as i128 && (cuts.len() as i64) < n - 1 {
+        cuts.push(b as i64);
         b += step;
     }
-    let k = pg::ident(key);
     let mut out = Vec::new();
     let mut lo: Option<i64> = None;
-    for hi in bounds.iter().copied().map(Some).chain(std::iter::once(None)) {
-        out.push(match (lo, hi) {
+    for hi in cuts.iter().copied().map(Some).chain(std::iter::once(None)) {
+        out.push((lo, hi));
+        lo = hi;
+    }
+    out
+}
+
+/// Conditions for `n` integer-key ranges.
+fn key_ranges(key: &str, min: i64, max: i64, n: i64) -> Vec<String> {
+    let k = pg::ident(key);
+    split_bounds(min, max, n)
+        .into_iter()
+        .map(|b| match b {
             (None, Some(h)) => format!("{k} < {h}"),
             (Some(l), Some(h)) => format!("{k} >= {l} AND {k} < {h}"),
             (Some(l), None) => format!("{k} >= {l}"),
             (None, None) => "true".to_string(),
-        });
-        lo = hi;
-    }
-    out
+        })
+        .collect()
+}
+
+/// Conditions for `n` ranges of heap blocks: each chunk reads only its own pages (TID range
+/// scans, PostgreSQL 14+), and any table can be split, with or without a key.
+fn block_ranges(blocks: i64, n: i64) -> Vec<String> {
+    split_bounds(0, (blocks - 1).max(0), n)
+        .into_iter()
+        .map(|b| match b {
+            (None, Some(h)) => format!("ctid < '({h},0)'::tid"),
+            (Some(l), Some(h)) => format!("ctid >= '({l},0)'::tid AND ctid < '({h},0)'::tid"),
+            (Some(l), None) => format!("ctid >= '({l},0)'::tid"),
+            (None, None) => "true".to_string(),
+        })
+        .collect()
 }
 
 async fn begin_snapshot(client: &Client, snapshot: &str) -> Result<(), Error> {
@@ -89,11 +112,17 @@ async fn begin_snapshot(client: &Client, snapshot: &str) -> Result<(), Error> {
 /// Plan the copy: one chunk per table, large tables split by key range into a multiple of `jobs`
 /// pieces so that the streams finish together.
 async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chunk>, Error> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(pg::err("source version"))?
+        .get(0);
     let rows = client.query(include_str!("sql/copy_plan.sql"), &[]).await.map_err(pg::err("plan the copy"))?;
     let mut chunks = Vec::new();
     for r in rows {
         let table = pg::qualified(r.get("schema"), r.get("name"));
         let bytes: i64 = r.get("bytes");
+        let blocks: i64 = r.get("blocks");
         let columns: Option<String> = r.get("columns");
         let Some(columns) = columns else { continue };
         let key: Option<String> = r.get("int_key");
@@ -102,24 +131,29 @@ async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chun
         let pieces = (bytes as u64).div_ceil(split_bytes.max(1));
         let pieces = if pieces > 1 { pieces.div_ceil(jobs) * jobs } else { 1 };
         let pieces = pieces.clamp(1, 256) as i64;
-        match key {
-            Some(key) if pieces > 1 => {
-                let mm = client
-                    .query_one(&format!("SELECT min({k})::int8, max({k})::int8 FROM {table}", k = pg::ident(&key)), &[])
-                    .await
-                    .map_err(pg::err(&format!("key range of {table}")))?;
-                let (min, max): (Option<i64>, Option<i64>) = (mm.get(0), mm.get(1));
-                let (Some(min), Some(max)) = (min, max) else {
-                    chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary });
-                    continue;
-                };
-                let ranges = key_ranges(&key, min, max, pieces);
-                let per = bytes / ranges.len() as i64;
-                for (i, cond) in ranges.into_iter().enumerate() {
-                    chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per, binary });
-                }
+        let ranges = if pieces <= 1 {
+            Vec::new()
+        } else if version >= 140000 {
+            block_ranges(blocks, pieces)
+        } else if let Some(key) = key {
+            let mm = client
+                .query_one(&format!("SELECT min({k})::int8, max({k})::int8 FROM {table}", k = pg::ident(&key)), &[])
+                .await
+                .map_err(pg::err(&format!("key range of {table}")))?;
+            match (mm.get::<_, Option<i64>>(0), mm.get::<_, Option<i64>>(1)) {
+                (Some(min), Some(max)) => key_ranges(&key, min, max, pieces),
+                _ => Vec::new(),
             }
-            _ => chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary }),
+        } else {
+            Vec::new()
+        };
+        if ranges.len() <= 1 {
+            chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary });
+            continue;
+        }
+        let per = bytes / ranges.len() as i64;
+        for (i, cond) in ranges.into_iter().enumerate() {
+            chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per, binary });
         }
     }
     chunks.sort_by(|a, b| b.bytes_estimate.cmp(&a.bytes_estimate));
@@ -399,7 +433,7 @@ pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    use super::key_ranges;
+    use super::{block_ranges, key_ranges};
 
     #[test]
     fn key_ranges_cover_everything_without_overlap() {
@@ -407,5 +441,10 @@ mod tests {
         assert_eq!(r, vec!["\"aid\" < 26", "\"aid\" >= 26 AND \"aid\" < 51", "\"aid\" >= 51 AND \"aid\" < 76", "\"aid\" >= 76"]);
         assert_eq!(key_ranges("k", 5, 5, 8), vec!["true"]);
         assert_eq!(key_ranges("k", i64::MIN, i64::MAX, 2).len(), 2);
+        assert_eq!(
+            block_ranges(100, 2),
+            vec!["ctid < '(50,0)'::tid", "ctid >= '(50,0)'::tid"]
+        );
+        assert_eq!(block_ranges(0, 4), vec!["true"]);
     }
 }

@@ -3,6 +3,7 @@
 SELECT n.nspname AS schema,
        c.relname AS name,
        pg_table_size(c.oid) AS bytes,
+       (pg_relation_size(c.oid) / current_setting('block_size')::int)::int8 AS blocks,
        (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
           FROM pg_attribute a
          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') AS columns,
