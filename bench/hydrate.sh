@@ -4,7 +4,8 @@
 # ($JOBS). dmf's time is from entering `schema` to entering `replicating` (schema, parallel COPY
 # under the slot's snapshot, indexes, subscription started); its provisioning (initdb of the target)
 # is reported apart, since pgcopydb gets an already-running target.
-# Last line: hydrate_ratio_vs_pgcopydb=<dmf seconds / pgcopydb seconds>.
+# Each tool runs $RUNS times (default 3), alternately fresh; the ratio is of the medians.
+# Last line: hydrate_ratio_vs_pgcopydb=<dmf median seconds / pgcopydb median seconds>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -12,6 +13,8 @@ ensure_postgres
 command -v pgcopydb >/dev/null || apt_install pgcopydb
 SCALE="${SCALE:-30}"
 JOBS="${JOBS:-4}"
+# dmf's copy streams (default: the same as pgcopydb's jobs)
+DMF_JOBS="${DMF_JOBS:-$JOBS}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet --bin dmf
 DMF="$CARGO_TARGET_DIR/release/dmf"
@@ -37,49 +40,71 @@ psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMA
 SIZE=$(psql -X -A -t "$SRC" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 echo "source: $SIZE"
 
-# --- pgcopydb clone into a running empty target
-PEER_PORT=$(free_port); make_cluster "$BASE/peer" "$PEER_PORT"
-as_pg "$DMF_PG_BIN/psql" -q -h 127.0.0.1 -p "$PEER_PORT" -U postgres -d postgres -c "CREATE DATABASE bench"
-PEER="postgres://postgres@127.0.0.1:$PEER_PORT/bench"
-t0=$(date +%s.%N)
-pgcopydb clone --source "$SRC" --target "$PEER" --table-jobs "$JOBS" --index-jobs "$JOBS" \
-    --dir "$BASE/pgcopydb" --no-owner --no-acl >"$BASE/pgcopydb.log" 2>&1 || { tail -20 "$BASE/pgcopydb.log"; exit 1; }
-t1=$(date +%s.%N)
-PEER_S=$(python3 -c "print($t1 - $t0)")
-stop_cluster "$BASE/peer"
-printf 'pgcopydb clone: %.2f s\n' "$PEER_S"
+RUNS="${RUNS:-3}"
 
-# --- dmf: control plane, one worker, the fleet of one
+# --- peer: pgcopydb clone into a running empty target
+PEER_PORT=$(free_port); make_cluster "$BASE/peer" "$PEER_PORT"
+PEER="postgres://postgres@127.0.0.1:$PEER_PORT/bench"
+PEER_TIMES=()
+peer_run() {
+    psql -q -X "postgres://postgres@127.0.0.1:$PEER_PORT/postgres" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench" 2>/dev/null
+    rm -rf "$BASE/pgcopydb"
+    t0=$(date +%s.%N)
+    pgcopydb clone --source "$SRC" --target "$PEER" --table-jobs "$JOBS" --index-jobs "$JOBS" \
+        --dir "$BASE/pgcopydb" --no-owner --no-acl >"$BASE/pgcopydb.log" 2>&1 || { tail -20 "$BASE/pgcopydb.log"; exit 1; }
+    t1=$(date +%s.%N)
+    PEER_TIMES+=("$(python3 -c "print($t1 - $t0)")")
+    printf 'pgcopydb clone run %d: %.2f s\n' "$1" "${PEER_TIMES[-1]}"
+    [ -n "${VERBOSE:-}" ] && grep -E "Duration|^ *[A-Z].*  [0-9.]+(s|ms)" "$BASE/pgcopydb.log" | tail -25
+}
+
+# --- dmf: control plane, one worker; one cluster per run over the same source
 CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
 export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
 export DMF_LOG=warn
 "$DMF" init >/dev/null
-cat > "$BASE/fleet.toml" <<TOML
-[fleet]
-name = "bench"
-[[cluster]]
-name = "bench"
-source = "$SRC"
-TOML
-"$DMF" enqueue "$BASE/fleet.toml" >/dev/null
-DMF_LOG=info "$DMF" worker --local-dir "$BASE/targets" --fast-local-targets --hydrate-jobs "$JOBS" >"$BASE/worker.log" 2>&1 & PIDS+=($!)
+DMF_LOG=info "$DMF" worker --local-dir "$BASE/targets" --fast-local-targets --hydrate-jobs "$DMF_JOBS" >"$BASE/worker.log" 2>&1 & PIDS+=($!)
 "$DMF" scheduler --interval 0.2 >"$BASE/scheduler.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 1 1800); do
-    phase=$("$DMF" status bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clusters"][0]["phase"])')
-    [ "$phase" = replicating ] && break
-    case "$phase" in failed|aborting|aborted) tail -30 "$BASE/worker.log"; exit 1;; esac
-    sleep 0.5
+status_of() { "$DMF" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clusters"][0]["phase"])'; }
+DMF_TIMES=()
+dmf_run() {
+    local run="$1" name="bench-$1"
+    printf '[fleet]\nname = "%s"\n[[cluster]]\nname = "%s"\nsource = "%s"\n' "$name" "$name" "$SRC" > "$BASE/$name.toml"
+    "$DMF" enqueue "$BASE/$name.toml" >/dev/null
+    for _ in $(seq 1 1800); do
+        phase=$(status_of "$name")
+        [ "$phase" = replicating ] && break
+        case "$phase" in failed|aborting|aborted) tail -30 "$BASE/worker.log"; exit 1;; esac
+        sleep 0.5
+    done
+    [ "$phase" = replicating ] || { echo "dmf did not reach replicating"; exit 1; }
+    read -r DMF_S PROV_S < <(psql -X -A -t -F ' ' "$DMF_DATABASE_URL" -c "
+      SELECT extract(epoch FROM max(at) FILTER (WHERE to_phase = 'replicating') - max(at) FILTER (WHERE to_phase = 'schema')),
+             extract(epoch FROM max(at) FILTER (WHERE to_phase = 'schema') - max(at) FILTER (WHERE to_phase = 'provisioning'))
+      FROM dmf.events WHERE kind = 'transition' AND cluster = '$name'")
+    TARGET=$(psql -X -A -t "$DMF_DATABASE_URL" -c "SELECT state->>'target_dsn' FROM dmf.migrations WHERE cluster = '$name'")
+    for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+        a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$TARGET" -c "SELECT count(*) FROM $t")
+        [ "$a" = "$b" ] || { echo "row count of $t differs: $a vs $b"; exit 1; }
+    done
+    DMF_TIMES+=("$DMF_S")
+    printf 'dmf hydrate run %d (schema -> replicating): %.2f s (provisioning the target took %.2f s more)\n' "$run" "$DMF_S" "$PROV_S"
+    # Tear down this run's slot, publication, subscription and target before the next.
+    "$DMF" abort "$name" >/dev/null
+    for _ in $(seq 1 240); do [ "$(status_of "$name")" = aborted ] && break; sleep 0.5; done
+}
+
+# Alternate the tools so that neither gets the warmer caches.
+for run in $(seq 1 "$RUNS"); do
+    peer_run "$run"
+    dmf_run "$run"
 done
-[ "$phase" = replicating ] || { echo "dmf did not reach replicating"; exit 1; }
-read -r DMF_S PROV_S < <(psql -X -A -t -F ' ' "$DMF_DATABASE_URL" -c "
-  SELECT extract(epoch FROM max(at) FILTER (WHERE to_phase = 'replicating') - max(at) FILTER (WHERE to_phase = 'schema')),
-         extract(epoch FROM max(at) FILTER (WHERE to_phase = 'schema') - max(at) FILTER (WHERE to_phase = 'provisioning'))
-  FROM dmf.events WHERE kind = 'transition'")
-TARGET=$(psql -X -A -t "$DMF_DATABASE_URL" -c "SELECT state->>'target_dsn' FROM dmf.migrations")
-for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
-    a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$TARGET" -c "SELECT count(*) FROM $t")
-    [ "$a" = "$b" ] || { echo "row count of $t differs: $a vs $b"; exit 1; }
-done
-grep -E "transition|activity finished|slot created|data copied|indexes and constraints built|hydrated" "$BASE/worker.log" | sed -E 's/^[^ ]+ +INFO +/  /; s/ (cluster|migration)=[^ ]+//g' | cut -c1-150 || true
-printf 'dmf hydrate (schema -> replicating): %.2f s (provisioning the target took %.2f s more)\n' "$DMF_S" "$PROV_S"
-printf 'hydrate_ratio_vs_pgcopydb=%.3f\n' "$(python3 -c "print($DMF_S / $PEER_S)")"
+stop_cluster "$BASE/peer"
+[ -n "${VERBOSE:-}" ] && cut -c1-200 "$BASE/worker.log" | grep -v "DEBUG"
+grep -E "data copied|indexes and constraints built" "$BASE/worker.log" | sed -E 's/^[^ ]+ +INFO +/  dmf /; s/ (cluster|migration)=[^ ]+//g' || true
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+PEER_MED=$(median "${PEER_TIMES[@]}")
+DMF_MED=$(median "${DMF_TIMES[@]}")
+printf 'median of %d runs: dmf %.2f s, pgcopydb %.2f s\n' "$RUNS" "$DMF_MED" "$PEER_MED"
+printf 'hydrate_ratio_vs_pgcopydb=%.3f\n' "$(python3 -c "print($DMF_MED / $PEER_MED)")"
