@@ -13,7 +13,7 @@ ensure_postgres
 command -v pgcopydb >/dev/null || apt_install pgcopydb
 SCALE="${SCALE:-30}"
 JOBS="${JOBS:-4}"
-# dmf's copy streams (default: the same as pgcopydb's jobs)
+# dmf's copy streams (default: the same as pgcopydb's jobs); DMF_WORKER_ARGS adds worker flags
 DMF_JOBS="${DMF_JOBS:-$JOBS}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet --bin dmf
@@ -63,7 +63,7 @@ CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
 export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
 export DMF_LOG=warn
 "$DMF" init >/dev/null
-DMF_LOG=info "$DMF" worker --local-dir "$BASE/targets" --fast-local-targets --hydrate-jobs "$DMF_JOBS" >"$BASE/worker.log" 2>&1 & PIDS+=($!)
+DMF_LOG=info "$DMF" worker --local-dir "$BASE/targets" --fast-local-targets --hydrate-jobs "$DMF_JOBS" ${DMF_WORKER_ARGS:-} >"$BASE/worker.log" 2>&1 & PIDS+=($!)
 "$DMF" scheduler --interval 0.2 >"$BASE/scheduler.log" 2>&1 & PIDS+=($!)
 status_of() { "$DMF" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clusters"][0]["phase"])'; }
 DMF_TIMES=()
