@@ -55,7 +55,7 @@ peer_run() {
     t1=$(date +%s.%N)
     PEER_TIMES+=("$(python3 -c "print($t1 - $t0)")")
     printf 'pgcopydb clone run %d: %.2f s\n' "$1" "${PEER_TIMES[-1]}"
-    [ -n "${VERBOSE:-}" ] && grep -E "Duration|^ *[A-Z].*  [0-9.]+(s|ms)" "$BASE/pgcopydb.log" | tail -25
+    if [ -n "${VERBOSE:-}" ]; then grep -E "Duration|^ *[A-Z].*  [0-9.]+(s|ms)" "$BASE/pgcopydb.log" | tail -25; fi
 }
 
 # --- dmf: control plane, one worker; one cluster per run over the same source
@@ -100,7 +100,7 @@ for run in $(seq 1 "$RUNS"); do
     dmf_run "$run"
 done
 stop_cluster "$BASE/peer"
-[ -n "${VERBOSE:-}" ] && cut -c1-200 "$BASE/worker.log" | grep -v "DEBUG"
+if [ -n "${VERBOSE:-}" ]; then cut -c1-200 "$BASE/worker.log" | grep -v "DEBUG"; fi
 grep -E "data copied|indexes and constraints built" "$BASE/worker.log" | sed -E 's/^[^ ]+ +INFO +/  dmf /; s/ (cluster|migration)=[^ ]+//g' || true
 
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }

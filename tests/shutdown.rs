@@ -29,7 +29,8 @@ fn sigterm_during_hydration_never_runs_it_twice_at_once() {
     let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\n"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _scheduler = env.scheduler();
-    let args = ["--hydrate-jobs", "1", "--split-mib", "100000"];
+    // Split into block ranges copied by two streams: the digest below checks that path too.
+    let args = ["--hydrate-jobs", "2", "--split-mib", "16"];
     let mut a = env.worker("wa", &args);
     let mut b = env.worker("wb", &args);
     env.wait_for("the copy to be running", Duration::from_secs(120), |c| {

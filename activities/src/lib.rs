@@ -33,7 +33,8 @@ pub struct Config {
     pub local_base_dir: PathBuf,
     /// Parallel COPY streams per hydration.
     pub hydrate_jobs: usize,
-    /// Tables larger than this are split by primary-key ranges.
+    /// Tables larger than this are split into block ranges copied in parallel; smaller ones are
+    /// copied whole (with FREEZE), several tables at a time.
     pub split_bytes: u64,
     /// Abort when heartbeat lag stays above the limit for longer than the window.
     pub lag: LagGuard,
@@ -52,7 +53,7 @@ impl Default for Config {
         Config {
             local_base_dir: std::env::temp_dir().join("dmf-clusters"),
             hydrate_jobs: 4,
-            split_bytes: 64 << 20,
+            split_bytes: 1 << 30,
             lag: LagGuard { limit: Duration::from_secs(5), window: Duration::from_secs(60) },
             slot_inactive_window: Duration::from_secs(60),
             watch_interval: Duration::from_secs(2),

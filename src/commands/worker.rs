@@ -20,8 +20,9 @@ pub struct Args {
     /// Parallel COPY streams per hydration.
     #[arg(long, default_value_t = 4)]
     pub hydrate_jobs: usize,
-    /// Split tables larger than this many MiB by key ranges.
-    #[arg(long, default_value_t = 64)]
+    /// Split tables larger than this many MiB into block ranges copied in parallel (smaller ones
+    /// are copied whole, frozen, several at a time).
+    #[arg(long, default_value_t = 1024)]
     pub split_mib: u64,
     /// Replication lag limit (ms) of the lag guard.
     #[arg(long, default_value_t = 5000)]
