@@ -9,7 +9,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
@@ -160,50 +159,51 @@ async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chun
     Ok(chunks)
 }
 
-/// Stream one chunk from source to target; report progress about once a second.
-async fn copy_chunk(ctx: &Context, src: &Client, dst: &Client, c: &Chunk) -> Result<(), Error> {
+/// Relay one chunk from source to target; progress reaches the control plane about once a second.
+async fn copy_chunk(ctx: &Context, src: &mut ReplConn, dst: &mut ReplConn, c: &Chunk) -> Result<(), Error> {
     let what = format!("copy {} chunk {}", c.table, c.chunk);
-    let out = src.copy_out(&c.copy_out_sql()).await.map_err(pg::err(&what))?;
-    let sink = dst.copy_in::<_, bytes::Bytes>(&c.copy_in_sql()).await.map_err(pg::err(&what))?;
-    futures::pin_mut!(out);
-    futures::pin_mut!(sink);
-    let (mut rows, mut bytes) = (0i64, 0i64);
-    let mut last_report = Instant::now();
-    // Text rows end with a newline (embedded ones are escaped); binary rows are counted at the end.
-    loop {
-        let next = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-            next = out.next() => next,
-        };
-        let Some(data) = next else { break };
-        let data = data.map_err(pg::err(&what))?;
-        if !c.binary {
-            rows += data.iter().filter(|b| **b == b'\n').count() as i64;
-        }
-        bytes += data.len() as i64;
-        sink.feed(data).await.map_err(pg::err(&what))?;
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, false).await?;
-        }
-    }
-    let rows = sink.as_mut().finish().await.map_err(pg::err(&what))? as i64;
+    let (tx, mut rx) = tokio::sync::watch::channel((0i64, 0i64));
+    let reporter = {
+        let (db, id, table, chunk) = (ctx.db.clone(), ctx.migration.id, c.table.clone(), c.chunk);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let (rows, bytes) = *rx.borrow_and_update();
+                if let Err(e) = db.record_copy_progress(id, &table, chunk, rows, bytes, false).await {
+                    tracing::debug!(error = %e, "copy progress not recorded");
+                }
+            }
+        })
+    };
+    let result = src
+        .relay_copy(&c.copy_out_sql(), dst, &c.copy_in_sql(), &ctx.cancel, |rows, bytes| {
+            tx.send_replace((rows, bytes));
+        })
+        .await;
+    drop(tx);
+    let _ = reporter.await;
+    let (rows, bytes) = result.map_err(|e| Error::Replication(format!("{what}: {e}")))?;
     ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, true).await?;
     Ok(())
 }
 
 async fn copy_worker(ctx: Context, snapshot: String, target_dsn: String, queue: Arc<Mutex<VecDeque<Chunk>>>) -> Result<(), Error> {
-    let cluster = ctx.cluster().to_string();
-    let src = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
-    begin_snapshot(&src, &snapshot).await?;
-    let dst = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
-    pg::exec(&dst, "tune the copy session", "SET synchronous_commit = off").await?;
+    let mut src = ReplConn::connect_plain(ctx.source_dsn()).await?;
+    src.simple_query(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        pg::literal(&snapshot)
+    ))
+    .await?;
+    let mut dst = ReplConn::connect_plain(&target_dsn).await?;
+    dst.simple_query("SET synchronous_commit = off").await?;
     loop {
         let Some(chunk) = queue.lock().await.pop_front() else { break };
         ctx.check_cancel()?;
-        copy_chunk(&ctx, &src, &dst, &chunk).await?;
+        copy_chunk(&ctx, &mut src, &mut dst, &chunk).await?;
     }
-    pg::exec(&src, "end the snapshot transaction", "COMMIT").await
+    src.simple_query("COMMIT").await?;
+    src.close().await;
+    dst.close().await;
+    Ok(())
 }
 
 async fn subscription_exists(target: &Client, name: &str) -> Result<bool, Error> {

@@ -35,7 +35,18 @@ fn perr(e: impl std::fmt::Display) -> Error {
 }
 
 impl ReplConn {
+    /// A replication connection (`replication=database`).
     pub async fn connect(dsn: &str) -> Result<ReplConn, Error> {
+        Self::open(dsn, true).await
+    }
+
+    /// A plain connection speaking the raw protocol: the copy relay uses it to pass COPY data
+    /// from source to target without decoding it.
+    pub async fn connect_plain(dsn: &str) -> Result<ReplConn, Error> {
+        Self::open(dsn, false).await
+    }
+
+    async fn open(dsn: &str, replication: bool) -> Result<ReplConn, Error> {
         let config: tokio_postgres::Config = dsn.parse().map_err(perr)?;
         let user = config.get_user().unwrap_or("postgres").to_string();
         let dbname = config.get_dbname().unwrap_or(&user).to_string();
@@ -57,11 +68,11 @@ impl ReplConn {
         };
         let mut conn = ReplConn { stream, buf: BytesMut::new() };
         let mut out = BytesMut::new();
-        frontend::startup_message(
-            [("user", user.as_str()), ("database", dbname.as_str()), ("replication", "database"), ("application_name", "dmf")],
-            &mut out,
-        )
-        .map_err(perr)?;
+        let mut params = vec![("user", user.as_str()), ("database", dbname.as_str()), ("application_name", "dmf")];
+        if replication {
+            params.push(("replication", "database"));
+        }
+        frontend::startup_message(params, &mut out).map_err(perr)?;
         conn.send(&out).await?;
         let password = config.get_password().map(|p| p.to_vec());
         conn.authenticate(&user, password.as_deref()).await?;
@@ -164,6 +175,126 @@ impl ReplConn {
         let row = rows.first().ok_or_else(|| perr("CREATE_REPLICATION_SLOT returned no row"))?;
         let col = |i: usize| row.get(i).cloned().flatten().ok_or_else(|| perr("CREATE_REPLICATION_SLOT returned a short row"));
         Ok(CreatedSlot { slot: col(0)?, consistent_point: col(1)?, snapshot: col(2)? })
+    }
+
+    /// Relay one COPY: run `copy_out` here (the source) and `copy_in` on `target`, passing the
+    /// CopyData messages through verbatim, in large writes. `progress(rows, bytes)` is called about
+    /// once a second. Returns (rows, bytes); the rows are the server's own count.
+    pub async fn relay_copy(
+        &mut self,
+        copy_out: &str,
+        target: &mut ReplConn,
+        copy_in: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+        mut progress: impl FnMut(i64, i64),
+    ) -> Result<(i64, i64), Error> {
+        let mut out = BytesMut::new();
+        frontend::query(copy_in, &mut out).map_err(perr)?;
+        target.send(&out).await?;
+        loop {
+            match target.next().await? {
+                backend::Message::CopyInResponse(_) => break,
+                backend::Message::ErrorResponse(body) => {
+                    target.drain_until_ready().await;
+                    return Err(Self::server_error(&body));
+                }
+                _ => {}
+            }
+        }
+        out.clear();
+        frontend::query(copy_out, &mut out).map_err(perr)?;
+        self.send(&out).await?;
+        let mut pending = BytesMut::with_capacity(1 << 20);
+        let (mut messages, mut bytes) = (0i64, 0i64);
+        let mut last = std::time::Instant::now();
+        let mut source_error = None;
+        'read: loop {
+            // Move every complete message out of the read buffer.
+            loop {
+                if self.buf.len() < 5 {
+                    break;
+                }
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if len < 4 {
+                    return Err(perr("malformed message from the source"));
+                }
+                if self.buf.len() < 1 + len {
+                    self.buf.reserve(1 + len - self.buf.len());
+                    break;
+                }
+                let tag = self.buf[0];
+                let msg = self.buf.split_to(1 + len);
+                match tag {
+                    b'd' => {
+                        messages += 1;
+                        bytes += (len - 4) as i64;
+                        pending.extend_from_slice(&msg);
+                    }
+                    b'c' => break 'read,
+                    b'H' | b'N' | b'S' => {}
+                    b'E' => {
+                        let mut m = msg;
+                        if let Ok(Some(backend::Message::ErrorResponse(body))) = backend::Message::parse(&mut m) {
+                            source_error = Some(Self::server_error(&body));
+                        }
+                        break 'read;
+                    }
+                    other => return Err(perr(format!("unexpected message {:?} during COPY", other as char))),
+                }
+            }
+            if pending.len() >= (1 << 20) {
+                target.send(&pending).await?;
+                pending.clear();
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                progress(messages, bytes);
+            }
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                n = self.stream.read_buf(&mut self.buf) => n.map_err(perr)?,
+            };
+            if n == 0 {
+                return Err(perr("the source closed the connection during COPY"));
+            }
+        }
+        if let Some(e) = source_error {
+            self.drain_until_ready().await;
+            let mut fail = BytesMut::new();
+            frontend::copy_fail("source failed", &mut fail).map_err(perr)?;
+            target.send(&fail).await?;
+            target.drain_until_ready().await;
+            return Err(e);
+        }
+        self.drain_until_ready().await;
+        frontend::copy_done(&mut pending);
+        target.send(&pending).await?;
+        let mut rows = None;
+        let mut failure = None;
+        loop {
+            match target.next().await? {
+                backend::Message::CommandComplete(body) => {
+                    let tag = body.tag().map_err(perr)?;
+                    rows = tag.rsplit(' ').next().and_then(|n| n.parse::<i64>().ok());
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(Self::server_error(&body)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok((rows.unwrap_or(messages), bytes))
+    }
+
+    /// Read and drop messages up to the next ReadyForQuery.
+    async fn drain_until_ready(&mut self) {
+        while let Ok(msg) = self.next().await {
+            if matches!(msg, backend::Message::ReadyForQuery(_)) {
+                break;
+            }
+        }
     }
 
     pub async fn close(mut self) {
