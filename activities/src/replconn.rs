@@ -1,9 +1,10 @@
-//! A minimal replication-protocol connection (`replication=database`), enough to create a logical
-//! slot with an exported snapshot and keep that snapshot alive while the copy runs.
+//! A minimal raw-protocol connection: on a replication connection (`replication=database`) it
+//! creates a logical slot with an exported snapshot and keeps that snapshot alive while the copy
+//! runs; on plain connections it relays COPY data from source to target without decoding rows.
 //!
-//! tokio-postgres cannot open replication connections, so this speaks the protocol itself with the
-//! postgres-protocol message codecs: startup, authentication (trust, password, MD5, SCRAM-SHA-256)
-//! and simple queries.
+//! tokio-postgres can do neither (no replication connections; rows of a COPY pass one by one
+//! through its channels), so this speaks the protocol with the postgres-protocol message codecs:
+//! startup, authentication (trust, password, MD5, SCRAM-SHA-256), simple queries, COPY relay.
 
 use std::time::Duration;
 
