@@ -11,11 +11,7 @@ use common::{leftovers, psql, Env, CLEAN, SAMPLE_SCHEMA};
 fn a_lost_slot_aborts_with_slot_lost_and_cleans_up() {
     let env = Env::new("slot-lost");
     let src = env.source("src");
-    src.psql("postgres", "CREATE DATABASE app").expect("db");
-    let dsn = src.dsn("app");
-    psql(&dsn, SAMPLE_SCHEMA);
-    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\n"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dsn = env.enqueue_app(&src, SAMPLE_SCHEMA);
     let _scheduler = env.scheduler();
     let _worker = env.worker("w1", &[]);
     env.wait_for("replicating with a lag sample", Duration::from_secs(120), |c| {

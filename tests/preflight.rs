@@ -11,17 +11,9 @@ use common::{leftovers, psql, Env, CLEAN};
 fn preflight_blocks_a_table_without_key_or_replica_identity_and_names_it() {
     let env = Env::new("preflight");
     let src = env.source("src");
-    src.psql("postgres", "CREATE DATABASE app").expect("db");
-    let dsn = src.dsn("app");
-    psql(
-        &dsn,
-        "CREATE TABLE keyed (id int PRIMARY KEY); \
+    let dsn = env.enqueue_app(&src, "CREATE TABLE keyed (id int PRIMARY KEY); \
          CREATE TABLE event_log (at timestamptz, what text); \
-         CREATE TABLE wide (a int, b text); ALTER TABLE wide REPLICA IDENTITY FULL;",
-    );
-    let manifest = format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\n");
-    let out = env.enqueue("fleet.toml", &manifest);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+         CREATE TABLE wide (a int, b text); ALTER TABLE wide REPLICA IDENTITY FULL;");
     let _scheduler = env.scheduler();
     let _worker = env.worker("w1", &[]);
     env.wait_for("preflight to abort the migration", Duration::from_secs(60), |c| c.first().is_some_and(|c| c["phase"] == "aborted"));

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{digest, psql, Env};
+use common::{digest, Env};
 
 /// Timestamps (as logged, RFC 3339 sorts as text) of lines containing all of `needles`.
 fn stamps(log: &str, needles: &[&str]) -> Vec<String> {
@@ -19,15 +19,8 @@ fn stamps(log: &str, needles: &[&str]) -> Vec<String> {
 fn sigterm_during_hydration_never_runs_it_twice_at_once() {
     let env = Env::new("shutdown");
     let src = env.source("src");
-    src.psql("postgres", "CREATE DATABASE app").expect("db");
-    let dsn = src.dsn("app");
-    psql(
-        &dsn,
-        "CREATE TABLE big (id bigserial PRIMARY KEY, pad text); \
-         INSERT INTO big (pad) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 600000) g;",
-    );
-    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\n"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dsn = env.enqueue_app(&src, "CREATE TABLE big (id bigserial PRIMARY KEY, pad text); \
+         INSERT INTO big (pad) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 600000) g;");
     let _scheduler = env.scheduler();
     // Split into block ranges copied by two streams: the digest below checks that path too.
     let args = ["--hydrate-jobs", "2", "--split-mib", "16"];

@@ -197,6 +197,17 @@ impl Env {
         }
     }
 
+    /// Make database `app` on `src`, run `setup_sql` in it, and enqueue it as the one cluster
+    /// `app` of fleet `f`. Returns the source connection string.
+    pub fn enqueue_app(&self, src: &LocalCluster, setup_sql: &str) -> String {
+        src.psql("postgres", "CREATE DATABASE app").expect("create database app");
+        let dsn = src.dsn("app");
+        psql(&dsn, setup_sql);
+        let out = self.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\n"));
+        assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+        dsn
+    }
+
     /// A control-plane query (for checks the CLI does not expose, like the raw event log).
     pub fn cp_query(&self, sql: &str) -> String {
         psql(&self.url, sql)
