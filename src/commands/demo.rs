@@ -91,7 +91,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let base: PathBuf = std::env::temp_dir().join(format!("dmf-demo-{}", std::process::id()));
     local::prepare_dir(&base)?;
-    let result = demo(&a, &base, started).await;
+    let interrupted = super::shutdown_signal();
+    let result = tokio::select! {
+        r = demo(&a, &base, started) => r,
+        // Dropping the demo drops its guards: the control plane and sources are removed.
+        _ = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted; everything the demo created has been removed")),
+    };
+    // Targets the worker provisioned and the demo did not get to remove.
+    for entry in std::fs::read_dir(base.join("targets")).into_iter().flatten().flatten() {
+        if entry.path().join("data").join("PG_VERSION").exists() {
+            let _ = LocalCluster { dir: entry.path(), port: 0 }.stop_mode("immediate");
+        }
+    }
     let _ = std::fs::remove_dir_all(&base);
     result
 }
