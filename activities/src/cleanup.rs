@@ -2,7 +2,7 @@
 //! provisioned target, so that the source is left exactly as it was. Runs until it succeeds.
 
 use crate::error::Error;
-use crate::hydrate::drop_slot;
+use crate::hydrate::{drop_slot, subscription_exists};
 use crate::providers::local::LocalCluster;
 use crate::{pg, Context, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
@@ -13,15 +13,10 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let names = ctx.names();
     // Target first: a subscription left enabled would recreate activity on the slot.
     if let Some(target_dsn) = ctx.target_dsn() {
-        let reachable = if m.migration_target_is_ours() { local_target(ctx).map(|c| c.is_running()).unwrap_or(true) } else { true };
+        let reachable = if provisioned_by_us(m) { local_target(ctx).map(|c| c.is_running()).unwrap_or(true) } else { true };
         if reachable {
             let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
-            let exists = target
-                .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&names.subscription])
-                .await
-                .map_err(pg::err("look up subscription"))?
-                .is_some();
-            if exists {
+            if subscription_exists(&target, &names.subscription).await? {
                 let sub = pg::ident(&names.subscription);
                 // Detach the slot so DROP does not try to drop it remotely; the source side drops it.
                 pg::exec(&target, "disable subscription", &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await?;
@@ -50,7 +45,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
 /// The local cluster this migration provisioned, if any.
 fn local_target(ctx: &Context) -> Option<LocalCluster> {
     let m = &ctx.migration;
-    if !m.migration_target_is_ours() {
+    if !provisioned_by_us(m) {
         return None;
     }
     let dir = m.state_str("target_dir")?;
@@ -58,13 +53,7 @@ fn local_target(ctx: &Context) -> Option<LocalCluster> {
     Some(LocalCluster { dir: dir.into(), port })
 }
 
-trait Ownership {
-    fn migration_target_is_ours(&self) -> bool;
-}
-
-impl Ownership for dmf_db::MigrationRow {
-    /// Provisioned by us (not adopted): ours to tear down.
-    fn migration_target_is_ours(&self) -> bool {
-        self.target_dsn.is_none() && self.state.get("target_created").and_then(|v| v.as_bool()).unwrap_or(false)
-    }
+/// Provisioned by us (not adopted): ours to tear down.
+fn provisioned_by_us(m: &dmf_db::MigrationRow) -> bool {
+    m.target_dsn.is_none() && m.state.get("target_created").and_then(|v| v.as_bool()).unwrap_or(false)
 }

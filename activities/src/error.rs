@@ -27,11 +27,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn pg(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        let what = what.into();
-        move |source| Error::Postgres { what, source }
-    }
-
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }

@@ -71,32 +71,28 @@ fn split_bounds(min: i64, max: i64, n: i64) -> Vec<(Option<i64>, Option<i64>)> {
     out
 }
 
-/// Conditions for `n` integer-key ranges.
-fn key_ranges(key: &str, min: i64, max: i64, n: i64) -> Vec<String> {
-    let k = pg::ident(key);
-    split_bounds(min, max, n)
+/// SQL conditions `col >= lo AND col < hi` for the bounds, with `value` rendering a bound.
+fn range_conditions(col: &str, bounds: Vec<(Option<i64>, Option<i64>)>, value: impl Fn(i64) -> String) -> Vec<String> {
+    bounds
         .into_iter()
         .map(|b| match b {
-            (None, Some(h)) => format!("{k} < {h}"),
-            (Some(l), Some(h)) => format!("{k} >= {l} AND {k} < {h}"),
-            (Some(l), None) => format!("{k} >= {l}"),
+            (None, Some(h)) => format!("{col} < {}", value(h)),
+            (Some(l), Some(h)) => format!("{col} >= {} AND {col} < {}", value(l), value(h)),
+            (Some(l), None) => format!("{col} >= {}", value(l)),
             (None, None) => "true".to_string(),
         })
         .collect()
 }
 
+/// Conditions for `n` integer-key ranges.
+fn key_ranges(key: &str, min: i64, max: i64, n: i64) -> Vec<String> {
+    range_conditions(&pg::ident(key), split_bounds(min, max, n), |v| v.to_string())
+}
+
 /// Conditions for `n` ranges of heap blocks: each chunk reads only its own pages (TID range
 /// scans, PostgreSQL 14+), and any table can be split, with or without a key.
 fn block_ranges(blocks: i64, n: i64) -> Vec<String> {
-    split_bounds(0, (blocks - 1).max(0), n)
-        .into_iter()
-        .map(|b| match b {
-            (None, Some(h)) => format!("ctid < '({h},0)'::tid"),
-            (Some(l), Some(h)) => format!("ctid >= '({l},0)'::tid AND ctid < '({h},0)'::tid"),
-            (Some(l), None) => format!("ctid >= '({l},0)'::tid"),
-            (None, None) => "true".to_string(),
-        })
-        .collect()
+    range_conditions("ctid", split_bounds(0, (blocks - 1).max(0), n), |b| format!("'({b},0)'::tid"))
 }
 
 async fn begin_snapshot(client: &Client, snapshot: &str) -> Result<(), Error> {
@@ -206,7 +202,7 @@ async fn copy_worker(ctx: Context, snapshot: String, target_dsn: String, queue: 
     Ok(())
 }
 
-async fn subscription_exists(target: &Client, name: &str) -> Result<bool, Error> {
+pub(crate) async fn subscription_exists(target: &Client, name: &str) -> Result<bool, Error> {
     Ok(target
         .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
         .await

@@ -134,7 +134,8 @@ impl Db {
     }
 
     pub async fn wave_summaries(&self, fleet: &str) -> Result<Vec<WaveSummary>, Error> {
-        Ok(sqlx::query_as(include_str!("queries/wave_summaries.sql")).bind(fleet).fetch_all(&self.pool).await?)
+        let settled: Vec<&str> = Phase::ALL.iter().filter(|p| p.is_settled()).map(|p| p.as_str()).collect();
+        Ok(sqlx::query_as(include_str!("queries/wave_summaries.sql")).bind(fleet).bind(&settled).fetch_all(&self.pool).await?)
     }
 
     pub async fn release_wave(&self, fleet: &str, wave: i32, actor: &str) -> Result<(), Error> {
@@ -204,16 +205,7 @@ impl Db {
 
     /// Move a pending cluster into preflight (the scheduler's only write to a migration).
     pub async fn start_migration(&self, c: &Candidate, actor: &str) -> Result<bool, Error> {
-        let req = TransitionRequest {
-            from: Phase::Pending,
-            epoch: c.epoch,
-            to: Phase::Preflight,
-            actor: actor.to_string(),
-            note: "released by the scheduler".into(),
-            abort_reason: None,
-            last_error: None,
-            release_lease: None,
-        };
+        let req = TransitionRequest::new(Phase::Pending, c.epoch, Phase::Preflight, actor, "released by the scheduler");
         Ok(self.transition(c.migration, &req).await?.is_some())
     }
 

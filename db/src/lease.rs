@@ -11,6 +11,16 @@ use uuid::Uuid;
 
 use crate::{Db, Error};
 
+/// Release `holder`'s lease in the caller's connection or transaction.
+pub(crate) async fn release_in(conn: &mut sqlx::PgConnection, migration: Uuid, holder: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM dmf.leases WHERE migration = $1 AND holder = $2")
+        .bind(migration)
+        .bind(holder)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// What a renewal learned: whether the lease is still ours, and where the migration stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renewal {
@@ -43,24 +53,20 @@ impl Db {
     }
 
     pub async fn release_lease(&self, migration: Uuid, holder: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM dmf.leases WHERE migration = $1 AND holder = $2")
-            .bind(migration)
-            .bind(holder)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        release_in(&mut conn, migration, holder).await
     }
 }
 
 impl Db {
-    /// Whether a migration has neither a queued or running job nor a live lease: nothing will move
-    /// it unless it is nudged (its worker died after apalis gave up on the job).
-    pub async fn is_stranded(&self, migration: Uuid) -> Result<bool, Error> {
-        Ok(sqlx::query_scalar(include_str!("queries/is_stranded.sql"))
-            .bind(migration)
+    /// Migrations that run activities but have neither a queued or running job nor a live lease,
+    /// and have not changed for `quiet_for`: nothing will move them unless they are nudged (their
+    /// worker died after apalis gave up on the job).
+    pub async fn stranded_migrations(&self, quiet_for: std::time::Duration) -> Result<Vec<crate::MigrationRow>, Error> {
+        Ok(sqlx::query_as(concat!(include_str!("queries/select_migration.sql"), include_str!("queries/stranded.sql")))
             .bind(crate::QUEUE)
-            .bind(format!("{migration}/%"))
-            .fetch_one(&self.pool)
+            .bind(quiet_for.as_secs_f64())
+            .fetch_all(&self.pool)
             .await?)
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::queue::{self, ActivityJob};
+use crate::lease::release_in;
 use crate::{Db, Error, Event};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -62,6 +63,22 @@ pub struct TransitionRequest {
     pub release_lease: Option<String>,
 }
 
+impl TransitionRequest {
+    /// A plain transition: no abort reason, no error, no lease to release.
+    pub fn new(from: Phase, epoch: i64, to: Phase, actor: &str, note: impl Into<String>) -> TransitionRequest {
+        TransitionRequest {
+            from,
+            epoch,
+            to,
+            actor: actor.to_string(),
+            note: note.into(),
+            abort_reason: None,
+            last_error: None,
+            release_lease: None,
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Moved {
     cluster: String,
@@ -84,16 +101,6 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| Error::UnknownCluster(cluster.to_string()))
-    }
-
-    /// Every migration not in a terminal phase (for the reconciler).
-    pub async fn active_migrations(&self) -> Result<Vec<MigrationRow>, Error> {
-        Ok(sqlx::query_as(concat!(
-            include_str!("queries/select_migration.sql"),
-            " WHERE m.phase NOT IN ('pending', 'aborted', 'failed') AND NOT m.paused"
-        ))
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// The phase compare-and-set, its event and the next job, in one transaction.
@@ -242,14 +249,8 @@ impl Db {
                 });
             }
             let req = TransitionRequest {
-                from: phase,
-                epoch: m.epoch,
-                to: Phase::Aborting,
-                actor: actor.to_string(),
-                note: format!("abort requested by {actor}"),
                 abort_reason: Some(AbortReason::Operator),
-                last_error: None,
-                release_lease: None,
+                ..TransitionRequest::new(phase, m.epoch, Phase::Aborting, actor, format!("abort requested by {actor}"))
             };
             // Lost the race with a worker's transition: look again.
             if self.transition(m.id, &req).await?.is_some() {
@@ -269,16 +270,7 @@ impl Db {
                 .unwrap_or("preflight")
                 .parse()
                 .map_err(|e| Error::Corrupt(format!("{e}")))?;
-            let req = TransitionRequest {
-                from: phase,
-                epoch: m.epoch,
-                to,
-                actor: actor.to_string(),
-                note: format!("resumed by {actor}"),
-                abort_reason: None,
-                last_error: None,
-                release_lease: None,
-            };
+            let req = TransitionRequest::new(phase, m.epoch, to, actor, format!("resumed by {actor}"));
             if self.transition(m.id, &req).await?.is_none() {
                 return Err(Error::Conflict(format!("cluster {cluster:?} moved while resuming; look again")));
             }
@@ -325,16 +317,6 @@ impl Db {
         tx.commit().await?;
         Ok(())
     }
-
-    /// Transition events of one migration, oldest first: (from, to, epoch).
-    pub async fn transitions(&self, id: Uuid) -> Result<Vec<(Option<String>, Option<String>, Option<i64>)>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT from_phase, to_phase, epoch FROM dmf.events WHERE migration = $1 AND kind = 'transition' ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
 }
 
 impl Db {
@@ -347,13 +329,4 @@ impl Db {
         .fetch_all(&self.pool)
         .await?)
     }
-}
-
-async fn release_in(conn: &mut sqlx::PgConnection, id: Uuid, holder: &str) -> Result<(), Error> {
-    sqlx::query("DELETE FROM dmf.leases WHERE migration = $1 AND holder = $2")
-        .bind(id)
-        .bind(holder)
-        .execute(conn)
-        .await?;
-    Ok(())
 }

@@ -48,13 +48,3 @@ pub async fn push(conn: &mut sqlx::PgConnection, job: &ActivityJob, delay: Durat
         .await
         .map_err(|e| Error::Queue(format!("push {}: {e}", job.idempotency_key())))
 }
-
-/// Whether a job for this migration is waiting or running (used by the reconciler).
-pub async fn has_live_job(conn: &mut sqlx::PgConnection, migration: Uuid) -> Result<bool, Error> {
-    let n: i64 = sqlx::query_scalar(include_str!("queries/live_jobs.sql"))
-        .bind(QUEUE)
-        .bind(format!("{migration}/%"))
-        .fetch_one(conn)
-        .await?;
-    Ok(n > 0)
-}

@@ -98,11 +98,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         _ = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted; everything the demo created has been removed")),
     };
     // Targets the worker provisioned and the demo did not get to remove.
-    for entry in std::fs::read_dir(base.join("targets")).into_iter().flatten().flatten() {
-        if entry.path().join("data").join("PG_VERSION").exists() {
-            let _ = LocalCluster { dir: entry.path(), port: 0 }.stop_mode("immediate");
-        }
-    }
+    local::stop_all_under(&base.join("targets"));
     let _ = std::fs::remove_dir_all(&base);
     result
 }
@@ -234,14 +230,7 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
     stop.cancel();
     let _ = worker.await;
     let _ = scheduler.await;
-    // Remove the targets the worker provisioned.
-    for s in db.status(None).await? {
-        if let Ok(m) = db.migration_by_cluster(&s.cluster).await {
-            if let (Some(dir), Some(port)) = (m.state_str("target_dir"), m.state.get("target_port").and_then(|p| p.as_u64())) {
-                let _ = LocalCluster { dir: dir.into(), port: port as u16 }.destroy();
-            }
-        }
-    }
+    // The targets the worker provisioned live under base/targets: `run` stops and removes them.
     let report = Report {
         all_replicating: clusters.iter().all(|c| c.phase == "replicating"),
         all_consistent: clusters.iter().all(|c| c.consistent),

@@ -225,14 +225,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         // Stop every target the workers provisioned (the processes themselves are Procs owned
         // by the test and already dropped).
-        if let Ok(entries) = std::fs::read_dir(self.targets_dir()) {
-            for e in entries.flatten() {
-                let dir = e.path();
-                if dir.join("data").join("PG_VERSION").exists() {
-                    let _ = LocalCluster { dir, port: 0 }.stop_mode("immediate");
-                }
-            }
-        }
+        dmf_activities::providers::local::stop_all_under(&self.targets_dir());
     }
 }
 

@@ -86,14 +86,10 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
         let r = match &decision {
             Decision::Transition { to, abort_reason, note } => {
                 let req = dmf_db::TransitionRequest {
-                    from: phase,
-                    epoch: m.epoch,
-                    to: *to,
-                    actor: actor.clone(),
-                    note: note.clone(),
                     abort_reason: *abort_reason,
                     last_error: if *to == Phase::Failed || *to == Phase::Aborting { Some(note.clone()) } else { None },
                     release_lease: Some(holder.to_string()),
+                    ..dmf_db::TransitionRequest::new(phase, m.epoch, *to, &actor, note.clone())
                 };
                 shared.db.transition(m.id, &req).await.map(|_| ())
             }

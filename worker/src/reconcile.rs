@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dmf_workflows::Phase;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -23,19 +22,10 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
     let quiet_for = shared.opts.reconcile_interval.max(Duration::from_secs(5));
-    for m in shared.db.active_migrations().await? {
+    for m in shared.db.stranded_migrations(quiet_for).await? {
         let Ok(phase) = m.phase() else { continue };
-        if !phase.runs_activity() || phase == Phase::Pending {
-            continue;
-        }
-        let idle = (chrono::Utc::now() - m.updated_at).to_std().unwrap_or_default();
-        if idle < quiet_for {
-            continue;
-        }
-        if shared.db.is_stranded(m.id).await? {
-            tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, "stranded migration: nudging");
-            shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, &shared.opts.name, None).await?;
-        }
+        tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, "stranded migration: nudging");
+        shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, &shared.opts.name, None).await?;
     }
     Ok(())
 }

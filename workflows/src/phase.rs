@@ -70,11 +70,6 @@ impl Phase {
         PIPELINE.get(i + 1).copied()
     }
 
-    /// Terminal phases have no activity and never move again on their own.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Aborted)
-    }
-
     /// A phase whose activity keeps running (re-checking guards) instead of completing.
     pub fn is_steady(self) -> bool {
         matches!(self, Phase::Replicating)
@@ -99,11 +94,6 @@ impl Phase {
     /// A wave is finished when none of its clusters is pending or in flight.
     pub fn is_settled(self) -> bool {
         matches!(self, Phase::Replicating | Phase::Aborted | Phase::Failed)
-    }
-
-    /// Position in the forward pipeline, used to order phases in reports.
-    pub fn ordinal(self) -> usize {
-        Phase::ALL.iter().position(|p| *p == self).unwrap_or(usize::MAX)
     }
 }
 

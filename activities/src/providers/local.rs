@@ -282,6 +282,16 @@ impl LocalCluster {
     }
 }
 
+/// Stop every cluster directly under `base` (the targets a worker made there), whatever state it
+/// is in. Used when a demo or test ends early.
+pub fn stop_all_under(base: &Path) {
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        if entry.path().join("data").join("PG_VERSION").exists() {
+            let _ = LocalCluster { dir: entry.path(), port: 0 }.stop_mode("immediate");
+        }
+    }
+}
+
 /// Owns a local cluster: stops and removes it when dropped (also during a panic).
 #[derive(Debug)]
 pub struct Guard(pub LocalCluster);

@@ -1,7 +1,7 @@
 SELECT w.wave,
        w.released_at IS NOT NULL AS released,
        count(m.id) AS total,
-       count(m.id) FILTER (WHERE m.phase IN ('replicating', 'aborted', 'failed')) AS settled,
+       count(m.id) FILTER (WHERE m.phase = ANY ($2)) AS settled,
        count(m.id) FILTER (WHERE m.phase IN ('aborting', 'aborted', 'failed')
                              AND COALESCE(m.abort_reason, '') <> 'operator') AS bad
 FROM dmf.waves w
