@@ -4,7 +4,10 @@
 # ($JOBS). dmf's time is from entering `schema` to entering `replicating` (schema, parallel COPY
 # under the slot's snapshot, indexes, subscription started); its provisioning (initdb of the target)
 # is reported apart, since pgcopydb gets an already-running target.
-# Each tool runs $RUNS times (default 3), alternately fresh; the ratio is of the medians.
+# Each tool runs $RUNS times (default 3), alternately fresh, and which goes first alternates too; the
+# ratio is of the medians. Each run starts on a quiet machine: the previous run's copy is dropped
+# (pgcopydb's database, dmf's target) and every cluster checkpointed first, so that neither tool pays
+# for the other's leftover background writes.
 # Last line: hydrate_ratio_vs_pgcopydb=<dmf median seconds / pgcopydb median seconds>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,9 +49,24 @@ RUNS="${RUNS:-3}"
 PEER_PORT=$(free_port); make_cluster "$BASE/peer" "$PEER_PORT"
 PEER="postgres://postgres@127.0.0.1:$PEER_PORT/bench"
 PEER_TIMES=()
+# Quiet the machine before a timed run: flush dirty buffers everywhere, let the disk settle.
+settle() {
+    for port in "$SRC_PORT" "$PEER_PORT" "$CP_PORT"; do
+        psql -q -X "postgres://postgres@127.0.0.1:$port/postgres" -c "CHECKPOINT" >/dev/null
+    done
+    sync
+    sleep 1
+}
+check_counts() {
+    for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+        a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$1" -c "SELECT count(*) FROM $t")
+        [ "$a" = "$b" ] || { echo "$2: row count of $t differs: $a vs $b"; exit 1; }
+    done
+}
 peer_run() {
     psql -q -X "postgres://postgres@127.0.0.1:$PEER_PORT/postgres" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench" 2>/dev/null
     rm -rf "$BASE/pgcopydb"
+    settle
     t0=$(date +%s.%N)
     pgcopydb clone --source "$SRC" --target "$PEER" --table-jobs "$JOBS" --index-jobs "$JOBS" \
         --dir "$BASE/pgcopydb" --no-owner --no-acl >"$BASE/pgcopydb.log" 2>&1 || { tail -20 "$BASE/pgcopydb.log"; exit 1; }
@@ -56,6 +74,10 @@ peer_run() {
     PEER_TIMES+=("$(python3 -c "print($t1 - $t0)")")
     printf 'pgcopydb clone run %d: %.2f s\n' "$1" "${PEER_TIMES[-1]}"
     if [ -n "${VERBOSE:-}" ]; then grep -E "Duration|^ *[A-Z].*  [0-9.]+(s|ms)" "$BASE/pgcopydb.log" | tail -25; fi
+    check_counts "$PEER" pgcopydb
+    # Drop the copy now, as dmf's abort removes its target: its background writes must not land on
+    # the next timed run.
+    psql -q -X "postgres://postgres@127.0.0.1:$PEER_PORT/postgres" -c "DROP DATABASE bench" 2>/dev/null
 }
 
 # --- dmf: control plane, one worker; one cluster per run over the same source
@@ -70,6 +92,7 @@ DMF_TIMES=()
 dmf_run() {
     local run="$1" name="bench-$1"
     printf '[fleet]\nname = "%s"\n[[cluster]]\nname = "%s"\nsource = "%s"\n' "$name" "$name" "$SRC" > "$BASE/$name.toml"
+    settle
     "$DMF" enqueue "$BASE/$name.toml" >/dev/null
     for _ in $(seq 1 1800); do
         phase=$(status_of "$name")
@@ -83,10 +106,7 @@ dmf_run() {
              extract(epoch FROM max(at) FILTER (WHERE to_phase = 'schema') - max(at) FILTER (WHERE to_phase = 'provisioning'))
       FROM dmf.events WHERE kind = 'transition' AND cluster = '$name'")
     TARGET=$(psql -X -A -t "$DMF_DATABASE_URL" -c "SELECT state->>'target_dsn' FROM dmf.migrations WHERE cluster = '$name'")
-    for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
-        a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$TARGET" -c "SELECT count(*) FROM $t")
-        [ "$a" = "$b" ] || { echo "row count of $t differs: $a vs $b"; exit 1; }
-    done
+    check_counts "$TARGET" dmf
     DMF_TIMES+=("$DMF_S")
     printf 'dmf hydrate run %d (schema -> replicating): %.2f s (provisioning the target took %.2f s more)\n' "$run" "$DMF_S" "$PROV_S"
     # Tear down this run's slot, publication, subscription and target before the next.
@@ -94,10 +114,9 @@ dmf_run() {
     for _ in $(seq 1 240); do [ "$(status_of "$name")" = aborted ] && break; sleep 0.5; done
 }
 
-# Alternate the tools so that neither gets the warmer caches.
+# Alternate the tools, and which goes first, so that neither always gets the warmer caches.
 for run in $(seq 1 "$RUNS"); do
-    peer_run "$run"
-    dmf_run "$run"
+    if [ $((run % 2)) = 1 ]; then peer_run "$run"; dmf_run "$run"; else dmf_run "$run"; peer_run "$run"; fi
 done
 stop_cluster "$BASE/peer"
 if [ -n "${VERBOSE:-}" ]; then cut -c1-200 "$BASE/worker.log" | grep -v "DEBUG"; fi

@@ -6,6 +6,7 @@
 //! empties the target's tables and copies again. Once the subscription exists the phase is done.
 
 use std::collections::{HashSet, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,24 +30,29 @@ struct Chunk {
     range: Option<String>,
     bytes_estimate: i64,
     binary: bool,
+    /// A whole table that nothing references on the target: emptied and loaded in one transaction
+    /// with COPY FREEZE, so its pages are written once, already frozen and all-visible (the index
+    /// builds and the first reads after the copy then touch no hint bits).
+    freeze: bool,
 }
 
 impl Chunk {
-    fn format(&self) -> &'static str {
-        if self.binary {
-            " WITH (FORMAT binary)"
-        } else {
-            ""
+    fn options(&self, freeze: bool) -> &'static str {
+        match (self.binary, freeze) {
+            (true, true) => " WITH (FORMAT binary, FREEZE)",
+            (true, false) => " WITH (FORMAT binary)",
+            (false, true) => " WITH (FREEZE)",
+            (false, false) => "",
         }
     }
     fn copy_out_sql(&self) -> String {
         match &self.range {
-            None => format!("COPY {} ({}) TO STDOUT{}", self.table, self.columns, self.format()),
-            Some(cond) => format!("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}", self.columns, self.table, cond, self.format()),
+            None => format!("COPY {} ({}) TO STDOUT{}", self.table, self.columns, self.options(false)),
+            Some(cond) => format!("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}", self.columns, self.table, cond, self.options(false)),
         }
     }
-    fn copy_in_sql(&self) -> String {
-        format!("COPY {} ({}) FROM STDIN{}", self.table, self.columns, self.format())
+    fn copy_in_sql(&self, freeze: bool) -> String {
+        format!("COPY {} ({}) FROM STDIN{}", self.table, self.columns, self.options(freeze))
     }
 }
 
@@ -106,7 +112,7 @@ async fn begin_snapshot(client: &Client, snapshot: &str) -> Result<(), Error> {
 
 /// Plan the copy: one chunk per table, large tables split by key range into a multiple of `jobs`
 /// pieces so that the streams finish together.
-async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chunk>, Error> {
+async fn plan(client: &Client, split_bytes: u64, jobs: usize, referenced: &HashSet<String>) -> Result<Vec<Chunk>, Error> {
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
@@ -143,12 +149,13 @@ async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chun
             Vec::new()
         };
         if ranges.len() <= 1 {
-            chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary });
+            let freeze = !referenced.contains(&table);
+            chunks.push(Chunk { table, columns, chunk: 0, range: None, bytes_estimate: bytes, binary, freeze });
             continue;
         }
         let per = bytes / ranges.len() as i64;
         for (i, cond) in ranges.into_iter().enumerate() {
-            chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per, binary });
+            chunks.push(Chunk { table: table.clone(), columns: columns.clone(), chunk: i as i32, range: Some(cond), bytes_estimate: per, binary, freeze: false });
         }
     }
     chunks.sort_by(|a, b| b.bytes_estimate.cmp(&a.bytes_estimate));
@@ -158,6 +165,18 @@ async fn plan(client: &Client, split_bytes: u64, jobs: usize) -> Result<Vec<Chun
 /// Relay one chunk from source to target; progress reaches the control plane about once a second.
 async fn copy_chunk(ctx: &Context, src: &mut ReplConn, dst: &mut ReplConn, c: &Chunk) -> Result<(), Error> {
     let what = format!("copy {} chunk {}", c.table, c.chunk);
+    // FREEZE needs the table emptied in the same transaction; if it cannot be (a foreign key that
+    // appeared since planning), load it the ordinary way: the run began by emptying every table.
+    let freeze = c.freeze && {
+        match dst.simple_query(&format!("BEGIN; TRUNCATE ONLY {}", c.table)).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(cluster = %ctx.cluster(), table = %c.table, error = %e, "no COPY FREEZE for this table");
+                dst.simple_query("ROLLBACK").await?;
+                false
+            }
+        }
+    };
     let (tx, mut rx) = tokio::sync::watch::channel((0i64, 0i64));
     let reporter = {
         let (db, id, table, chunk) = (ctx.db.clone(), ctx.migration.id, c.table.clone(), c.chunk);
@@ -171,13 +190,16 @@ async fn copy_chunk(ctx: &Context, src: &mut ReplConn, dst: &mut ReplConn, c: &C
         })
     };
     let result = src
-        .relay_copy(&c.copy_out_sql(), dst, &c.copy_in_sql(), &ctx.cancel, |rows, bytes| {
+        .relay_copy(&c.copy_out_sql(), dst, &c.copy_in_sql(freeze), &ctx.cancel, |rows, bytes| {
             tx.send_replace((rows, bytes));
         })
         .await;
     drop(tx);
     let _ = reporter.await;
     let (rows, bytes) = result.map_err(|e| Error::Replication(format!("{what}: {e}")))?;
+    if freeze {
+        dst.simple_query("COMMIT").await.map_err(|e| Error::Replication(format!("{what}: commit: {e}")))?;
+    }
     ctx.db.record_copy_progress(ctx.migration.id, &c.table, c.chunk, rows, bytes, true).await?;
     Ok(())
 }
@@ -264,6 +286,21 @@ pub(crate) async fn drop_slot(source: &Client, slot: &str) -> Result<bool, Error
     Err(Error::Replication(format!("slot {slot} stayed active; could not drop it")))
 }
 
+/// Tables that a foreign key on the target points at (a re-run after post-data began): these
+/// cannot be emptied on their own, so they are loaded without FREEZE.
+async fn referenced_tables(target: &Client) -> Result<HashSet<String>, Error> {
+    let rows = target
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_constraint k \
+             JOIN pg_class c ON c.oid = k.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE k.contype = 'f'",
+            &[],
+        )
+        .await
+        .map_err(pg::err("list tables that foreign keys reference on the target"))?;
+    Ok(rows.iter().map(|r| pg::qualified(r.get(0), r.get(1))).collect())
+}
+
 /// Names of objects that already exist on the target, to skip them on a re-run of post-data.
 async fn existing_post_data(target: &Client) -> Result<HashSet<String>, Error> {
     let rows = target
@@ -280,55 +317,73 @@ async fn existing_post_data(target: &Client) -> Result<HashSet<String>, Error> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-async fn post_data(ctx: &Context, target: &Client, target_dsn: &str) -> Result<(), Error> {
+/// Restore the post-data section dumped in `file` (indexes, constraints, triggers), in parallel,
+/// skipping what an earlier attempt already built.
+async fn restore_post_data(ctx: &Context, target: &Client, target_dsn: &str, file: &Path) -> Result<(), Error> {
     let cluster = ctx.cluster();
-    let dir = tempdir(&ctx.config.local_base_dir, &format!("post-{}", ctx.migration.id))?;
-    let file = dir.join("post.dump");
-    let list = dir.join("post.list");
-    let result = async {
-        dump_schema(ctx.source_dsn(), "post-data", &file, cluster).await?;
-        let toc = run_program("pg_restore", &["--list", &file.display().to_string()], &format!("list post-data of {cluster}")).await?;
-        let existing = existing_post_data(target).await?;
-        let mut kept = String::new();
-        for line in toc.lines() {
-            if line.starts_with(';') || line.trim().is_empty() {
-                continue;
-            }
-            let tokens: Vec<&str> = line.split_whitespace().collect();
-            let name = tokens.len().checked_sub(2).and_then(|i| tokens.get(i)).copied().unwrap_or("");
-            if existing.contains(name) {
-                continue;
-            }
-            kept.push_str(line);
-            kept.push('\n');
+    let list = file.with_extension("list");
+    let toc = run_program("pg_restore", &["--list", &file.display().to_string()], &format!("list post-data of {cluster}")).await?;
+    let existing = existing_post_data(target).await?;
+    let mut kept = String::new();
+    for line in toc.lines() {
+        if line.starts_with(';') || line.trim().is_empty() {
+            continue;
         }
-        std::fs::write(&list, kept).map_err(Error::io(format!("write {}", list.display())))?;
-        let jobs = ctx.config.hydrate_jobs.max(1).to_string();
-        run_program_with(
-            "pg_restore",
-            &[
-                "--section=post-data",
-                "--exit-on-error",
-                "--no-owner",
-                "--no-acl",
-                "--jobs",
-                &jobs,
-                "--use-list",
-                &list.display().to_string(),
-                "--dbname",
-                target_dsn,
-                &file.display().to_string(),
-            ],
-            // Index builds sort: give each restore session room (the copy is over by now).
-            &[("PGOPTIONS", "-c maintenance_work_mem=512MB")],
-            &format!("build indexes and constraints on the target of {cluster}"),
-        )
-        .await
-        .map(|_| ())
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        let name = tokens.len().checked_sub(2).and_then(|i| tokens.get(i)).copied().unwrap_or("");
+        if existing.contains(name) {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
     }
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    std::fs::write(&list, kept).map_err(Error::io(format!("write {}", list.display())))?;
+    let jobs = ctx.config.hydrate_jobs.max(1).to_string();
+    run_program_with(
+        "pg_restore",
+        &[
+            "--section=post-data",
+            "--exit-on-error",
+            "--no-owner",
+            "--no-acl",
+            "--jobs",
+            &jobs,
+            "--use-list",
+            &list.display().to_string(),
+            "--dbname",
+            target_dsn,
+            &file.display().to_string(),
+        ],
+        // Index builds sort: give each restore session room (the copy is over by now).
+        &[("PGOPTIONS", "-c maintenance_work_mem=512MB")],
+        &format!("build indexes and constraints on the target of {cluster}"),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Run the copy streams to the end; the first failure stops the others.
+async fn copy_all(ctx: &Context, snapshot: &str, target_dsn: &str, chunks: Vec<Chunk>) -> Result<(), Error> {
+    let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
+    // The copy streams share a child token: one failing stops the others, not the activity's lease.
+    let mut copy_ctx = ctx.clone();
+    copy_ctx.cancel = ctx.cancel.child_token();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..ctx.config.hydrate_jobs.max(1) {
+        workers.spawn(copy_worker(copy_ctx.clone(), snapshot.to_string(), target_dsn.to_string(), queue.clone()));
+    }
+    let mut failure = None;
+    while let Some(res) = workers.join_next().await {
+        let res = res.map_err(|e| Error::Replication(format!("copy task: {e}"))).and_then(|r| r);
+        if let Err(e) = res {
+            if failure.is_none() {
+                failure = Some(e);
+                // One stream failed: stop the others, the whole copy restarts.
+                copy_ctx.cancel.cancel();
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
@@ -346,7 +401,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     if drop_slot(&source, &names.slot).await? {
         tracing::warn!(cluster = %cluster, migration = %id, slot = %names.slot, "dropped the slot of an interrupted hydration; copying again");
     }
-    let tables: Vec<String> = plan(&target, u64::MAX, 1).await?.into_iter().map(|c| c.table).collect();
+    let referenced = referenced_tables(&target).await?;
+    let tables: Vec<String> = plan(&target, u64::MAX, 1, &referenced).await?.into_iter().map(|c| c.table).collect();
     if !tables.is_empty() {
         pg::exec(&target, "empty the target tables", &format!("TRUNCATE {}", tables.join(", "))).await?;
     }
@@ -358,42 +414,32 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
 
     let planner = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     begin_snapshot(&planner, &slot.snapshot).await?;
-    let chunks = plan(&planner, ctx.config.split_bytes, ctx.config.hydrate_jobs).await?;
+    let chunks = plan(&planner, ctx.config.split_bytes, ctx.config.hydrate_jobs, &referenced).await?;
     let copy_started = Instant::now();
     let planned: Vec<(String, i32, i64)> = chunks.iter().map(|c| (c.table.clone(), c.chunk, c.bytes_estimate)).collect();
     ctx.db.reset_copy_progress(id, &planned).await?;
-    let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
-    // The copy streams share a child token: one failing stops the others, not the activity's lease.
-    let mut copy_ctx = ctx.clone();
-    copy_ctx.cancel = ctx.cancel.child_token();
-    let jobs = ctx.config.hydrate_jobs.max(1);
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..jobs {
-        workers.spawn(copy_worker(copy_ctx.clone(), slot.snapshot.clone(), target_dsn.clone(), queue.clone()));
-    }
-    let mut failure = None;
-    while let Some(res) = workers.join_next().await {
-        let res = res.map_err(|e| Error::Replication(format!("copy task: {e}"))).and_then(|r| r);
-        if let Err(e) = res {
-            if failure.is_none() {
-                failure = Some(e);
-                // One stream failed: stop the others, the whole copy restarts.
-                copy_ctx.cancel.cancel();
-            }
-        }
-    }
-    if let Some(e) = failure {
+    // While the data streams, dump the indexes and constraints as of the same snapshot.
+    let dir = tempdir(&ctx.config.local_base_dir, &format!("post-{id}"))?;
+    let post_file = dir.join("post.dump");
+    let result = async {
+        let (dumped, copied) = tokio::join!(
+            dump_schema(ctx.source_dsn(), "post-data", &post_file, &cluster, Some(&slot.snapshot)),
+            copy_all(ctx, &slot.snapshot, &target_dsn, chunks),
+        );
+        copied?;
+        dumped?;
+        copy_sequences(&planner, &target).await?;
+        pg::exec(&planner, "end the planning snapshot", "COMMIT").await?;
         repl.close().await;
-        return Err(e);
+        tracing::info!(cluster = %cluster, migration = %id, seconds = copy_started.elapsed().as_secs_f64(), "data copied");
+        let post_started = Instant::now();
+        restore_post_data(ctx, &target, &target_dsn, &post_file).await?;
+        tracing::info!(cluster = %cluster, migration = %id, seconds = post_started.elapsed().as_secs_f64(), "indexes and constraints built");
+        Ok::<(), Error>(())
     }
-    copy_sequences(&planner, &target).await?;
-    pg::exec(&planner, "end the planning snapshot", "COMMIT").await?;
-    repl.close().await;
-    tracing::info!(cluster = %cluster, migration = %id, seconds = copy_started.elapsed().as_secs_f64(), "data copied");
-
-    let post_started = Instant::now();
-    post_data(ctx, &target, &target_dsn).await?;
-    tracing::info!(cluster = %cluster, migration = %id, seconds = post_started.elapsed().as_secs_f64(), "indexes and constraints built");
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
     ctx.check_cancel()?;
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",

@@ -53,7 +53,7 @@ impl Default for Config {
         Config {
             local_base_dir: std::env::temp_dir().join("dmf-clusters"),
             hydrate_jobs: 4,
-            split_bytes: 1 << 30,
+            split_bytes: 256 << 20,
             lag: LagGuard { limit: Duration::from_secs(5), window: Duration::from_secs(60) },
             slot_inactive_window: Duration::from_secs(60),
             watch_interval: Duration::from_secs(2),

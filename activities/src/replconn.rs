@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,6 +31,16 @@ pub struct CreatedSlot {
     pub snapshot: String,
 }
 
+/// Byte runs in flight between the relay's reader and writer.
+const RELAY_QUEUE: usize = 16;
+/// Read again only into at least this much free buffer...
+const RELAY_READ_MIN: usize = 64 * 1024;
+/// ...growing it by this much when it has less.
+const RELAY_READ_RESERVE: usize = 512 * 1024;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
 fn perr(e: impl std::fmt::Display) -> Error {
     Error::Replication(e.to_string())
 }
@@ -47,7 +57,17 @@ impl ReplConn {
         Self::open(dsn, false).await
     }
 
+    /// A replication connection whose session runs with `options` (e.g. `-c TimeZone=UTC`): the
+    /// walsender formats streamed values with these settings.
+    pub async fn connect_with_options(dsn: &str, options: &str) -> Result<ReplConn, Error> {
+        Self::open_with(dsn, true, Some(options)).await
+    }
+
     async fn open(dsn: &str, replication: bool) -> Result<ReplConn, Error> {
+        Self::open_with(dsn, replication, None).await
+    }
+
+    async fn open_with(dsn: &str, replication: bool, options: Option<&str>) -> Result<ReplConn, Error> {
         let config: tokio_postgres::Config = dsn.parse().map_err(perr)?;
         let user = config.get_user().unwrap_or("postgres").to_string();
         let dbname = config.get_dbname().unwrap_or(&user).to_string();
@@ -72,6 +92,9 @@ impl ReplConn {
         let mut params = vec![("user", user.as_str()), ("database", dbname.as_str()), ("application_name", "dmf")];
         if replication {
             params.push(("replication", "database"));
+        }
+        if let Some(o) = options {
+            params.push(("options", o));
         }
         frontend::startup_message(params, &mut out).map_err(perr)?;
         conn.send(&out).await?;
@@ -179,15 +202,17 @@ impl ReplConn {
     }
 
     /// Relay one COPY: run `copy_out` here (the source) and `copy_in` on `target`, passing the
-    /// CopyData messages through verbatim, in large writes. `progress(rows, bytes)` is called about
-    /// once a second. Returns (rows, bytes); the rows are the server's own count.
+    /// CopyData messages through verbatim. Reading the source and writing the target run
+    /// concurrently (a reader and a writer joined by a small bounded queue of byte runs), so that
+    /// neither server waits on the other while dmf moves bytes. `progress(rows, bytes)` is called
+    /// about once a second. Returns (rows, bytes); the rows are the server's own count.
     pub async fn relay_copy(
         &mut self,
         copy_out: &str,
         target: &mut ReplConn,
         copy_in: &str,
         cancel: &tokio_util::sync::CancellationToken,
-        mut progress: impl FnMut(i64, i64),
+        progress: impl FnMut(i64, i64),
     ) -> Result<(i64, i64), Error> {
         let mut out = BytesMut::new();
         frontend::query(copy_in, &mut out).map_err(perr)?;
@@ -205,60 +230,20 @@ impl ReplConn {
         out.clear();
         frontend::query(copy_out, &mut out).map_err(perr)?;
         self.send(&out).await?;
-        let mut pending = BytesMut::with_capacity(1 << 20);
-        let (mut messages, mut bytes) = (0i64, 0i64);
-        let mut last = std::time::Instant::now();
-        let mut source_error = None;
-        'read: loop {
-            // Move every complete message out of the read buffer.
-            loop {
-                if self.buf.len() < 5 {
-                    break;
-                }
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if len < 4 {
-                    return Err(perr("malformed message from the source"));
-                }
-                if self.buf.len() < 1 + len {
-                    self.buf.reserve(1 + len - self.buf.len());
-                    break;
-                }
-                let tag = self.buf[0];
-                let msg = self.buf.split_to(1 + len);
-                match tag {
-                    b'd' => {
-                        messages += 1;
-                        bytes += (len - 4) as i64;
-                        pending.extend_from_slice(&msg);
-                    }
-                    b'c' => break 'read,
-                    b'H' | b'N' | b'S' => {}
-                    b'E' => {
-                        let mut m = msg;
-                        if let Ok(Some(backend::Message::ErrorResponse(body))) = backend::Message::parse(&mut m) {
-                            source_error = Some(Self::server_error(&body));
-                        }
-                        break 'read;
-                    }
-                    other => return Err(perr(format!("unexpected message {:?} during COPY", other as char))),
-                }
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(RELAY_QUEUE);
+        let reader = self.read_copy_data(tx, cancel, progress);
+        let target_stream = &mut target.stream;
+        let writer = async move {
+            while let Some(run) = rx.recv().await {
+                target_stream.write_all(&run).await.map_err(perr)?;
             }
-            if pending.len() >= (1 << 20) {
-                target.send(&pending).await?;
-                pending.clear();
-            }
-            if last.elapsed() >= Duration::from_secs(1) {
-                last = std::time::Instant::now();
-                progress(messages, bytes);
-            }
-            let n = tokio::select! {
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
-                n = self.stream.read_buf(&mut self.buf) => n.map_err(perr)?,
-            };
-            if n == 0 {
-                return Err(perr("the source closed the connection during COPY"));
-            }
-        }
+            Ok::<(), Error>(())
+        };
+        let (read, written) = tokio::join!(reader, writer);
+        let (messages, bytes, source_error) = read?;
+        written?;
+
         if let Some(e) = source_error {
             self.drain_until_ready().await;
             let mut fail = BytesMut::new();
@@ -268,8 +253,9 @@ impl ReplConn {
             return Err(e);
         }
         self.drain_until_ready().await;
-        frontend::copy_done(&mut pending);
-        target.send(&pending).await?;
+        let mut done = BytesMut::new();
+        frontend::copy_done(&mut done);
+        target.send(&done).await?;
         let mut rows = None;
         let mut failure = None;
         loop {
@@ -287,6 +273,192 @@ impl ReplConn {
             return Err(e);
         }
         Ok((rows.unwrap_or(messages), bytes))
+    }
+
+    /// The reading half of the relay: hand every run of complete CopyData messages to `tx` as it
+    /// arrives, until CopyDone (left in the buffer for the caller) or an error from the source.
+    /// Returns (messages, payload bytes, the source's error if it sent one).
+    async fn read_copy_data(
+        &mut self,
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        cancel: &tokio_util::sync::CancellationToken,
+        mut progress: impl FnMut(i64, i64),
+    ) -> Result<(i64, i64, Option<Error>), Error> {
+        let (mut messages, mut bytes) = (0i64, 0i64);
+        let mut last = std::time::Instant::now();
+        loop {
+            // Walk the complete messages at the front of the buffer; runs of CopyData go out as one
+            // slice, without copying.
+            let mut end = 0usize;
+            let mut stop = None;
+            loop {
+                let rest = &self.buf[end..];
+                if rest.len() < 5 {
+                    break;
+                }
+                let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+                if len < 4 {
+                    return Err(perr("malformed message from the source"));
+                }
+                if rest.len() < 1 + len {
+                    break;
+                }
+                if rest[0] == b'd' {
+                    messages += 1;
+                    bytes += (len - 4) as i64;
+                    end += 1 + len;
+                } else {
+                    stop = Some((rest[0], 1 + len));
+                    break;
+                }
+            }
+            if end > 0 {
+                let run = self.buf.split_to(end).freeze();
+                if tx.send(run).await.is_err() {
+                    // The writer stopped: its own error is what the caller reports.
+                    return Ok((messages, bytes, None));
+                }
+            }
+            match stop {
+                // CopyDone: the caller reads it and what follows.
+                Some((b'c', _)) => return Ok((messages, bytes, None)),
+                Some((b'E', len)) => {
+                    let mut m = self.buf.split_to(len);
+                    let error = match backend::Message::parse(&mut m) {
+                        Ok(Some(backend::Message::ErrorResponse(body))) => Self::server_error(&body),
+                        _ => perr("the source failed during COPY"),
+                    };
+                    return Ok((messages, bytes, Some(error)));
+                }
+                // Notices, parameter changes and notifications may arrive mid-COPY: not ours to pass.
+                Some((b'H' | b'N' | b'S' | b'A', len)) => {
+                    let _ = self.buf.split_to(len);
+                    continue;
+                }
+                Some((other, _)) => return Err(perr(format!("unexpected message {:?} during COPY", other as char))),
+                None => {}
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                progress(messages, bytes);
+            }
+            // Read in large pieces: a nearly full buffer would make each read (and each write on
+            // the other side) tiny.
+            if self.buf.capacity() - self.buf.len() < RELAY_READ_MIN {
+                self.buf.reserve(RELAY_READ_RESERVE);
+            }
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                n = self.stream.read_buf(&mut self.buf) => n.map_err(perr)?,
+            };
+            if n == 0 {
+                return Err(perr("the source closed the connection during COPY"));
+            }
+        }
+    }
+
+    /// `START_REPLICATION` of a pgoutput slot from where it stands, for `publication`; afterwards
+    /// `next_copy_data` yields the stream's messages.
+    pub async fn start_logical(&mut self, slot: &str, publication: &str) -> Result<(), Error> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {})",
+            crate::pg::ident(slot),
+            crate::pg::literal(&crate::pg::ident(publication))
+        );
+        let mut out = BytesMut::new();
+        frontend::query(&sql, &mut out).map_err(perr)?;
+        self.send(&out).await?;
+        loop {
+            let (tag, body) = self.next_raw().await?;
+            match tag {
+                b'W' => return Ok(()),
+                b'E' => return Err(Self::raw_error(tag, body)),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next CopyData payload of a replication stream, or None when `wait` passes first.
+    pub async fn next_copy_data(&mut self, wait: Duration) -> Result<Option<Bytes>, Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some((tag, body)) = self.take_raw()? {
+                match tag {
+                    b'd' => return Ok(Some(body)),
+                    b'E' => return Err(Self::raw_error(tag, body)),
+                    b'c' => return Err(perr("the server ended the replication stream")),
+                    _ => continue,
+                }
+            }
+            let n = match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Ok(None),
+                Ok(n) => n.map_err(perr)?,
+            };
+            if n == 0 {
+                return Err(perr("server closed the replication connection"));
+            }
+        }
+    }
+
+    /// Standby status update: everything up to `lsn` is flushed, so the slot may move past it.
+    pub async fn send_standby_status(&mut self, lsn: u64) -> Result<(), Error> {
+        let mut body = Vec::with_capacity(34);
+        body.push(b'r');
+        for v in [lsn, lsn, lsn] {
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64 - PG_EPOCH_OFFSET_US)
+            .unwrap_or(0);
+        body.extend_from_slice(&now_us.to_be_bytes());
+        body.push(0);
+        let mut out = BytesMut::new();
+        out.extend_from_slice(b"d");
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        self.send(&out).await
+    }
+
+    /// One whole message out of the buffer, if there is one: (tag, body).
+    fn take_raw(&mut self) -> Result<Option<(u8, Bytes)>, Error> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len < 4 {
+            return Err(perr("malformed message from the server"));
+        }
+        if self.buf.len() < 1 + len {
+            return Ok(None);
+        }
+        let mut msg = self.buf.split_to(1 + len);
+        let tag = msg[0];
+        let _ = msg.split_to(5);
+        Ok(Some((tag, msg.freeze())))
+    }
+
+    async fn next_raw(&mut self) -> Result<(u8, Bytes), Error> {
+        loop {
+            if let Some(m) = self.take_raw()? {
+                return Ok(m);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(perr)?;
+            if n == 0 {
+                return Err(perr("server closed the replication connection"));
+            }
+        }
+    }
+
+    fn raw_error(tag: u8, body: Bytes) -> Error {
+        let mut framed = BytesMut::new();
+        framed.extend_from_slice(&[tag]);
+        framed.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        match backend::Message::parse(&mut framed) {
+            Ok(Some(backend::Message::ErrorResponse(b))) => Self::server_error(&b),
+            _ => perr("the server sent an error"),
+        }
     }
 
     /// Read and drop messages up to the next ReadyForQuery.

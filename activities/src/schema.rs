@@ -36,17 +36,19 @@ pub(crate) async fn run_program_with(name: &str, args: &[&str], env: &[(&str, &s
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Dump the source's schema (custom format) to `file`. Publications and subscriptions stay behind:
-/// dmf's own publication must not reach the target, and the source's belong to the source.
-pub(crate) async fn dump_schema(source_dsn: &str, section: &str, file: &Path, cluster: &str) -> Result<(), Error> {
+/// Dump the source's schema (custom format) to `file`, as of `snapshot` when given (an exported
+/// snapshot that is still alive). Publications and subscriptions stay behind: dmf's own
+/// publication must not reach the target, and the source's belong to the source.
+pub(crate) async fn dump_schema(source_dsn: &str, section: &str, file: &Path, cluster: &str, snapshot: Option<&str>) -> Result<(), Error> {
     let file = file.display().to_string();
-    run_program(
-        "pg_dump",
-        &["--schema-only", "--no-publications", "--no-subscriptions", "--format=custom", &format!("--section={section}"), "--file", &file, "--dbname", source_dsn],
-        &format!("pg_dump {section} of {cluster}"),
-    )
-    .await
-    .map(|_| ())
+    let section = format!("--section={section}");
+    let mut args = vec!["--schema-only", "--no-publications", "--no-subscriptions", "--format=custom", &section, "--file", &file];
+    let snapshot = snapshot.map(|s| format!("--snapshot={s}"));
+    if let Some(s) = &snapshot {
+        args.push(s);
+    }
+    args.extend(["--dbname", source_dsn]);
+    run_program("pg_dump", &args, &format!("pg_dump {section} of {cluster}")).await.map(|_| ())
 }
 
 pub(crate) async fn ensure_heartbeat(source: &tokio_postgres::Client) -> Result<(), Error> {
@@ -96,7 +98,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let dir = tempdir(&ctx.config.local_base_dir, &format!("schema-{}", ctx.migration.id))?;
     let file = dir.join("pre.dump");
     let result = async {
-        dump_schema(ctx.source_dsn(), "pre-data", &file, cluster).await?;
+        dump_schema(ctx.source_dsn(), "pre-data", &file, cluster, None).await?;
         run_program(
             "pg_restore",
             &["--section=pre-data", "--single-transaction", "--exit-on-error", "--no-owner", "--no-acl", "--dbname", &target_dsn, &file.display().to_string()],

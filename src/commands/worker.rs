@@ -22,7 +22,7 @@ pub struct Args {
     pub hydrate_jobs: usize,
     /// Split tables larger than this many MiB into block ranges copied in parallel (smaller ones
     /// are copied whole, frozen, several at a time).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 256)]
     pub split_mib: u64,
     /// Replication lag limit (ms) of the lag guard.
     #[arg(long, default_value_t = 5000)]
