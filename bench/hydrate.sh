@@ -96,11 +96,11 @@ dmf_run() {
     "$DMF" enqueue "$BASE/$name.toml" >/dev/null
     for _ in $(seq 1 1800); do
         phase=$(status_of "$name")
-        [ "$phase" = replicating ] && break
+        case "$phase" in replicating|validating) break;; esac
         case "$phase" in failed|aborting|aborted) tail -30 "$BASE/worker.log"; exit 1;; esac
         sleep 0.5
     done
-    [ "$phase" = replicating ] || { echo "dmf did not reach replicating"; exit 1; }
+    case "$phase" in replicating|validating) ;; *) echo "dmf did not reach replicating"; exit 1;; esac
     read -r DMF_S PROV_S < <(psql -X -A -t -F ' ' "$DMF_DATABASE_URL" -c "
       SELECT extract(epoch FROM max(at) FILTER (WHERE to_phase = 'replicating') - max(at) FILTER (WHERE to_phase = 'schema')),
              extract(epoch FROM max(at) FILTER (WHERE to_phase = 'schema') - max(at) FILTER (WHERE to_phase = 'provisioning'))

@@ -32,6 +32,8 @@ enum Command {
     Resume(commands::resume::Args),
     /// Abort a cluster's migration and remove everything it created on both sides.
     Abort(commands::abort::Args),
+    /// The data auditor's findings for a cluster; --full compares every row now.
+    Audit(commands::audit::Args),
     /// Throwaway local control plane and fleet: hydrate, replicate, report.
     Demo(commands::demo::Args),
 }
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(a) => commands::status::run(a).await,
             Command::Resume(a) => commands::resume::run(a).await,
             Command::Abort(a) => commands::abort::run(a).await,
+            Command::Audit(a) => commands::audit::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
         }
     });
@@ -77,6 +80,7 @@ impl Command {
             Command::Status(a) => a.json,
             Command::Resume(a) => a.json,
             Command::Abort(a) => a.json,
+            Command::Audit(a) => a.json,
             Command::Demo(a) => a.json,
             Command::Scheduler(_) | Command::Worker(_) => false,
         }

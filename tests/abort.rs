@@ -1,4 +1,4 @@
-//! Abort from every phase up to replicating leaves no slot, publication, subscription or heartbeat
+//! Abort from every phase up to validating leaves no slot, publication, subscription or heartbeat
 //! schema on either side, removes the provisioned target, and leaves the source's data untouched.
 
 mod common;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{digest, leftovers, psql, Env, CLEAN, SAMPLE_SCHEMA};
 
-const PHASES: &[&str] = &["preflight", "provisioning", "schema", "hydrating", "replicating"];
+const PHASES: &[&str] = &["preflight", "provisioning", "schema", "hydrating", "replicating", "validating"];
 
 #[test]
 fn abort_from_every_phase_leaves_nothing_behind() {
@@ -42,7 +42,7 @@ fn abort_from_every_phase_leaves_nothing_behind() {
     });
     // Mid-copy abort: as soon as the copy has reported progress.
     env.wait_for("busy to be copying", Duration::from_secs(120), |cs| {
-        cs.iter().any(|c| c["cluster"] == "busy" && (c["phase"] == "replicating" || (c["phase"] == "hydrating" && c["rows_copied"].as_i64().unwrap_or(0) > 0)))
+        cs.iter().any(|c| c["cluster"] == "busy" && (common::in_sync(c) || (c["phase"] == "hydrating" && c["rows_copied"].as_i64().unwrap_or(0) > 0)))
     });
     let was = env.phase_of("busy");
     let out = env.dmf(&["abort", "busy", "--json"]);

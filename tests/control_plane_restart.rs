@@ -23,7 +23,7 @@ fn workers_recover_from_a_control_plane_restart() {
     let mut worker = env.worker("w1", &[]);
 
     env.wait_for("the first cluster to get going", Duration::from_secs(120), |cs| {
-        cs.iter().any(|c| matches!(c["phase"].as_str(), Some("provisioning" | "schema" | "hydrating" | "replicating")))
+        cs.iter().any(|c| matches!(c["phase"].as_str(), Some("provisioning" | "schema" | "hydrating" | "replicating" | "validating")))
     });
     env.cp.stop().expect("stop control plane");
     // Longer than the pool's 5 s acquire timeout.
@@ -34,7 +34,7 @@ fn workers_recover_from_a_control_plane_restart() {
     let back = Instant::now();
 
     env.wait_for("every cluster replicating after the restart", Duration::from_secs(240), |cs| {
-        cs.len() == 4 && cs.iter().all(|c| c["phase"] == "replicating")
+        cs.len() == 4 && cs.iter().all(common::in_sync)
     });
     eprintln!("fleet replicating {:?} after the control plane came back", back.elapsed());
     assert!(worker.is_alive() && scheduler.is_alive());

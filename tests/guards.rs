@@ -15,7 +15,7 @@ fn a_lost_slot_aborts_with_slot_lost_and_cleans_up() {
     let _scheduler = env.scheduler();
     let _worker = env.worker("w1", &[]);
     env.wait_for("replicating with a lag sample", Duration::from_secs(120), |c| {
-        c.first().is_some_and(|c| c["phase"] == "replicating" && c["lag_ms"].is_i64())
+        c.first().is_some_and(|c| common::in_sync(c) && c["lag_ms"].is_i64())
     });
     let target_dir = env.cp_query("SELECT state->>'target_dir' FROM dmf.migrations WHERE cluster = 'app'");
 

@@ -36,7 +36,7 @@ fn sigterm_during_hydration_never_runs_it_twice_at_once() {
     let exit = victim.child.wait().expect("wait for the drained worker");
     assert!(exit.success(), "a drained worker exits cleanly: {exit}\n{}", victim.log_tail());
 
-    env.wait_for("replicating", Duration::from_secs(180), |c| c.first().is_some_and(|c| c["phase"] == "replicating"));
+    env.wait_for("replicating", Duration::from_secs(180), |c| c.first().is_some_and(common::in_sync));
     let victim_log = std::fs::read_to_string(&victim.log).unwrap_or_default();
     let other_log = std::fs::read_to_string(&other.log).unwrap_or_default();
     let stopped = stamps(&victim_log, &["worker stopped"]);

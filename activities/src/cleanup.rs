@@ -1,5 +1,5 @@
-//! Abort and cleanup: remove the subscription, slot, publication and heartbeat objects, and the
-//! provisioned target, so that the source is left exactly as it was. Runs until it succeeds.
+//! Abort and cleanup: remove the subscription, slots (replication and audit), publication and
+//! heartbeat objects, and the provisioned target, so that the source is left exactly as it was. Runs until it succeeds.
 
 use crate::error::Error;
 use crate::hydrate::{drop_slot, subscription_exists};
@@ -27,6 +27,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     }
     let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     drop_slot(&source, &names.slot).await?;
+    drop_slot(&source, &crate::audit::audit_slot(ctx)).await?;
     pg::exec(&source, "drop publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&names.publication))).await?;
     pg::exec(&source, "drop heartbeat schema", &format!("DROP SCHEMA IF EXISTS {} CASCADE", pg::ident(HEARTBEAT_SCHEMA))).await?;
     if let Some(c) = local_target(ctx) {

@@ -5,6 +5,7 @@
 //! learns that a later one needs (the target's connection string, reports) goes into the migration's
 //! durable `state` in the control plane, never only into memory.
 
+pub mod audit;
 pub mod cleanup;
 pub mod error;
 pub mod hydrate;
@@ -46,6 +47,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Local targets run with fsync off (tests, demo, benchmarks).
     pub fast_local_targets: bool,
+    /// The data auditor (validating).
+    pub audit: audit::AuditConfig,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             watch_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(5),
             fast_local_targets: false,
+            audit: audit::AuditConfig::default(),
         }
     }
 }
@@ -136,6 +140,7 @@ pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
         Phase::Schema => schema::run(ctx).await,
         Phase::Hydrating => hydrate::run(ctx).await,
         Phase::Replicating => replicate::run(ctx).await,
+        Phase::Validating => audit::run(ctx).await,
         Phase::Aborting => cleanup::run(ctx).await,
         Phase::Pending | Phase::Aborted | Phase::Failed => {
             return Outcome::Fail { error: format!("phase {phase} has no activity") }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::{pg, Context, HEARTBEAT_SCHEMA};
@@ -35,6 +36,20 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
         return Err(Error::Abort { reason: AbortReason::SlotLost, detail: format!("replication slot {} no longer exists on the source of {cluster}", names.slot) });
     };
     let target = pg::connect(&ctx.require_target()?, &format!("target of {cluster}")).await?;
+    let started = Instant::now();
+    let arrived = fence(&source, &target, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
+    Ok(Sample { lag: arrived.unwrap_or_else(|| started.elapsed()), lag_timed_out: arrived.is_none(), lag_bytes: slot.get(1), slot_active: slot.get(0) })
+}
+
+/// Write a heartbeat on the source and wait until the target shows it. Once it has, every
+/// transaction the source committed before this call has been applied on the target too (one apply
+/// worker applies in commit order). Returns how long that took, or None after `timeout`.
+pub async fn fence(
+    source: &Client,
+    target: &Client,
+    timeout: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Duration>, Error> {
     let hb = pg::qualified(HEARTBEAT_SCHEMA, "heartbeat");
     let started = Instant::now();
     let seq: i64 = source
@@ -43,19 +58,17 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
         .map_err(pg::err("write heartbeat"))?
         .get(0);
     let read = format!("SELECT seq FROM {hb} WHERE id = 1");
-    let mut timed_out = true;
-    while started.elapsed() < ctx.config.heartbeat_timeout {
+    while started.elapsed() < timeout {
         let seen: Option<i64> = target.query_opt(&read, &[]).await.map_err(pg::err("read heartbeat on the target"))?.map(|r| r.get(0));
         if seen.is_some_and(|s| s >= seq) {
-            timed_out = false;
-            break;
+            return Ok(Some(started.elapsed()));
         }
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
     }
-    Ok(Sample { lag: started.elapsed(), lag_timed_out: timed_out, lag_bytes: slot.get(1), slot_active: slot.get(0) })
+    Ok(None)
 }
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
@@ -101,6 +114,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
                 for_how_long.as_secs()
             ),
         }),
+        // In sync: the auditor takes over (validating keeps these guards).
+        LagVerdict::Healthy if !s.lag_timed_out && s.slot_active => Ok(Outcome::Done),
         LagVerdict::Healthy | LagVerdict::Over { .. } => Ok(Outcome::Watch(ctx.config.watch_interval)),
     }
 }

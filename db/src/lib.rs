@@ -3,6 +3,7 @@
 //! Every durable fact about the fleet lives in one PostgreSQL database (`DMF_DATABASE_URL`). Workers,
 //! the scheduler and the CLI talk only to it, through this crate.
 
+pub mod audit;
 pub mod error;
 pub mod fleet;
 pub mod lease;

@@ -27,6 +27,16 @@ pub struct ClusterStatus {
     pub abort_reason: Option<String>,
     pub phase_started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `open` once the auditor lets the cluster move on.
+    pub audit_gate: Option<String>,
+    /// The newest full compare: running, clean, mismatch or unsettled.
+    pub audit_status: Option<String>,
+    pub audit_chunks_total: Option<i32>,
+    pub audit_chunks_done: i64,
+    pub audit_differences: i64,
+    /// Consistency window (source commit to visible on the target) over recent samples.
+    pub window_p50_ms: Option<f64>,
+    pub window_p99_ms: Option<f64>,
 }
 
 impl ClusterStatus {

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod abort;
+pub mod audit;
 pub mod demo;
 pub mod enqueue;
 pub mod init;

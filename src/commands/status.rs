@@ -1,4 +1,4 @@
-//! `dmf status [cluster] [--watch] [--json]`.
+//! `dmf status [cluster] [--watch] [--json]`: phase, lag, hydration and audit progress, last error.
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub fn render(rows: &[ClusterStatus], fleets: &[dmf_db::fleet::FleetRow]) -> Str
     for f in fleets.iter().filter(|f| f.breaker_open) {
         out.push_str(&format!("fleet {}: CIRCUIT BREAKER OPEN: {}\n", f.name, f.breaker_reason.as_deref().unwrap_or("")));
     }
-    out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "HYDRATION", "LAST ERROR"));
+    out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {:<36} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "HYDRATION", "AUDIT", "LAST ERROR"));
     for r in rows {
         let phase = if r.paused { format!("{} (paused)", r.phase) } else { r.phase.clone() };
         let lag = r.lag_ms.map(|l| format!("{l} ms")).unwrap_or_else(|| "-".into());
@@ -43,13 +43,29 @@ pub fn render(rows: &[ClusterStatus], fleets: &[dmf_db::fleet::FleetRow]) -> Str
             }
             s
         };
+        let audit = match (&r.audit_status, r.audit_chunks_total) {
+            (Some(st), Some(total)) => {
+                let mut s = format!("{st} {}/{total}", r.audit_chunks_done);
+                if r.audit_differences > 0 {
+                    s.push_str(&format!(" {} diff", r.audit_differences));
+                }
+                if let (Some(p50), Some(p99)) = (r.window_p50_ms, r.window_p99_ms) {
+                    s.push_str(&format!(" win {p50:.0}/{p99:.0}ms"));
+                }
+                if r.audit_gate.as_deref() == Some("open") {
+                    s.push_str(" gate open");
+                }
+                s
+            }
+            _ => "-".to_string(),
+        };
         let err = match (&r.abort_reason, &r.last_error) {
             (Some(reason), Some(e)) => format!("[{reason}] {e}"),
             (Some(reason), None) => format!("[{reason}]"),
             (None, Some(e)) => e.clone(),
             (None, None) => String::new(),
         };
-        out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {}\n", r.cluster, r.wave, phase, lag, lag_bytes, hydration, err.lines().next().unwrap_or("")));
+        out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {:<36} {}\n", r.cluster, r.wave, phase, lag, lag_bytes, hydration, audit, err.lines().next().unwrap_or("")));
     }
     out
 }

@@ -46,6 +46,18 @@ pub struct Args {
     /// Attempts of one phase before the migration is marked failed (a crash counts).
     #[arg(long, default_value_t = 5)]
     pub max_attempts: u32,
+    /// Share of committed source transactions the auditor re-checks while validating (0..1).
+    #[arg(long, default_value_t = 0.01)]
+    pub audit_sample_rate: f64,
+    /// Seconds of continuous validation without a confirmed mismatch before the audit gate opens.
+    #[arg(long, default_value_t = 60.0)]
+    pub audit_window_s: f64,
+    /// Rows per full-compare chunk, about.
+    #[arg(long, default_value_t = 50_000)]
+    pub audit_chunk_rows: i64,
+    /// Full-compare chunks compared at once per migration.
+    #[arg(long, default_value_t = 2)]
+    pub audit_jobs: usize,
     /// Create local targets with fsync off (tests and demos only).
     #[arg(long, env = "DMF_FAST_LOCAL_TARGETS")]
     pub fast_local_targets: bool,
@@ -67,6 +79,10 @@ impl Args {
         o.activities.lag.window = Duration::from_secs(self.lag_window_s);
         o.activities.watch_interval = Duration::from_secs_f64(self.watch_interval.max(0.05));
         o.activities.fast_local_targets = self.fast_local_targets;
+        o.activities.audit.sample_rate = self.audit_sample_rate.clamp(0.0, 1.0);
+        o.activities.audit.window = Duration::from_secs_f64(self.audit_window_s.max(0.0));
+        o.activities.audit.chunk_rows = self.audit_chunk_rows.max(1);
+        o.activities.audit.jobs = self.audit_jobs.max(1);
         o.lease_ttl = Duration::from_secs(self.lease_ttl_s.max(3));
         o.heartbeat = Duration::from_secs(self.heartbeat_s.max(1));
         o.reconcile_interval = Duration::from_secs(self.reconcile_s.max(1));

@@ -229,6 +229,11 @@ impl Drop for Env {
     }
 }
 
+/// Hydrated and following the source: replicating, or past it into validating (the auditor).
+pub fn in_sync(c: &serde_json::Value) -> bool {
+    matches!(c["phase"].as_str(), Some("replicating" | "validating"))
+}
+
 /// Row count and an order-independent digest of a table's rows.
 pub fn digest(dsn: &str, table: &str, order_by: &str) -> String {
     psql(dsn, &format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY {order_by}), '')) FROM {table} t"))

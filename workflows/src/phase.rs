@@ -18,13 +18,14 @@ pub enum Phase {
     Schema,
     Hydrating,
     Replicating,
+    Validating,
     Aborting,
     Aborted,
     Failed,
 }
 
-/// The forward pipeline, in order. Later phases (validating, shadow_reads, flipping...) are appended
-/// here; everything else in this crate follows from this list.
+/// The forward pipeline, in order. Later phases (shadow_reads, flipping...) are appended here;
+/// everything else in this crate follows from this list.
 const PIPELINE: &[Phase] = &[
     Phase::Pending,
     Phase::Preflight,
@@ -32,6 +33,7 @@ const PIPELINE: &[Phase] = &[
     Phase::Schema,
     Phase::Hydrating,
     Phase::Replicating,
+    Phase::Validating,
 ];
 
 impl Phase {
@@ -42,6 +44,7 @@ impl Phase {
         Phase::Schema,
         Phase::Hydrating,
         Phase::Replicating,
+        Phase::Validating,
         Phase::Aborting,
         Phase::Aborted,
         Phase::Failed,
@@ -55,6 +58,7 @@ impl Phase {
             Phase::Schema => "schema",
             Phase::Hydrating => "hydrating",
             Phase::Replicating => "replicating",
+            Phase::Validating => "validating",
             Phase::Aborting => "aborting",
             Phase::Aborted => "aborted",
             Phase::Failed => "failed",
@@ -70,9 +74,15 @@ impl Phase {
         PIPELINE.get(i + 1).copied()
     }
 
-    /// A phase whose activity keeps running (re-checking guards) instead of completing.
+    /// A phase whose activity runs again and again (re-checking guards, auditing) until it
+    /// reports Done; the last phase of the pipeline keeps doing so.
     pub fn is_steady(self) -> bool {
-        matches!(self, Phase::Replicating)
+        matches!(self, Phase::Replicating | Phase::Validating)
+    }
+
+    /// Where `self` sits in the forward pipeline (None for aborting, aborted, failed).
+    pub fn pipeline_index(self) -> Option<usize> {
+        PIPELINE.iter().position(|p| *p == self)
     }
 
     /// Whether an activity job runs in this phase. `pending` waits for the scheduler, `failed` for an
@@ -93,7 +103,7 @@ impl Phase {
 
     /// A wave is finished when none of its clusters is pending or in flight.
     pub fn is_settled(self) -> bool {
-        matches!(self, Phase::Replicating | Phase::Aborted | Phase::Failed)
+        matches!(self, Phase::Replicating | Phase::Validating | Phase::Aborted | Phase::Failed)
     }
 }
 
@@ -104,7 +114,7 @@ impl fmt::Display for Phase {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown phase {0:?}; expected one of: pending, preflight, provisioning, schema, hydrating, replicating, aborting, aborted, failed")]
+#[error("unknown phase {0:?}; expected one of: pending, preflight, provisioning, schema, hydrating, replicating, validating, aborting, aborted, failed")]
 pub struct UnknownPhase(pub String);
 
 impl FromStr for Phase {
@@ -212,9 +222,10 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating]
+            vec![Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating]
         );
         assert!(Phase::Replicating.is_steady());
+        assert!(Phase::Validating.is_steady());
         assert_eq!(Phase::Aborting.next(), Some(Phase::Aborted));
         assert_eq!(Phase::Aborted.next(), None);
     }
@@ -229,7 +240,7 @@ mod tests {
 
     #[test]
     fn abort_allowed_up_to_replicating_and_from_failed() {
-        for p in [Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Failed] {
+        for p in [Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating, Phase::Failed] {
             assert!(p.can_abort(), "{p}");
         }
         assert!(!Phase::Aborting.can_abort());
@@ -272,7 +283,9 @@ mod tests {
     fn done_advances_and_steady_done_keeps_watching() {
         let p = Policy::default();
         assert!(matches!(p.decide(Phase::Hydrating, Outcome::Done, 1), Decision::Transition { to: Phase::Replicating, .. }));
-        assert!(matches!(p.decide(Phase::Replicating, Outcome::Done, 1), Decision::Watch { .. }));
+        assert!(matches!(p.decide(Phase::Replicating, Outcome::Done, 1), Decision::Transition { to: Phase::Validating, .. }));
+        // The gate opened but no phase follows validating yet: it keeps auditing.
+        assert!(matches!(p.decide(Phase::Validating, Outcome::Done, 1), Decision::Watch { .. }));
         assert!(matches!(p.decide(Phase::Aborting, Outcome::Done, 1), Decision::Transition { to: Phase::Aborted, .. }));
     }
 }

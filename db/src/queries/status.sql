@@ -6,7 +6,11 @@ SELECT c.name AS cluster, c.fleet, c.wave, m.phase, m.epoch, m.paused, m.attempt
        COALESCE(p.tables_done, 0)::bigint AS tables_done,
        COALESCE(p.tables_total, 0)::bigint AS tables_total,
        EXTRACT(EPOCH FROM (p.last_update - p.first_update))::float8 AS copy_seconds,
-       m.last_error, m.abort_reason, m.phase_started_at, m.updated_at
+       m.last_error, m.abort_reason, m.phase_started_at, m.updated_at,
+       m.state #>> '{audit,gate}' AS audit_gate,
+       a.status AS audit_status, a.chunks_total AS audit_chunks_total, COALESCE(a.chunks_done, 0)::bigint AS audit_chunks_done,
+       (SELECT count(*) FROM dmf.audit_results d WHERE d.migration = m.id) AS audit_differences,
+       w.p50 AS window_p50_ms, w.p99 AS window_p99_ms
 FROM dmf.clusters c
 JOIN dmf.migrations m ON m.cluster = c.name
 LEFT JOIN LATERAL (
@@ -20,5 +24,17 @@ LEFT JOIN LATERAL (
     FROM dmf.copy_progress cp
     WHERE cp.migration = m.id
 ) p ON true
+-- the newest full compare and its progress
+LEFT JOIN LATERAL (
+    SELECT r.status, r.chunks_total,
+           (SELECT count(*) FROM dmf.audit_chunks ch WHERE ch.run = r.id AND ch.status <> 'pending') AS chunks_done
+    FROM dmf.audit_runs r WHERE r.migration = m.id ORDER BY r.id DESC LIMIT 1
+) a ON true
+-- the consistency window over the last 1000 samples
+LEFT JOIN LATERAL (
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY window_ms) AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY window_ms) AS p99
+    FROM (SELECT window_ms FROM dmf.audit_samples s WHERE s.migration = m.id ORDER BY s.id DESC LIMIT 1000) recent
+) w ON true
 WHERE $1::text IS NULL OR c.name = $1
 ORDER BY c.fleet, c.wave, c.name

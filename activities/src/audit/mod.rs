@@ -1,0 +1,147 @@
+//! The data auditor and the `validating` phase: continuous sampled validation of the change stream,
+//! an exact chunked full compare, and the gate that lets a cluster move on only when both are clean.
+//!
+//! Both halves confirm a suspected difference with a fenced re-check (`recheck`), so replication
+//! lag or a stall never becomes a false alarm; a confirmed difference aborts the migration with the
+//! reason `audit_mismatch` before any traffic moves.
+
+pub mod compare;
+pub mod pgoutput;
+pub mod recheck;
+pub mod sample;
+pub mod table;
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_postgres::Client;
+
+use crate::error::Error;
+use crate::{pg, replicate, Context};
+use dmf_workflows::{AbortReason, Outcome};
+
+/// Session settings that change a row's text form, pinned on every connection the auditor opens.
+pub const PINNED_SETTINGS: &str =
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
+
+/// The same settings for a replication connection's startup (the walsender formats streamed values).
+pub const PINNED_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex";
+
+/// Open a connection with the row-text settings pinned.
+pub async fn connect_pinned(dsn: &str, role: &str) -> Result<Client, Error> {
+    let client = pg::connect(dsn, role).await?;
+    pg::exec(&client, &format!("pin the session settings of the {role}"), PINNED_SETTINGS).await?;
+    Ok(client)
+}
+
+/// Tunables of the auditor.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Share of committed source transactions the continuous validation checks.
+    pub sample_rate: f64,
+    /// How long continuous validation must run without a confirmed mismatch before the gate opens.
+    pub window: Duration,
+    /// Rows per full-compare chunk (about).
+    pub chunk_rows: i64,
+    /// Chunks compared at once (each on one source and one target connection).
+    pub jobs: usize,
+    /// Fenced re-check rounds before a changing row is left unsettled.
+    pub recheck_rounds: u32,
+    /// Longest wait for a fence to reach the target.
+    pub fence_timeout: Duration,
+    /// Times an unsettled chunk is compared again within one run.
+    pub max_chunk_attempts: i32,
+    /// Work done per tick of the validating phase before it reports back.
+    pub slice: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sample_rate: 0.01,
+            window: Duration::from_secs(60),
+            chunk_rows: 50_000,
+            jobs: 2,
+            recheck_rounds: 5,
+            fence_timeout: Duration::from_secs(30),
+            max_chunk_attempts: 5,
+            slice: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Names of the auditor's own objects on the source.
+pub fn audit_slot(ctx: &Context) -> String {
+    ctx.names().slot.replacen("dmf_slot_", "dmf_audit_", 1)
+}
+
+/// One tick of `validating`: the replication guards, a slice of continuous sampling and of the
+/// full compare side by side, then the gate.
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    // Lag and slot guards keep applying while the auditor works.
+    if let outcome @ Outcome::Abort { .. } = replicate::run(ctx).await? {
+        return Ok(outcome);
+    }
+    let m = &ctx.migration;
+    let cfg = &ctx.config.audit;
+    let names = ctx.names();
+    let target_dsn = ctx.require_target()?;
+    let slot = audit_slot(ctx);
+    let since = match m.state.pointer("/audit/sampling_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+        Some(t) => t,
+        None => {
+            let now = chrono::Utc::now();
+            ctx.db.merge_state(m.id, json!({ "audit": { "sampling_since": now } })).await?;
+            now
+        }
+    };
+    let run = match ctx.db.latest_audit_run(m.id).await? {
+        Some(r) if r.status == "running" || r.status == "clean" || r.status == "mismatch" => r.id,
+        _ => compare::start(&ctx.db, m.id, ctx.source_dsn(), cfg, "validating").await?,
+    };
+    let endpoints = sample::Endpoints {
+        source_dsn: ctx.source_dsn(),
+        target_dsn: &target_dsn,
+        publication: &names.publication,
+        audit_slot: &slot,
+        subscription: &names.subscription,
+    };
+    let (sampled, compared) = tokio::join!(
+        sample::run_slice(&ctx.db, m.id, &endpoints, cfg, cfg.slice, &ctx.cancel),
+        compare::resume(&ctx.db, m.id, run, ctx.source_dsn(), &target_dsn, cfg, Some(cfg.slice), &ctx.cancel, || {}),
+    );
+    let sampled = sampled?;
+    compared?;
+    let full = ctx.db.audit_run(m.id, run).await?;
+    let samples = ctx.db.sample_summary(m.id, Some(since)).await?;
+    let differences = ctx.db.differences(m.id, 1).await?;
+    if let Some(d) = differences.first() {
+        return Ok(Outcome::Abort {
+            reason: AbortReason::AuditMismatch,
+            detail: format!(
+                "{} found {} in {} at key {} (columns {:?}, source LSN {})",
+                if d.found_by == "full" { "full compare" } else { "continuous validation" },
+                d.kind,
+                d.table_name.as_deref().unwrap_or("?"),
+                d.key.clone().unwrap_or_default(),
+                d.columns.clone().unwrap_or_default(),
+                d.lsn.as_deref().unwrap_or("?")
+            ),
+        });
+    }
+    let full_clean = full.as_ref().is_some_and(|r| r.status == "clean");
+    let window_done = (chrono::Utc::now() - since).to_std().unwrap_or_default() >= cfg.window;
+    tracing::debug!(cluster = %m.cluster, migration = %m.id, run, full_clean, window_done, seen = sampled.transactions_seen, sampled = sampled.sampled, "audit tick");
+    let gate = full_clean && window_done && samples.mismatched == 0;
+    ctx.db
+        .merge_state(
+            m.id,
+            json!({ "audit": { "sampling_since": since, "gate": if gate { "open" } else { "closed" }, "full_run": run } }),
+        )
+        .await?;
+    if gate {
+        tracing::info!(cluster = %m.cluster, migration = %m.id, run, samples = samples.samples, p99_ms = ?samples.window_p99_ms, "audit clean: the cluster may move on");
+        return Ok(Outcome::Done);
+    }
+    Ok(Outcome::Watch(Duration::from_millis(200)))
+}

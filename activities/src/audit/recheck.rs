@@ -1,0 +1,130 @@
+//! Fenced re-checks: how a suspected difference becomes a confirmed one, or goes away.
+//!
+//! For a set of keys: read them on the source (S1), write a heartbeat fence and wait until the
+//! target has applied it (so the target holds every change committed before S1 was read), read
+//! them on the target (T), read them on the source again (S3). A key whose target row equals S1
+//! matched. A key whose source row stayed the same across the fence (S1 = S3) but whose target row
+//! differs is a confirmed difference: no change in flight can explain it. A key that changed on the
+//! source in between is checked again in the next round; one that keeps changing is reported as
+//! unsettled, never as a difference. Replication lag or a stall only makes the fence wait.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::table::{Key, TableInfo};
+use crate::error::Error;
+use crate::{pg, replicate};
+use dmf_db::audit::NewDifference;
+
+/// Keys read per statement.
+const BATCH: usize = 500;
+/// Longest text of a value kept in a result's detail.
+const DETAIL_CHARS: usize = 200;
+
+/// What a re-check concluded.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub matched: usize,
+    pub differences: Vec<NewDifference>,
+    /// Keys that kept changing, or whose fence did not arrive in time.
+    pub unsettled: Vec<Key>,
+}
+
+/// Rows by key on one side: key -> every column's text (keyless tables: the copies' count).
+async fn read_rows(client: &Client, table: &TableInfo, keys: &[Key]) -> Result<HashMap<Key, Vec<Option<String>>>, Error> {
+    let mut out = HashMap::with_capacity(keys.len());
+    for batch in keys.chunks(BATCH) {
+        let rows = client
+            .query(&table.rows_by_key_sql(batch), &[])
+            .await
+            .map_err(pg::err(&format!("read rows of {} by key", table.qualified)))?;
+        for r in rows {
+            out.insert(r.get::<_, Key>(0), r.get::<_, Vec<Option<String>>>(1));
+        }
+    }
+    Ok(out)
+}
+
+async fn current_lsn(source: &Client) -> Result<String, Error> {
+    Ok(source.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(pg::err("read the source's WAL position"))?.get(0))
+}
+
+fn clip(v: &Option<String>) -> serde_json::Value {
+    match v {
+        None => serde_json::Value::Null,
+        Some(s) if s.chars().count() > DETAIL_CHARS => serde_json::Value::String(format!("{}…", s.chars().take(DETAIL_CHARS).collect::<String>())),
+        Some(s) => serde_json::Value::String(s.clone()),
+    }
+}
+
+/// Describe a confirmed difference between the source's and the target's row.
+fn difference(table: &TableInfo, key: &Key, source: Option<&Vec<Option<String>>>, target: Option<&Vec<Option<String>>>, lsn: &str) -> NewDifference {
+    let (kind, columns, detail) = match (source, target) {
+        (Some(_), None) => ("missing_on_target", Vec::new(), serde_json::json!({})),
+        (None, Some(_)) => ("missing_on_source", Vec::new(), serde_json::json!({})),
+        (Some(s), Some(t)) if !table.keyed() => (
+            "value",
+            Vec::new(),
+            serde_json::json!({ "source_copies": clip(&s[0]), "target_copies": clip(&t[0]) }),
+        ),
+        (Some(s), Some(t)) => {
+            let mut columns = Vec::new();
+            let (mut src, mut tgt) = (serde_json::Map::new(), serde_json::Map::new());
+            for (i, name) in table.columns.iter().enumerate() {
+                let (a, b) = (s.get(i).cloned().flatten(), t.get(i).cloned().flatten());
+                if a != b {
+                    columns.push(name.clone());
+                    src.insert(name.clone(), clip(&a));
+                    tgt.insert(name.clone(), clip(&b));
+                }
+            }
+            ("value", columns, serde_json::json!({ "source": src, "target": tgt }))
+        }
+        (None, None) => ("value", Vec::new(), serde_json::json!({})),
+    };
+    NewDifference { kind: kind.to_string(), table: table.qualified.clone(), key: table.key_json(key), columns, lsn: lsn.to_string(), detail }
+}
+
+/// Re-check `keys` of `table` in up to `rounds` fenced rounds.
+pub async fn recheck(
+    table: &TableInfo,
+    keys: Vec<Key>,
+    source: &Client,
+    target: &Client,
+    rounds: u32,
+    fence_timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Verdict, Error> {
+    let mut verdict = Verdict::default();
+    let mut pending = keys;
+    for _ in 0..rounds.max(1) {
+        if pending.is_empty() {
+            break;
+        }
+        let lsn = current_lsn(source).await?;
+        let s1 = read_rows(source, table, &pending).await?;
+        if replicate::fence(source, target, fence_timeout, cancel).await?.is_none() {
+            // Replication is stalled: nothing can be concluded now.
+            continue;
+        }
+        let t = read_rows(target, table, &pending).await?;
+        let s3 = read_rows(source, table, &pending).await?;
+        let mut next = Vec::new();
+        for key in pending {
+            let (a, b, c) = (s1.get(&key), t.get(&key), s3.get(&key));
+            if a == b {
+                verdict.matched += 1;
+            } else if a == c {
+                verdict.differences.push(difference(table, &key, a, b, &lsn));
+            } else {
+                next.push(key);
+            }
+        }
+        pending = next;
+    }
+    verdict.unsettled = pending;
+    Ok(verdict)
+}
