@@ -13,27 +13,8 @@ SCALE="${SCALE:-30}"
 RUNS="${RUNS:-3}"
 # dmf audit flags (chunk size, parallel chunks)
 AUDIT_ARGS="${AUDIT_ARGS:-}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet --bin dmf
-DMF="$CARGO_TARGET_DIR/release/dmf"
-
-BASE="$(mktemp -d /tmp/dmf-bench-audit-XXXX)"
-chmod 755 "$BASE"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for d in "$BASE"/*/ "$BASE"/targets/*/; do [ -f "$d/data/PG_VERSION" ] && stop_cluster "$d"; done
-    rm -rf "$BASE"
-}
-trap cleanup EXIT
-
-SRC_PORT=$(free_port); make_cluster "$BASE/source" "$SRC_PORT"
-SRC="postgres://postgres@127.0.0.1:$SRC_PORT/bench"
-psql -q -X "postgres://postgres@127.0.0.1:$SRC_PORT/postgres" -c "CREATE DATABASE bench"
-echo "loading pgbench scale $SCALE"
-pgbench -i -q -s "$SCALE" "$SRC" >/dev/null 2>&1
-psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" -c "VACUUM ANALYZE"
+bench_setup audit
+pgbench_source "$SCALE"
 
 CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
 export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
@@ -55,20 +36,13 @@ TGT=$(psql -X -A -t "$DMF_DATABASE_URL" -c "SELECT state->>'target_dsn' FROM dmf
 TGT_PORT=$(python3 -c "import sys,urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port)" "$TGT")
 psql -q -X "$TGT" -c "VACUUM ANALYZE"
 
-settle() {
-    for port in "$SRC_PORT" "$TGT_PORT" "$CP_PORT"; do
-        psql -q -X "postgres://postgres@127.0.0.1:$port/postgres" -c "CHECKPOINT" >/dev/null
-    done
-    sync
-    sleep 1
-}
 SCAN_SQL=""
 for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
     SCAN_SQL+="SELECT '$t', count(*), sum(hashtextextended(t::text, 0)) FROM $t t; "
 done
 SCAN_TIMES=(); DMF_TIMES=()
 scan_run() {
-    settle
+    settle "$SRC_PORT" "$TGT_PORT" "$CP_PORT"
     t0=$(date +%s.%N)
     psql -X -A -t "$SRC" -c "$SCAN_SQL" > "$BASE/scan_src" & a=$!
     psql -X -A -t "$TGT" -c "$SCAN_SQL" > "$BASE/scan_tgt" & b=$!
@@ -79,7 +53,7 @@ scan_run() {
     printf 'bare scan run %d: %.2f s\n' "$1" "${SCAN_TIMES[-1]}"
 }
 dmf_run() {
-    settle
+    settle "$SRC_PORT" "$TGT_PORT" "$CP_PORT"
     t0=$(date +%s.%N)
     "$DMF" audit bench --full --json $AUDIT_ARGS > "$BASE/audit.json"
     t1=$(date +%s.%N)

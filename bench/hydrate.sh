@@ -18,28 +18,8 @@ SCALE="${SCALE:-30}"
 JOBS="${JOBS:-4}"
 # dmf's copy streams (default: the same as pgcopydb's jobs); DMF_WORKER_ARGS adds worker flags
 DMF_JOBS="${DMF_JOBS:-$JOBS}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet --bin dmf
-DMF="$CARGO_TARGET_DIR/release/dmf"
-
-BASE="$(mktemp -d /tmp/dmf-bench-hydrate-XXXX)"
-chmod 755 "$BASE"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for d in "$BASE"/*/ "$BASE"/targets/*/; do [ -f "$d/data/PG_VERSION" ] && stop_cluster "$d"; done
-    rm -rf "$BASE"
-}
-trap cleanup EXIT
-
-SRC_PORT=$(free_port); make_cluster "$BASE/source" "$SRC_PORT"
-SRC="postgres://postgres@127.0.0.1:$SRC_PORT/bench"
-as_pg "$DMF_PG_BIN/psql" -q -h 127.0.0.1 -p "$SRC_PORT" -U postgres -d postgres -c "CREATE DATABASE bench"
-echo "loading pgbench scale $SCALE"
-pgbench -i -q -s "$SCALE" "$SRC" >/dev/null 2>&1
-# pgbench_history has no key: dmf's preflight refuses to publish such a table. Same data for both.
-psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" -c "VACUUM ANALYZE"
+bench_setup hydrate
+pgbench_source "$SCALE"
 SIZE=$(psql -X -A -t "$SRC" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 echo "source: $SIZE"
 
@@ -49,14 +29,6 @@ RUNS="${RUNS:-3}"
 PEER_PORT=$(free_port); make_cluster "$BASE/peer" "$PEER_PORT"
 PEER="postgres://postgres@127.0.0.1:$PEER_PORT/bench"
 PEER_TIMES=()
-# Quiet the machine before a timed run: flush dirty buffers everywhere, let the disk settle.
-settle() {
-    for port in "$SRC_PORT" "$PEER_PORT" "$CP_PORT"; do
-        psql -q -X "postgres://postgres@127.0.0.1:$port/postgres" -c "CHECKPOINT" >/dev/null
-    done
-    sync
-    sleep 1
-}
 check_counts() {
     for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
         a=$(psql -X -A -t "$SRC" -c "SELECT count(*) FROM $t"); b=$(psql -X -A -t "$1" -c "SELECT count(*) FROM $t")
@@ -66,7 +38,7 @@ check_counts() {
 peer_run() {
     psql -q -X "postgres://postgres@127.0.0.1:$PEER_PORT/postgres" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench" 2>/dev/null
     rm -rf "$BASE/pgcopydb"
-    settle
+    settle "$SRC_PORT" "$PEER_PORT" "$CP_PORT"
     t0=$(date +%s.%N)
     pgcopydb clone --source "$SRC" --target "$PEER" --table-jobs "$JOBS" --index-jobs "$JOBS" \
         --dir "$BASE/pgcopydb" --no-owner --no-acl >"$BASE/pgcopydb.log" 2>&1 || { tail -20 "$BASE/pgcopydb.log"; exit 1; }
@@ -92,7 +64,7 @@ DMF_TIMES=()
 dmf_run() {
     local run="$1" name="bench-$1"
     printf '[fleet]\nname = "%s"\n[[cluster]]\nname = "%s"\nsource = "%s"\n' "$name" "$name" "$SRC" > "$BASE/$name.toml"
-    settle
+    settle "$SRC_PORT" "$PEER_PORT" "$CP_PORT"
     "$DMF" enqueue "$BASE/$name.toml" >/dev/null
     for _ in $(seq 1 1800); do
         phase=$(status_of "$name")

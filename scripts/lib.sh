@@ -73,3 +73,44 @@ CONF
 stop_cluster() {
     as_pg "$DMF_PG_BIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1 || true
 }
+
+# Benchmarks: build the release dmf ($DMF), make a workspace ($BASE) for the clusters and the
+# background processes ($PIDS) they start, and stop and remove all of it on exit.
+bench_setup() {
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+    cargo build --release --quiet --bin dmf
+    DMF="$CARGO_TARGET_DIR/release/dmf"
+    BASE="$(mktemp -d "/tmp/dmf-bench-$1-XXXX")"
+    chmod 755 "$BASE"
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for d in "$BASE"/*/ "$BASE"/targets/*/; do [ -f "$d/data/PG_VERSION" ] && stop_cluster "$d"; done
+    rm -rf "$BASE"
+}
+
+# pgbench_source SCALE: a source cluster in $BASE/source with database bench loaded by pgbench
+# (pgbench_history gets a key: dmf's preflight refuses to publish a table without one); sets
+# $SRC_PORT and $SRC.
+pgbench_source() {
+    SRC_PORT=$(free_port); make_cluster "$BASE/source" "$SRC_PORT"
+    SRC="postgres://postgres@127.0.0.1:$SRC_PORT/bench"
+    psql -q -X "postgres://postgres@127.0.0.1:$SRC_PORT/postgres" -c "CREATE DATABASE bench"
+    echo "loading pgbench scale $1"
+    pgbench -i -q -s "$1" "$SRC" >/dev/null 2>&1
+    psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" -c "VACUUM ANALYZE"
+}
+
+# settle PORT...: before a timed run, checkpoint these clusters and let the disk settle, so that a
+# run does not pay for the previous one's background writes.
+settle() {
+    for port in "$@"; do
+        psql -q -X "postgres://postgres@127.0.0.1:$port/postgres" -c "CHECKPOINT" >/dev/null
+    done
+    sync
+    sleep 1
+}

@@ -76,14 +76,18 @@ fn every_injected_corruption_is_found_by_key_and_aborts_the_migration() {
              INSERT INTO big VALUES (20001, 'extra');
              UPDATE big SET v = 'changed' WHERE id = 15000;
              UPDATE {t} SET note = NULL WHERE num = 11;
-             UPDATE {t} SET f8 = f8 + 1e-15 WHERE num = 12;
              UPDATE {t} SET ts = ts + interval '1 microsecond' WHERE num = 13;
              UPDATE {t} SET doc = doc || '{{\"g\": 0}}' WHERE num = 14;
              UPDATE {t} SET blob = blob || '\\x00'::bytea WHERE num = 15;
              UPDATE {t} SET f4 = f4 * 1.0000001 WHERE num = 16;"
         ),
     );
-    assert_ne!(psql(&target, &format!("SELECT f8::text FROM {t} WHERE num = 12")), psql(&dsn, &format!("SELECT f8::text FROM {t} WHERE num = 12")));
+    // A float changed in its last digit only (shortest exact text, as extra_float_digits = 3 prints it).
+    let f8 = psql(&target, &format!("SET extra_float_digits = 3; SELECT f8::text FROM {t} WHERE num = 12"));
+    let last = f8.chars().last().and_then(|c| c.to_digit(10)).expect("a digit");
+    let changed = format!("{}{}", &f8[..f8.len() - 1], if last == 9 { 8 } else { last + 1 });
+    psql(&target, &format!("UPDATE {t} SET f8 = '{changed}' WHERE num = 12"));
+    assert_ne!(psql(&target, &format!("SET extra_float_digits = 3; SELECT f8::text FROM {t} WHERE num = 12")), f8);
 
     let report = env.dmf_json(&["audit", "app", "--full", "--chunk-rows", "1000", "--json"]);
     assert_eq!(report["full_compare"]["status"], "mismatch", "{report}");

@@ -4,9 +4,9 @@
 //! target has applied it (so the target holds every change committed before S1 was read), read
 //! them on the target (T), read them on the source again (S3). A key whose target row equals S1
 //! matched. A key whose source row stayed the same across the fence (S1 = S3) but whose target row
-//! differs is a confirmed difference: no change in flight can explain it. A key that changed on the
-//! source in between is checked again in the next round; one that keeps changing is reported as
-//! unsettled, never as a difference. Replication lag or a stall only makes the fence wait.
+//! differs, in two rounds in a row with the same source row, is a confirmed difference: no change in
+//! flight can explain it. A key that changed on the source in between is checked again in the next
+//! round; one that keeps changing is reported as unsettled, never as a difference. Replication lag or a stall only makes the fence wait.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +19,11 @@ use crate::error::Error;
 use crate::{pg, replicate};
 use dmf_db::audit::NewDifference;
 
+/// A difference is confirmed only when it shows in this many fenced rounds in a row. One round is
+/// not enough under load: a source commit is sent to the subscriber once its WAL is flushed, a moment
+/// before it becomes visible to new snapshots on the source, so the target can briefly show a change
+/// that a read on the source does not see yet.
+const CONFIRMING_ROUNDS: u32 = 2;
 /// Keys read per statement.
 const BATCH: usize = 500;
 /// Longest text of a value kept in a result's detail.
@@ -100,7 +105,9 @@ pub async fn recheck(
 ) -> Result<Verdict, Error> {
     let mut verdict = Verdict::default();
     let mut pending = keys;
-    for _ in 0..rounds.max(1) {
+    // Rounds in a row in which a key looked different with its source row unchanged.
+    let mut suspect: HashMap<Key, (Option<Vec<Option<String>>>, u32)> = HashMap::new();
+    for _ in 0..rounds.max(CONFIRMING_ROUNDS) {
         if pending.is_empty() {
             break;
         }
@@ -117,11 +124,23 @@ pub async fn recheck(
             let (a, b, c) = (s1.get(&key), t.get(&key), s3.get(&key));
             if a == b {
                 verdict.matched += 1;
-            } else if a == c {
-                verdict.differences.push(difference(table, &key, a, b, &lsn));
-            } else {
-                next.push(key);
+                continue;
             }
+            if a == c {
+                let entry = suspect.entry(key.clone()).or_insert((a.cloned(), 0));
+                if entry.0.as_ref() != a {
+                    // The source row moved since the last round: start counting again.
+                    *entry = (a.cloned(), 0);
+                }
+                entry.1 += 1;
+                if entry.1 >= CONFIRMING_ROUNDS {
+                    verdict.differences.push(difference(table, &key, a, b, &lsn));
+                    continue;
+                }
+            } else {
+                suspect.remove(&key);
+            }
+            next.push(key);
         }
         pending = next;
     }
