@@ -41,6 +41,18 @@ const RELAY_READ_RESERVE: usize = 512 * 1024;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// The length of the whole message (tag, length, body) at the front of `buf`, once all of it is there.
+fn frame_len(buf: &[u8]) -> Result<Option<usize>, Error> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(perr("malformed message from the server"));
+    }
+    Ok((buf.len() > len).then_some(1 + len))
+}
+
 fn perr(e: impl std::fmt::Display) -> Error {
     Error::Replication(e.to_string())
 }
@@ -293,22 +305,13 @@ impl ReplConn {
             let mut stop = None;
             loop {
                 let rest = &self.buf[end..];
-                if rest.len() < 5 {
-                    break;
-                }
-                let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-                if len < 4 {
-                    return Err(perr("malformed message from the source"));
-                }
-                if rest.len() < 1 + len {
-                    break;
-                }
+                let Some(len) = frame_len(rest)? else { break };
                 if rest[0] == b'd' {
                     messages += 1;
-                    bytes += (len - 4) as i64;
-                    end += 1 + len;
+                    bytes += (len - 5) as i64;
+                    end += len;
                 } else {
-                    stop = Some((rest[0], 1 + len));
+                    stop = Some((rest[0], len));
                     break;
                 }
             }
@@ -369,10 +372,10 @@ impl ReplConn {
         frontend::query(&sql, &mut out).map_err(perr)?;
         self.send(&out).await?;
         loop {
-            let (tag, body) = self.next_raw().await?;
-            match tag {
+            let frame = self.next_raw().await?;
+            match frame[0] {
                 b'W' => return Ok(()),
-                b'E' => return Err(Self::raw_error(tag, body)),
+                b'E' => return Err(Self::raw_error(frame)),
                 _ => {}
             }
         }
@@ -382,10 +385,10 @@ impl ReplConn {
     pub async fn next_copy_data(&mut self, wait: Duration) -> Result<Option<Bytes>, Error> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some((tag, body)) = self.take_raw()? {
-                match tag {
-                    b'd' => return Ok(Some(body)),
-                    b'E' => return Err(Self::raw_error(tag, body)),
+            if let Some(frame) = self.take_raw()? {
+                match frame[0] {
+                    b'd' => return Ok(Some(frame.freeze().split_off(5))),
+                    b'E' => return Err(Self::raw_error(frame)),
                     b'c' => return Err(perr("the server ended the replication stream")),
                     _ => continue,
                 }
@@ -420,25 +423,12 @@ impl ReplConn {
         self.send(&out).await
     }
 
-    /// One whole message out of the buffer, if there is one: (tag, body).
-    fn take_raw(&mut self) -> Result<Option<(u8, Bytes)>, Error> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len < 4 {
-            return Err(perr("malformed message from the server"));
-        }
-        if self.buf.len() < 1 + len {
-            return Ok(None);
-        }
-        let mut msg = self.buf.split_to(1 + len);
-        let tag = msg[0];
-        let _ = msg.split_to(5);
-        Ok(Some((tag, msg.freeze())))
+    /// One whole message (tag, length and body) out of the buffer, if there is one.
+    fn take_raw(&mut self) -> Result<Option<BytesMut>, Error> {
+        Ok(frame_len(&self.buf)?.map(|len| self.buf.split_to(len)))
     }
 
-    async fn next_raw(&mut self) -> Result<(u8, Bytes), Error> {
+    async fn next_raw(&mut self) -> Result<BytesMut, Error> {
         loop {
             if let Some(m) = self.take_raw()? {
                 return Ok(m);
@@ -450,12 +440,8 @@ impl ReplConn {
         }
     }
 
-    fn raw_error(tag: u8, body: Bytes) -> Error {
-        let mut framed = BytesMut::new();
-        framed.extend_from_slice(&[tag]);
-        framed.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        framed.extend_from_slice(&body);
-        match backend::Message::parse(&mut framed) {
+    fn raw_error(mut frame: BytesMut) -> Error {
+        match backend::Message::parse(&mut frame) {
             Ok(Some(backend::Message::ErrorResponse(b))) => Self::server_error(&b),
             _ => perr("the server sent an error"),
         }

@@ -17,17 +17,22 @@ use uuid::Uuid;
 use super::pgoutput::{self, Frame, Message, Relation, Value};
 use super::recheck::recheck;
 use super::table::{load_tables, Key, TableInfo};
-use super::{connect_pinned, AuditConfig, PINNED_OPTIONS};
+use super::{connect_pinned, pinned_options, AuditConfig};
 use crate::error::Error;
 use crate::pg;
 use crate::replconn::{ReplConn, PG_EPOCH_OFFSET_US};
 use dmf_db::Db;
+
+/// How far behind its commit the stream may read a transaction and still time its window.
+const STREAM_BEHIND_US: i64 = 1_000_000;
 
 /// A sampled, committed source transaction and the rows it touched.
 #[derive(Debug, Clone)]
 struct Sampled {
     end_lsn: u64,
     commit_time_us: i64,
+    /// When the reader got the commit (Unix µs): far after the commit means the stream was behind.
+    received_us: i64,
     rows: Vec<(String, Key)>,
 }
 
@@ -36,6 +41,8 @@ struct Sampled {
 pub struct SliceReport {
     pub transactions_seen: u64,
     pub sampled: u64,
+    /// Picked but left unchecked: the slice already had `max_samples_per_slice`.
+    pub skipped: u64,
     pub differences: usize,
 }
 
@@ -61,40 +68,34 @@ fn key_of(rel: &Relation, table: &TableInfo, tuple: &[Value]) -> Option<Key> {
         .collect()
 }
 
-/// Create the auditor's slot on the source if it is missing.
+/// Create the auditor's slot on the source if it is missing. A sampler that died (a killed worker)
+/// may still hold it through its walsender; only one sampler per migration runs at a time (the
+/// lease), so that session is a leftover: end it and wait until the slot is free.
 pub async fn ensure_slot(source: &Client, slot: &str) -> Result<(), Error> {
-    let exists = source
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .map_err(pg::err("look up the audit slot"))?
-        .is_some();
-    if !exists {
-        source
-            .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-            .await
-            .map_err(pg::err("create the audit slot"))?;
-    }
-    // A sampler that died (a killed worker) may still hold the slot through its walsender; only one
-    // sampler per migration runs at a time (the lease), so that session is a leftover: end it.
-    source
-        .execute(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-            &[&slot],
-        )
-        .await
-        .map_err(pg::err("end a leftover session on the audit slot"))?;
     for _ in 0..30 {
-        let busy = source
-            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[&slot])
+        let row = source
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
             .await
-            .map_err(pg::err("look up the audit slot"))?
-            .is_some();
-        if !busy {
-            break;
+            .map_err(pg::err("look up the audit slot"))?;
+        match row.map(|r| r.get::<_, Option<i32>>(0)) {
+            None => {
+                source
+                    .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                    .await
+                    .map_err(pg::err("create the audit slot"))?;
+                return Ok(());
+            }
+            Some(None) => return Ok(()),
+            Some(Some(pid)) => {
+                source
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(pg::err("end a leftover session on the audit slot"))?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    Err(Error::Replication(format!("audit slot {slot} stayed in use")))
 }
 
 /// The source position the target's subscription has applied up to.
@@ -132,20 +133,19 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
     let tables: HashMap<(String, String), TableInfo> =
         load_tables(&source).await?.into_iter().map(|t| ((t.schema.clone(), t.name.clone()), t)).collect();
     let by_name: HashMap<String, TableInfo> = tables.values().map(|t| (t.qualified.clone(), t.clone())).collect();
-    let mut repl = ReplConn::connect_with_options(ep.source_dsn, PINNED_OPTIONS).await?;
+    let mut repl = ReplConn::connect_with_options(ep.source_dsn, &pinned_options()).await?;
     repl.start_logical(ep.audit_slot, ep.publication).await?;
     let watch_target = connect_pinned(ep.target_dsn, "target").await?;
 
     let (to_watch, mut watching) = mpsc::unbounded_channel::<Sampled>();
     let (to_verify, mut verifying) = mpsc::unbounded_channel::<(Sampled, Option<f64>)>();
-    let mut report = SliceReport::default();
 
     let reader = async {
         let started = Instant::now();
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut current: Option<(bool, Vec<(String, Key)>)> = None;
         let mut flushed: Option<u64> = None;
-        let (mut seen, mut sampled) = (0u64, 0u64);
+        let (mut seen, mut sampled, mut skipped) = (0u64, 0u64, 0u64);
         while started.elapsed() < duration {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
@@ -155,7 +155,9 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
             match pgoutput::frame(payload)? {
                 Frame::Keepalive { reply_requested, wal_end } => {
                     if reply_requested {
-                        repl.send_standby_status(flushed.unwrap_or(0).max(if current.is_none() { wal_end } else { 0 })).await?;
+                        // Between transactions everything up to wal_end has been read.
+                        let ack = if current.is_none() { wal_end } else { flushed.unwrap_or(0) };
+                        repl.send_standby_status(ack).await?;
                     }
                 }
                 Frame::XLogData { message, .. } => match message {
@@ -179,9 +181,13 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
                     Message::Commit { end_lsn, commit_time_us } => {
                         seen += 1;
                         if let Some((true, rows)) = current.take() {
-                            if !rows.is_empty() {
+                            // Checks are slower than commits: cap them so that a slice ends in time
+                            // (a stream catching up would otherwise pick thousands at once).
+                            if !rows.is_empty() && sampled < cfg.max_samples_per_slice {
                                 sampled += 1;
-                                let _ = to_watch.send(Sampled { end_lsn, commit_time_us, rows });
+                                let _ = to_watch.send(Sampled { end_lsn, commit_time_us, received_us: now_us(), rows });
+                            } else if !rows.is_empty() {
+                                skipped += 1;
                             }
                         }
                         flushed = Some(end_lsn);
@@ -194,7 +200,7 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
             repl.send_standby_status(lsn).await?;
         }
         drop(to_watch);
-        Ok::<(u64, u64), Error>((seen, sampled))
+        Ok::<(u64, u64, u64), Error>((seen, sampled, skipped))
     };
 
     let watcher = async {
@@ -216,8 +222,12 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
             let mut rest = Vec::new();
             for (s, since) in pending.drain(..) {
                 if s.end_lsn <= applied {
-                    let window = (now - (s.commit_time_us + PG_EPOCH_OFFSET_US)) as f64 / 1000.0;
-                    let _ = to_verify.send((s, Some(window.max(0.0))));
+                    let committed = s.commit_time_us + PG_EPOCH_OFFSET_US;
+                    // A commit read long after it happened (the stream was catching up) says
+                    // nothing about how fast the target applied it: no window for it.
+                    let live = s.received_us - committed <= STREAM_BEHIND_US;
+                    let window = live.then(|| ((now - committed) as f64 / 1000.0).max(0.0));
+                    let _ = to_verify.send((s, window));
                 } else if since.elapsed() > cfg.fence_timeout {
                     // Not applied in time: check the rows anyway; the fence decides.
                     let _ = to_verify.send((s, None));
@@ -271,13 +281,11 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
     };
 
     let (read, watched, verified) = tokio::join!(reader, watcher, verifier);
-    let (seen, sampled) = read?;
+    let (transactions_seen, sampled, skipped) = read?;
     watched?;
-    report.differences = verified?;
-    report.transactions_seen = seen;
-    report.sampled = sampled;
+    let differences = verified?;
     repl.close().await;
-    Ok(report)
+    Ok(SliceReport { transactions_seen, sampled, skipped, differences })
 }
 
 #[cfg(test)]
