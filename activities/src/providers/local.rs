@@ -190,7 +190,9 @@ impl LocalCluster {
         run(cmd, &format!("initdb {}", data.display()))?;
         let mut conf = format!("{BASE_CONF}port = {}\nunix_socket_directories = '{}'\n", opts.port, c.dir.display());
         if opts.fast {
-            conf.push_str("fsync = off\nfull_page_writes = off\n");
+            // A new cluster has no WAL segments to recycle: skip zero-filling each new one (a
+            // hydration would otherwise write its WAL twice). Durability is off here anyway.
+            conf.push_str("fsync = off\nfull_page_writes = off\nwal_init_zero = off\n");
         }
         conf.push_str(&opts.extra_conf);
         let conf_path = data.join("postgresql.auto.conf");
