@@ -34,6 +34,10 @@ enum Command {
     Abort(commands::abort::Args),
     /// The data auditor's findings for a cluster; --full compares every row now.
     Audit(commands::audit::Args),
+    /// The DAL sidecar: a PostgreSQL proxy that follows the cluster's route in the control plane.
+    Proxy(commands::proxy::Args),
+    /// Show or change the routes the proxies follow (hold, move, split reads, shadow traffic).
+    Route(commands::route::Args),
     /// Throwaway local control plane and fleet: hydrate, replicate, report.
     Demo(commands::demo::Args),
 }
@@ -61,6 +65,8 @@ fn main() -> std::process::ExitCode {
             Command::Abort(a) => commands::abort::run(a).await,
             Command::Audit(a) => commands::audit::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
+            Command::Proxy(a) => commands::proxy::run(a).await,
+            Command::Route(a) => commands::route::run(a).await,
         }
     });
     match result {
@@ -82,7 +88,8 @@ impl Command {
             Command::Abort(a) => a.json,
             Command::Audit(a) => a.json,
             Command::Demo(a) => a.json,
-            Command::Scheduler(_) | Command::Worker(_) => false,
+            Command::Route(a) => a.json(),
+            Command::Scheduler(_) | Command::Worker(_) | Command::Proxy(_) => false,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod migration;
 pub mod progress;
 pub mod queue;
+pub mod route;
 pub mod status;
 
 use std::time::Duration;

@@ -261,3 +261,73 @@ CREATE INDEX items_n ON items (n);
 CREATE TABLE pairs (a int, b int, v text, PRIMARY KEY (a, b));
 INSERT INTO pairs SELECT g % 50, g, 'v' || g FROM generate_series(1, 1500) g;
 ";
+
+/// A running `dmf proxy`, killed when dropped.
+pub struct ProxyProc {
+    pub proc: Proc,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl Env {
+    /// Start `dmf proxy` for `cluster` on free ports and wait until it accepts connections.
+    pub fn proxy(&self, name: &str, cluster: &str, extra: &[&str]) -> ProxyProc {
+        let port = dmf_activities::providers::local::free_port().expect("port");
+        let metrics_port = dmf_activities::providers::local::free_port().expect("port");
+        let listen = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let mut args = vec!["proxy", "--cluster", cluster, "--listen", &listen, "--metrics", &metrics];
+        args.extend_from_slice(extra);
+        let mut proc = self.spawn(name, &args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+            assert!(proc.is_alive(), "dmf proxy exited:\n{}", proc.log_tail());
+            assert!(Instant::now() < deadline, "dmf proxy did not start:\n{}", proc.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ProxyProc { proc, port, metrics_port }
+    }
+
+    /// `dmf route set <cluster> <args> --wait-ms 10000`.
+    pub fn route_set(&self, cluster: &str, args: &[&str]) {
+        let mut all = vec!["route", "set", cluster];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--wait-ms", "10000"]);
+        let out = self.dmf(&all);
+        assert!(out.status.success(), "dmf {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl ProxyProc {
+    pub fn dsn(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    /// One counter from the proxy's Prometheus endpoint.
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").expect("metrics request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("metrics response");
+        let prefix = format!("dmf_proxy_{name}{{");
+        body.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+
+    /// SIGTERM (graceful drain).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.proc.child.id().to_string()]).status();
+    }
+}
+
+/// Run a program to completion; panics with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().expect("run command");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}

@@ -284,6 +284,33 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// A streaming physical standby of this (running) cluster, started, in `base/name`: the
+    /// lagging read endpoint of the proxy's read-your-writes tests (`extra_conf` can add
+    /// `recovery_min_apply_delay`).
+    pub fn physical_standby(&self, base: &Path, name: &str, extra_conf: &str) -> Result<Guard, Error> {
+        let port = free_port()?;
+        let dir = base.join(name);
+        prepare_dir(&dir)?;
+        let c = LocalCluster { dir: dir.clone(), port };
+        let mut cmd = server_command(&bin_dir()?.join("pg_basebackup"));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-X", "stream", "-R", "-D"]).arg(c.data_dir());
+        run(cmd, &format!("pg_basebackup of port {}", self.port))?;
+        let conf_path = c.data_dir().join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        conf.push_str(&format!("
+port = {port}
+unix_socket_directories = '{}'
+hot_standby = on
+{extra_conf}
+", dir.display()));
+        std::fs::write(&conf_path, conf).map_err(|e| Error::Local(format!("write {}: {e}", conf_path.display())))?;
+        let guard = Guard(c);
+        guard.start()?;
+        Ok(guard)
+    }
+}
+
 /// Stop every cluster directly under `base` (the targets a worker made there), whatever state it
 /// is in. Used when a demo or test ends early.
 pub fn stop_all_under(base: &Path) {

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# `dmf proxy` against pgbouncer (transaction pooling) and against no proxy at all, all three over
+# the same PostgreSQL server (pgbench scale $SCALE, default 10) in one run:
+#   - pgbench -S (select-only), 8 clients, in each protocol: -M simple, extended, prepared;
+#   - TPC-B (pgbench's default script), 8 clients, -M simple;
+#   - select-only with 1 client, for the latency each proxy adds over a direct connection.
+# Every run is $DURATION seconds (default 10) after a checkpoint; within a round the three targets
+# take turns going first, so none always gets the warmer caches. $RUNS rounds (default 1); the
+# figures are the medians. pgbouncer 1.18 has no protocol-level prepared statements in transaction
+# mode: its -M prepared run is reported n/a when it fails.
+# dmf proxy routes to the server through dmf.routes: the server is enqueued as a cluster (nobody
+# runs a scheduler or a worker, so it stays pending and its route points at the source).
+# Last lines: proxy_added_latency_ms dmf=<ms> pgbouncer=<ms> (1-client latency minus direct), then
+# proxy_ratio_vs_pgbouncer=<dmf tps / pgbouncer tps, select-only simple>.
+# Knobs: RUNS, DURATION (s), SCALE, WARMUP (s per target before the rounds, default 3), VERBOSE=1
+# (every pgbench output and the proxy's log and metrics); SKIP_DMF=1 builds nothing and measures
+# only direct and pgbouncer (for debugging the script itself).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_postgres
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
+PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+SCALE="${SCALE:-10}"
+RUNS="${RUNS:-1}"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-3}"
+CLIENTS=8
+THREADS=2
+SKIP_DMF="${SKIP_DMF:-}"
+# bench_setup builds dmf; with SKIP_DMF there is nothing to build.
+if [ -n "$SKIP_DMF" ]; then cargo() { :; }; fi
+bench_setup proxy
+
+# pgbouncer runs as a daemon (as postgres: it refuses root) and dmf proxy in the background; both
+# are stopped before bench_cleanup stops the clusters and removes $BASE, on any exit.
+PROXY_PID=""
+stop_pid() {  # stop_pid PID: SIGTERM, up to 10 s to exit, then SIGKILL
+    local pid="$1"
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then return 0; fi
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+proxy_bench_cleanup() {
+    stop_pid "$PROXY_PID"
+    [ -f "$BASE/pgbouncer/pgbouncer.pid" ] && stop_pid "$(cat "$BASE/pgbouncer/pgbouncer.pid")"
+    bench_cleanup
+}
+trap proxy_bench_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- the server: database bench loaded by pgbench (max_connections 120, from make_cluster)
+pgbench_source "$SCALE"
+# No TLS anywhere: the server and pgbouncer have none, and the proxy must not pay for one either.
+declare -A URL=([direct]="$SRC?sslmode=disable")
+
+# --- pgbouncer, transaction pooling, trust on loopback
+BP="$BASE/pgbouncer"
+BOUNCER_PORT=$(free_port)
+mkdir -p "$BP"
+echo '"postgres" ""' > "$BP/userlist.txt"
+cat > "$BP/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$SRC_PORT dbname=bench user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir = $BP
+auth_type = trust
+auth_file = $BP/userlist.txt
+pool_mode = transaction
+default_pool_size = 10
+max_client_conn = 100
+ignore_startup_parameters = extra_float_digits
+logfile = $BP/pgbouncer.log
+pidfile = $BP/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+INI
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BP"
+as_pg "$PGBOUNCER" -d -q "$BP/pgbouncer.ini" || { cat "$BP/pgbouncer.log" 2>/dev/null; exit 1; }
+URL[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable"
+BOUNCER_VERSION="$("$PGBOUNCER" --version | head -n 1 | awk '{print $2}')"
+
+# wait_ready NAME LOG [PID]: up to 30 s for `select 1` through target NAME; else show LOG and fail.
+wait_ready() {
+    local name="$1" log="$2" pid="${3:-}"
+    for _ in $(seq 1 60); do
+        psql -X -A -t -q "${URL[$name]}" -c "SELECT 1" >/dev/null 2>&1 && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited before accepting connections:"; tail -n 40 "$log"; exit 1
+        fi
+        sleep 0.5
+    done
+    echo "$name does not accept connections after 30 s:"; tail -n 40 "$log"; exit 1
+}
+wait_ready pgbouncer "$BP/pgbouncer.log"
+
+# --- dmf: a control plane, the server enqueued as cluster bench, and the proxy on its route
+TARGETS=(direct pgbouncer)
+if [ -z "$SKIP_DMF" ]; then
+    CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
+    export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
+    export DMF_LOG="${DMF_LOG:-warn}"
+    "$DMF" init >/dev/null
+    printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
+    "$DMF" enqueue "$BASE/fleet.toml" >/dev/null
+    PROXY_PORT=$(free_port); METRICS_PORT=$(free_port)
+    "$DMF" proxy --cluster bench --listen "127.0.0.1:$PROXY_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
+        >"$BASE/proxy.log" 2>&1 & PROXY_PID=$!
+    URL[dmf]="postgres://postgres@127.0.0.1:$PROXY_PORT/bench?sslmode=disable"
+    wait_ready dmf "$BASE/proxy.log" "$PROXY_PID"
+    TARGETS+=(dmf)
+fi
+
+# Every target must show the same data.
+for t in "${TARGETS[@]}"; do
+    n=$(psql -X -A -t "${URL[$t]}" -c "SELECT count(*) FROM pgbench_branches")
+    [ "$n" = "$SCALE" ] || { echo "$t: pgbench_branches has $n rows, expected $SCALE"; exit 1; }
+done
+echo "server: PostgreSQL $(psql -X -A -t "${URL[direct]}" -c "SHOW server_version" | awk '{print $1}'), pgbench scale $SCALE;" \
+    "pgbouncer $BOUNCER_VERSION (transaction pooling, pool 10);" \
+    "targets: ${TARGETS[*]}; $RUNS round(s) of ${DURATION} s runs"
+
+# --- runs
+MODES=(select-simple select-extended select-prepared tpcb latency)
+declare -A LABEL=(
+    [select-simple]="select-only simple" [select-extended]="select-only extended"
+    [select-prepared]="select-only prepared" [tpcb]="TPC-B simple" [latency]="1-client select-only"
+)
+declare -A TPS=() LAT=()
+# run_pgbench TARGET MODE SECONDS [record]: one pgbench run; with record, keep its tps and latency.
+run_pgbench() {
+    local target="$1" mode="$2" secs="$3" record="${4:-}" out tps lat
+    local args=(-n -T "$secs")
+    case "$mode" in
+        select-simple)   args+=(-S -c "$CLIENTS" -j "$THREADS" -M simple) ;;
+        select-extended) args+=(-S -c "$CLIENTS" -j "$THREADS" -M extended) ;;
+        select-prepared) args+=(-S -c "$CLIENTS" -j "$THREADS" -M prepared) ;;
+        tpcb)            args+=(-c "$CLIENTS" -j "$THREADS" -M simple) ;;
+        latency)         args+=(-S -c 1 -j 1 -M simple) ;;
+    esac
+    [ -n "$record" ] && settle "$SRC_PORT"
+    if out=$(pgbench "${args[@]}" "${URL[$target]}" 2>&1); then
+        [ -n "${VERBOSE:-}" ] && printf '%s\n' "$out" | sed "s/^/  [$target $mode] /"
+        [ -n "$record" ] || return 0
+        tps=$(sed -n -E 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
+        lat=$(sed -n -E 's/^latency average = ([0-9.]+) ms.*/\1/p' <<<"$out")
+        if [ -z "$tps" ] || [ -z "$lat" ]; then
+            printf '%s\n' "$out"; echo "cannot read tps and latency in pgbench's output"; exit 1
+        fi
+        TPS[$target:$mode]+=" $tps"; LAT[$target:$mode]+=" $lat"
+        printf '  %-10s %-22s %10.1f tps  %7.3f ms\n' "$target" "${LABEL[$mode]}" "$tps" "$lat"
+    elif [ "$target" = pgbouncer ] && [ "$mode" = select-prepared ]; then
+        [ -n "${VERBOSE:-}" ] && printf '%s\n' "$out" | sed "s/^/  [$target $mode] /"
+        [ -n "$record" ] || return 0
+        TPS[$target:$mode]+=" n/a"; LAT[$target:$mode]+=" n/a"
+        printf '  %-10s %-22s        n/a      (not supported by pgbouncer %s in transaction mode: %s)\n' \
+            "$target" "${LABEL[$mode]}" "$BOUNCER_VERSION" "$(grep -m 1 -o -E 'ERROR: .*' <<<"$out" | cut -c1-80)"
+    else
+        printf '%s\n' "$out" | tail -n 20
+        echo "pgbench through $target ($mode) failed"
+        [ "$target" = dmf ] && { echo "dmf proxy log:"; tail -n 40 "$BASE/proxy.log"; }
+        exit 1
+    fi
+}
+
+# Warm the server's caches and every target's pool (not measured).
+for t in "${TARGETS[@]}"; do run_pgbench "$t" select-simple "$WARMUP"; done
+NT=${#TARGETS[@]}
+for run in $(seq 1 "$RUNS"); do
+    echo "round $run"
+    for mi in "${!MODES[@]}"; do
+        # Rotate who goes first, by round and by mode.
+        for k in $(seq 0 $((NT - 1))); do
+            run_pgbench "${TARGETS[$(((k + run + mi) % NT))]}" "${MODES[$mi]}" "$DURATION" record
+        done
+    done
+done
+
+# --- report
+median() {  # median VALUE...: n/a when any value is n/a
+    python3 -c 'import statistics,sys; v=sys.argv[1:]; print("n/a" if "n/a" in v else statistics.median(float(x) for x in v))' "$@"
+}
+declare -A MED=()
+for t in "${TARGETS[@]}"; do
+    for m in "${MODES[@]}"; do
+        # shellcheck disable=SC2086  # the lists are space-separated numbers
+        if [ "$m" = latency ]; then MED[$t:$m]=$(median ${LAT[$t:$m]}); else MED[$t:$m]=$(median ${TPS[$t:$m]}); fi
+    done
+done
+fmt() {  # fmt VALUE: one decimal, or the word as it is
+    if [[ "$1" =~ ^[0-9.]+$ ]]; then printf '%.1f' "$1"; else printf '%s' "$1"; fi
+}
+echo
+printf 'median tps of %d round(s), %d clients, %d s each\n' "$RUNS" "$CLIENTS" "$DURATION"
+printf '%-24s %16s %16s %16s\n' "" direct pgbouncer dmf
+for m in select-simple select-extended select-prepared tpcb; do
+    printf '%-24s %16s %16s %16s\n' "${LABEL[$m]}" "$(fmt "${MED[direct:$m]}")" "$(fmt "${MED[pgbouncer:$m]}")" \
+        "$(fmt "${MED[dmf:$m]:-skipped}")"
+done
+added() {  # added TARGET: 1-client latency over direct, in ms
+    [ -n "${MED[$1:latency]:-}" ] || { echo n/a; return; }
+    python3 -c 'import sys; print(f"{float(sys.argv[1]) - float(sys.argv[2]):.3f}")' "${MED[$1:latency]}" "${MED[direct:latency]}"
+}
+lat_cell() {  # lat_cell TARGET: "0.123" or "0.150 (+0.027)"
+    [ -n "${MED[$1:latency]:-}" ] || { echo skipped; return; }
+    if [ "$1" = direct ]; then printf '%.3f' "${MED[$1:latency]}"; else printf '%.3f (%+.3f)' "${MED[$1:latency]}" "$(added "$1")"; fi
+}
+printf '%-24s %16s %16s %16s\n' "1-client latency (ms)" "$(lat_cell direct)" "$(lat_cell pgbouncer)" "$(lat_cell dmf)"
+
+if [ -n "${VERBOSE:-}" ] && [ -z "$SKIP_DMF" ]; then
+    echo "dmf proxy log:"; cut -c1-200 "$BASE/proxy.log" | tail -n 40
+    echo "dmf proxy metrics:"
+    python3 - "http://127.0.0.1:$METRICS_PORT/metrics" <<'PY' | grep -v '^#' | head -n 40 || true
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+except OSError as e:
+    print(f"  cannot read {sys.argv[1]}: {e}")
+PY
+fi
+
+echo "proxy_added_latency_ms dmf=$(added dmf) pgbouncer=$(added pgbouncer)"
+if [ -n "$SKIP_DMF" ]; then
+    echo "proxy_ratio_vs_pgbouncer=n/a"
+else
+    printf 'proxy_ratio_vs_pgbouncer=%.3f\n' "$(python3 -c 'import sys; print(float(sys.argv[1]) / float(sys.argv[2]))' \
+        "${MED[dmf:select-simple]}" "${MED[pgbouncer:select-simple]}")"
+fi

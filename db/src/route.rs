@@ -1,0 +1,183 @@
+//! Routes and the proxies that follow them: what each DAL sidecar should send where, and which
+//! route epoch every live proxy has applied.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{Db, Error};
+
+/// The notification channel a route change is announced on (payload: the cluster name).
+pub const CHANNEL: &str = "dmf_routes";
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RouteRow {
+    pub cluster: String,
+    pub primary_endpoint: String,
+    pub read_endpoint: String,
+    pub mode: String,
+    pub hold: bool,
+    pub hold_deadline_ms: i32,
+    pub shadow_endpoint: Option<String>,
+    pub shadow_fraction: f64,
+    pub route_epoch: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A route change; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct RouteChange {
+    pub primary: Option<String>,
+    pub read: Option<String>,
+    pub mode: Option<String>,
+    pub hold: Option<bool>,
+    pub hold_deadline_ms: Option<i32>,
+    /// `Some(None)` removes the shadow endpoint.
+    pub shadow_endpoint: Option<Option<String>>,
+    pub shadow_fraction: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ProxyRow {
+    pub id: Uuid,
+    pub cluster: String,
+    pub listen: String,
+    pub host: String,
+    pub pid: i32,
+    pub lease_ms: i32,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub applied_epoch: i64,
+    pub held: bool,
+    pub state: String,
+    pub stats: serde_json::Value,
+    pub alive: bool,
+}
+
+/// What a proxy tells the control plane when it starts.
+#[derive(Debug, Clone)]
+pub struct ProxyRegistration {
+    pub id: Uuid,
+    pub cluster: String,
+    pub listen: String,
+    pub host: String,
+    pub pid: i32,
+    pub lease: Duration,
+    pub applied_epoch: i64,
+}
+
+impl Db {
+    pub async fn route(&self, cluster: &str) -> Result<Option<RouteRow>, Error> {
+        Ok(sqlx::query_as(include_str!("queries/routes.sql")).bind(cluster).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn routes(&self) -> Result<Vec<RouteRow>, Error> {
+        Ok(sqlx::query_as(include_str!("queries/routes.sql")).bind(None::<String>).fetch_all(&self.pool).await?)
+    }
+
+    /// Apply a change, bump the epoch and record who did it, in one transaction. The trigger on
+    /// dmf.routes notifies the proxies at commit.
+    pub async fn change_route(&self, cluster: &str, change: &RouteChange, actor: &str) -> Result<RouteRow, Error> {
+        if let Some(m) = &change.mode {
+            if !matches!(m.as_str(), "primary" | "split_reads") {
+                return Err(Error::Conflict(format!("route mode {m:?} is not one of primary, split_reads")));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let row: Option<RouteRow> = sqlx::query_as(include_str!("queries/change_route.sql"))
+            .bind(cluster)
+            .bind(&change.primary)
+            .bind(&change.read)
+            .bind(&change.mode)
+            .bind(change.hold)
+            .bind(change.hold_deadline_ms)
+            .bind(matches!(change.shadow_endpoint, Some(None)))
+            .bind(change.shadow_endpoint.clone().flatten())
+            .bind(change.shadow_fraction)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let row = row.ok_or_else(|| Error::UnknownCluster(cluster.to_string()))?;
+        let detail = serde_json::json!({
+            "epoch": row.route_epoch, "mode": row.mode, "hold": row.hold,
+            "shadow_fraction": row.shadow_fraction, "moved": change.primary.is_some(),
+        });
+        sqlx::query(include_str!("queries/insert_event.sql"))
+            .bind(None::<Uuid>)
+            .bind(cluster)
+            .bind("route")
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .bind(row.route_epoch)
+            .bind(actor)
+            .bind(detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn register_proxy(&self, p: &ProxyRegistration) -> Result<(), Error> {
+        sqlx::query(include_str!("queries/register_proxy.sql"))
+            .bind(p.id)
+            .bind(&p.cluster)
+            .bind(&p.listen)
+            .bind(&p.host)
+            .bind(p.pid)
+            .bind(p.lease.as_millis() as i32)
+            .bind(p.applied_epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Heartbeat with the proxy's state and counters; false when its row is gone.
+    pub async fn proxy_heartbeat(&self, id: Uuid, state: &str, stats: &serde_json::Value) -> Result<bool, Error> {
+        let n = sqlx::query("UPDATE dmf.proxies SET heartbeat_at = now(), state = $2, stats = $3 WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .bind(stats)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The proxy has applied `epoch` (for a hold: every in-flight transaction has finished).
+    pub async fn proxy_applied(&self, id: Uuid, epoch: i64, held: bool) -> Result<(), Error> {
+        sqlx::query("UPDATE dmf.proxies SET applied_epoch = GREATEST(applied_epoch, $2), held = $3, heartbeat_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(epoch)
+            .bind(held)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn proxies(&self, cluster: Option<&str>) -> Result<Vec<ProxyRow>, Error> {
+        Ok(sqlx::query_as(include_str!("queries/proxies.sql")).bind(cluster).fetch_all(&self.pool).await?)
+    }
+
+    /// Wait until every live proxy of `cluster` has applied `epoch`. Proxies whose lease ran out
+    /// do not count: they have stopped sending writes anywhere. Returns the proxies that applied it.
+    pub async fn wait_route_applied(&self, cluster: &str, epoch: i64, timeout: Duration) -> Result<Vec<ProxyRow>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live: Vec<ProxyRow> = self.proxies(Some(cluster)).await?.into_iter().filter(|p| p.alive).collect();
+            let behind: Vec<&ProxyRow> = live.iter().filter(|p| p.applied_epoch < epoch).collect();
+            if behind.is_empty() {
+                return Ok(live);
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<String> = behind.iter().map(|p| format!("{} on {} (applied {})", p.listen, p.host, p.applied_epoch)).collect();
+                return Err(Error::Conflict(format!(
+                    "cluster {cluster:?}: route epoch {epoch} not applied within {:?} by {}",
+                    timeout,
+                    names.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}

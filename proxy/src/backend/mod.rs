@@ -1,0 +1,231 @@
+//! Server side: endpoints, connecting and authenticating to a PostgreSQL backend with the
+//! credentials the proxy holds, and the proxy's own short queries on an idle backend.
+
+pub mod endpoint;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use endpoint::Endpoint;
+
+use crate::protocol::{self, build, frame, startup::Params, Frame, Side};
+use crate::Error;
+
+/// A connected, authenticated backend, idle (ReadyForQuery seen) when handed out.
+pub struct Backend {
+    pub stream: TcpStream,
+    pub endpoint: Arc<Endpoint>,
+    /// The backend's real cancel key.
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values reported at startup.
+    pub params: Vec<(String, String)>,
+    /// Prepared statements this backend holds: name -> generation of the client's Parse.
+    pub prepared: HashMap<String, u64>,
+    /// Bytes read from the backend that are not yet handled.
+    pub rbuf: BytesMut,
+}
+
+/// Who to log in as: the client's user and database, with the password the proxy holds.
+#[derive(Clone, Debug)]
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    /// Startup parameters to pass on (application_name, client_encoding, options, ...).
+    pub params: &'a Params,
+    /// Open the session read-only (`default_transaction_read_only`): for the read endpoint.
+    pub read_only: bool,
+}
+
+impl Backend {
+    pub async fn connect(endpoint: Arc<Endpoint>, login: &Login<'_>) -> Result<Backend, Error> {
+        let label = endpoint.label();
+        let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|e| Error::backend(&label, format!("connect: {e}")))?;
+        stream.set_nodelay(true)?;
+        let mut be = Backend {
+            stream,
+            endpoint,
+            pid: 0,
+            secret: 0,
+            params: Vec::new(),
+            prepared: HashMap::new(),
+            rbuf: BytesMut::with_capacity(16 * 1024),
+        };
+        let mut params = Params::default();
+        params.set("user", login.user);
+        params.set("database", be.endpoint.dbname.as_deref().unwrap_or(login.user));
+        for (k, v) in &login.params.0 {
+            if !matches!(k.as_str(), "user" | "database" | "replication") {
+                params.set(k, v);
+            }
+        }
+        if login.read_only {
+            let opts = params.get("options").map(|o| format!("{o} -c default_transaction_read_only=on"));
+            params.set("options", opts.as_deref().unwrap_or("-c default_transaction_read_only=on"));
+        }
+        be.stream.write_all(&build::startup(&params)).await?;
+        be.authenticate(login).await?;
+        loop {
+            let (tag, body) = be.read_frame().await?;
+            match tag {
+                b'S' => {
+                    if let (Some((k, rest)), true) = (protocol::cstr(&body), true) {
+                        if let Some((v, _)) = protocol::cstr(rest) {
+                            be.params.push((k.to_string(), v.to_string()));
+                        }
+                    }
+                }
+                b'K' => {
+                    let (pid, rest) = protocol::be_i32(&body).ok_or_else(|| be.err("short BackendKeyData"))?;
+                    let (secret, _) = protocol::be_i32(rest).ok_or_else(|| be.err("short BackendKeyData"))?;
+                    be.pid = pid;
+                    be.secret = secret;
+                }
+                b'Z' => return Ok(be),
+                b'E' => return Err(be.refused(&body)),
+                _ => {}
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, login: &Login<'_>) -> Result<(), Error> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, body) = self.read_frame().await?;
+            if tag == b'E' {
+                return Err(self.refused(&body));
+            }
+            if tag != b'R' {
+                return Err(self.err(format!("expected authentication, got {:?}", tag as char)));
+            }
+            let (code, data) = protocol::be_i32(&body).ok_or_else(|| self.err("short authentication message"))?;
+            let password = || {
+                login.password.ok_or_else(|| {
+                    Error::backend(&self.endpoint.label(), format!("asks a password for user \"{}\" and the proxy holds none (users file)", login.user))
+                })
+            };
+            match code {
+                0 => return Ok(()),
+                3 => {
+                    let mut pw = password()?.as_bytes().to_vec();
+                    pw.push(0);
+                    self.stream.write_all(&build::password(&pw)).await?;
+                }
+                5 => {
+                    let salt: [u8; 4] = data.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| self.err("short MD5 salt"))?;
+                    let hash = postgres_protocol::authentication::md5_hash(login.user.as_bytes(), password()?.as_bytes(), salt);
+                    let mut pw = hash.into_bytes();
+                    pw.push(0);
+                    self.stream.write_all(&build::password(&pw)).await?;
+                }
+                10 => {
+                    let mechs: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+                    if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
+                        return Err(self.err("offers no SASL mechanism the proxy speaks (SCRAM-SHA-256)"));
+                    }
+                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    self.stream.write_all(&build::sasl_initial("SCRAM-SHA-256", s.message())).await?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| self.err("SASL continue before SASL start"))?;
+                    s.update(data).map_err(|e| self.err(format!("SCRAM: {e}")))?;
+                    let msg = build::password(s.message());
+                    self.stream.write_all(&msg).await?;
+                }
+                12 => {
+                    let mut s = scram.take().ok_or_else(|| self.err("SASL final before SASL start"))?;
+                    s.finish(data).map_err(|e| self.err(format!("SCRAM server signature: {e}")))?;
+                }
+                other => return Err(self.err(format!("asks for authentication method {other}, which the proxy does not speak"))),
+            }
+        }
+    }
+
+    fn err(&self, message: impl std::fmt::Display) -> Error {
+        Error::backend(&self.endpoint.label(), message)
+    }
+
+    fn refused(&self, body: &[u8]) -> Error {
+        let f = Frame { tag: b'E', body };
+        Error::BackendRefused {
+            endpoint: self.endpoint.label(),
+            code: f.field(b'C').unwrap_or("XX000").to_string(),
+            message: f.field(b'M').unwrap_or("(no message)").to_string(),
+        }
+    }
+
+    /// Read one whole frame (setup and the proxy's own queries; the relay never calls this).
+    pub async fn read_frame(&mut self) -> Result<(u8, BytesMut), Error> {
+        loop {
+            if let Some(h) = frame::header(&self.rbuf, Side::Server)? {
+                if self.rbuf.len() >= 5 + h.len {
+                    self.rbuf.advance(5);
+                    let body = self.rbuf.split_to(h.len);
+                    return Ok((h.tag, body));
+                }
+                self.rbuf.reserve(5 + h.len - self.rbuf.len());
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await?;
+            if n == 0 {
+                return Err(self.err("closed the connection"));
+            }
+        }
+    }
+
+    /// Run the proxy's own statements on an idle backend: the rows of every result, in text.
+    /// An ErrorResponse is returned as `BackendRefused` once the backend is idle again.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
+        self.stream.write_all(&build::query(sql)).await?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            let (tag, body) = self.read_frame().await?;
+            match tag {
+                b'D' => rows.push(data_row(&body).ok_or_else(|| self.err("malformed DataRow"))?),
+                b'E' => failed = Some(self.refused(&body)),
+                b'Z' => return failed.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// Send messages built by the proxy and swallow their answers up to ReadyForQuery.
+    pub async fn exchange(&mut self, messages: &[u8]) -> Result<(), Error> {
+        self.stream.write_all(messages).await?;
+        let mut failed = None;
+        loop {
+            let (tag, body) = self.read_frame().await?;
+            match tag {
+                b'E' => failed = Some(self.refused(&body)),
+                b'Z' => return failed.map_or(Ok(()), Err),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Columns of a DataRow in text form (NULL as None).
+pub fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let (n, mut rest) = protocol::be_i16(body)?;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let (len, r) = protocol::be_i32(rest)?;
+        if len < 0 {
+            out.push(None);
+            rest = r;
+        } else {
+            let v = r.get(..len as usize)?;
+            out.push(Some(String::from_utf8_lossy(v).into_owned()));
+            rest = &r[len as usize..];
+        }
+    }
+    Some(out)
+}

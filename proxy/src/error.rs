@@ -1,0 +1,40 @@
+//! The proxy's error type: what went wrong with a client, a backend or the control plane.
+
+use crate::protocol;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client broke the protocol; it gets an ErrorResponse and the connection is closed.
+    #[error(transparent)]
+    Protocol(#[from] protocol::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A backend could not be reached or refused us; the client sees it as a connection failure.
+    #[error("backend {endpoint}: {message}")]
+    Backend { endpoint: String, message: String },
+    /// The backend answered with an ErrorResponse during startup or a replay.
+    #[error("backend {endpoint} refused: {message} (SQLSTATE {code})")]
+    BackendRefused { endpoint: String, code: String, message: String },
+    #[error("authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("bad endpoint {0:?}: {1}")]
+    BadEndpoint(String, String),
+    #[error("control plane: {0}")]
+    ControlPlane(#[from] dmf_db::Error),
+    #[error("control plane: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("no route for cluster {0:?}: enqueue it with `dmf enqueue` first")]
+    NoRoute(String),
+    #[error("users file {path}: line {line}: {message}")]
+    UsersFile { path: String, line: usize, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn backend(endpoint: &str, message: impl std::fmt::Display) -> Error {
+        Error::Backend { endpoint: endpoint.to_string(), message: message.to_string() }
+    }
+}

@@ -1,0 +1,276 @@
+//! Client authentication: trust on loopback, or MD5 / SCRAM-SHA-256 against the users file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::{Buf, BytesMut};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::stream::ClientStream;
+use crate::protocol::{build, cstr, frame, Side};
+use crate::Error;
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Loopback clients only, no password.
+    Trust,
+    Md5,
+    Scram,
+}
+
+impl std::str::FromStr for ClientAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "trust" => Ok(ClientAuth::Trust),
+            "md5" => Ok(ClientAuth::Md5),
+            "scram" | "scram-sha-256" => Ok(ClientAuth::Scram),
+            _ => Err(format!("unknown client auth {s:?}: use trust, md5 or scram")),
+        }
+    }
+}
+
+/// Passwords the proxy holds, per user: checked against clients, used towards backends.
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    passwords: HashMap<String, String>,
+    /// SCRAM secrets derived once per user (salt, iterations, StoredKey, ServerKey).
+    scram: HashMap<String, ScramSecret>,
+}
+
+#[derive(Clone, Debug)]
+struct ScramSecret {
+    salt: Vec<u8>,
+    iterations: u32,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+impl Users {
+    /// Read a pgbouncer-style users file: one `"user" "password"` per line; `#` comments.
+    pub fn load(path: &Path) -> Result<Users, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::UsersFile { path: path.display().to_string(), line: 0, message: e.to_string() })?;
+        let mut users = Users::default();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |m: &str| Error::UsersFile { path: path.display().to_string(), line: i + 1, message: m.to_string() };
+            let fields = quoted_fields(line).ok_or_else(|| bad("expected \"user\" \"password\""))?;
+            let [user, password] = fields.as_slice() else { return Err(bad("expected exactly two quoted fields")) };
+            if password.starts_with("md5") && password.len() == 35 || password.starts_with("SCRAM-SHA-256$") {
+                return Err(bad("hashed passwords cannot log in to backends: give the password itself"));
+            }
+            users.insert(user, password);
+        }
+        Ok(users)
+    }
+
+    pub fn insert(&mut self, user: &str, password: &str) {
+        self.passwords.insert(user.to_string(), password.to_string());
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        if let Some(s) = parse_verifier(&verifier) {
+            self.scram.insert(user.to_string(), s);
+        }
+    }
+
+    pub fn password(&self, user: &str) -> Option<&str> {
+        self.passwords.get(user).map(String::as_str)
+    }
+
+    /// Some user the proxy holds a password for (the proxy's own connections use it).
+    pub fn first_user(&self) -> Option<String> {
+        let mut names: Vec<&String> = self.passwords.keys().collect();
+        names.sort();
+        names.first().map(|s| s.to_string())
+    }
+}
+
+fn quoted_fields(line: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(out),
+            Some('"') => {}
+            Some(_) => return None,
+        }
+        let mut f = String::new();
+        loop {
+            match chars.next()? {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    f.push('"');
+                }
+                '"' => break,
+                c => f.push(c),
+            }
+        }
+        out.push(f);
+    }
+}
+
+/// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`
+fn parse_verifier(v: &str) -> Option<ScramSecret> {
+    let rest = v.strip_prefix("SCRAM-SHA-256$")?;
+    let (iter_salt, keys) = rest.split_once('$')?;
+    let (iter, salt) = iter_salt.split_once(':')?;
+    let (stored, server) = keys.split_once(':')?;
+    Some(ScramSecret {
+        salt: B64.decode(salt).ok()?,
+        iterations: iter.parse().ok()?,
+        stored_key: B64.decode(stored).ok()?,
+        server_key: B64.decode(server).ok()?,
+    })
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(16) {
+        let u = uuid::Uuid::new_v4();
+        chunk.copy_from_slice(&u.as_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// Read one password-class message ('p') from the client during authentication.
+async fn read_auth(client: &mut ClientStream, buf: &mut BytesMut) -> Result<BytesMut, Error> {
+    loop {
+        if let Some(h) = frame::header(buf, Side::ClientAuth)? {
+            if h.tag == b'X' {
+                return Err(Error::AuthFailed("(client gave up)".into()));
+            }
+            if buf.len() >= 5 + h.len {
+                buf.advance(5);
+                return Ok(buf.split_to(h.len));
+            }
+        }
+        if client.read_buf(buf).await? == 0 {
+            return Err(crate::protocol::Error::Truncated.into());
+        }
+    }
+}
+
+/// Authenticate a client as `user`; on success AuthenticationOk has been sent.
+pub async fn authenticate(
+    client: &mut ClientStream,
+    buf: &mut BytesMut,
+    mode: ClientAuth,
+    loopback: bool,
+    users: &Users,
+    user: &str,
+) -> Result<(), Error> {
+    match mode {
+        ClientAuth::Trust if loopback => {}
+        ClientAuth::Trust => return Err(Error::AuthFailed(format!("{user}\" from a remote address: trust is for loopback clients only; run the proxy with --client-auth scram (user \"{user}"))),
+        ClientAuth::Md5 => {
+            let salt = random_bytes::<4>();
+            client.write_all(&build::auth(5, &salt)).await?;
+            let msg = read_auth(client, buf).await?;
+            let given = cstr(&msg).map(|(s, _)| s).unwrap_or("");
+            let ok = users.password(user).is_some_and(|pw| postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), salt) == given);
+            if !ok {
+                return Err(Error::AuthFailed(user.to_string()));
+            }
+        }
+        ClientAuth::Scram => scram(client, buf, users, user).await?,
+    }
+    client.write_all(&build::auth(0, &[])).await?;
+    Ok(())
+}
+
+async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, user: &str) -> Result<(), Error> {
+    let fail = || Error::AuthFailed(user.to_string());
+    client.write_all(&build::auth(10, b"SCRAM-SHA-256\0\0")).await?;
+    let first = read_auth(client, buf).await?;
+    let (mech, rest) = cstr(&first).ok_or_else(fail)?;
+    if mech != "SCRAM-SHA-256" {
+        return Err(fail());
+    }
+    let (len, data) = crate::protocol::be_i32(rest).ok_or_else(fail)?;
+    if len < 0 || data.len() != len as usize {
+        return Err(fail());
+    }
+    let client_first = std::str::from_utf8(data).map_err(|_| fail())?;
+    // gs2 header: "n,," (no channel binding) or "y,," (client could, server did not offer)
+    let (gs2, bare) = match client_first.get(..3) {
+        Some(h @ ("n,," | "y,,")) => (h, &client_first[3..]),
+        _ => return Err(fail()),
+    };
+    let client_nonce = bare.split(',').find_map(|a| a.strip_prefix("r=")).ok_or_else(fail)?;
+    // A user without a password still goes through the exchange (with a throwaway secret), so
+    // a client cannot tell unknown users from wrong passwords.
+    let secret = users.scram.get(user).cloned().unwrap_or_else(|| ScramSecret {
+        salt: random_bytes::<16>().to_vec(),
+        iterations: 4096,
+        stored_key: random_bytes::<32>().to_vec(),
+        server_key: random_bytes::<32>().to_vec(),
+    });
+    let nonce = format!("{client_nonce}{}", B64.encode(random_bytes::<18>()));
+    let server_first = format!("r={nonce},s={},i={}", B64.encode(&secret.salt), secret.iterations);
+    client.write_all(&build::auth(11, server_first.as_bytes())).await?;
+    let fin = read_auth(client, buf).await?;
+    let client_final = std::str::from_utf8(&fin).map_err(|_| fail())?;
+    let (without_proof, proof) = client_final.rsplit_once(",p=").ok_or_else(fail)?;
+    let mut binding = None;
+    let mut final_nonce = None;
+    for a in without_proof.split(',') {
+        if let Some(c) = a.strip_prefix("c=") {
+            binding = Some(c);
+        } else if let Some(r) = a.strip_prefix("r=") {
+            final_nonce = Some(r);
+        }
+    }
+    if binding != Some(B64.encode(gs2).as_str()) || final_nonce != Some(nonce.as_str()) {
+        return Err(fail());
+    }
+    let proof = B64.decode(proof).map_err(|_| fail())?;
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac(&secret.stored_key, auth_message.as_bytes());
+    if proof.len() != signature.len() || !users.scram.contains_key(user) {
+        return Err(fail());
+    }
+    let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+    if Sha256::digest(&client_key).as_slice() != secret.stored_key.as_slice() {
+        return Err(fail());
+    }
+    let server_sig = hmac(&secret.server_key, auth_message.as_bytes());
+    client.write_all(&build::auth(12, format!("v={}", B64.encode(server_sig)).as_bytes())).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_file_lines_parse_and_bad_lines_are_named() {
+        assert_eq!(quoted_fields(r#""app" "pa""ss""#), Some(vec!["app".into(), "pa\"ss".into()]));
+        assert_eq!(quoted_fields("app pass"), None);
+        let dir = std::env::temp_dir().join(format!("dmf-users-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&dir, "# users\n\"app\" \"secret\"\n\n\"bob\" \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n").expect("write");
+        let err = Users::load(&dir).expect_err("hashed password refused").to_string();
+        assert!(err.contains("line 4"), "{err}");
+        std::fs::write(&dir, "\"app\" \"secret\"\n").expect("write");
+        let users = Users::load(&dir).expect("load");
+        assert_eq!(users.password("app"), Some("secret"));
+        assert!(users.scram.contains_key("app"));
+        let _ = std::fs::remove_file(&dir);
+    }
+}

@@ -1,0 +1,225 @@
+//! Client side: accepting connections, SSL/GSS negotiation, cancel requests, authentication,
+//! the first backend, then the session relay.
+
+pub mod auth;
+pub mod session;
+pub mod stream;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Login};
+use crate::metrics::{add, sub};
+use crate::protocol::{self, build, startup, Startup};
+use crate::{lock, CancelTarget, Error, SessionEntry, Shared};
+use stream::ClientStream;
+
+/// Accept until shutdown; each connection runs in its own task.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { connection(sock, peer, shared).await });
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %shared.opts.cluster, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = sock.set_nodelay(true);
+    let client = ClientStream::Plain(sock);
+    let mut buf = BytesMut::with_capacity(8192);
+    let cluster = shared.opts.cluster.clone();
+    let negotiated = tokio::time::timeout(Duration::from_secs(15), negotiate(client, &mut buf, &shared)).await;
+    let (mut client, params) = match negotiated {
+        Ok((Some(c), Ok(Some(p)))) => (c, p),
+        Ok((_, Ok(None))) => return,
+        Ok((c, Err(e))) => {
+            add(&shared.metrics.connections_refused, 1);
+            if matches!(e, Error::Protocol(_)) {
+                add(&shared.metrics.protocol_errors, 1);
+            }
+            tracing::info!(cluster = %cluster, peer = %peer, error = %e, "connection refused before startup");
+            if let Some(mut c) = c {
+                let _ = c.write_all(&build::error("FATAL", "08P01", &format!("dmf proxy: {e}"))).await;
+            }
+            return;
+        }
+        Ok((None, Ok(Some(_)))) => return,
+        Err(_) => {
+            add(&shared.metrics.connections_refused, 1);
+            tracing::info!(cluster = %cluster, peer = %peer, "no startup packet within 15 s");
+            return;
+        }
+    };
+    let user = params.get("user").unwrap_or_default().to_string();
+    add(&shared.metrics.connections_total, 1);
+    match open(&mut client, &mut buf, peer, &params, &shared).await {
+        Ok(backend) => {
+            add(&shared.metrics.connections_active, 1);
+            let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+            let kill = CancellationToken::new();
+            let in_tx = Arc::new(AtomicBool::new(false));
+            lock(&shared.sessions).insert(id, SessionEntry { kill: kill.clone(), in_tx: in_tx.clone() });
+            let (pid, secret) = fresh_key(&shared);
+            let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
+            lock(&shared.cancels).insert((pid, secret), target.clone());
+            let mut hello = Vec::new();
+            for (k, v) in &backend.params {
+                hello.extend_from_slice(&build::parameter_status(k, v));
+            }
+            hello.extend_from_slice(&build::backend_key(pid, secret));
+            hello.extend_from_slice(&build::ready(b'I'));
+            if client.write_all(&hello).await.is_ok() {
+                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, target, in_tx, kill);
+                let result = s.run().await;
+                if let Err(e) = result {
+                    if matches!(e, Error::Protocol(_)) {
+                        add(&shared.metrics.protocol_errors, 1);
+                    }
+                    tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "session ended");
+                }
+            }
+            lock(&shared.cancels).remove(&(pid, secret));
+            lock(&shared.sessions).remove(&id);
+            sub(&shared.metrics.connections_active, 1);
+        }
+        Err(e) => {
+            add(&shared.metrics.connections_refused, 1);
+            let code = match &e {
+                Error::AuthFailed(_) => "28P01",
+                Error::BackendRefused { code, .. } => code.as_str(),
+                Error::Protocol(_) => "08P01",
+                _ => "08006",
+            };
+            tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "connection refused");
+            let _ = client.write_all(&build::error("FATAL", code, &format!("dmf proxy: {e}"))).await;
+        }
+    }
+}
+
+/// Read the startup packet, answering SSL/GSS requests and serving cancel requests. `None` when
+/// the connection was a cancel request (or the client left). The stream comes back (TLS or not)
+/// unless a TLS handshake consumed it.
+async fn negotiate(mut client: ClientStream, buf: &mut BytesMut, shared: &Arc<Shared>) -> (Option<ClientStream>, Result<Option<startup::Params>, Error>) {
+    loop {
+        let parsed = match startup::parse(buf) {
+            Ok(p) => p,
+            Err(e) => return (Some(client), Err(e.into())),
+        };
+        let Some((packet, used)) = parsed else {
+            match client.read_buf(buf).await {
+                Ok(0) => return (Some(client), Ok(None)),
+                Ok(_) => continue,
+                Err(e) => return (Some(client), Err(e.into())),
+            }
+        };
+        buf.advance(used);
+        let step: Result<(), Error> = match packet {
+            Startup::Ssl => match (client, &shared.tls) {
+                (ClientStream::Plain(mut sock), Some(acceptor)) if buf.is_empty() => {
+                    if let Err(e) = sock.write_all(b"S").await {
+                        return (Some(ClientStream::Plain(sock)), Err(e.into()));
+                    }
+                    match acceptor.accept(sock).await {
+                        Ok(tls) => {
+                            client = ClientStream::Tls(Box::new(tls));
+                            continue;
+                        }
+                        Err(e) => return (None, Err(Error::Tls(format!("handshake: {e}")))),
+                    }
+                }
+                (c @ ClientStream::Tls(_), _) => {
+                    client = c;
+                    Err(protocol::Error::BadStartup("SSLRequest inside TLS".into()).into())
+                }
+                (c, _) => {
+                    client = c;
+                    client.write_all(b"N").await.map_err(Error::from)
+                }
+            },
+            Startup::GssEnc => client.write_all(b"N").await.map_err(Error::from),
+            Startup::Cancel { pid, secret } => {
+                cancel(shared, pid, secret).await;
+                return (Some(client), Ok(None));
+            }
+            Startup::Params(p) => {
+                if p.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+                    return (Some(client), Err(protocol::Error::BadStartup("replication connections are not proxied; connect to the database directly".into()).into()));
+                }
+                return (Some(client), Ok(Some(p)));
+            }
+        };
+        if let Err(e) = step {
+            return (Some(client), Err(e));
+        }
+    }
+}
+
+/// Authenticate the client and open its first backend on the route's primary.
+async fn open(client: &mut ClientStream, buf: &mut BytesMut, peer: SocketAddr, params: &startup::Params, shared: &Arc<Shared>) -> Result<Backend, Error> {
+    let user = params.get("user").unwrap_or_default();
+    auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
+    if !shared.lease_ok.load(Ordering::SeqCst) {
+        return Err(Error::backend("control plane", "unreachable for longer than the proxy's lease: no new sessions until it is back"));
+    }
+    let route = shared.route();
+    connect_as(route.primary.clone(), shared, params, false).await
+}
+
+/// Log in to `endpoint` as the client's user with the password the proxy holds.
+pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params, read_only: bool) -> Result<Backend, Error> {
+    let user = params.get("user").unwrap_or_default();
+    let password = shared
+        .opts
+        .users
+        .password(user)
+        .map(str::to_string)
+        .or_else(|| endpoint.password.clone().filter(|_| endpoint.user.as_deref() == Some(user)));
+    Backend::connect(endpoint, &Login { user, password: password.as_deref(), params, read_only }).await
+}
+
+fn fresh_key(shared: &Shared) -> (i32, i32) {
+    loop {
+        let b = *uuid::Uuid::new_v4().as_bytes();
+        let pid = i32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]]).max(1);
+        let secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+        if !lock(&shared.cancels).contains_key(&(pid, secret)) {
+            return (pid, secret);
+        }
+    }
+}
+
+/// Forward a client's cancel request to the backend its session is using now.
+async fn cancel(shared: &Shared, pid: i32, secret: i32) {
+    let target = lock(&shared.cancels).get(&(pid, secret)).and_then(|t| lock(t).clone());
+    let Some(t) = target else {
+        tracing::info!(cluster = %shared.opts.cluster, "cancel request for an unknown session ignored");
+        return;
+    };
+    match TcpStream::connect((t.host.as_str(), t.port)).await {
+        Ok(mut s) => {
+            let _ = s.write_all(&build::cancel_request(t.pid, t.secret)).await;
+            let mut sink = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+        }
+        Err(e) => tracing::warn!(cluster = %shared.opts.cluster, backend = %format!("{}:{}", t.host, t.port), error = %e, "cancel request could not be forwarded"),
+    }
+}

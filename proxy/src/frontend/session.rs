@@ -1,0 +1,801 @@
+//! One client session: relays messages between the client and its backends, tracks transaction
+//! state from ReadyForQuery, and at each transaction boundary applies the route: holds, moves to
+//! a new primary (settings and prepared statements follow), read routing with read-your-writes,
+//! and the choice of statements to mirror.
+//!
+//! A "unit" is the work from one transaction boundary to the next (an autocommit statement, an
+//! extended-protocol batch up to Sync, or a whole transaction). A session inside a unit is counted
+//! in `Shared::inflight`; a hold waits for that count to reach zero.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::stream::ClientStream;
+use crate::backend::Backend;
+use crate::metrics::{add, sub};
+use crate::protocol::frame::{self, Target};
+use crate::protocol::startup::Params;
+use crate::protocol::{build, Frame, Side};
+use crate::router::classify::Class;
+use crate::router::{lsn, Mode, Route};
+use crate::shadow::{Capture, MirrorSpec};
+use crate::{lock, CancelTarget, Error, Shared};
+
+const SESSION_STATE_SQL: &str = include_str!("session_state.sql");
+/// A batch bigger than this is not classified: it runs on the primary and is not mirrored.
+const BATCH_CAP: usize = 256 * 1024;
+
+/// A named prepared statement as the client made it.
+struct Statement {
+    generation: u64,
+    /// The client's whole Parse message, replayed on a backend that lacks it.
+    parse: Vec<u8>,
+    sql: String,
+}
+
+enum Pump {
+    /// Everything complete was forwarded; read more.
+    More,
+    /// The client said Terminate.
+    Terminate,
+}
+
+/// What the batch at the head of the client buffer is.
+enum Batch {
+    /// Complete, `len` bytes: one Query, or extended messages up to and including Sync.
+    Complete(usize),
+    Incomplete,
+    /// Contains messages the proxy does not route (COPY data, function calls, Terminate).
+    Unroutable,
+}
+
+/// State a session holds on its backend (see `session_state.sql`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct HeldState {
+    temp_tables: i64,
+    advisory_locks: i64,
+    listen: i64,
+    hold_cursors: i64,
+    settings: Vec<(String, String)>,
+    prepared: Vec<String>,
+}
+
+impl HeldState {
+    fn unmovable(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.temp_tables, "temporary table"),
+            (self.advisory_locks, "session advisory lock"),
+            (self.listen, "LISTEN channel"),
+            (self.hold_cursors, "WITH HOLD cursor"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    client: ClientStream,
+    cbuf: BytesMut,
+    params: Params,
+    primary: Backend,
+    read: Option<Backend>,
+    /// The unit in progress runs on the read backend.
+    on_read: bool,
+    route: Arc<Route>,
+    route_rx: tokio::sync::watch::Receiver<u64>,
+    /// Query and Sync messages sent and not yet answered by ReadyForQuery.
+    outstanding: usize,
+    /// Last ReadyForQuery status: I (idle), T (transaction), E (failed transaction).
+    status: u8,
+    in_unit: bool,
+    /// The unit's terminating Query/Sync was forwarded (a read unit takes nothing after it).
+    unit_sealed: bool,
+    unit_read_only: bool,
+    statements: HashMap<String, Statement>,
+    next_generation: u64,
+    /// ParseComplete / CloseComplete answers to messages the proxy injected, to drop.
+    swallow: u32,
+    client_skip: usize,
+    server_skip: usize,
+    /// A unit ran on the primary that may have written since the session last read its LSN.
+    wrote: bool,
+    /// The primary's WAL insert position after this session's last write.
+    ryw_lsn: u64,
+    capture: Option<Capture>,
+    rng: u64,
+    cancel: Arc<Mutex<Option<CancelTarget>>>,
+    in_tx: Arc<AtomicBool>,
+    kill: CancellationToken,
+    out: Vec<u8>,
+    sout: Vec<u8>,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        id: u64,
+        client: ClientStream,
+        cbuf: BytesMut,
+        params: Params,
+        primary: Backend,
+        cancel: Arc<Mutex<Option<CancelTarget>>>,
+        in_tx: Arc<AtomicBool>,
+        kill: CancellationToken,
+    ) -> Session {
+        let route = shared.route();
+        let route_rx = shared.route_tx.subscribe();
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+        Session {
+            shared,
+            id,
+            client,
+            cbuf,
+            params,
+            primary,
+            read: None,
+            on_read: false,
+            // a session that starts while reads are split has written nothing yet
+            route,
+            route_rx,
+            outstanding: 0,
+            status: b'I',
+            in_unit: false,
+            unit_sealed: false,
+            unit_read_only: false,
+            statements: HashMap::new(),
+            next_generation: 1,
+            swallow: 0,
+            client_skip: 0,
+            server_skip: 0,
+            wrote: false,
+            ryw_lsn: 0,
+            capture: None,
+            rng: seed,
+            cancel,
+            in_tx,
+            kill,
+            out: Vec::with_capacity(16 * 1024),
+            sout: Vec::with_capacity(16 * 1024),
+        }
+    }
+
+    pub async fn run(mut self) -> Result<(), Error> {
+        let result = self.relay().await;
+        if let Err(Error::Protocol(e)) = &result {
+            let message = format!("dmf proxy: {e}");
+            self.fatal("08P01", &message).await;
+        }
+        if self.in_unit {
+            self.leave_unit();
+        }
+        let bye = build::terminate();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.primary.stream.write_all(&bye)).await;
+        if let Some(r) = self.read.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), r.stream.write_all(&bye)).await;
+        }
+        result
+    }
+
+    async fn relay(&mut self) -> Result<(), Error> {
+        loop {
+            if let Pump::Terminate = self.pump_client().await? {
+                return Ok(());
+            }
+            // a read unit takes nothing more from the client until it is answered
+            let blocked = self.on_read && self.unit_sealed;
+            let idle = !self.in_unit;
+            let be: &mut Backend = match (self.on_read, self.read.as_mut()) {
+                (true, Some(r)) => r,
+                _ => &mut self.primary,
+            };
+            tokio::select! {
+                biased;
+                _ = self.kill.cancelled() => {
+                    self.fatal("57P01", "dmf proxy: session ended (a hold deadline passed or the proxy is shutting down)").await;
+                    return Ok(());
+                }
+                r = be.stream.read_buf(&mut be.rbuf) => {
+                    if r? == 0 {
+                        let label = be.endpoint.label();
+                        self.fatal("08006", &format!("dmf proxy: the server {label} closed the connection")).await;
+                        return Err(Error::backend(&label, "closed the connection"));
+                    }
+                    self.pump_server().await?;
+                }
+                r = self.client.read_buf(&mut self.cbuf), if !blocked => {
+                    if r? == 0 {
+                        return Ok(());
+                    }
+                }
+                _ = self.shared.shutdown.cancelled(), if idle => {
+                    self.fatal("57P01", "dmf proxy: shutting down; reconnect").await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&build::error("FATAL", code, message))).await;
+    }
+
+    fn backend_mut(&mut self) -> &mut Backend {
+        match (self.on_read, self.read.as_mut()) {
+            (true, Some(r)) => r,
+            _ => &mut self.primary,
+        }
+    }
+
+    /// Forward every complete client message; start a unit (gate) at each transaction boundary.
+    async fn pump_client(&mut self) -> Result<Pump, Error> {
+        self.out.clear();
+        let mut result = Pump::More;
+        loop {
+            if self.client_skip > 0 {
+                let n = self.client_skip.min(self.cbuf.len());
+                if n == 0 {
+                    break;
+                }
+                self.out.extend_from_slice(&self.cbuf[..n]);
+                self.cbuf.advance(n);
+                self.client_skip -= n;
+                continue;
+            }
+            let Some(h) = frame::header(&self.cbuf, Side::Client)? else { break };
+            if !self.in_unit {
+                if h.tag == b'X' {
+                    return Ok(Pump::Terminate);
+                }
+                let batch = match self.batch_needed() {
+                    false => None,
+                    true => match batch_len(&self.cbuf)? {
+                        Batch::Complete(n) => Some(n),
+                        Batch::Incomplete if self.cbuf.len() < BATCH_CAP => break,
+                        Batch::Incomplete | Batch::Unroutable => None,
+                    },
+                };
+                self.begin_unit(batch).await?;
+            } else if self.on_read && self.unit_sealed {
+                break;
+            } else if !self.shared.lease_ok.load(Ordering::Relaxed) {
+                self.fatal("57P03", "dmf proxy: the control plane has been unreachable for longer than the lease; the transaction was ended and nothing more is sent").await;
+                return Err(Error::backend("control plane", "lease lost during a transaction"));
+            }
+            let total = 5 + h.len;
+            if self.cbuf.len() < total {
+                if matches!(h.tag, b'd' | b'F') {
+                    // large COPY data or a function call: stream it through
+                    if h.tag == b'F' {
+                        self.outstanding += 1;
+                    }
+                    self.out.extend_from_slice(&self.cbuf[..5]);
+                    self.cbuf.advance(5);
+                    self.client_skip = h.len;
+                    continue;
+                }
+                self.cbuf.reserve(total - self.cbuf.len());
+                break;
+            }
+            let bytes = self.cbuf.split_to(total);
+            let f = Frame { tag: h.tag, body: &bytes[5..] };
+            match h.tag {
+                b'Q' => {
+                    f.query()?;
+                    self.outstanding += 1;
+                    self.unit_sealed = true;
+                }
+                b'S' => {
+                    self.outstanding += 1;
+                    self.unit_sealed = true;
+                }
+                b'F' => self.outstanding += 1,
+                b'X' => {
+                    result = Pump::Terminate;
+                    break;
+                }
+                b'P' => {
+                    let (name, sql) = f.parse()?;
+                    if !name.is_empty() {
+                        self.client_parse(name, sql, &bytes);
+                    }
+                }
+                b'B' => {
+                    let (_, stmt) = f.bind()?;
+                    if !stmt.is_empty() {
+                        self.ensure_prepared(stmt);
+                    }
+                }
+                b'D' => {
+                    if let Target::Statement(n) = f.target()? {
+                        if !n.is_empty() {
+                            self.ensure_prepared(n);
+                        }
+                    }
+                }
+                b'C' => {
+                    if let Target::Statement(n) = f.target()? {
+                        if !n.is_empty() {
+                            self.statements.remove(n);
+                            self.backend_mut().prepared.remove(n);
+                        }
+                    }
+                }
+                b'E' => {
+                    f.execute()?;
+                }
+                _ => {}
+            }
+            self.out.extend_from_slice(&bytes);
+        }
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            let written = self.backend_mut().stream.write_all(&out).await;
+            self.out = out;
+            written?;
+        }
+        Ok(result)
+    }
+
+    /// The client made a named statement: remember it; a backend holding a stale statement of
+    /// that name (closed by the client while the session was elsewhere) gets a Close first.
+    fn client_parse(&mut self, name: &str, sql: &str, bytes: &[u8]) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let client_had = self.statements.contains_key(name);
+        self.statements.insert(name.to_string(), Statement { generation, parse: bytes.to_vec(), sql: sql.to_string() });
+        let stale = !client_had && self.backend_mut().prepared.contains_key(name);
+        if stale {
+            self.out.extend_from_slice(&build::close_statement(name));
+            self.swallow += 1;
+        }
+        self.backend_mut().prepared.insert(name.to_string(), generation);
+    }
+
+    /// Before a message that uses a named statement: make sure this backend has the client's
+    /// current version of it (after a move, or on the read backend).
+    fn ensure_prepared(&mut self, name: &str) {
+        let Some(st) = self.statements.get(name) else { return };
+        let (generation, parse) = (st.generation, st.parse.clone());
+        let be = self.backend_mut();
+        let have = be.prepared.get(name).copied();
+        if have == Some(generation) {
+            return;
+        }
+        be.prepared.insert(name.to_string(), generation);
+        if have.is_some() {
+            self.out.extend_from_slice(&build::close_statement(name));
+            self.swallow += 1;
+        }
+        self.out.extend_from_slice(&parse);
+        self.swallow += 1;
+    }
+
+    fn batch_needed(&self) -> bool {
+        self.route.mode == Mode::SplitReads || (self.route.shadow.is_some() && self.route.shadow_fraction > 0.0)
+    }
+
+    /// Start a unit: wait out holds, follow route changes, pick the backend, maybe mirror.
+    async fn begin_unit(&mut self, batch: Option<usize>) -> Result<(), Error> {
+        self.gate().await?;
+        self.unit_sealed = false;
+        self.unit_read_only = false;
+        self.on_read = false;
+        let Some(len) = batch else { return Ok(()) };
+        let bytes = self.cbuf[..len].to_vec();
+        let stmts = self.batch_statements(&bytes)?;
+        let route = self.route.clone();
+        if route.mode == Mode::SplitReads && !stmts.is_empty() {
+            let read_only = stmts.iter().all(|(sql, _, _)| self.shared.classify(sql) == Class::Read);
+            self.unit_read_only = read_only;
+            if read_only {
+                self.on_read = self.read_allowed().await?;
+                let counter = if self.on_read { &self.shared.metrics.reads_to_read_endpoint } else { &self.shared.metrics.reads_to_primary };
+                add(counter, 1);
+            }
+        }
+        if let (Some(_), [(sql, parse, bind)]) = (&route.shadow, stmts.as_slice()) {
+            if self.roll() < route.shadow_fraction {
+                let class = self.shared.classify(sql);
+                if matches!(class, Class::Read | Class::Write) {
+                    let spec = MirrorSpec::new(self.params.get("user").unwrap_or_default(), sql, class, parse.as_deref(), bind.as_deref());
+                    self.capture = Some(Capture::new(spec));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The statements a complete batch runs: SQL text, and for the extended protocol the Parse
+    /// and Bind messages (to mirror it). A Query with several statements is one text.
+    fn batch_statements(&self, bytes: &[u8]) -> Result<Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)>, Error> {
+        let mut out = Vec::new();
+        let mut unnamed: Option<(String, Vec<u8>)> = None;
+        let mut pos = 0;
+        while let Some(h) = frame::header(&bytes[pos..], Side::Client)? {
+            let end = pos + 5 + h.len;
+            let whole = &bytes[pos..end];
+            let f = Frame { tag: h.tag, body: &whole[5..] };
+            match h.tag {
+                b'Q' => out.push((f.query()?.to_string(), None, None)),
+                b'P' => {
+                    let (name, sql) = f.parse()?;
+                    if name.is_empty() {
+                        unnamed = Some((sql.to_string(), whole.to_vec()));
+                    } else if !out.iter().any(|(s, _, _)| s == sql) {
+                        // a named Parse alone (PQprepare) still has to be routed: classify it
+                        out.push((sql.to_string(), None, None));
+                    }
+                }
+                b'B' => {
+                    let (_, stmt) = f.bind()?;
+                    let found = if stmt.is_empty() {
+                        unnamed.clone()
+                    } else {
+                        self.statements.get(stmt).map(|s| (s.sql.clone(), s.parse.clone()))
+                            .or_else(|| named_in_batch(bytes, stmt))
+                    };
+                    match found {
+                        Some((sql, parse)) => {
+                            out.retain(|(s, p, _)| !(p.is_none() && *s == sql));
+                            out.push((sql, Some(parse), Some(whole.to_vec())));
+                        }
+                        // unknown statement: the server will say so; route to the primary
+                        None => out.push((String::new(), None, None)),
+                    }
+                }
+                _ => {}
+            }
+            pos = end;
+            if pos >= bytes.len() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn roll(&mut self) -> f64 {
+        // xorshift64*: cheap, per session, good enough to pick a fraction of statements
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Read-your-writes, and a read backend to use: may this read unit go to the read endpoint?
+    async fn read_allowed(&mut self) -> Result<bool, Error> {
+        if self.wrote {
+            let rows = self.primary.simple_query("SELECT pg_current_wal_insert_lsn()::text").await?;
+            self.ryw_lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| lsn::parse(&t)).unwrap_or(u64::MAX);
+            self.wrote = false;
+        }
+        if self.ryw_lsn > 0 && self.shared.read_applied_lsn.load(Ordering::Acquire) < self.ryw_lsn {
+            return Ok(false);
+        }
+        if self.read.as_ref().is_some_and(|r| r.endpoint.dsn != self.route.read.dsn) {
+            self.read = None;
+        }
+        if self.read.is_none() {
+            match self.open_read().await {
+                Ok(r) => self.read = Some(r),
+                Err(e) => {
+                    tracing::warn!(cluster = %self.shared.opts.cluster, session = self.id, read = %self.route.read.label(), error = %e, "read endpoint unavailable; reading from the primary");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A read-only backend on the read endpoint carrying this session's settings.
+    async fn open_read(&mut self) -> Result<Backend, Error> {
+        let state = self.held_state().await?;
+        let mut r = super::connect_as(self.route.read.clone(), &self.shared, &self.params, true).await?;
+        replay(&mut r, &state).await?;
+        Ok(r)
+    }
+
+    async fn held_state(&mut self) -> Result<HeldState, Error> {
+        let rows = self.primary.simple_query(SESSION_STATE_SQL).await?;
+        let text = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
+        serde_json::from_str(&text).map_err(|e| Error::backend(&self.primary.endpoint.label(), format!("session state: {e}")))
+    }
+
+    /// Wait while traffic is held or the lease is lost; then enter the unit and follow the route.
+    async fn gate(&mut self) -> Result<(), Error> {
+        let mut held_since: Option<Instant> = None;
+        let shared = self.shared.clone();
+        let route = loop {
+            self.route_rx.borrow_and_update();
+            let route = shared.route();
+            if shared.lease_ok.load(Ordering::SeqCst) && !route.hold {
+                // count ourselves in flight, then look at the hold flag: a hold that starts now
+                // either sees us in `inflight` or we see it here
+                shared.inflight.fetch_add(1, Ordering::SeqCst);
+                if !shared.hold.load(Ordering::SeqCst) {
+                    break route;
+                }
+                shared.inflight.fetch_sub(1, Ordering::SeqCst);
+            }
+            let since = *held_since.get_or_insert_with(|| {
+                add(&shared.metrics.held_now, 1);
+                add(&shared.metrics.held_total, 1);
+                Instant::now()
+            });
+            let Some(left) = shared.opts.hold_timeout.checked_sub(since.elapsed()) else {
+                sub(&shared.metrics.held_now, 1);
+                add(&shared.metrics.hold_time_us_total, since.elapsed().as_micros() as u64);
+                let why = if shared.lease_ok.load(Ordering::SeqCst) { "traffic is held" } else { "the control plane is unreachable" };
+                self.fatal("57P03", &format!("dmf proxy: {why} for longer than {:?}; reconnect later", shared.opts.hold_timeout)).await;
+                return Err(Error::backend("control plane", format!("held for longer than {:?}", shared.opts.hold_timeout)));
+            };
+            tokio::select! {
+                _ = self.route_rx.changed() => {}
+                _ = tokio::time::sleep(left.min(Duration::from_millis(2))) => {}
+                _ = self.kill.cancelled() => {
+                    sub(&shared.metrics.held_now, 1);
+                    return Err(Error::backend("proxy", "session ended while held"));
+                }
+            }
+        };
+        if let Some(since) = held_since {
+            sub(&shared.metrics.held_now, 1);
+            add(&shared.metrics.hold_time_us_total, since.elapsed().as_micros() as u64);
+        }
+        self.in_unit = true;
+        self.in_tx.store(true, Ordering::SeqCst);
+        if route.epoch != self.route.epoch {
+            self.follow(route).await?;
+        }
+        Ok(())
+    }
+
+    fn leave_unit(&mut self) {
+        self.in_unit = false;
+        self.in_tx.store(false, Ordering::SeqCst);
+        self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Apply a new route epoch at a boundary: move to a new primary, drop a stale read backend.
+    async fn follow(&mut self, route: Arc<Route>) -> Result<(), Error> {
+        let previous = std::mem::replace(&mut self.route, route);
+        if previous.mode != Mode::SplitReads && self.route.mode == Mode::SplitReads {
+            // whatever this session wrote before reads were split must be visible to its reads
+            self.wrote = true;
+        }
+        if self.read.as_ref().is_some_and(|r| r.endpoint.dsn != self.route.read.dsn) || self.route.mode != Mode::SplitReads {
+            if let Some(mut r) = self.read.take() {
+                let _ = r.stream.write_all(&build::terminate()).await;
+            }
+        }
+        if self.primary.endpoint.dsn != self.route.primary.dsn {
+            self.move_primary().await?;
+        }
+        Ok(())
+    }
+
+    /// Move the session to the route's primary: check it holds nothing that cannot move, open the
+    /// new backend, replay settings and SQL-level prepared statements. Protocol-level prepared
+    /// statements follow lazily (`ensure_prepared`).
+    async fn move_primary(&mut self) -> Result<(), Error> {
+        let cluster = self.shared.opts.cluster.clone();
+        let from = self.primary.endpoint.label();
+        let to = self.route.primary.label();
+        let state = match self.held_state().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(cluster = %cluster, session = self.id, from = %from, error = %e, "old primary did not report the session's state; moving without settings");
+                HeldState::default()
+            }
+        };
+        if let Some(what) = state.unmovable() {
+            add(&self.shared.metrics.sessions_closed_unmovable, 1);
+            tracing::info!(cluster = %cluster, session = self.id, from = %from, to = %to, holds = %what, "session closed at the move: its state cannot move");
+            self.fatal("57P01", &format!("dmf proxy: the database moved to {to}; this session held state that cannot move ({what}) and was closed; reconnect")).await;
+            return Err(Error::backend(&from, format!("session holds state that cannot move: {what}")));
+        }
+        let mut next = match super::connect_as(self.route.primary.clone(), &self.shared, &self.params, false).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.fatal("08006", &format!("dmf proxy: cannot reach the new primary {to}: {e}")).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = replay(&mut next, &state).await {
+            self.fatal("08006", &format!("dmf proxy: could not restore this session on {to}: {e}")).await;
+            return Err(e);
+        }
+        let mut old = std::mem::replace(&mut self.primary, next);
+        let _ = tokio::time::timeout(Duration::from_millis(100), old.stream.write_all(&build::terminate())).await;
+        *lock(&self.cancel) = Some(CancelTarget { host: self.primary.endpoint.host.clone(), port: self.primary.endpoint.port, pid: self.primary.pid, secret: self.primary.secret });
+        add(&self.shared.metrics.sessions_moved, 1);
+        tracing::debug!(cluster = %cluster, session = self.id, from = %from, to = %to, settings = state.settings.len(), "session moved");
+        Ok(())
+    }
+
+    /// Forward backend messages to the client; track ReadyForQuery, drop answers to injected
+    /// messages, and capture the outcome of a mirrored statement.
+    async fn pump_server(&mut self) -> Result<(), Error> {
+        self.sout.clear();
+        loop {
+            let on_read = self.on_read;
+            let be: &mut Backend = match (on_read, self.read.as_mut()) {
+                (true, Some(r)) => r,
+                _ => &mut self.primary,
+            };
+            if self.server_skip > 0 {
+                let n = self.server_skip.min(be.rbuf.len());
+                if n == 0 {
+                    break;
+                }
+                self.sout.extend_from_slice(&be.rbuf[..n]);
+                be.rbuf.advance(n);
+                self.server_skip -= n;
+                continue;
+            }
+            let Some(h) = frame::header(&be.rbuf, Side::Server)? else { break };
+            let total = 5 + h.len;
+            if be.rbuf.len() < total {
+                let needed = matches!(h.tag, b'Z' | b'E' | b'1' | b'3') || (self.capture.is_some() && matches!(h.tag, b'D' | b'C'));
+                if needed {
+                    be.rbuf.reserve(total - be.rbuf.len());
+                    break;
+                }
+                self.sout.extend_from_slice(&be.rbuf[..5]);
+                be.rbuf.advance(5);
+                self.server_skip = h.len;
+                continue;
+            }
+            let bytes = be.rbuf.split_to(total);
+            let f = Frame { tag: h.tag, body: &bytes[5..] };
+            match h.tag {
+                b'Z' => {
+                    self.status = bytes.get(5).copied().unwrap_or(b'I');
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.swallow = 0;
+                    if self.outstanding == 0 {
+                        if let Some(c) = self.capture.take() {
+                            self.shared.shadow.offer(c.finish(), &self.shared.metrics);
+                        }
+                        if self.status == b'I' && self.in_unit {
+                            if self.route.mode == Mode::SplitReads && !on_read && !self.unit_read_only {
+                                self.wrote = true;
+                            }
+                            self.on_read = false;
+                            self.leave_unit();
+                            add(&self.shared.metrics.transactions_total, 1);
+                            if on_read {
+                                // the read backend is done; nothing more is expected from it
+                                self.sout.extend_from_slice(&bytes);
+                                break;
+                            }
+                        }
+                    }
+                }
+                b'1' | b'3' if self.swallow > 0 => {
+                    self.swallow -= 1;
+                    continue;
+                }
+                b'E' => {
+                    self.swallow = 0;
+                    if let Some(c) = self.capture.as_mut() {
+                        c.error(f.field(b'C').unwrap_or("XX000"));
+                    }
+                }
+                b'C' => {
+                    if let Some(c) = self.capture.as_mut() {
+                        c.complete(f.rows());
+                    }
+                }
+                b'D' => {
+                    if let Some(c) = self.capture.as_mut() {
+                        c.row(f.body);
+                    }
+                }
+                _ => {}
+            }
+            self.sout.extend_from_slice(&bytes);
+            if self.sout.len() >= 256 * 1024 {
+                self.client.write_all(&self.sout).await?;
+                self.sout.clear();
+            }
+        }
+        if !self.sout.is_empty() {
+            self.client.write_all(&self.sout).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The batch at the head of `buf`.
+fn batch_len(buf: &[u8]) -> Result<Batch, Error> {
+    let mut pos = 0;
+    loop {
+        let Some(h) = frame::header(&buf[pos..], Side::Client)? else { return Ok(Batch::Incomplete) };
+        let end = pos + 5 + h.len;
+        match h.tag {
+            b'Q' if pos == 0 => return Ok(if end <= buf.len() { Batch::Complete(end) } else { Batch::Incomplete }),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {}
+            b'S' => return Ok(if end <= buf.len() { Batch::Complete(end) } else { Batch::Incomplete }),
+            _ => return Ok(Batch::Unroutable),
+        }
+        if end > buf.len() {
+            return Ok(Batch::Incomplete);
+        }
+        pos = end;
+    }
+}
+
+/// A named Parse inside the batch itself (Parse and Bind sent together).
+fn named_in_batch(bytes: &[u8], name: &str) -> Option<(String, Vec<u8>)> {
+    let mut pos = 0;
+    while let Ok(Some(h)) = frame::header(&bytes[pos..], Side::Client) {
+        let end = pos + 5 + h.len;
+        let whole = bytes.get(pos..end)?;
+        if h.tag == b'P' {
+            if let Ok((n, sql)) = (Frame { tag: b'P', body: &whole[5..] }).parse() {
+                if n == name {
+                    return Some((sql.to_string(), whole.to_vec()));
+                }
+            }
+        }
+        pos = end;
+    }
+    None
+}
+
+/// Restore settings and SQL-level prepared statements on a fresh backend.
+async fn replay(be: &mut Backend, state: &HeldState) -> Result<(), Error> {
+    if !state.settings.is_empty() {
+        let calls: Vec<String> = state.settings.iter().map(|(k, v)| format!("set_config({}, {}, false)", literal(k), literal(v))).collect();
+        be.simple_query(&format!("SELECT {}", calls.join(", "))).await?;
+    }
+    for stmt in &state.prepared {
+        be.simple_query(stmt).await?;
+    }
+    Ok(())
+}
+
+/// A SQL string literal (standard_conforming_strings is on by default since 9.1; E'' is used so
+/// backslashes are safe either way).
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_end_at_sync_or_a_query() {
+        let mut b = build::parse("", "select 1", &[]);
+        b.extend(build::bind("", "", &[]));
+        assert!(matches!(batch_len(&b), Ok(Batch::Incomplete)));
+        b.extend(build::sync());
+        assert!(matches!(batch_len(&b), Ok(Batch::Complete(n)) if n == b.len()));
+        let q = build::query("select 1");
+        let mut two = q.clone();
+        two.extend(build::query("select 2"));
+        assert!(matches!(batch_len(&two), Ok(Batch::Complete(n)) if n == q.len()));
+        assert!(matches!(batch_len(&build::terminate()), Ok(Batch::Unroutable)));
+    }
+
+    #[test]
+    fn state_that_cannot_move_is_named() {
+        let s = HeldState { temp_tables: 2, listen: 1, ..Default::default() };
+        assert_eq!(s.unmovable().as_deref(), Some("2 temporary tables, 1 LISTEN channel"));
+        assert_eq!(HeldState::default().unmovable(), None);
+        assert_eq!(literal("it's a \\ test"), "E'it''s a \\\\ test'");
+    }
+}

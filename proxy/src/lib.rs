@@ -1,0 +1,275 @@
+//! The DAL sidecar: a PostgreSQL wire-protocol proxy that follows routes set in the control
+//! plane, holds and moves traffic at transaction boundaries, splits reads, and mirrors shadow
+//! traffic.
+//!
+//! Data path: `frontend` (client side: TLS, startup, authentication, the session relay) ->
+//! `router` (route, statement classification, read endpoint LSN) -> `backend` (server side:
+//! connect and authenticate with the credentials the proxy holds). `protocol` holds framing and
+//! messages; `shadow` the mirror; `metrics` the counters.
+
+pub mod backend;
+pub mod error;
+pub mod frontend;
+pub mod metrics;
+pub mod protocol;
+pub mod router;
+pub mod shadow;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+pub use frontend::auth::{ClientAuth, Users};
+use metrics::Metrics;
+use router::Route;
+
+/// Everything `dmf proxy` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cluster: String,
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub database_url: String,
+    pub client_auth: ClientAuth,
+    pub users: Users,
+    /// PEM certificate chain and private key: with them, SSLRequest is answered 'S'.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Without a successful heartbeat for this long, the proxy stops sending anything anywhere.
+    pub lease: Duration,
+    /// Route poll interval (the fallback when a notification is lost).
+    pub poll: Duration,
+    /// How long a transaction waits at a hold (or without a lease) before its session is closed.
+    pub hold_timeout: Duration,
+    /// How long shutdown waits for in-flight transactions.
+    pub drain: Duration,
+    pub shadow_queue: usize,
+    pub shadow_workers: usize,
+    /// How often the read endpoint's applied LSN is read while reads are split.
+    pub lsn_poll: Duration,
+}
+
+impl Options {
+    pub fn new(cluster: &str, listen: SocketAddr, database_url: &str) -> Options {
+        Options {
+            cluster: cluster.to_string(),
+            listen,
+            metrics: None,
+            database_url: database_url.to_string(),
+            client_auth: ClientAuth::Trust,
+            users: Users::default(),
+            tls: None,
+            lease: Duration::from_secs(5),
+            poll: Duration::from_secs(1),
+            hold_timeout: Duration::from_secs(30),
+            drain: Duration::from_secs(10),
+            shadow_queue: 1024,
+            shadow_workers: 2,
+            lsn_poll: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Where a client's CancelRequest must go: the backend the session is using right now.
+#[derive(Clone, Debug)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// A live session as the rest of the proxy sees it.
+pub struct SessionEntry {
+    /// Cancelled to end the session (hold deadline, shutdown).
+    pub kill: CancellationToken,
+    /// Inside a transaction (or a request not yet answered).
+    pub in_tx: Arc<AtomicBool>,
+}
+
+/// State shared by every task of one proxy process.
+pub struct Shared {
+    pub opts: Options,
+    route: RwLock<Arc<Route>>,
+    /// Bumped to the new epoch on every route change.
+    pub route_tx: tokio::sync::watch::Sender<u64>,
+    /// Set while a route asks to hold (read together with `inflight`: see `frontend::session`).
+    pub hold: AtomicBool,
+    /// False once the control plane has been unreachable for longer than the lease.
+    pub lease_ok: AtomicBool,
+    /// Sessions inside a transaction right now.
+    pub inflight: AtomicUsize,
+    pub read_applied_lsn: AtomicU64,
+    pub metrics: Metrics,
+    pub cancels: Mutex<HashMap<(i32, i32), Arc<Mutex<Option<CancelTarget>>>>>,
+    pub sessions: Mutex<HashMap<u64, SessionEntry>>,
+    pub next_session: AtomicU64,
+    pub shadow: shadow::Shadow,
+    classified: Mutex<HashMap<String, router::classify::Class>>,
+    pub shutdown: CancellationToken,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Shared {
+    /// The route in force now.
+    pub fn route(&self) -> Arc<Route> {
+        match self.route.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn set_route(&self, route: Arc<Route>) {
+        let epoch = route.epoch;
+        match self.route.write() {
+            Ok(mut r) => *r = route,
+            Err(poisoned) => *poisoned.into_inner() = route,
+        }
+        self.metrics.route_epoch.store(epoch, Ordering::Relaxed);
+        self.route_tx.send_replace(epoch);
+    }
+
+    /// Classify with a bounded cache: applications repeat the same statement texts.
+    pub fn classify(&self, sql: &str) -> router::classify::Class {
+        if let Some(c) = lock(&self.classified).get(sql) {
+            return *c;
+        }
+        let c = router::classify::classify(sql);
+        let mut cache = lock(&self.classified);
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(sql.to_string(), c);
+        c
+    }
+
+    pub fn shadow_summary_metrics(&self) -> String {
+        self.shadow.summary_metrics(&self.opts.cluster, &self.metrics)
+    }
+}
+
+/// Long-lived tasks carry their name in a tracing span, so every log line says which task wrote it.
+fn spawn_named(set: &mut tokio::task::JoinSet<()>, name: &str, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    use tracing::Instrument;
+    set.spawn(fut.instrument(tracing::info_span!("task", name = %name)));
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A proxy ready to run: the route is loaded and the listener bound.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    db: dmf_db::Db,
+    id: uuid::Uuid,
+}
+
+/// A cheap handle to stop a running proxy.
+#[derive(Clone)]
+pub struct Handle {
+    shutdown: CancellationToken,
+}
+
+impl Handle {
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Proxy {
+    /// Load the route, bind the ports, register with the control plane.
+    pub async fn build(opts: Options) -> Result<Proxy, Error> {
+        let db = dmf_db::Db::connect(&opts.database_url).await?;
+        let row = db.route(&opts.cluster).await?.ok_or_else(|| Error::NoRoute(opts.cluster.clone()))?;
+        let route = Arc::new(Route::from_row(&row, None)?);
+        let tls = match &opts.tls {
+            Some((cert, key)) => Some(frontend::tls::acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(opts.listen).await.map_err(|e| Error::Config(format!("listen on {}: {e}", opts.listen)))?;
+        let metrics_listener = match opts.metrics {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|e| Error::Config(format!("metrics on {a}: {e}")))?),
+            None => None,
+        };
+        let (route_tx, _) = tokio::sync::watch::channel(route.epoch);
+        let shutdown = CancellationToken::new();
+        let shadow = shadow::Shadow::new(opts.shadow_queue);
+        let shared = Arc::new(Shared {
+            hold: AtomicBool::new(route.hold),
+            route: RwLock::new(route),
+            route_tx,
+            lease_ok: AtomicBool::new(true),
+            inflight: AtomicUsize::new(0),
+            read_applied_lsn: AtomicU64::new(0),
+            metrics: Metrics::default(),
+            cancels: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            shadow,
+            classified: Mutex::new(HashMap::new()),
+            shutdown,
+            tls,
+            opts,
+        });
+        shared.metrics.route_epoch.store(shared.route().epoch, Ordering::Relaxed);
+        let id = uuid::Uuid::new_v4();
+        Ok(Proxy { shared, listener, metrics_listener, db, id })
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle { shutdown: self.shared.shutdown.clone() }
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serve until the handle is used; then drain sessions (up to `drain`) and deregister.
+    pub async fn run(self) -> Result<(), Error> {
+        let Proxy { shared, listener, metrics_listener, db, id } = self;
+        let control = router::control::Control::register(db.clone(), id, shared.clone()).await?;
+        let cluster = shared.opts.cluster.clone();
+        tracing::info!(cluster = %cluster, listen = %shared.opts.listen, proxy = %id, epoch = shared.route().epoch, "proxy serving");
+        let mut tasks = tokio::task::JoinSet::new();
+        spawn_named(&mut tasks, "proxy-control", control.run());
+        spawn_named(&mut tasks, "proxy-read-lsn", router::lsn::track(shared.clone(), shared.opts.lsn_poll));
+        for n in 0..shared.opts.shadow_workers.max(1) {
+            spawn_named(&mut tasks, &format!("proxy-shadow-{n}"), shadow::worker(shared.clone()));
+        }
+        if let Some(l) = metrics_listener {
+            spawn_named(&mut tasks, "proxy-metrics", metrics::serve(l, shared.clone()));
+        }
+        frontend::accept_loop(listener, shared.clone()).await;
+        // Drain: sessions close at their next transaction boundary; wait for them.
+        let deadline = tokio::time::Instant::now() + shared.opts.drain;
+        while shared.metrics.connections_active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = shared.metrics.connections_active.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(cluster = %cluster, sessions = left, "drain deadline passed; closing sessions still in a transaction");
+            for s in lock(&shared.sessions).values() {
+                s.kill.cancel();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!(cluster = %cluster, "background tasks did not stop within 5 s"),
+        }
+        if let Err(e) = db.proxy_heartbeat(id, "stopped", &shared.metrics.json()).await {
+            tracing::warn!(cluster = %cluster, error = %e, "could not mark the proxy stopped in the control plane");
+        }
+        tracing::info!(cluster = %cluster, proxy = %id, "proxy stopped");
+        Ok(())
+    }
+}

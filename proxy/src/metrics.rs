@@ -1,0 +1,104 @@
+//! The proxy's counters, rendered for Prometheus on `--metrics ADDR` and sent with each heartbeat.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::Shared;
+
+macro_rules! counters {
+    ($($name:ident : $kind:literal, $help:literal;)*) => {
+        #[derive(Debug, Default)]
+        pub struct Metrics { $(pub $name: AtomicU64,)* }
+
+        impl Metrics {
+            /// Prometheus text exposition format.
+            pub fn render(&self, cluster: &str) -> String {
+                let mut out = String::new();
+                $(
+                    out.push_str(concat!("# HELP dmf_proxy_", stringify!($name), " ", $help, "\n"));
+                    out.push_str(concat!("# TYPE dmf_proxy_", stringify!($name), " ", $kind, "\n"));
+                    out.push_str(&format!(concat!("dmf_proxy_", stringify!($name), "{{cluster=\"{}\"}} {}\n"), cluster, self.$name.load(Ordering::Relaxed)));
+                )*
+                out
+            }
+
+            pub fn json(&self) -> serde_json::Value {
+                serde_json::json!({ $(stringify!($name): self.$name.load(Ordering::Relaxed),)* })
+            }
+        }
+    };
+}
+
+counters! {
+    connections_total: "counter", "Client connections accepted.";
+    connections_active: "gauge", "Client sessions open now.";
+    connections_refused: "counter", "Client connections refused (authentication, protocol, backend unreachable).";
+    protocol_errors: "counter", "Connections closed because the client broke the protocol.";
+    transactions_total: "counter", "Transactions (and autocommit statements) completed through the proxy.";
+    held_now: "gauge", "Transactions waiting at a hold right now.";
+    held_total: "counter", "Transactions that waited at a hold.";
+    hold_time_us_total: "counter", "Microseconds transactions spent waiting at holds.";
+    route_epoch: "gauge", "Route epoch this proxy has applied.";
+    reads_to_read_endpoint: "counter", "Read-only statements sent to the read endpoint.";
+    reads_to_primary: "counter", "Read-only statements kept on the primary (read-your-writes, read endpoint unavailable).";
+    sessions_moved: "counter", "Sessions moved to a new primary with their settings and prepared statements.";
+    sessions_closed_unmovable: "counter", "Sessions closed at a move because they held state that cannot move.";
+    shadow_mirrored: "counter", "Statements mirrored to the shadow endpoint.";
+    shadow_dropped: "counter", "Statements not mirrored because the shadow queue was full.";
+    shadow_divergences: "counter", "Mirrored statements whose outcome differed from the primary's.";
+    shadow_failures: "counter", "Mirrored statements that could not be run on the shadow endpoint at all.";
+    shadow_primary_us_total: "counter", "Primary latency of mirrored statements, microseconds.";
+    shadow_target_us_total: "counter", "Shadow latency of mirrored statements, microseconds.";
+}
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+pub fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Ordering::Relaxed);
+}
+
+/// Serve `GET /metrics` until shutdown.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut sock, _)) = accepted else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut req = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let (status, body) = if req.starts_with(b"GET /metrics ") || req.starts_with(b"GET / ") {
+                let mut body = shared.metrics.render(&shared.opts.cluster);
+                body.push_str(&shared.shadow_summary_metrics());
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "GET /metrics\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,197 @@
+//! The proxy's side of the control plane: registration, heartbeats (the lease), route changes
+//! by LISTEN/NOTIFY with polling as the fallback, holds, and acknowledgements.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmf_db::route::{ProxyRegistration, CHANNEL};
+use dmf_db::Db;
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+use super::Route;
+use crate::{lock, Error, Shared};
+
+pub struct Control {
+    db: Db,
+    id: Uuid,
+    shared: Arc<Shared>,
+    /// Newest epoch acknowledged in the control plane (an ack that failed is retried).
+    acked: u64,
+    lease_until: Instant,
+}
+
+impl Control {
+    pub async fn register(db: Db, id: Uuid, shared: Arc<Shared>) -> Result<Control, Error> {
+        let route = shared.route();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into());
+        db.register_proxy(&ProxyRegistration {
+            id,
+            cluster: shared.opts.cluster.clone(),
+            listen: shared.opts.listen.to_string(),
+            host,
+            pid: std::process::id() as i32,
+            lease: shared.opts.lease,
+            applied_epoch: route.epoch as i64,
+        })
+        .await?;
+        // A proxy that starts during a hold has nothing in flight: it is held as soon as it exists.
+        db.proxy_applied(id, route.epoch as i64, route.hold).await?;
+        Ok(Control { db, id, acked: route.epoch, lease_until: Instant::now() + shared.opts.lease, shared })
+    }
+
+    pub async fn run(mut self) {
+        let cluster = self.shared.opts.cluster.clone();
+        let mut listener: Option<PgListener> = None;
+        let mut poll = tokio::time::interval(self.shared.opts.poll);
+        let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
+        let mut watchdog = tokio::time::interval(Duration::from_millis(20));
+        for t in [&mut poll, &mut beat, &mut watchdog] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                n = recv(&mut listener) => match n {
+                    Ok(payload) if payload == cluster => self.reload().await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster, error = %e, "route notifications lost; polling until the listener is back");
+                        listener = None;
+                    }
+                },
+                _ = poll.tick() => {
+                    if listener.is_none() {
+                        listener = listen(&self.db).await;
+                    }
+                    self.reload().await;
+                }
+                _ = beat.tick() => self.heartbeat().await,
+                _ = watchdog.tick() => {
+                    let ok = Instant::now() < self.lease_until;
+                    if self.shared.lease_ok.swap(ok, Ordering::SeqCst) != ok {
+                        if ok {
+                            tracing::info!(cluster = %cluster, "control plane reachable again: traffic flows");
+                        } else {
+                            tracing::error!(cluster = %cluster, lease = ?self.shared.opts.lease, "control plane unreachable for longer than the lease: no statement is sent anywhere until it is back");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let sent = Instant::now();
+        let state = if !self.shared.lease_ok.load(Ordering::Relaxed) {
+            "fenced"
+        } else if self.shared.route().hold {
+            "held"
+        } else {
+            "serving"
+        };
+        let mut stats = self.shared.metrics.json();
+        stats["shadow"] = self.shared.shadow.summary(&self.shared.metrics);
+        match self.db.proxy_heartbeat(self.id, state, &stats).await {
+            Ok(true) => self.lease_until = sent + self.shared.opts.lease,
+            Ok(false) => {
+                tracing::warn!(cluster = %self.shared.opts.cluster, proxy = %self.id, "registration vanished from the control plane; registering again");
+                if let Ok(c) = Control::register(self.db.clone(), self.id, self.shared.clone()).await {
+                    self.lease_until = sent + self.shared.opts.lease;
+                    self.acked = c.acked;
+                }
+            }
+            Err(e) => tracing::warn!(cluster = %self.shared.opts.cluster, error = %e, "heartbeat failed"),
+        }
+        if self.acked < self.shared.route().epoch {
+            self.ack().await;
+        }
+    }
+
+    async fn reload(&mut self) {
+        let row = match self.db.route(&self.shared.opts.cluster).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::error!(cluster = %self.shared.opts.cluster, "the cluster's route was removed from the control plane; keeping the last one");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %self.shared.opts.cluster, error = %e, "route poll failed");
+                return;
+            }
+        };
+        let current = self.shared.route();
+        if row.route_epoch as u64 <= current.epoch {
+            if self.acked < current.epoch {
+                self.ack().await;
+            }
+            return;
+        }
+        let route = match Route::from_row(&row, Some(&current)) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::error!(cluster = %self.shared.opts.cluster, epoch = row.route_epoch, error = %e, "route cannot be applied; keeping the last one");
+                return;
+            }
+        };
+        self.apply(route).await;
+    }
+
+    async fn apply(&mut self, route: Arc<Route>) {
+        let cluster = self.shared.opts.cluster.clone();
+        let epoch = route.epoch;
+        if route.hold {
+            // hold first, then publish: a session that got past the hold flag is counted in
+            // `inflight` and is waited for below.
+            self.shared.hold.store(true, Ordering::SeqCst);
+            self.shared.set_route(route.clone());
+            let started = Instant::now();
+            let deadline = started + route.hold_deadline;
+            while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            let left = self.shared.inflight.load(Ordering::SeqCst);
+            if left > 0 {
+                tracing::warn!(cluster = %cluster, epoch, sessions = left, deadline = ?route.hold_deadline, "hold deadline passed: ending the transactions still in flight");
+                for s in lock(&self.shared.sessions).values() {
+                    if s.in_tx.load(Ordering::SeqCst) {
+                        s.kill.cancel();
+                    }
+                }
+                let grace = Instant::now() + Duration::from_secs(2);
+                while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < grace {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            tracing::info!(cluster = %cluster, epoch, drained_in_ms = started.elapsed().as_millis() as u64, "holding new transactions");
+        } else {
+            // publish the new endpoints before lifting the hold: a released session sees them.
+            self.shared.set_route(route.clone());
+            self.shared.hold.store(false, Ordering::SeqCst);
+            tracing::info!(cluster = %cluster, epoch, primary = %route.primary.label(), read = %route.read.label(), mode = ?route.mode, "route applied");
+        }
+        self.ack().await;
+    }
+
+    async fn ack(&mut self) {
+        let route = self.shared.route();
+        match self.db.proxy_applied(self.id, route.epoch as i64, route.hold).await {
+            Ok(()) => self.acked = route.epoch,
+            Err(e) => tracing::warn!(cluster = %self.shared.opts.cluster, epoch = route.epoch, error = %e, "acknowledgement failed; retried with the next heartbeat"),
+        }
+    }
+}
+
+async fn listen(db: &Db) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(db.pool()).await.ok()?;
+    l.listen(CHANNEL).await.ok()?;
+    Some(l)
+}
+
+async fn recv(listener: &mut Option<PgListener>) -> Result<String, sqlx::Error> {
+    match listener {
+        Some(l) => l.recv().await.map(|n| n.payload().to_string()),
+        None => std::future::pending().await,
+    }
+}

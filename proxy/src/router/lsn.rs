@@ -1,0 +1,78 @@
+//! How far the read endpoint has applied the primary's WAL, for read-your-writes: a physical
+//! standby's replay LSN, or a logical subscriber's replication-origin progress.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, Login};
+use crate::protocol::startup::Params;
+use crate::router::Mode;
+use crate::Shared;
+
+const APPLIED_SQL: &str = include_str!("read_applied_lsn.sql");
+
+/// `X/Y` (hex) as a number; `None` for anything else.
+pub fn parse(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Poll the read endpoint every `every` while the route splits reads; publish into
+/// `shared.read_applied_lsn` (0 when unknown, which sends every read-after-write to the primary).
+pub async fn track(shared: Arc<Shared>, every: Duration) {
+    let mut conn: Option<Backend> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let route = shared.route();
+        if route.mode != Mode::SplitReads {
+            conn = None;
+            shared.read_applied_lsn.store(0, Ordering::Release);
+            continue;
+        }
+        if conn.as_ref().is_some_and(|c| !Arc::ptr_eq(&c.endpoint, &route.read)) {
+            conn = None;
+        }
+        if conn.is_none() {
+            let user = route.read.user.clone().or_else(|| shared.opts.users.first_user()).unwrap_or_else(|| "postgres".into());
+            let password = route.read.password.clone().or_else(|| shared.opts.users.password(&user).map(str::to_string));
+            let params = Params(vec![("application_name".into(), "dmf-proxy-lsn".into())]);
+            let login = Login { user: &user, password: password.as_deref(), params: &params, read_only: true };
+            match Backend::connect(route.read.clone(), &login).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: cannot track its applied LSN; reads after writes go to the primary");
+                    shared.read_applied_lsn.store(0, Ordering::Release);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match c.simple_query(APPLIED_SQL).await {
+            Ok(rows) => {
+                let lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| parse(&t)).unwrap_or(0);
+                shared.read_applied_lsn.store(lsn, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: applied LSN query failed");
+                shared.read_applied_lsn.store(0, Ordering::Release);
+                conn = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lsn_text_parses() {
+        assert_eq!(super::parse("0/16B3748"), Some(0x16B3748));
+        assert_eq!(super::parse("1/0"), Some(1 << 32));
+        assert_eq!(super::parse("x"), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! `dmf proxy --cluster NAME --listen ADDR`: the DAL sidecar in front of an application.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ControlPlane;
+
+#[derive(clap::Args)]
+#[command(long_about = "Run the DAL sidecar for one cluster. Applications connect here instead of to the \
+database; the proxy follows the cluster's route in the control plane (primary, read endpoint, holds, \
+shadow traffic), registers itself and heartbeats. If it cannot reach the control plane for longer than \
+--lease-ms it sends nothing anywhere until it can again.\n\n\
+Clients on loopback are trusted by default; give --client-auth scram (or md5) and a --users-file to \
+require passwords. The users file also holds the passwords the proxy uses to log in to the backends:\n\n\
+    \"app\" \"app-password\"\n\n\
+Example: dmf proxy --cluster orders --listen 127.0.0.1:6432 --metrics 127.0.0.1:9187")]
+pub struct Args {
+    #[command(flatten)]
+    cp: ControlPlane,
+    /// The cluster whose route this proxy follows (as named in the fleet manifest).
+    #[arg(long)]
+    cluster: String,
+    /// Address the applications connect to.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    listen: SocketAddr,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// How clients authenticate: trust (loopback clients only), md5 or scram.
+    #[arg(long, default_value = "trust")]
+    client_auth: dmf_proxy::ClientAuth,
+    /// pgbouncer-style users file: `"user" "password"` per line; used for clients and backends.
+    #[arg(long, env = "DMF_PROXY_USERS_FILE")]
+    users_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS to clients (with --tls-key); without it SSLRequest gets 'N'.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Without a heartbeat for this long, stop sending statements anywhere.
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
+    /// How long a transaction may wait at a hold before its session is closed.
+    #[arg(long, default_value_t = 30)]
+    hold_timeout_s: u64,
+    /// On SIGTERM, how long to let transactions in flight finish.
+    #[arg(long, default_value_t = 10)]
+    drain_s: u64,
+    /// Shadow traffic queue length; a full queue drops mirrors (counted), never slows clients.
+    #[arg(long, default_value_t = 1024)]
+    shadow_queue: usize,
+    /// Connections that run mirrored statements.
+    #[arg(long, default_value_t = 2)]
+    shadow_workers: usize,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let mut opts = dmf_proxy::Options::new(&a.cluster, a.listen, &a.cp.database_url);
+    opts.metrics = a.metrics;
+    opts.client_auth = a.client_auth;
+    if let Some(path) = &a.users_file {
+        opts.users = dmf_proxy::Users::load(path)?;
+    } else if a.client_auth != dmf_proxy::ClientAuth::Trust {
+        anyhow::bail!("--client-auth {:?} needs --users-file with the users' passwords", a.client_auth);
+    }
+    opts.tls = a.tls_cert.zip(a.tls_key);
+    opts.lease = Duration::from_millis(a.lease_ms.max(100));
+    opts.hold_timeout = Duration::from_secs(a.hold_timeout_s);
+    opts.drain = Duration::from_secs(a.drain_s);
+    opts.shadow_queue = a.shadow_queue;
+    opts.shadow_workers = a.shadow_workers;
+    let proxy = dmf_proxy::Proxy::build(opts).await?;
+    let handle = proxy.handle();
+    let stop = super::shutdown_signal();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        handle.shutdown();
+    });
+    proxy.run().await?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The proxy following its route: a move under load, read-your-writes with a lagging read
+//! endpoint, shadow traffic, losing the control plane, and a graceful drain.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn connect(dsn: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.expect("connect through the proxy");
+    tokio::spawn(conn);
+    client
+}
+
+fn pgbench_bin() -> std::path::PathBuf {
+    dmf_activities::providers::local::program("pgbench").expect("pgbench")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_move_under_pgbench_load_keeps_prepared_statements_and_settings() {
+    let env = Env::new("proxy-move");
+    let src = env.source("src");
+    let dst = env.source("dst");
+    for c in [&src, &dst] {
+        c.psql("postgres", "CREATE DATABASE app").expect("create app");
+        run_ok(Command::new(pgbench_bin()).args(["-i", "-s", "1", "-q", "-d"]).arg(c.dsn("app")));
+    }
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{}\"\n", src.dsn("app")));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let proxy = env.proxy("proxy", "app", &[]);
+
+    // A session with settings, a SQL-level and a protocol-level prepared statement.
+    let s = connect(&proxy.dsn("app")).await;
+    s.batch_execute("SET dmf_test.flavour = 'mint'; SET statement_timeout = '7s'; PREPARE answer AS SELECT 40 + 2").await.expect("session state");
+    let probe = s.prepare("SELECT current_setting('dmf_test.flavour'), inet_server_port()").await.expect("prepare");
+    let row = s.query_one(&probe, &[]).await.expect("probe");
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("mint".to_string(), src.port as i32));
+    // A session holding a temporary table cannot move.
+    let t = connect(&proxy.dsn("app")).await;
+    t.batch_execute("CREATE TEMP TABLE scratch (x int)").await.expect("temp table");
+
+    let log = env.path().join("pgbench.log");
+    let bench = Command::new(pgbench_bin())
+        .args(["-n", "-c", "8", "-j", "2", "-T", "12", "-M", "prepared", "-P", "1", "-d"])
+        .arg(proxy.dsn("app"))
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let moved_at = Instant::now();
+    env.route_set("app", &["--hold"]);
+    env.route_set("app", &["--primary", &dst.dsn("app"), "--release"]);
+    let move_took = moved_at.elapsed();
+    let result = bench.wait_with_output().expect("pgbench");
+    let report = std::fs::read_to_string(&log).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "pgbench failed across the move:\n{report}\n{stderr}");
+    assert!(report.contains("number of failed transactions: 0 (0.000%)"), "client errors across the move:\n{report}\n{stderr}");
+    let on_dst: i64 = psql(&dst.dsn("app"), "SELECT count(*) FROM pgbench_history").parse().expect("count");
+    assert!(on_dst > 0, "transactions after the move ran on the new primary");
+
+    let row = s.query_one(&probe, &[]).await.expect("the prepared statement survived the move");
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("mint".to_string(), dst.port as i32));
+    let row = s.query_one("SHOW statement_timeout", &[]).await.expect("show");
+    assert_eq!(row.get::<_, String>(0), "7s");
+    let row = s.query_one("EXECUTE answer", &[]).await.expect("SQL prepared statement survived");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let err = t.simple_query("SELECT 1").await.expect_err("a session with a temp table is closed at the move");
+    assert!(format!("{err:?}").contains("temporary table"), "clear error: {err:?}");
+    assert_eq!(proxy.metric("sessions_closed_unmovable"), 1.0);
+    assert!(proxy.metric("sessions_moved") >= 9.0, "pgbench's 8 sessions and ours moved");
+    eprintln!("hold + move acknowledged in {move_took:?}; held transactions: {}", proxy.metric("held_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_with_a_read_endpoint_seconds_behind() {
+    let env = Env::new("proxy-ryw");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE ryw (id serial PRIMARY KEY, v text)");
+    let standby = src.physical_standby(env.path(), "standby", "recovery_min_apply_delay = '3s'").expect("standby");
+    env.route_set("app", &["--read", &standby.dsn("app"), "--mode", "split_reads"]);
+    let proxy = env.proxy("proxy", "app", &[]);
+    let writer = connect(&proxy.dsn("app")).await;
+    for i in 0..20 {
+        let id: i32 = writer.query_one("INSERT INTO ryw (v) VALUES ($1) RETURNING id", &[&format!("w{i}")]).await.expect("insert").get(0);
+        let rows = writer.query("SELECT v FROM ryw WHERE id = $1", &[&id]).await.expect("read back");
+        assert_eq!(rows.len(), 1, "write {i} (id {id}) not visible to the session that made it");
+        let rows = writer.simple_query(&format!("SELECT v FROM ryw WHERE id = {id}")).await.expect("read back, simple");
+        assert!(rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))), "simple read of write {i}");
+    }
+    // A session that wrote nothing reads from the read endpoint, which is still behind.
+    let reader = connect(&proxy.dsn("app")).await;
+    let seen: i64 = reader.query_one("SELECT count(*) FROM ryw", &[]).await.expect("count").get(0);
+    assert!(seen < 20, "the read endpoint lags by 3 s, yet the reader saw {seen} rows: reads were not routed to it");
+    assert!(proxy.metric("reads_to_read_endpoint") >= 1.0);
+    assert!(proxy.metric("reads_to_primary") >= 40.0, "read-after-write kept on the primary");
+    // Once the read endpoint has applied the writes, the writer reads there again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = proxy.metric("reads_to_read_endpoint");
+        let n: i64 = writer.query_one("SELECT count(*) FROM ryw", &[]).await.expect("count").get(0);
+        assert_eq!(n, 20, "a read must never miss the session's own writes");
+        if proxy.metric("reads_to_read_endpoint") > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads never returned to the read endpoint after it caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Transactions and writes always go to the primary: the standby is read-only.
+    writer.batch_execute("BEGIN; SELECT count(*) FROM ryw; INSERT INTO ryw (v) VALUES ('in tx'); COMMIT").await.expect("transaction on the primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_traffic_reports_divergences_and_never_writes() {
+    let env = Env::new("proxy-shadow");
+    let src = env.source("src");
+    let shadow = env.source("shadow");
+    let schema = "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g";
+    env.enqueue_app(&src, schema);
+    shadow.psql("postgres", "CREATE DATABASE app").expect("create app");
+    psql(&shadow.dsn("app"), schema);
+    env.route_set("app", &["--shadow", &shadow.dsn("app"), "--shadow-fraction", "1"]);
+    let proxy = env.proxy("proxy", "app", &["--lease-ms", "900"]);
+    let c = connect(&proxy.dsn("app")).await;
+    for id in 1..=20i32 {
+        let v: String = c.query_one("SELECT v FROM items WHERE id = $1", &[&id]).await.expect("select").get(0);
+        assert_eq!(v, format!("v{id}"));
+    }
+    for id in 21..=30 {
+        c.simple_query(&format!("SELECT v FROM items WHERE id = {id}")).await.expect("simple select");
+    }
+    for id in 31..=35i32 {
+        assert_eq!(c.execute("UPDATE items SET v = 'changed' WHERE id = $1", &[&id]).await.expect("update"), 1);
+    }
+    c.batch_execute("BEGIN; UPDATE items SET v = 'in tx' WHERE id = 36; COMMIT").await.expect("transaction");
+    let wait_mirrored = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while proxy.metric("shadow_mirrored") < n {
+            assert!(Instant::now() < deadline, "only {} statements mirrored", proxy.metric("shadow_mirrored"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_mirrored(35.0);
+    assert_eq!(proxy.metric("shadow_divergences"), 0.0, "identical data, identical outcomes");
+    assert_eq!(psql(&shadow.dsn("app"), "SELECT count(*) FROM items WHERE v IN ('changed', 'in tx')"), "0", "mirrored writes are rolled back");
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM items WHERE v IN ('changed', 'in tx')"), "6");
+    // Drift on the shadow side is reported with the statement.
+    psql(&shadow.dsn("app"), "UPDATE items SET v = 'drift' WHERE id = 50");
+    c.query_one("SELECT v FROM items WHERE id = $1", &[&50i32]).await.expect("select");
+    c.execute("DELETE FROM items WHERE id = $1", &[&99i32]).await.expect("delete");
+    psql(&shadow.dsn("app"), "DELETE FROM items WHERE id = 98");
+    c.execute("DELETE FROM items WHERE id = $1", &[&98i32]).await.expect("delete");
+    wait_mirrored(38.0);
+    assert_eq!(proxy.metric("shadow_divergences"), 2.0, "a changed row and a row count");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = env.dmf_json(&["route", "show", "app", "--json"]);
+        let recent = &doc["proxies"][0]["stats"]["shadow"]["recent_divergences"];
+        if recent.as_array().is_some_and(|a| a.len() == 2) {
+            let text = recent.to_string();
+            assert!(text.contains("SELECT v FROM items WHERE id = $1") && text.contains("DELETE FROM items"), "{text}");
+            assert!(doc["proxies"][0]["stats"]["shadow"]["latency_ratio"].as_f64().is_some_and(|r| r > 0.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "divergences never reached the control plane: {doc}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(proxy.metric("shadow_dropped"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_the_control_plane_for_longer_than_its_lease_sends_nothing() {
+    let env = Env::new("proxy-lease");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY)");
+    let proxy = env.proxy("proxy", "app", &["--lease-ms", "1500", "--hold-timeout-s", "3"]);
+    let idle = connect(&proxy.dsn("app")).await;
+    let open = connect(&proxy.dsn("app")).await;
+    open.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.expect("open transaction");
+    env.cp.stop_mode("immediate").expect("stop the control plane");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = open.batch_execute("COMMIT").await.expect_err("no commit without the lease");
+    assert!(format!("{err:?}").contains("lease"), "{err:?}");
+    let started = Instant::now();
+    let err = idle.batch_execute("INSERT INTO t VALUES (2)").await.expect_err("no write without the lease");
+    assert!(format!("{err:?}").contains("control plane"), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "held up to the hold timeout first");
+    let out = Command::new(dmf_activities::providers::local::program("psql").expect("psql")).args(["-X", "-d", &proxy.dsn("app"), "-c", "INSERT INTO t VALUES (3)"]).output().expect("psql");
+    assert!(!out.status.success(), "new sessions refused without the lease");
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "0", "nothing reached the database");
+    env.cp.start().expect("restart the control plane");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(dmf_activities::providers::local::program("psql").expect("psql")).args(["-X", "-d", &proxy.dsn("app"), "-c", "INSERT INTO t VALUES (4)"]).output().expect("psql");
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the proxy never served again: {}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(psql(&src.dsn("app"), "SELECT string_agg(id::text, ',') FROM t"), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_open_transactions_finish_then_closes_sessions() {
+    let env = Env::new("proxy-drain");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY)");
+    let mut proxy = env.proxy("proxy", "app", &["--drain-s", "20"]);
+    let open = connect(&proxy.dsn("app")).await;
+    let idle = connect(&proxy.dsn("app")).await;
+    open.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.expect("open transaction");
+    proxy.terminate();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(idle.simple_query("SELECT 1").await.is_err(), "an idle session is closed at shutdown");
+    open.batch_execute("INSERT INTO t VALUES (2); COMMIT").await.expect("the open transaction finishes");
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proxy.proc.is_alive() {
+        assert!(Instant::now() < deadline, "proxy did not exit after draining:\n{}", proxy.proc.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.proc.child.wait().expect("status").success());
+    let doc = env.dmf_json(&["route", "show", "app", "--json"]);
+    assert_eq!(doc["proxies"][0]["state"], "stopped", "{doc}");
+}
