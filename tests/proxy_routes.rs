@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -43,10 +43,10 @@ async fn route_move_under_pgbench_load_keeps_prepared_statements_and_settings() 
 
     let log = env.path().join("pgbench.log");
     let bench = Command::new(pgbench_bin())
-        .args(["-n", "-c", "8", "-j", "2", "-T", "12", "-M", "prepared", "-P", "1", "-d"])
+        .args(["-n", "-c", "8", "-j", "2", "-T", "12", "-M", "prepared", "-P", "1"])
         .arg(proxy.dsn("app"))
         .stdout(std::fs::File::create(&log).expect("log"))
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(env.path().join("pgbench.err")).expect("log"))
         .spawn()
         .expect("pgbench");
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -56,7 +56,7 @@ async fn route_move_under_pgbench_load_keeps_prepared_statements_and_settings() 
     let move_took = moved_at.elapsed();
     let result = bench.wait_with_output().expect("pgbench");
     let report = std::fs::read_to_string(&log).unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = std::fs::read_to_string(env.path().join("pgbench.err")).unwrap_or_default();
     assert!(result.status.success(), "pgbench failed across the move:\n{report}\n{stderr}");
     assert!(report.contains("number of failed transactions: 0 (0.000%)"), "client errors across the move:\n{report}\n{stderr}");
     let on_dst: i64 = psql(&dst.dsn("app"), "SELECT count(*) FROM pgbench_history").parse().expect("count");
@@ -139,7 +139,14 @@ async fn shadow_traffic_reports_divergences_and_never_writes() {
     let wait_mirrored = |n: f64| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while proxy.metric("shadow_mirrored") < n {
-            assert!(Instant::now() < deadline, "only {} statements mirrored", proxy.metric("shadow_mirrored"));
+            assert!(
+                Instant::now() < deadline,
+                "only {} statements mirrored ({} dropped, {} failed):\n{}",
+                proxy.metric("shadow_mirrored"),
+                proxy.metric("shadow_dropped"),
+                proxy.metric("shadow_failures"),
+                proxy.proc.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };

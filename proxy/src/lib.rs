@@ -101,8 +101,9 @@ pub struct Shared {
     pub route_tx: tokio::sync::watch::Sender<u64>,
     /// Set while a route asks to hold (read together with `inflight`: see `frontend::session`).
     pub hold: AtomicBool,
-    /// False once the control plane has been unreachable for longer than the lease.
-    pub lease_ok: AtomicBool,
+    /// When the lease runs out: milliseconds since `started`, pushed forward by each heartbeat.
+    lease_until_ms: AtomicU64,
+    started: std::time::Instant,
     /// Sessions inside a transaction right now.
     pub inflight: AtomicUsize,
     pub read_applied_lsn: AtomicU64,
@@ -133,6 +134,18 @@ impl Shared {
         }
         self.metrics.route_epoch.store(epoch, Ordering::Relaxed);
         self.route_tx.send_replace(epoch);
+    }
+
+    /// Whether the control plane answered a heartbeat within the lease: without it, nothing is
+    /// sent anywhere (a flip may go ahead without this proxy).
+    pub fn lease_ok(&self) -> bool {
+        (self.started.elapsed().as_millis() as u64) < self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    /// A heartbeat sent at `sent` succeeded: the lease runs until `sent + lease`.
+    pub(crate) fn extend_lease(&self, sent: std::time::Instant) {
+        let until = sent.saturating_duration_since(self.started) + self.opts.lease;
+        self.lease_until_ms.fetch_max(until.as_millis() as u64, Ordering::AcqRel);
     }
 
     /// Classify with a bounded cache: applications repeat the same statement texts.
@@ -207,7 +220,8 @@ impl Proxy {
             hold: AtomicBool::new(route.hold),
             route: RwLock::new(route),
             route_tx,
-            lease_ok: AtomicBool::new(true),
+            lease_until_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             inflight: AtomicUsize::new(0),
             read_applied_lsn: AtomicU64::new(0),
             metrics: Metrics::default(),

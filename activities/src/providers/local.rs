@@ -294,7 +294,7 @@ impl LocalCluster {
         prepare_dir(&dir)?;
         let c = LocalCluster { dir: dir.clone(), port };
         let mut cmd = server_command(&bin_dir()?.join("pg_basebackup"));
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-X", "stream", "-R", "-D"]).arg(c.data_dir());
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-X", "stream", "-c", "fast", "-R", "-D"]).arg(c.data_dir());
         run(cmd, &format!("pg_basebackup of port {}", self.port))?;
         let conf_path = c.data_dir().join("postgresql.auto.conf");
         let mut conf = std::fs::read_to_string(&conf_path).unwrap_or_default();

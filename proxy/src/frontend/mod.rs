@@ -177,7 +177,7 @@ async fn negotiate(mut client: ClientStream, buf: &mut BytesMut, shared: &Arc<Sh
 async fn open(client: &mut ClientStream, buf: &mut BytesMut, peer: SocketAddr, params: &startup::Params, shared: &Arc<Shared>) -> Result<Backend, Error> {
     let user = params.get("user").unwrap_or_default();
     auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
-    if !shared.lease_ok.load(Ordering::SeqCst) {
+    if !shared.lease_ok() {
         return Err(Error::backend("control plane", "unreachable for longer than the proxy's lease: no new sessions until it is back"));
     }
     let route = shared.route();

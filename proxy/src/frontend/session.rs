@@ -55,6 +55,16 @@ enum Batch {
     Unroutable,
 }
 
+/// One statement of a batch: its text, and for the extended protocol the Parse and Bind that run
+/// it (what a mirror replays).
+struct BatchStatement {
+    sql: String,
+    parse: Option<Vec<u8>>,
+    bind: Option<Vec<u8>>,
+    /// It runs (Query, or Bind): a Parse alone only prepares.
+    runs: bool,
+}
+
 /// State a session holds on its backend (see `session_state.sql`).
 #[derive(Debug, Default, serde::Deserialize)]
 struct HeldState {
@@ -193,8 +203,10 @@ impl Session {
             if let Pump::Terminate = self.pump_client().await? {
                 return Ok(());
             }
-            // a read unit takes nothing more from the client until it is answered
-            let blocked = self.on_read && self.unit_sealed;
+            // a read unit takes nothing more from the client until it is answered; while reads
+            // are split or statements mirrored, neither does a sealed unit (the next batch is
+            // routed on its own, after this one's ReadyForQuery)
+            let blocked = self.unit_sealed && (self.on_read || self.batch_needed());
             let idle = !self.in_unit;
             let be: &mut Backend = match (self.on_read, self.read.as_mut()) {
                 (true, Some(r)) => r,
@@ -267,9 +279,9 @@ impl Session {
                     },
                 };
                 self.begin_unit(batch).await?;
-            } else if self.on_read && self.unit_sealed {
+            } else if self.unit_sealed && (self.on_read || self.batch_needed()) {
                 break;
-            } else if !self.shared.lease_ok.load(Ordering::Relaxed) {
+            } else if !self.shared.lease_ok() {
                 self.fatal("57P03", "dmf proxy: the control plane has been unreachable for longer than the lease; the transaction was ended and nothing more is sent").await;
                 return Err(Error::backend("control plane", "lease lost during a transaction"));
             }
@@ -397,7 +409,7 @@ impl Session {
         let stmts = self.batch_statements(&bytes)?;
         let route = self.route.clone();
         if route.mode == Mode::SplitReads && !stmts.is_empty() {
-            let read_only = stmts.iter().all(|(sql, _, _)| self.shared.classify(sql) == Class::Read);
+            let read_only = stmts.iter().all(|s| self.shared.classify(&s.sql) == Class::Read);
             self.unit_read_only = read_only;
             if read_only {
                 self.on_read = self.read_allowed().await?;
@@ -405,11 +417,11 @@ impl Session {
                 add(counter, 1);
             }
         }
-        if let (Some(_), [(sql, parse, bind)]) = (&route.shadow, stmts.as_slice()) {
-            if self.roll() < route.shadow_fraction {
-                let class = self.shared.classify(sql);
+        if let (Some(_), [s]) = (&route.shadow, stmts.as_slice()) {
+            if s.runs && self.roll() < route.shadow_fraction {
+                let class = self.shared.classify(&s.sql);
                 if matches!(class, Class::Read | Class::Write) {
-                    let spec = MirrorSpec::new(self.params.get("user").unwrap_or_default(), sql, class, parse.as_deref(), bind.as_deref());
+                    let spec = MirrorSpec::new(self.params.get("user").unwrap_or_default(), &s.sql, class, s.parse.as_deref(), s.bind.as_deref());
                     self.capture = Some(Capture::new(spec));
                 }
             }
@@ -419,7 +431,7 @@ impl Session {
 
     /// The statements a complete batch runs: SQL text, and for the extended protocol the Parse
     /// and Bind messages (to mirror it). A Query with several statements is one text.
-    fn batch_statements(&self, bytes: &[u8]) -> Result<Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)>, Error> {
+    fn batch_statements(&self, bytes: &[u8]) -> Result<Vec<BatchStatement>, Error> {
         let mut out = Vec::new();
         let mut unnamed: Option<(String, Vec<u8>)> = None;
         let mut pos = 0;
@@ -428,14 +440,14 @@ impl Session {
             let whole = &bytes[pos..end];
             let f = Frame { tag: h.tag, body: &whole[5..] };
             match h.tag {
-                b'Q' => out.push((f.query()?.to_string(), None, None)),
+                b'Q' => out.push(BatchStatement { sql: f.query()?.to_string(), parse: None, bind: None, runs: true }),
                 b'P' => {
                     let (name, sql) = f.parse()?;
                     if name.is_empty() {
                         unnamed = Some((sql.to_string(), whole.to_vec()));
-                    } else if !out.iter().any(|(s, _, _)| s == sql) {
+                    } else if !out.iter().any(|s| s.sql == sql) {
                         // a named Parse alone (PQprepare) still has to be routed: classify it
-                        out.push((sql.to_string(), None, None));
+                        out.push(BatchStatement { sql: sql.to_string(), parse: None, bind: None, runs: false });
                     }
                 }
                 b'B' => {
@@ -448,11 +460,11 @@ impl Session {
                     };
                     match found {
                         Some((sql, parse)) => {
-                            out.retain(|(s, p, _)| !(p.is_none() && *s == sql));
-                            out.push((sql, Some(parse), Some(whole.to_vec())));
+                            out.retain(|s| s.runs || s.sql != sql);
+                            out.push(BatchStatement { sql, parse: Some(parse), bind: Some(whole.to_vec()), runs: true });
                         }
                         // unknown statement: the server will say so; route to the primary
-                        None => out.push((String::new(), None, None)),
+                        None => out.push(BatchStatement { sql: String::new(), parse: None, bind: None, runs: false }),
                     }
                 }
                 _ => {}
@@ -519,7 +531,7 @@ impl Session {
         let route = loop {
             self.route_rx.borrow_and_update();
             let route = shared.route();
-            if shared.lease_ok.load(Ordering::SeqCst) && !route.hold {
+            if shared.lease_ok() && !route.hold {
                 // count ourselves in flight, then look at the hold flag: a hold that starts now
                 // either sees us in `inflight` or we see it here
                 shared.inflight.fetch_add(1, Ordering::SeqCst);
@@ -536,7 +548,7 @@ impl Session {
             let Some(left) = shared.opts.hold_timeout.checked_sub(since.elapsed()) else {
                 sub(&shared.metrics.held_now, 1);
                 add(&shared.metrics.hold_time_us_total, since.elapsed().as_micros() as u64);
-                let why = if shared.lease_ok.load(Ordering::SeqCst) { "traffic is held" } else { "the control plane is unreachable" };
+                let why = if shared.lease_ok() { "traffic is held" } else { "the control plane is unreachable" };
                 self.fatal("57P03", &format!("dmf proxy: {why} for longer than {:?}; reconnect later", shared.opts.hold_timeout)).await;
                 return Err(Error::backend("control plane", format!("held for longer than {:?}", shared.opts.hold_timeout)));
             };
@@ -665,6 +677,7 @@ impl Session {
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.swallow = 0;
                     if self.outstanding == 0 {
+                        self.unit_sealed = false;
                         if let Some(c) = self.capture.take() {
                             self.shared.shadow.offer(c.finish(), &self.shared.metrics);
                         }
@@ -725,9 +738,10 @@ fn batch_len(buf: &[u8]) -> Result<Batch, Error> {
         let Some(h) = frame::header(&buf[pos..], Side::Client)? else { return Ok(Batch::Incomplete) };
         let end = pos + 5 + h.len;
         match h.tag {
-            b'Q' if pos == 0 => return Ok(if end <= buf.len() { Batch::Complete(end) } else { Batch::Incomplete }),
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {}
-            b'S' => return Ok(if end <= buf.len() { Batch::Complete(end) } else { Batch::Incomplete }),
+            // a Query ends a batch like Sync does (tokio-postgres sends Close without Sync
+            // ahead of the next request)
+            b'S' | b'Q' => return Ok(if end <= buf.len() { Batch::Complete(end) } else { Batch::Incomplete }),
             _ => return Ok(Batch::Unroutable),
         }
         if end > buf.len() {
@@ -785,6 +799,9 @@ mod tests {
         b.extend(build::sync());
         assert!(matches!(batch_len(&b), Ok(Batch::Complete(n)) if n == b.len()));
         let q = build::query("select 1");
+        let mut closed = build::close_statement("s1");
+        closed.extend(q.clone());
+        assert!(matches!(batch_len(&closed), Ok(Batch::Complete(n)) if n == closed.len()));
         let mut two = q.clone();
         two.extend(build::query("select 2"));
         assert!(matches!(batch_len(&two), Ok(Batch::Complete(n)) if n == q.len()));

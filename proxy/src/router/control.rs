@@ -19,7 +19,6 @@ pub struct Control {
     shared: Arc<Shared>,
     /// Newest epoch acknowledged in the control plane (an ack that failed is retried).
     acked: u64,
-    lease_until: Instant,
 }
 
 impl Control {
@@ -38,12 +37,14 @@ impl Control {
         .await?;
         // A proxy that starts during a hold has nothing in flight: it is held as soon as it exists.
         db.proxy_applied(id, route.epoch as i64, route.hold).await?;
-        Ok(Control { db, id, acked: route.epoch, lease_until: Instant::now() + shared.opts.lease, shared })
+        shared.extend_lease(Instant::now());
+        Ok(Control { db, id, acked: route.epoch, shared })
     }
 
     pub async fn run(mut self) {
         let cluster = self.shared.opts.cluster.clone();
         let mut listener: Option<PgListener> = None;
+        let mut was_ok = true;
         let mut poll = tokio::time::interval(self.shared.opts.poll);
         let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
         let mut watchdog = tokio::time::interval(Duration::from_millis(20));
@@ -69,8 +70,8 @@ impl Control {
                 }
                 _ = beat.tick() => self.heartbeat().await,
                 _ = watchdog.tick() => {
-                    let ok = Instant::now() < self.lease_until;
-                    if self.shared.lease_ok.swap(ok, Ordering::SeqCst) != ok {
+                    let ok = self.shared.lease_ok();
+                    if std::mem::replace(&mut was_ok, ok) != ok {
                         if ok {
                             tracing::info!(cluster = %cluster, "control plane reachable again: traffic flows");
                         } else {
@@ -84,7 +85,7 @@ impl Control {
 
     async fn heartbeat(&mut self) {
         let sent = Instant::now();
-        let state = if !self.shared.lease_ok.load(Ordering::Relaxed) {
+        let state = if !self.shared.lease_ok() {
             "fenced"
         } else if self.shared.route().hold {
             "held"
@@ -93,12 +94,13 @@ impl Control {
         };
         let mut stats = self.shared.metrics.json();
         stats["shadow"] = self.shared.shadow.summary(&self.shared.metrics);
-        match self.db.proxy_heartbeat(self.id, state, &stats).await {
-            Ok(true) => self.lease_until = sent + self.shared.opts.lease,
+        // A heartbeat slower than the lease is no use: give up on it and try again.
+        let beat = tokio::time::timeout(self.shared.opts.lease, self.db.proxy_heartbeat(self.id, state, &stats)).await;
+        match beat.unwrap_or_else(|_| Err(dmf_db::Error::Conflict("heartbeat timed out".into()))) {
+            Ok(true) => self.shared.extend_lease(sent),
             Ok(false) => {
                 tracing::warn!(cluster = %self.shared.opts.cluster, proxy = %self.id, "registration vanished from the control plane; registering again");
                 if let Ok(c) = Control::register(self.db.clone(), self.id, self.shared.clone()).await {
-                    self.lease_until = sent + self.shared.opts.lease;
                     self.acked = c.acked;
                 }
             }
@@ -110,7 +112,8 @@ impl Control {
     }
 
     async fn reload(&mut self) {
-        let row = match self.db.route(&self.shared.opts.cluster).await {
+        let poll = tokio::time::timeout(self.shared.opts.lease, self.db.route(&self.shared.opts.cluster)).await;
+        let row = match poll.unwrap_or_else(|_| Err(dmf_db::Error::Conflict("route poll timed out".into()))) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 tracing::error!(cluster = %self.shared.opts.cluster, "the cluster's route was removed from the control plane; keeping the last one");
