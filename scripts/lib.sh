@@ -36,6 +36,22 @@ ensure_postgres() {
     export PATH="$bin:$PATH"
 }
 
+# What the build and the proxy's client tests need besides PostgreSQL: libclang (pg_query's
+# bindgen), openssl (a test certificate), psycopg 3 (a real Python client).
+ensure_test_tools() {
+    if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+        echo "installing libclang-dev (pg_query builds PostgreSQL's parser with bindgen)" >&2
+        apt_install libclang-dev
+    fi
+    command -v openssl >/dev/null || apt_install openssl
+    if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+        echo "installing psycopg 3" >&2
+        python3 -m pip install -q "psycopg[binary]" 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages "psycopg[binary]" \
+            || apt_install python3-psycopg
+    fi
+}
+
 # Run a PostgreSQL server program, as postgres when root (initdb and pg_ctl refuse root).
 as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

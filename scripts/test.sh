@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every test of dmf: installs what it needs when missing (PostgreSQL server binaries, pgbench,
-# pg_dump), then runs unit tests and the end-to-end tests against throwaway local clusters.
+# pg_dump, libclang for pg_query, openssl, psycopg 3), runs unit tests and the end-to-end tests
+# against throwaway local clusters, then a short fuzz run of the proxy's protocol decoders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_postgres
+ensure_test_tools
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 echo "== cargo build"
 cargo build --workspace --all-targets --quiet
@@ -17,4 +19,6 @@ cargo test --workspace --quiet -- --test-threads="${DMF_TEST_THREADS:-2}" 2>&1 |
 # One closing line for the whole suite (cargo's last line is the doc-tests' "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+echo "== fuzz"
+bash bench/fuzz.sh || status=1
 exit "$status"

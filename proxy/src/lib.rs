@@ -11,7 +11,7 @@ pub mod backend;
 pub mod error;
 pub mod frontend;
 pub mod metrics;
-pub mod protocol;
+pub use dmf_proxy_protocol as protocol;
 pub mod router;
 pub mod shadow;
 

@@ -190,7 +190,7 @@ impl<'a> Frame<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::build;
+    use crate::build;
 
     #[test]
     fn absurd_lengths_and_unknown_tags_are_refused() {

@@ -92,7 +92,7 @@ fn params(mut body: &[u8]) -> Result<Params, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::build;
+    use crate::build;
 
     #[test]
     fn startup_packets_round_trip_and_bad_ones_are_named() {
