@@ -127,7 +127,7 @@ echo "server: PostgreSQL $(psql -X -A -t "${URL[direct]}" -c "SHOW server_versio
     "targets: ${TARGETS[*]}; $RUNS round(s) of ${DURATION} s runs"
 
 # --- runs
-MODES=(select-simple select-extended select-prepared tpcb latency)
+read -r -a MODES <<< "${MODES:-select-simple select-extended select-prepared tpcb latency}"
 declare -A LABEL=(
     [select-simple]="select-only simple" [select-extended]="select-only extended"
     [select-prepared]="select-only prepared" [tpcb]="TPC-B simple" [latency]="1-client select-only"

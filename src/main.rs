@@ -47,7 +47,19 @@ fn main() -> std::process::ExitCode {
     let json = cli.command.json();
     // The demo draws progress bars; its logs would tear them.
     output::init_tracing(json || matches!(cli.command, Command::Demo(_)));
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The proxy relays on one thread by default, like pgbouncer: on a busy host, waking other
+    // runtime threads costs more than the relaying itself.
+    let builder = match &cli.command {
+        Command::Proxy(a) if a.threads() <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Command::Proxy(a) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(a.threads());
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let mut builder = builder;
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

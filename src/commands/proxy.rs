@@ -36,6 +36,7 @@ pub struct Args {
     /// PEM certificate chain for TLS to clients (with --tls-key); without it SSLRequest gets 'N'.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Without a heartbeat for this long, stop sending statements anywhere.
@@ -53,6 +54,15 @@ pub struct Args {
     /// Connections that run mirrored statements.
     #[arg(long, default_value_t = 2)]
     shadow_workers: usize,
+    /// Runtime threads; 1 (the default) relays everything on one thread, like pgbouncer.
+    #[arg(long, default_value_t = 1, env = "DMF_PROXY_THREADS")]
+    threads: usize,
+}
+
+impl Args {
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {

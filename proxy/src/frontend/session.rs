@@ -30,6 +30,8 @@ use crate::{lock, CancelTarget, Error, Shared};
 const SESSION_STATE_SQL: &str = include_str!("session_state.sql");
 /// A batch bigger than this is not classified: it runs on the primary and is not mirrored.
 const BATCH_CAP: usize = 256 * 1024;
+/// Room made for each read from a client or a backend.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A named prepared statement as the client made it.
 struct Statement {
@@ -37,6 +39,22 @@ struct Statement {
     /// The client's whole Parse message, replayed on a backend that lacks it.
     parse: Vec<u8>,
     sql: String,
+}
+
+/// What one client message asks of the session.
+enum Action {
+    None,
+    /// Query or Sync: one more ReadyForQuery to come, and the end of a batch.
+    Sync,
+    /// FunctionCall: one more ReadyForQuery to come.
+    Outstanding,
+    Terminate,
+    /// A named Parse.
+    Parse(String, String),
+    /// Uses a named statement the backend may lack.
+    Use(String),
+    /// Closes a named statement.
+    Close(String),
 }
 
 enum Pump {
@@ -199,6 +217,10 @@ impl Session {
     }
 
     async fn relay(&mut self) -> Result<(), Error> {
+        // made once: a cancellation future registers its waker on first poll, not every loop
+        let kill = self.kill.clone().cancelled_owned();
+        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        tokio::pin!(kill, shutdown);
         loop {
             if let Pump::Terminate = self.pump_client().await? {
                 return Ok(());
@@ -212,12 +234,16 @@ impl Session {
                 (true, Some(r)) => r,
                 _ => &mut self.primary,
             };
+            // keep reads large: a buffer consumed to its end has no room left
+            if be.rbuf.capacity() - be.rbuf.len() < 4096 {
+                be.rbuf.reserve(READ_CHUNK);
+            }
+            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+                self.cbuf.reserve(READ_CHUNK);
+            }
+            // reads first: a session is woken by its sockets far more often than by a kill
             tokio::select! {
                 biased;
-                _ = self.kill.cancelled() => {
-                    self.fatal("57P01", "dmf proxy: session ended (a hold deadline passed or the proxy is shutting down)").await;
-                    return Ok(());
-                }
                 r = be.stream.read_buf(&mut be.rbuf) => {
                     if r? == 0 {
                         let label = be.endpoint.label();
@@ -231,7 +257,11 @@ impl Session {
                         return Ok(());
                     }
                 }
-                _ = self.shared.shutdown.cancelled(), if idle => {
+                _ = &mut kill => {
+                    self.fatal("57P01", "dmf proxy: session ended (a hold deadline passed or the proxy is shutting down)").await;
+                    return Ok(());
+                }
+                _ = &mut shutdown, if idle => {
                     self.fatal("57P01", "dmf proxy: shutting down; reconnect").await;
                     return Ok(());
                 }
@@ -251,24 +281,33 @@ impl Session {
     }
 
     /// Forward every complete client message; start a unit (gate) at each transaction boundary.
+    /// Bytes go out straight from the client buffer unless the proxy injects messages.
     async fn pump_client(&mut self) -> Result<Pump, Error> {
         self.out.clear();
+        // once something is injected, `out` holds everything to send
+        let mut copy = false;
+        let mut pos = 0;
         let mut result = Pump::More;
+        let mut lease_checked = false;
         loop {
             if self.client_skip > 0 {
-                let n = self.client_skip.min(self.cbuf.len());
+                let n = self.client_skip.min(self.cbuf.len() - pos);
                 if n == 0 {
                     break;
                 }
-                self.out.extend_from_slice(&self.cbuf[..n]);
-                self.cbuf.advance(n);
+                if copy {
+                    self.out.extend_from_slice(&self.cbuf[pos..pos + n]);
+                }
+                pos += n;
                 self.client_skip -= n;
                 continue;
             }
-            let Some(h) = frame::header(&self.cbuf, Side::Client)? else { break };
+            let Some(h) = frame::header(&self.cbuf[pos..], Side::Client)? else { break };
             if !self.in_unit {
+                // a unit only ends in pump_server: here nothing of this call was consumed yet
                 if h.tag == b'X' {
-                    return Ok(Pump::Terminate);
+                    result = Pump::Terminate;
+                    break;
                 }
                 let batch = match self.batch_needed() {
                     false => None,
@@ -279,86 +318,133 @@ impl Session {
                     },
                 };
                 self.begin_unit(batch).await?;
+                lease_checked = true;
             } else if self.unit_sealed && (self.on_read || self.batch_needed()) {
                 break;
-            } else if !self.shared.lease_ok() {
-                self.fatal("57P03", "dmf proxy: the control plane has been unreachable for longer than the lease; the transaction was ended and nothing more is sent").await;
-                return Err(Error::backend("control plane", "lease lost during a transaction"));
+            } else if !lease_checked {
+                lease_checked = true;
+                if !self.shared.lease_ok() {
+                    self.fatal("57P03", "dmf proxy: the control plane has been unreachable for longer than the lease; the transaction was ended and nothing more is sent").await;
+                    return Err(Error::backend("control plane", "lease lost during a transaction"));
+                }
             }
             let total = 5 + h.len;
-            if self.cbuf.len() < total {
+            let avail = self.cbuf.len() - pos;
+            if avail < total {
                 if matches!(h.tag, b'd' | b'F') {
                     // large COPY data or a function call: stream it through
                     if h.tag == b'F' {
                         self.outstanding += 1;
                     }
-                    self.out.extend_from_slice(&self.cbuf[..5]);
-                    self.cbuf.advance(5);
+                    if copy {
+                        self.out.extend_from_slice(&self.cbuf[pos..pos + 5]);
+                    }
+                    pos += 5;
                     self.client_skip = h.len;
                     continue;
                 }
-                self.cbuf.reserve(total - self.cbuf.len());
+                self.cbuf.reserve(total - avail);
                 break;
             }
-            let bytes = self.cbuf.split_to(total);
-            let f = Frame { tag: h.tag, body: &bytes[5..] };
-            match h.tag {
-                b'Q' => {
-                    f.query()?;
+            let action = {
+                let f = Frame { tag: h.tag, body: &self.cbuf[pos + 5..pos + total] };
+                match h.tag {
+                    b'Q' => {
+                        // the server checks the text's encoding; the proxy only needs the frame
+                        if f.body.iter().position(|&b| b == 0) != Some(f.body.len() - 1) {
+                            return Err(crate::protocol::Error::Malformed { what: "Query" }.into());
+                        }
+                        Action::Sync
+                    }
+                    b'S' => Action::Sync,
+                    b'F' => Action::Outstanding,
+                    b'X' => Action::Terminate,
+                    b'P' => match f.parse()? {
+                        ("", _) => Action::None,
+                        (name, sql) => Action::Parse(name.to_string(), sql.to_string()),
+                    },
+                    b'B' => match f.bind()? {
+                        (_, "") => Action::None,
+                        (_, stmt) if self.prepared_here(stmt) => Action::None,
+                        (_, stmt) => Action::Use(stmt.to_string()),
+                    },
+                    b'D' => match f.target()? {
+                        Target::Statement(n) if !n.is_empty() && !self.prepared_here(n) => Action::Use(n.to_string()),
+                        _ => Action::None,
+                    },
+                    b'C' => match f.target()? {
+                        Target::Statement(n) if !n.is_empty() => Action::Close(n.to_string()),
+                        _ => Action::None,
+                    },
+                    b'E' => {
+                        f.execute()?;
+                        Action::None
+                    }
+                    _ => Action::None,
+                }
+            };
+            match action {
+                Action::None => {}
+                Action::Sync => {
                     self.outstanding += 1;
                     self.unit_sealed = true;
                 }
-                b'S' => {
-                    self.outstanding += 1;
-                    self.unit_sealed = true;
-                }
-                b'F' => self.outstanding += 1,
-                b'X' => {
+                Action::Outstanding => self.outstanding += 1,
+                Action::Terminate => {
                     result = Pump::Terminate;
                     break;
                 }
-                b'P' => {
-                    let (name, sql) = f.parse()?;
-                    if !name.is_empty() {
-                        self.client_parse(name, sql, &bytes);
+                Action::Parse(name, sql) => {
+                    let whole = self.cbuf[pos..pos + total].to_vec();
+                    if !copy {
+                        self.out.extend_from_slice(&self.cbuf[..pos]);
+                        copy = true;
                     }
+                    self.client_parse(&name, &sql, &whole);
                 }
-                b'B' => {
-                    let (_, stmt) = f.bind()?;
-                    if !stmt.is_empty() {
-                        self.ensure_prepared(stmt);
+                Action::Use(name) => {
+                    if !copy {
+                        self.out.extend_from_slice(&self.cbuf[..pos]);
+                        copy = true;
                     }
+                    self.ensure_prepared(&name);
                 }
-                b'D' => {
-                    if let Target::Statement(n) = f.target()? {
-                        if !n.is_empty() {
-                            self.ensure_prepared(n);
-                        }
-                    }
+                Action::Close(name) => {
+                    self.statements.remove(&name);
+                    self.backend_mut().prepared.remove(&name);
                 }
-                b'C' => {
-                    if let Target::Statement(n) = f.target()? {
-                        if !n.is_empty() {
-                            self.statements.remove(n);
-                            self.backend_mut().prepared.remove(n);
-                        }
-                    }
-                }
-                b'E' => {
-                    f.execute()?;
-                }
-                _ => {}
             }
-            self.out.extend_from_slice(&bytes);
+            if copy {
+                self.out.extend_from_slice(&self.cbuf[pos..pos + total]);
+            }
+            pos += total;
         }
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
-            let written = self.backend_mut().stream.write_all(&out).await;
-            self.out = out;
+        if pos > 0 || !self.out.is_empty() {
+            let be = match (self.on_read, self.read.as_mut()) {
+                (true, Some(r)) => r,
+                _ => &mut self.primary,
+            };
+            let written = if copy { be.stream.write_all(&self.out).await } else { be.stream.write_all(&self.cbuf[..pos]).await };
+            self.cbuf.advance(pos);
             written?;
         }
         Ok(result)
     }
+
+    /// The backend in use already has the client's current version of this statement.
+    fn prepared_here(&self, name: &str) -> bool {
+        let be = match (self.on_read, self.read.as_ref()) {
+            (true, Some(r)) => r,
+            _ => &self.primary,
+        };
+        match (self.statements.get(name), be.prepared.get(name)) {
+            (Some(st), Some(g)) => st.generation == *g,
+            // unknown to the client: nothing to inject, the server answers
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
+
 
     /// The client made a named statement: remember it; a backend holding a stale statement of
     /// that name (closed by the client while the session was elsewhere) gets a Close first.
@@ -526,6 +612,17 @@ impl Session {
 
     /// Wait while traffic is held or the lease is lost; then enter the unit and follow the route.
     async fn gate(&mut self) -> Result<(), Error> {
+        // Fast path: the route did not change, nothing is held, the lease holds. One atomic
+        // increment and two loads per transaction.
+        if !self.route_rx.has_changed().unwrap_or(true) && !self.route.hold && self.shared.lease_ok() {
+            self.shared.inflight.fetch_add(1, Ordering::SeqCst);
+            if !self.shared.hold.load(Ordering::SeqCst) {
+                self.in_unit = true;
+                self.in_tx.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        }
         let mut held_since: Option<Instant> = None;
         let shared = self.shared.clone();
         let route = loop {
@@ -637,43 +734,51 @@ impl Session {
     }
 
     /// Forward backend messages to the client; track ReadyForQuery, drop answers to injected
-    /// messages, and capture the outcome of a mirrored statement.
+    /// messages, and capture the outcome of a mirrored statement. Bytes go out straight from the
+    /// backend's buffer unless an answer is dropped.
     async fn pump_server(&mut self) -> Result<(), Error> {
         self.sout.clear();
+        let on_read = self.on_read;
+        let be: &mut Backend = match (on_read, self.read.as_mut()) {
+            (true, Some(r)) => r,
+            _ => &mut self.primary,
+        };
+        let mut copy = false;
+        let mut pos = 0;
         loop {
-            let on_read = self.on_read;
-            let be: &mut Backend = match (on_read, self.read.as_mut()) {
-                (true, Some(r)) => r,
-                _ => &mut self.primary,
-            };
             if self.server_skip > 0 {
-                let n = self.server_skip.min(be.rbuf.len());
+                let n = self.server_skip.min(be.rbuf.len() - pos);
                 if n == 0 {
                     break;
                 }
-                self.sout.extend_from_slice(&be.rbuf[..n]);
-                be.rbuf.advance(n);
+                if copy {
+                    self.sout.extend_from_slice(&be.rbuf[pos..pos + n]);
+                }
+                pos += n;
                 self.server_skip -= n;
                 continue;
             }
-            let Some(h) = frame::header(&be.rbuf, Side::Server)? else { break };
+            let Some(h) = frame::header(&be.rbuf[pos..], Side::Server)? else { break };
             let total = 5 + h.len;
-            if be.rbuf.len() < total {
+            let avail = be.rbuf.len() - pos;
+            if avail < total {
                 let needed = matches!(h.tag, b'Z' | b'E' | b'1' | b'3') || (self.capture.is_some() && matches!(h.tag, b'D' | b'C'));
                 if needed {
-                    be.rbuf.reserve(total - be.rbuf.len());
+                    be.rbuf.reserve(total - avail);
                     break;
                 }
-                self.sout.extend_from_slice(&be.rbuf[..5]);
-                be.rbuf.advance(5);
+                if copy {
+                    self.sout.extend_from_slice(&be.rbuf[pos..pos + 5]);
+                }
+                pos += 5;
                 self.server_skip = h.len;
                 continue;
             }
-            let bytes = be.rbuf.split_to(total);
-            let f = Frame { tag: h.tag, body: &bytes[5..] };
+            let body = &be.rbuf[pos + 5..pos + total];
+            let mut unit_done = false;
             match h.tag {
                 b'Z' => {
-                    self.status = bytes.get(5).copied().unwrap_or(b'I');
+                    self.status = body.first().copied().unwrap_or(b'I');
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.swallow = 0;
                     if self.outstanding == 0 {
@@ -686,50 +791,61 @@ impl Session {
                                 self.wrote = true;
                             }
                             self.on_read = false;
-                            self.leave_unit();
+                            self.in_unit = false;
+                            self.in_tx.store(false, Ordering::SeqCst);
+                            self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
                             add(&self.shared.metrics.transactions_total, 1);
-                            if on_read {
-                                // the read backend is done; nothing more is expected from it
-                                self.sout.extend_from_slice(&bytes);
-                                break;
-                            }
+                            // after a read unit nothing more is expected from the read backend
+                            unit_done = on_read;
                         }
                     }
                 }
                 b'1' | b'3' if self.swallow > 0 => {
                     self.swallow -= 1;
+                    if !copy {
+                        self.sout.extend_from_slice(&be.rbuf[..pos]);
+                        copy = true;
+                    }
+                    pos += total;
                     continue;
                 }
                 b'E' => {
                     self.swallow = 0;
                     if let Some(c) = self.capture.as_mut() {
-                        c.error(f.field(b'C').unwrap_or("XX000"));
+                        c.error(Frame { tag: h.tag, body }.field(b'C').unwrap_or("XX000"));
                     }
                 }
                 b'C' => {
                     if let Some(c) = self.capture.as_mut() {
-                        c.complete(f.rows());
+                        c.complete(Frame { tag: h.tag, body }.rows());
                     }
                 }
                 b'D' => {
                     if let Some(c) = self.capture.as_mut() {
-                        c.row(f.body);
+                        c.row(body);
                     }
                 }
                 _ => {}
             }
-            self.sout.extend_from_slice(&bytes);
-            if self.sout.len() >= 256 * 1024 {
-                self.client.write_all(&self.sout).await?;
-                self.sout.clear();
+            if copy {
+                self.sout.extend_from_slice(&be.rbuf[pos..pos + total]);
+                if self.sout.len() >= 256 * 1024 {
+                    self.client.write_all(&self.sout).await?;
+                    self.sout.clear();
+                }
+            }
+            pos += total;
+            if unit_done {
+                break;
             }
         }
-        if !self.sout.is_empty() {
-            self.client.write_all(&self.sout).await?;
-        }
+        let written = if copy { self.client.write_all(&self.sout).await } else { self.client.write_all(&be.rbuf[..pos]).await };
+        be.rbuf.advance(pos);
+        written?;
         Ok(())
     }
 }
+
 
 /// The batch at the head of `buf`.
 fn batch_len(buf: &[u8]) -> Result<Batch, Error> {

@@ -29,10 +29,17 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // subscribe before looking: a change made after this line wakes the wait below
+        let mut changed = shared.route_tx.subscribe();
         let route = shared.route();
         if route.mode != Mode::SplitReads {
             conn = None;
             shared.read_applied_lsn.store(0, Ordering::Release);
+            // nothing to track until the route changes
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = changed.changed() => {}
+            }
             continue;
         }
         if conn.as_ref().is_some_and(|c| !Arc::ptr_eq(&c.endpoint, &route.read)) {
