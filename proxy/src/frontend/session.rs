@@ -174,7 +174,6 @@ impl Session {
             primary,
             read: None,
             on_read: false,
-            // a session that starts while reads are split has written nothing yet
             route,
             route_rx,
             outstanding: 0,

@@ -68,7 +68,12 @@ impl Control {
                     }
                     self.reload().await;
                 }
-                _ = beat.tick() => self.heartbeat().await,
+                _ = beat.tick() => {
+                    self.heartbeat().await;
+                    if self.acked < self.shared.route().epoch {
+                        self.ack().await;
+                    }
+                }
                 _ = watchdog.tick() => {
                     let ok = self.shared.lease_ok();
                     if std::mem::replace(&mut was_ok, ok) != ok {
@@ -105,9 +110,6 @@ impl Control {
                 }
             }
             Err(e) => tracing::warn!(cluster = %self.shared.opts.cluster, error = %e, "heartbeat failed"),
-        }
-        if self.acked < self.shared.route().epoch {
-            self.ack().await;
         }
     }
 
@@ -151,8 +153,15 @@ impl Control {
             self.shared.set_route(route.clone());
             let started = Instant::now();
             let deadline = started + route.hold_deadline;
+            // keep heartbeating through a long drain: the lease must not lapse while we wait
+            let beat_every = (self.shared.opts.lease / 3).max(Duration::from_millis(50));
+            let mut last_beat = Instant::now();
             while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_micros(500)).await;
+                if last_beat.elapsed() >= beat_every {
+                    self.heartbeat().await;
+                    last_beat = Instant::now();
+                }
             }
             let left = self.shared.inflight.load(Ordering::SeqCst);
             if left > 0 {
