@@ -234,3 +234,34 @@ async fn sigterm_lets_open_transactions_finish_then_closes_sessions() {
     let doc = env.dmf_json(&["route", "show", "app", "--json"]);
     assert_eq!(doc["proxies"][0]["state"], "stopped", "{doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_waits_for_transactions_in_flight_and_ends_those_past_its_deadline() {
+    let env = Env::new("proxy-hold");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY)");
+    let proxy = env.proxy("proxy", "app", &[]);
+    let quick = connect(&proxy.dsn("app")).await;
+    let stuck = connect(&proxy.dsn("app")).await;
+    stuck.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.expect("open transaction");
+    let started = Instant::now();
+    env.route_set("app", &["--hold", "--hold-deadline-ms", "700"]);
+    let acked_in = started.elapsed();
+    assert!(acked_in >= Duration::from_millis(600) && acked_in < Duration::from_secs(5), "hold acknowledged after the deadline, in {acked_in:?}");
+    // the proxy's FATAL arrives while this client is not reading: it sees its connection closed
+    let err = stuck.batch_execute("COMMIT").await.expect_err("the transaction past the deadline was ended");
+    assert!(err.is_closed() || format!("{err:?}").contains("hold deadline"), "{err:?}");
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "0", "its write was rolled back");
+    // a new transaction waits at the hold and runs once released
+    let waiter = tokio::spawn(async move { quick.batch_execute("INSERT INTO t VALUES (2)").await.map(|_| Instant::now()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "0", "held, not run");
+    assert_eq!(proxy.metric("held_now"), 1.0);
+    let released = Instant::now();
+    env.route_set("app", &["--release"]);
+    let ran_at = waiter.await.expect("join").expect("the held transaction runs after release");
+    assert!(ran_at >= released);
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "1");
+    assert_eq!(proxy.metric("held_now"), 0.0);
+    assert!(proxy.metric("hold_time_us_total") >= 400_000.0);
+}

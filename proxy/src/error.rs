@@ -31,6 +31,15 @@ pub enum Error {
     UsersFile { path: String, line: usize, message: String },
     #[error("{0}")]
     Config(String),
+    /// No heartbeat reached the control plane within the lease: nothing may be sent anywhere.
+    #[error("the control plane has been unreachable for longer than the lease")]
+    LeaseLost,
+    /// A transaction waited at a hold (or without a lease) for longer than the hold timeout.
+    #[error("held for longer than {0:?}")]
+    HeldTooLong(std::time::Duration),
+    /// The proxy ended the session on purpose (hold deadline, shutdown, state that cannot move).
+    #[error("session closed by the proxy: {0}")]
+    Closed(String),
 }
 
 impl Error {

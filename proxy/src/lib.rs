@@ -87,8 +87,8 @@ pub struct CancelTarget {
 
 /// A live session as the rest of the proxy sees it.
 pub struct SessionEntry {
-    /// Cancelled to end the session (hold deadline, shutdown).
-    pub kill: CancellationToken,
+    /// Raised to end the session (hold deadline, shutdown).
+    pub signal: Arc<frontend::signal::Signal>,
     /// Inside a transaction (or a request not yet answered).
     pub in_tx: Arc<AtomicBool>,
 }
@@ -263,6 +263,9 @@ impl Proxy {
             spawn_named(&mut tasks, "proxy-metrics", metrics::serve(l, shared.clone()));
         }
         frontend::accept_loop(listener, shared.clone()).await;
+        for s in lock(&shared.sessions).values() {
+            s.signal.raise(frontend::signal::SHUTDOWN);
+        }
         // Drain: sessions close at their next transaction boundary; wait for them.
         let deadline = tokio::time::Instant::now() + shared.opts.drain;
         while shared.metrics.connections_active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
@@ -272,7 +275,7 @@ impl Proxy {
         if left > 0 {
             tracing::warn!(cluster = %cluster, sessions = left, "drain deadline passed; closing sessions still in a transaction");
             for s in lock(&shared.sessions).values() {
-                s.kill.cancel();
+                s.signal.raise(frontend::signal::KILL);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod session;
+pub mod signal;
 pub mod stream;
 pub mod tls;
 
@@ -14,7 +15,6 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Login};
 use crate::metrics::{add, sub};
@@ -75,9 +75,12 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Ok(backend) => {
             add(&shared.metrics.connections_active, 1);
             let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-            let kill = CancellationToken::new();
+            let signal = Arc::new(signal::Signal::default());
+            if shared.shutdown.is_cancelled() {
+                signal.raise(signal::SHUTDOWN);
+            }
             let in_tx = Arc::new(AtomicBool::new(false));
-            lock(&shared.sessions).insert(id, SessionEntry { kill: kill.clone(), in_tx: in_tx.clone() });
+            lock(&shared.sessions).insert(id, SessionEntry { signal: signal.clone(), in_tx: in_tx.clone() });
             let (pid, secret) = fresh_key(&shared);
             let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
             lock(&shared.cancels).insert((pid, secret), target.clone());
@@ -88,7 +91,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(b'I'));
             if client.write_all(&hello).await.is_ok() {
-                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, target, in_tx, kill);
+                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, target, in_tx, signal);
                 let result = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {
@@ -105,6 +108,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             add(&shared.metrics.connections_refused, 1);
             let code = match &e {
                 Error::AuthFailed(_) => "28P01",
+                Error::LeaseLost => "57P03",
                 Error::BackendRefused { code, .. } => code.as_str(),
                 Error::Protocol(_) => "08P01",
                 _ => "08006",
@@ -178,7 +182,7 @@ async fn open(client: &mut ClientStream, buf: &mut BytesMut, peer: SocketAddr, p
     let user = params.get("user").unwrap_or_default();
     auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
     if !shared.lease_ok() {
-        return Err(Error::backend("control plane", "unreachable for longer than the proxy's lease: no new sessions until it is back"));
+        return Err(Error::LeaseLost);
     }
     let route = shared.route();
     connect_as(route.primary.clone(), shared, params, false).await

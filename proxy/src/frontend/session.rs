@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
+use super::signal::{Signal, KILL, SHUTDOWN};
 use super::stream::ClientStream;
 use crate::backend::Backend;
 use crate::metrics::{add, sub};
@@ -144,7 +144,7 @@ pub struct Session {
     rng: u64,
     cancel: Arc<Mutex<Option<CancelTarget>>>,
     in_tx: Arc<AtomicBool>,
-    kill: CancellationToken,
+    signal: Arc<Signal>,
     out: Vec<u8>,
     sout: Vec<u8>,
 }
@@ -160,7 +160,7 @@ impl Session {
         primary: Backend,
         cancel: Arc<Mutex<Option<CancelTarget>>>,
         in_tx: Arc<AtomicBool>,
-        kill: CancellationToken,
+        signal: Arc<Signal>,
     ) -> Session {
         let route = shared.route();
         let route_rx = shared.route_tx.subscribe();
@@ -192,7 +192,7 @@ impl Session {
             rng: seed,
             cancel,
             in_tx,
-            kill,
+            signal,
             out: Vec::with_capacity(16 * 1024),
             sout: Vec::with_capacity(16 * 1024),
         }
@@ -216,10 +216,7 @@ impl Session {
     }
 
     async fn relay(&mut self) -> Result<(), Error> {
-        // made once: a cancellation future registers its waker on first poll, not every loop
-        let kill = self.kill.clone().cancelled_owned();
-        let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        tokio::pin!(kill, shutdown);
+        let signal = self.signal.clone();
         loop {
             if let Pump::Terminate = self.pump_client().await? {
                 return Ok(());
@@ -228,7 +225,8 @@ impl Session {
             // are split or statements mirrored, neither does a sealed unit (the next batch is
             // routed on its own, after this one's ReadyForQuery)
             let blocked = self.unit_sealed && (self.on_read || self.batch_needed());
-            let idle = !self.in_unit;
+            // shutdown ends a session at a boundary; inside a transaction only a kill does
+            let stop_on = if self.in_unit { KILL } else { KILL | SHUTDOWN };
             let be: &mut Backend = match (self.on_read, self.read.as_mut()) {
                 (true, Some(r)) => r,
                 _ => &mut self.primary,
@@ -256,12 +254,12 @@ impl Session {
                         return Ok(());
                     }
                 }
-                _ = &mut kill => {
-                    self.fatal("57P01", "dmf proxy: session ended (a hold deadline passed or the proxy is shutting down)").await;
-                    return Ok(());
-                }
-                _ = &mut shutdown, if idle => {
-                    self.fatal("57P01", "dmf proxy: shutting down; reconnect").await;
+                bits = signal.wait(stop_on) => {
+                    if bits & KILL != 0 {
+                        self.fatal("57P01", "dmf proxy: session ended (a hold deadline passed or the proxy is shutting down)").await;
+                    } else {
+                        self.fatal("57P01", "dmf proxy: shutting down; reconnect").await;
+                    }
                     return Ok(());
                 }
             }
@@ -324,7 +322,7 @@ impl Session {
                 lease_checked = true;
                 if !self.shared.lease_ok() {
                     self.fatal("57P03", "dmf proxy: the control plane has been unreachable for longer than the lease; the transaction was ended and nothing more is sent").await;
-                    return Err(Error::backend("control plane", "lease lost during a transaction"));
+                    return Err(Error::LeaseLost);
                 }
             }
             let total = 5 + h.len;
@@ -646,14 +644,14 @@ impl Session {
                 add(&shared.metrics.hold_time_us_total, since.elapsed().as_micros() as u64);
                 let why = if shared.lease_ok() { "traffic is held" } else { "the control plane is unreachable" };
                 self.fatal("57P03", &format!("dmf proxy: {why} for longer than {:?}; reconnect later", shared.opts.hold_timeout)).await;
-                return Err(Error::backend("control plane", format!("held for longer than {:?}", shared.opts.hold_timeout)));
+                return Err(Error::HeldTooLong(shared.opts.hold_timeout));
             };
             tokio::select! {
                 _ = self.route_rx.changed() => {}
                 _ = tokio::time::sleep(left.min(Duration::from_millis(2))) => {}
-                _ = self.kill.cancelled() => {
+                _ = self.signal.wait(KILL | SHUTDOWN) => {
                     sub(&shared.metrics.held_now, 1);
-                    return Err(Error::backend("proxy", "session ended while held"));
+                    return Err(Error::Closed("ended while held".into()));
                 }
             }
         };
@@ -711,7 +709,7 @@ impl Session {
             add(&self.shared.metrics.sessions_closed_unmovable, 1);
             tracing::info!(cluster = %cluster, session = self.id, from = %from, to = %to, holds = %what, "session closed at the move: its state cannot move");
             self.fatal("57P01", &format!("dmf proxy: the database moved to {to}; this session held state that cannot move ({what}) and was closed; reconnect")).await;
-            return Err(Error::backend(&from, format!("session holds state that cannot move: {what}")));
+            return Err(Error::Closed(format!("holds state that cannot move to {to}: {what}")));
         }
         let mut next = match super::connect_as(self.route.primary.clone(), &self.shared, &self.params, false).await {
             Ok(b) => b,

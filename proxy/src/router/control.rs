@@ -168,7 +168,7 @@ impl Control {
                 tracing::warn!(cluster = %cluster, epoch, sessions = left, deadline = ?route.hold_deadline, "hold deadline passed: ending the transactions still in flight");
                 for s in lock(&self.shared.sessions).values() {
                     if s.in_tx.load(Ordering::SeqCst) {
-                        s.kill.cancel();
+                        s.signal.raise(crate::frontend::signal::KILL);
                     }
                 }
                 let grace = Instant::now() + Duration::from_secs(2);
