@@ -85,6 +85,9 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// A session's current cancel target, updated by the session when it changes backend.
+pub type SharedCancelTarget = Arc<Mutex<Option<CancelTarget>>>;
+
 /// A live session as the rest of the proxy sees it.
 pub struct SessionEntry {
     /// Raised to end the session (hold deadline, shutdown).
@@ -108,7 +111,8 @@ pub struct Shared {
     pub inflight: AtomicUsize,
     pub read_applied_lsn: AtomicU64,
     pub metrics: Metrics,
-    pub cancels: Mutex<HashMap<(i32, i32), Arc<Mutex<Option<CancelTarget>>>>>,
+    /// Proxy-made cancel keys -> where each session's cancel goes now.
+    pub cancels: Mutex<HashMap<(i32, i32), SharedCancelTarget>>,
     pub sessions: Mutex<HashMap<u64, SessionEntry>>,
     pub next_session: AtomicU64,
     pub shadow: shadow::Shadow,

@@ -92,7 +92,7 @@ impl<'a> Frame<'a> {
     /// Query: the SQL text.
     pub fn query(&self) -> Result<&'a str, Error> {
         match cstr(self.body) {
-            Some((q, rest)) if rest.is_empty() => Ok(q),
+            Some((q, [])) => Ok(q),
             _ => Err(Error::Malformed { what: "Query" }),
         }
     }
@@ -145,7 +145,7 @@ impl<'a> Frame<'a> {
         let bad = || Error::Malformed { what: if self.tag == b'D' { "Describe" } else { "Close" } };
         let (&kind, rest) = self.body.split_first().ok_or_else(bad)?;
         match cstr(rest) {
-            Some((name, r)) if r.is_empty() => match kind {
+            Some((name, [])) => match kind {
                 b'S' => Ok(Target::Statement(name)),
                 b'P' => Ok(Target::Portal(name)),
                 _ => Err(bad()),

@@ -76,7 +76,7 @@ impl Backend {
             let (tag, body) = be.read_frame().await?;
             match tag {
                 b'S' => {
-                    if let (Some((k, rest)), true) = (protocol::cstr(&body), true) {
+                    if let Some((k, rest)) = protocol::cstr(&body) {
                         if let Some((v, _)) = protocol::cstr(rest) {
                             be.params.push((k.to_string(), v.to_string()));
                         }
