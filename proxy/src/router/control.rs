@@ -47,7 +47,8 @@ impl Control {
         let mut was_ok = true;
         let mut poll = tokio::time::interval(self.shared.opts.poll);
         let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
-        let mut watchdog = tokio::time::interval(Duration::from_millis(20));
+        // only logs lease transitions: sessions compute the lease themselves (Shared::lease_ok)
+        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
         for t in [&mut poll, &mut beat, &mut watchdog] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
