@@ -200,7 +200,7 @@ echo
 printf 'median tps of %d round(s), %d clients, %d s each\n' "$RUNS" "$CLIENTS" "$DURATION"
 printf '%-24s %16s %16s %16s\n' "" direct pgbouncer dmf
 for m in select-simple select-extended select-prepared tpcb; do
-    printf '%-24s %16s %16s %16s\n' "${LABEL[$m]}" "$(fmt "${MED[direct:$m]}")" "$(fmt "${MED[pgbouncer:$m]}")" \
+    printf '%-24s %16s %16s %16s\n' "${LABEL[$m]}" "$(fmt "${MED[direct:$m]:-skipped}")" "$(fmt "${MED[pgbouncer:$m]:-skipped}")" \
         "$(fmt "${MED[dmf:$m]:-skipped}")"
 done
 added() {  # added TARGET: 1-client latency over direct, in ms
