@@ -12,7 +12,8 @@
 # runs a scheduler or a worker, so it stays pending and its route points at the source).
 # Last lines: proxy_added_latency_ms dmf=<ms> pgbouncer=<ms> (1-client latency minus direct), then
 # proxy_ratio_vs_pgbouncer=<dmf tps / pgbouncer tps, select-only simple>.
-# Knobs: RUNS, DURATION (s), SCALE, WARMUP (s per target before the rounds, default 3), VERBOSE=1
+# Knobs: RUNS, DURATION (s), SCALE, MODES (a subset of: select-simple select-extended
+# select-prepared tpcb latency), WARMUP (s per target before the rounds, default 3), VERBOSE=1
 # (every pgbench output and the proxy's log and metrics); SKIP_DMF=1 builds nothing and measures
 # only direct and pgbouncer (for debugging the script itself).
 set -euo pipefail
