@@ -91,7 +91,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(b'I'));
             if client.write_all(&hello).await.is_ok() {
-                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, target, in_tx, signal);
+                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, target, in_tx, signal);
                 let result = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {

@@ -12,12 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::signal::{Signal, KILL, SHUTDOWN};
 use super::stream::ClientStream;
-use crate::backend::Backend;
+use crate::backend::{consume, Backend};
 use crate::metrics::{add, sub};
 use crate::protocol::frame::{self, Target};
 use crate::protocol::startup::Params;
@@ -114,7 +113,7 @@ pub struct Session {
     shared: Arc<Shared>,
     id: u64,
     client: ClientStream,
-    cbuf: BytesMut,
+    cbuf: Vec<u8>,
     params: Params,
     primary: Backend,
     read: Option<Backend>,
@@ -155,7 +154,7 @@ impl Session {
         shared: Arc<Shared>,
         id: u64,
         client: ClientStream,
-        cbuf: BytesMut,
+        cbuf: Vec<u8>,
         params: Params,
         primary: Backend,
         cancel: Arc<Mutex<Option<CancelTarget>>>,
@@ -422,7 +421,7 @@ impl Session {
                 _ => &mut self.primary,
             };
             let written = if copy { be.stream.write_all(&self.out).await } else { be.stream.write_all(&self.cbuf[..pos]).await };
-            self.cbuf.advance(pos);
+            consume(&mut self.cbuf, pos);
             written?;
         }
         Ok(result)
@@ -837,7 +836,7 @@ impl Session {
             }
         }
         let written = if copy { self.client.write_all(&self.sout).await } else { self.client.write_all(&be.rbuf[..pos]).await };
-        be.rbuf.advance(pos);
+        consume(&mut be.rbuf, pos);
         written?;
         Ok(())
     }
