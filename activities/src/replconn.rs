@@ -13,6 +13,8 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use dmf_proxy_protocol::frame::{self, Side};
+
 use crate::error::Error;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -43,14 +45,8 @@ pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// The length of the whole message (tag, length, body) at the front of `buf`, once all of it is there.
 fn frame_len(buf: &[u8]) -> Result<Option<usize>, Error> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 {
-        return Err(perr("malformed message from the server"));
-    }
-    Ok((buf.len() > len).then_some(1 + len))
+    let header = frame::header(buf, Side::Server).map_err(|e| perr(format!("malformed message from the server: {e}")))?;
+    Ok(header.map(|h| 5 + h.len).filter(|&total| buf.len() >= total))
 }
 
 fn perr(e: impl std::fmt::Display) -> Error {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use dmf_proxy::backend::endpoint::redact;
+
 use super::ControlPlane;
 
 #[derive(clap::Args)]
@@ -128,10 +130,6 @@ async fn show(a: ShowArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn redact(dsn: &str) -> String {
-    dmf_proxy::backend::endpoint::redact(dsn)
 }
 
 async fn set(a: SetArgs) -> anyhow::Result<()> {

@@ -171,16 +171,8 @@ pub fn frame(mut b: Bytes) -> Result<Frame, Error> {
     }
 }
 
-/// `X/Y` text form of an LSN.
-pub fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-/// Parse the `X/Y` text form of an LSN.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+/// LSN text forms live with the wire protocol, shared with the proxy.
+pub use dmf_proxy_protocol::lsn::{parse as parse_lsn, text as lsn_text};
 
 #[cfg(test)]
 mod tests {

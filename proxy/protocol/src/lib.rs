@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod frame;
+pub mod lsn;
 pub mod startup;
 
 pub use frame::{Frame, Header, Side};

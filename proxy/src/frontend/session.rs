@@ -22,7 +22,7 @@ use crate::protocol::frame::{self, Target};
 use crate::protocol::startup::Params;
 use crate::protocol::{build, Frame, Side};
 use crate::router::classify::Class;
-use crate::router::{lsn, Mode, Route};
+use crate::router::{Mode, Route};
 use crate::shadow::{Capture, MirrorSpec};
 use crate::{lock, CancelTarget, Error, Shared};
 
@@ -287,15 +287,9 @@ impl Session {
         let mut lease_checked = false;
         loop {
             if self.client_skip > 0 {
-                let n = self.client_skip.min(self.cbuf.len() - pos);
-                if n == 0 {
+                if !pass_streamed(&self.cbuf, &mut pos, &mut self.client_skip, copy, &mut self.out) {
                     break;
                 }
-                if copy {
-                    self.out.extend_from_slice(&self.cbuf[pos..pos + n]);
-                }
-                pos += n;
-                self.client_skip -= n;
                 continue;
             }
             let Some(h) = frame::header(&self.cbuf[pos..], Side::Client)? else { break };
@@ -571,7 +565,7 @@ impl Session {
     async fn read_allowed(&mut self) -> Result<bool, Error> {
         if self.wrote {
             let rows = self.primary.simple_query("SELECT pg_current_wal_insert_lsn()::text").await?;
-            self.ryw_lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| lsn::parse(&t)).unwrap_or(u64::MAX);
+            self.ryw_lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| crate::protocol::lsn::parse(&t)).unwrap_or(u64::MAX);
             self.wrote = false;
         }
         if self.ryw_lsn > 0 && self.shared.read_applied_lsn.load(Ordering::Acquire) < self.ryw_lsn {
@@ -743,15 +737,9 @@ impl Session {
         let mut pos = 0;
         loop {
             if self.server_skip > 0 {
-                let n = self.server_skip.min(be.rbuf.len() - pos);
-                if n == 0 {
+                if !pass_streamed(&be.rbuf, &mut pos, &mut self.server_skip, copy, &mut self.sout) {
                     break;
                 }
-                if copy {
-                    self.sout.extend_from_slice(&be.rbuf[pos..pos + n]);
-                }
-                pos += n;
-                self.server_skip -= n;
                 continue;
             }
             let Some(h) = frame::header(&be.rbuf[pos..], Side::Server)? else { break };
@@ -842,6 +830,19 @@ impl Session {
     }
 }
 
+
+/// Pass what `buf` holds of a message body being streamed through (`skip` bytes still to come):
+/// it is forwarded from `buf` itself, or copied to `out` once the pump is copying. False when
+/// `buf` has nothing more.
+fn pass_streamed(buf: &[u8], pos: &mut usize, skip: &mut usize, copy: bool, out: &mut Vec<u8>) -> bool {
+    let n = (*skip).min(buf.len() - *pos);
+    if copy {
+        out.extend_from_slice(&buf[*pos..*pos + n]);
+    }
+    *pos += n;
+    *skip -= n;
+    n > 0
+}
 
 /// The batch at the head of `buf`.
 fn batch_len(buf: &[u8]) -> Result<Batch, Error> {

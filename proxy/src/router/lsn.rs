@@ -12,12 +12,6 @@ use crate::Shared;
 
 const APPLIED_SQL: &str = include_str!("read_applied_lsn.sql");
 
-/// `X/Y` (hex) as a number; `None` for anything else.
-pub fn parse(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 /// Poll the read endpoint every `every` while the route splits reads; publish into
 /// `shared.read_applied_lsn` (0 when unknown, which sends every read-after-write to the primary).
 pub async fn track(shared: Arc<Shared>, every: Duration) {
@@ -62,7 +56,7 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
         let Some(c) = conn.as_mut() else { continue };
         match c.simple_query(APPLIED_SQL).await {
             Ok(rows) => {
-                let lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| parse(&t)).unwrap_or(0);
+                let lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| crate::protocol::lsn::parse(&t)).unwrap_or(0);
                 shared.read_applied_lsn.store(lsn, Ordering::Release);
             }
             Err(e) => {
@@ -71,15 +65,5 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
                 conn = None;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lsn_text_parses() {
-        assert_eq!(super::parse("0/16B3748"), Some(0x16B3748));
-        assert_eq!(super::parse("1/0"), Some(1 << 32));
-        assert_eq!(super::parse("x"), None);
     }
 }
