@@ -111,7 +111,11 @@ if [ -z "$SKIP_DMF" ]; then
     printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
     "$DMF" enqueue "$BASE/fleet.toml" >/dev/null
     PROXY_PORT=$(free_port); METRICS_PORT=$(free_port)
-    "$DMF" proxy --cluster bench --listen "127.0.0.1:$PROXY_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
+    # In its own session, like pgbouncer -d (and like any service manager starts a sidecar):
+    # with sched_autogroup the kernel shares CPU between sessions first, so a proxy left in this
+    # script's session would compete with pgbench's threads for one session's share while
+    # pgbouncer has a share of its own.
+    setsid "$DMF" proxy --cluster bench --listen "127.0.0.1:$PROXY_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
         >"$BASE/proxy.log" 2>&1 & PROXY_PID=$!
     URL[dmf]="postgres://postgres@127.0.0.1:$PROXY_PORT/bench?sslmode=disable"
     wait_ready dmf "$BASE/proxy.log" "$PROXY_PID"
