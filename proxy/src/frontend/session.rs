@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::signal::{Signal, KILL, SHUTDOWN};
-use super::stream::ClientStream;
+use super::stream::{send_all, ClientStream};
 use crate::backend::{consume, Backend};
 use crate::metrics::{add, sub};
 use crate::protocol::frame::{self, Target};
@@ -414,7 +414,7 @@ impl Session {
                 (true, Some(r)) => r,
                 _ => &mut self.primary,
             };
-            let written = if copy { be.stream.write_all(&self.out).await } else { be.stream.write_all(&self.cbuf[..pos]).await };
+            let written = if copy { send_all(&mut be.stream, &self.out).await } else { send_all(&mut be.stream, &self.cbuf[..pos]).await };
             consume(&mut self.cbuf, pos);
             written?;
         }
@@ -814,7 +814,7 @@ impl Session {
             if copy {
                 self.sout.extend_from_slice(&be.rbuf[pos..pos + total]);
                 if self.sout.len() >= 256 * 1024 {
-                    self.client.write_all(&self.sout).await?;
+                    send_all(&mut self.client, &self.sout).await?;
                     self.sout.clear();
                 }
             }
@@ -823,7 +823,7 @@ impl Session {
                 break;
             }
         }
-        let written = if copy { self.client.write_all(&self.sout).await } else { self.client.write_all(&be.rbuf[..pos]).await };
+        let written = if copy { send_all(&mut self.client, &self.sout).await } else { send_all(&mut self.client, &be.rbuf[..pos]).await };
         consume(&mut be.rbuf, pos);
         written?;
         Ok(())

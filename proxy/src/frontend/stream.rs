@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -42,4 +42,41 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// A stream that can take bytes without the reactor when its socket has room.
+pub trait TryWrite {
+    /// Write what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl TryWrite for TcpStream {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+}
+
+impl TryWrite for ClientStream {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Plain(s) => s.try_write(buf),
+            // rustls buffers and encrypts: always through its own writer
+            ClientStream::Tls(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+/// Write all of `buf`: straight to the socket first (a relay's writes are small and the socket
+/// nearly always has room, so this is one syscall and no future), then whatever is left through
+/// the reactor.
+pub async fn send_all<S: TryWrite + AsyncWrite + Unpin>(s: &mut S, buf: &[u8]) -> std::io::Result<()> {
+    let sent = match s.try_write(buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if sent < buf.len() {
+        s.write_all(&buf[sent..]).await?;
+    }
+    Ok(())
 }
