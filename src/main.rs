@@ -32,6 +32,8 @@ enum Command {
     Resume(commands::resume::Args),
     /// Abort a cluster's migration and remove everything it created on both sides.
     Abort(commands::abort::Args),
+    /// Move a flipped cluster's traffic back to its source, losing no write made on the target.
+    Rollback(commands::rollback::Args),
     /// The data auditor's findings for a cluster; --full compares every row now.
     Audit(commands::audit::Args),
     /// The DAL sidecar: a PostgreSQL proxy that follows the cluster's route in the control plane.
@@ -75,6 +77,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(a) => commands::status::run(a).await,
             Command::Resume(a) => commands::resume::run(a).await,
             Command::Abort(a) => commands::abort::run(a).await,
+            Command::Rollback(a) => commands::rollback::run(a).await,
             Command::Audit(a) => commands::audit::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
             Command::Proxy(a) => commands::proxy::run(a).await,
@@ -98,6 +101,7 @@ impl Command {
             Command::Status(a) => a.json,
             Command::Resume(a) => a.json,
             Command::Abort(a) => a.json,
+            Command::Rollback(a) => a.json,
             Command::Audit(a) => a.json,
             Command::Demo(a) => a.json,
             Command::Route(a) => a.json(),

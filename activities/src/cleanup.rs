@@ -11,6 +11,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
     let names = ctx.names();
+    // Traffic first: an abort from shadow_reads sends reads back to the source.
+    crate::shift_reads::reads_back_to_source(ctx).await?;
     // Target first: a subscription left enabled would recreate activity on the slot.
     if let Some(target_dsn) = ctx.target_dsn() {
         let reachable = if provisioned_by_us(m) { local_target(ctx).map(|c| c.is_running()).unwrap_or(true) } else { true };

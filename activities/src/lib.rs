@@ -1,4 +1,5 @@
-//! Idempotent activities, one per phase: preflight, provision, schema, hydrate, replicate, cleanup.
+//! Idempotent activities, one per phase: preflight, provision, schema, hydrate, replicate, audit,
+//! shift_reads, flip, soak, rollback (the flip in reverse), cleanup.
 //!
 //! Each activity converges: running it twice, or again after a crash half-way, reaches the same end
 //! state (check-then-create, names derived from the migration id, `IF NOT EXISTS`). What an activity
@@ -8,6 +9,7 @@
 pub mod audit;
 pub mod cleanup;
 pub mod error;
+pub mod flip;
 pub mod hydrate;
 pub mod pg;
 pub mod preflight;
@@ -16,6 +18,8 @@ pub mod providers;
 pub mod replconn;
 pub mod replicate;
 pub mod schema;
+pub mod shift_reads;
+pub mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +53,15 @@ pub struct Config {
     pub fast_local_targets: bool,
     /// The data auditor (validating).
     pub audit: audit::AuditConfig,
+    /// How long reads go to the target, with every guard quiet, before the flip.
+    pub shadow_reads_for: Duration,
+    /// The flip and the rollback.
+    pub flip: flip::FlipConfig,
+    /// How long traffic stays on the target, with replication back to the source, before the
+    /// migration completes.
+    pub soak: Duration,
+    /// Keep replication back to the source after completion (a later rollback stays lossless).
+    pub keep_reverse_replication: bool,
 }
 
 impl Default for Config {
@@ -63,6 +76,10 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(5),
             fast_local_targets: false,
             audit: audit::AuditConfig::default(),
+            shadow_reads_for: Duration::from_secs(600),
+            flip: flip::FlipConfig::default(),
+            soak: Duration::from_secs(3600),
+            keep_reverse_replication: false,
         }
     }
 }
@@ -93,6 +110,17 @@ impl Names {
             publication: format!("dmf_pub_{short}"),
             slot: format!("dmf_slot_{short}"),
             subscription: format!("dmf_sub_{short}"),
+        }
+    }
+
+    /// Replication back from the target to the source after the flip (publication and slot on
+    /// the target, subscription on the source).
+    pub fn reverse_of(id: Uuid) -> Names {
+        let short = id.simple().to_string()[..12].to_string();
+        Names {
+            publication: format!("dmf_rpub_{short}"),
+            slot: format!("dmf_rslot_{short}"),
+            subscription: format!("dmf_rsub_{short}"),
         }
     }
 }
@@ -141,8 +169,12 @@ pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
         Phase::Hydrating => hydrate::run(ctx).await,
         Phase::Replicating => replicate::run(ctx).await,
         Phase::Validating => audit::run(ctx).await,
+        Phase::ShadowReads => shift_reads::run(ctx).await,
+        Phase::Flipping => flip::run_forward(ctx).await,
+        Phase::Flipped => soak::run(ctx).await,
+        Phase::RollingBack => flip::run_back(ctx).await,
         Phase::Aborting => cleanup::run(ctx).await,
-        Phase::Pending | Phase::Aborted | Phase::Failed => {
+        Phase::Pending | Phase::Aborted | Phase::Failed | Phase::Completed | Phase::RolledBack => {
             return Outcome::Fail { error: format!("phase {phase} has no activity") }
         }
     };

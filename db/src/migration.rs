@@ -259,6 +259,36 @@ impl Db {
         }
     }
 
+    /// `dmf rollback`: move a flipped (or completed, while reverse replication is kept) cluster to
+    /// `rolling_back`. A cluster already rolling back or rolled back is returned as it is.
+    pub async fn request_rollback(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
+        loop {
+            let m = self.migration_by_cluster(cluster).await?;
+            let phase = m.phase()?;
+            if phase == Phase::RollingBack || phase == Phase::RolledBack {
+                return Ok(m);
+            }
+            if !phase.can_roll_back() {
+                return Err(Error::WrongPhase {
+                    cluster: cluster.into(),
+                    phase: m.phase.clone(),
+                    what: "rollback is only possible once traffic is on the target (flipped, or completed with reverse replication kept); before that, abort".into(),
+                });
+            }
+            if phase == Phase::Completed && m.state.pointer("/reverse/kept").and_then(|v| v.as_bool()) != Some(true) {
+                return Err(Error::WrongPhase {
+                    cluster: cluster.into(),
+                    phase: m.phase.clone(),
+                    what: "reverse replication was removed at completion (policy keep_reverse_replication = false): a rollback would lose the writes made on the target".into(),
+                });
+            }
+            let req = TransitionRequest::new(phase, m.epoch, Phase::RollingBack, actor, format!("rollback requested by {actor}"));
+            if self.transition(m.id, &req).await?.is_some() {
+                return self.migration(m.id).await;
+            }
+        }
+    }
+
     /// `dmf resume`: a failed migration re-enters the phase it failed in; a paused one runs.
     pub async fn resume(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
         let m = self.migration_by_cluster(cluster).await?;

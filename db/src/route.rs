@@ -53,6 +53,8 @@ pub struct ProxyRow {
     pub held: bool,
     pub state: String,
     pub stats: serde_json::Value,
+    /// Backends (on the primary) of this proxy's sessions when it last acknowledged an epoch.
+    pub backend_pids: Vec<i32>,
     pub alive: bool,
 }
 
@@ -144,14 +146,18 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// The proxy has applied `epoch` (for a hold: every in-flight transaction has finished).
-    pub async fn proxy_applied(&self, id: Uuid, epoch: i64, held: bool) -> Result<(), Error> {
-        sqlx::query("UPDATE dmf.proxies SET applied_epoch = GREATEST(applied_epoch, $2), held = $3, heartbeat_at = now() WHERE id = $1")
-            .bind(id)
-            .bind(epoch)
-            .bind(held)
-            .execute(&self.pool)
-            .await?;
+    /// The proxy has applied `epoch` (for a hold: every in-flight transaction has finished);
+    /// `backend_pids` are its sessions' backends on the primary, which a fence must spare.
+    pub async fn proxy_applied(&self, id: Uuid, epoch: i64, held: bool, backend_pids: &[i32]) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE dmf.proxies SET applied_epoch = GREATEST(applied_epoch, $2), held = $3, backend_pids = $4, heartbeat_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(epoch)
+        .bind(held)
+        .bind(backend_pids)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

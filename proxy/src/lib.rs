@@ -94,6 +94,18 @@ pub struct SessionEntry {
     pub signal: Arc<frontend::signal::Signal>,
     /// Inside a transaction (or a request not yet answered).
     pub in_tx: Arc<AtomicBool>,
+    /// The backend the session uses now (its pid is reported to the control plane at each
+    /// acknowledgement, so that a fence spares it).
+    pub cancel: SharedCancelTarget,
+}
+
+/// A new connection counted in `inflight` while it opens its backend (see [`Shared::admit`]).
+pub(crate) struct Admitted(Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// State shared by every task of one proxy process.
@@ -164,6 +176,44 @@ impl Shared {
         }
         cache.insert(sql.to_string(), c);
         c
+    }
+
+    /// Let a new connection open its backend: refused without the lease, made to wait while a
+    /// hold is in force (up to `hold_timeout`), then counted in `inflight` until it is a
+    /// registered session. A hold therefore waits for connections being opened too, and the
+    /// backend pids it acknowledges include theirs.
+    pub(crate) async fn admit(self: &Arc<Self>) -> Result<Admitted, Error> {
+        let deadline = std::time::Instant::now() + self.opts.hold_timeout;
+        let mut changes = self.route_tx.subscribe();
+        loop {
+            if !self.lease_ok() {
+                return Err(Error::LeaseLost);
+            }
+            self.inflight.fetch_add(1, Ordering::SeqCst);
+            if !self.hold.load(Ordering::SeqCst) {
+                return Ok(Admitted(self.clone()));
+            }
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return Err(Error::HeldTooLong(self.opts.hold_timeout));
+            };
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(left.min(std::time::Duration::from_millis(2))) => {}
+            }
+        }
+    }
+
+    /// The backends this proxy's sessions hold on the route's primary.
+    pub(crate) fn primary_backend_pids(&self) -> Vec<i32> {
+        let route = self.route();
+        lock(&self.sessions)
+            .values()
+            .filter_map(|s| {
+                let t = lock(&s.cancel);
+                t.as_ref().filter(|t| t.host == route.primary.host && t.port == route.primary.port).map(|t| t.pid)
+            })
+            .collect()
     }
 
     pub fn shadow_summary_metrics(&self) -> String {

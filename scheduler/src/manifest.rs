@@ -80,7 +80,7 @@ pub fn source_host(dsn: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-const PHASES_THAT_CAN_PAUSE: &[&str] = &["preflight", "provisioning", "schema", "hydrating", "replicating", "validating"];
+const PHASES_THAT_CAN_PAUSE: &[&str] = &["preflight", "provisioning", "schema", "hydrating", "replicating", "validating", "shadow_reads", "flipping"];
 
 impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, Error> {

@@ -7,6 +7,7 @@ pub mod enqueue;
 pub mod init;
 pub mod proxy;
 pub mod resume;
+pub mod rollback;
 pub mod route;
 pub mod scheduler;
 pub mod status;

@@ -58,6 +58,22 @@ pub struct Args {
     /// Full-compare chunks compared at once per migration.
     #[arg(long, default_value_t = 2)]
     pub audit_jobs: usize,
+    /// Seconds of shadow reads (reads on the target, every guard quiet) before the flip.
+    #[arg(long, default_value_t = 600.0)]
+    pub shadow_reads_s: f64,
+    /// The flip starts only when heartbeat lag is under this many milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub flip_max_lag_ms: u64,
+    /// During the flip, how long in-flight transactions may take to finish before they are ended.
+    #[arg(long, default_value_t = 1000)]
+    pub hold_deadline_ms: u64,
+    /// Seconds traffic stays on the target, with replication back to the source, before the
+    /// migration completes.
+    #[arg(long, default_value_t = 3600.0)]
+    pub soak_s: f64,
+    /// Keep replication back to the source after completion, so that a rollback stays lossless.
+    #[arg(long)]
+    pub keep_reverse_replication: bool,
     /// Create local targets with fsync off (tests and demos only).
     #[arg(long, env = "DMF_FAST_LOCAL_TARGETS")]
     pub fast_local_targets: bool,
@@ -83,6 +99,11 @@ impl Args {
         o.activities.audit.window = Duration::from_secs_f64(self.audit_window_s.max(0.0));
         o.activities.audit.chunk_rows = self.audit_chunk_rows.max(1);
         o.activities.audit.jobs = self.audit_jobs.max(1);
+        o.activities.shadow_reads_for = Duration::from_secs_f64(self.shadow_reads_s.max(0.0));
+        o.activities.flip.max_lag = Duration::from_millis(self.flip_max_lag_ms);
+        o.activities.flip.hold_deadline = Duration::from_millis(self.hold_deadline_ms.max(1));
+        o.activities.soak = Duration::from_secs_f64(self.soak_s.max(0.0));
+        o.activities.keep_reverse_replication = self.keep_reverse_replication;
         o.lease_ttl = Duration::from_secs(self.lease_ttl_s.max(3));
         o.heartbeat = Duration::from_secs(self.heartbeat_s.max(1));
         o.reconcile_interval = Duration::from_secs(self.reconcile_s.max(1));

@@ -19,13 +19,24 @@ pub enum Phase {
     Hydrating,
     Replicating,
     Validating,
+    /// Reads go to the target (read-your-writes), writes stay on the source; guards still watched.
+    ShadowReads,
+    /// The final flip: hold, fence, catch up, sequences, reverse replication, route, release.
+    Flipping,
+    /// Traffic is on the target, reverse replication keeps the source current (soak).
+    Flipped,
+    /// Soak over, forward and reverse replication cleaned up per policy; the source is kept read-only.
+    Completed,
+    /// The flip in reverse, over the reverse replication.
+    RollingBack,
+    /// Traffic is back on the source with every write made on the target.
+    RolledBack,
     Aborting,
     Aborted,
     Failed,
 }
 
-/// The forward pipeline, in order. Later phases (shadow_reads, flipping...) are appended here;
-/// everything else in this crate follows from this list.
+/// The forward pipeline, in order; everything else in this crate follows from this list.
 const PIPELINE: &[Phase] = &[
     Phase::Pending,
     Phase::Preflight,
@@ -34,7 +45,14 @@ const PIPELINE: &[Phase] = &[
     Phase::Hydrating,
     Phase::Replicating,
     Phase::Validating,
+    Phase::ShadowReads,
+    Phase::Flipping,
+    Phase::Flipped,
+    Phase::Completed,
 ];
+
+/// Where the flip sits in the pipeline: phases before it can abort.
+const FLIP_INDEX: usize = 8;
 
 impl Phase {
     pub const ALL: &'static [Phase] = &[
@@ -45,6 +63,12 @@ impl Phase {
         Phase::Hydrating,
         Phase::Replicating,
         Phase::Validating,
+        Phase::ShadowReads,
+        Phase::Flipping,
+        Phase::Flipped,
+        Phase::Completed,
+        Phase::RollingBack,
+        Phase::RolledBack,
         Phase::Aborting,
         Phase::Aborted,
         Phase::Failed,
@@ -59,6 +83,12 @@ impl Phase {
             Phase::Hydrating => "hydrating",
             Phase::Replicating => "replicating",
             Phase::Validating => "validating",
+            Phase::ShadowReads => "shadow_reads",
+            Phase::Flipping => "flipping",
+            Phase::Flipped => "flipped",
+            Phase::Completed => "completed",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
             Phase::Aborting => "aborting",
             Phase::Aborted => "aborted",
             Phase::Failed => "failed",
@@ -67,17 +97,19 @@ impl Phase {
 
     /// The phase a successful activity leads to; `None` for steady and terminal phases.
     pub fn next(self) -> Option<Phase> {
-        if self == Phase::Aborting {
-            return Some(Phase::Aborted);
+        match self {
+            Phase::Aborting => return Some(Phase::Aborted),
+            Phase::RollingBack => return Some(Phase::RolledBack),
+            _ => {}
         }
         let i = PIPELINE.iter().position(|p| *p == self)?;
         PIPELINE.get(i + 1).copied()
     }
 
-    /// A phase whose activity runs again and again (re-checking guards, auditing) until it
-    /// reports Done; the last phase of the pipeline keeps doing so.
+    /// A phase whose activity runs again and again (re-checking guards, auditing, soaking) until
+    /// it reports Done.
     pub fn is_steady(self) -> bool {
-        matches!(self, Phase::Replicating | Phase::Validating)
+        matches!(self, Phase::Replicating | Phase::Validating | Phase::ShadowReads | Phase::Flipped)
     }
 
     /// Where `self` sits in the forward pipeline (None for aborting, aborted, failed).
@@ -86,14 +118,20 @@ impl Phase {
     }
 
     /// Whether an activity job runs in this phase. `pending` waits for the scheduler, `failed` for an
-    /// operator.
+    /// operator; `completed`, `rolled_back` and `aborted` are done.
     pub fn runs_activity(self) -> bool {
-        !matches!(self, Phase::Pending | Phase::Failed | Phase::Aborted)
+        !matches!(self, Phase::Pending | Phase::Failed | Phase::Aborted | Phase::Completed | Phase::RolledBack)
     }
 
-    /// Abort is allowed from every phase before traffic moves (and from `failed`).
+    /// Abort is allowed from every phase before the flip (and from `failed`): writes never left the
+    /// source. The flip itself returns to `shadow_reads` on failure instead.
     pub fn can_abort(self) -> bool {
-        PIPELINE.contains(&self) || self == Phase::Failed
+        self.pipeline_index().is_some_and(|i| i < FLIP_INDEX) || self == Phase::Failed
+    }
+
+    /// Rollback is the flip in reverse, possible once traffic is on the target.
+    pub fn can_roll_back(self) -> bool {
+        matches!(self, Phase::Flipped | Phase::Completed)
     }
 
     /// Heavy phases count against the scheduler's concurrency limits.
@@ -103,7 +141,7 @@ impl Phase {
 
     /// A wave is finished when none of its clusters is pending or in flight.
     pub fn is_settled(self) -> bool {
-        matches!(self, Phase::Replicating | Phase::Validating | Phase::Aborted | Phase::Failed)
+        !self.is_in_flight() && self != Phase::Pending && self != Phase::Aborting
     }
 }
 
@@ -114,7 +152,7 @@ impl fmt::Display for Phase {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown phase {0:?}; expected one of: pending, preflight, provisioning, schema, hydrating, replicating, validating, aborting, aborted, failed")]
+#[error("unknown phase {0:?}; expected one of: pending, preflight, provisioning, schema, hydrating, replicating, validating, shadow_reads, flipping, flipped, completed, rolling_back, rolled_back, aborting, aborted, failed")]
 pub struct UnknownPhase(pub String);
 
 impl FromStr for Phase {
@@ -141,6 +179,9 @@ pub enum Outcome {
     Abort { reason: AbortReason, detail: String },
     /// Something an operator must look at (bad credentials, a bug): stop without tearing down.
     Fail { error: String },
+    /// The flip (or rollback) could not finish and traffic is back where it was: return to `to`
+    /// with the reason recorded as the last error.
+    Revert { to: Phase, reason: String },
 }
 
 /// Limits the worker applies when turning an outcome into a decision.
@@ -204,6 +245,7 @@ impl Policy {
                 note: format!("abort requested in {phase}, which cannot abort: {detail}"),
             },
             Outcome::Fail { error } => Decision::Transition { to: Phase::Failed, abort_reason: None, note: error },
+            Outcome::Revert { to, reason } => Decision::Transition { to, abort_reason: None, note: reason },
         }
     }
 }
@@ -222,8 +264,22 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating]
+            vec![
+                Phase::Pending,
+                Phase::Preflight,
+                Phase::Provisioning,
+                Phase::Schema,
+                Phase::Hydrating,
+                Phase::Replicating,
+                Phase::Validating,
+                Phase::ShadowReads,
+                Phase::Flipping,
+                Phase::Flipped,
+                Phase::Completed
+            ]
         );
+        assert_eq!(PIPELINE[FLIP_INDEX], Phase::Flipping);
+        assert_eq!(Phase::RollingBack.next(), Some(Phase::RolledBack));
         assert!(Phase::Replicating.is_steady());
         assert!(Phase::Validating.is_steady());
         assert_eq!(Phase::Aborting.next(), Some(Phase::Aborted));
@@ -235,16 +291,27 @@ mod tests {
         for p in Phase::ALL {
             assert_eq!(p.as_str().parse::<Phase>().ok(), Some(*p));
         }
-        assert!("flipped".parse::<Phase>().is_err());
+        assert!("flipped_over".parse::<Phase>().is_err());
     }
 
     #[test]
-    fn abort_allowed_up_to_replicating_and_from_failed() {
-        for p in [Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating, Phase::Failed] {
+    fn abort_allowed_before_the_flip_and_rollback_after_it() {
+        for p in [Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating, Phase::ShadowReads, Phase::Failed] {
             assert!(p.can_abort(), "{p}");
+            assert!(!p.can_roll_back(), "{p}");
         }
-        assert!(!Phase::Aborting.can_abort());
-        assert!(!Phase::Aborted.can_abort());
+        for p in [Phase::Flipping, Phase::Flipped, Phase::Completed, Phase::RollingBack, Phase::RolledBack, Phase::Aborting, Phase::Aborted] {
+            assert!(!p.can_abort(), "{p}");
+        }
+        assert!(Phase::Flipped.can_roll_back());
+        assert!(Phase::Completed.can_roll_back());
+        assert!(!Phase::Flipping.can_roll_back());
+    }
+
+    #[test]
+    fn a_failed_flip_reverts_with_its_reason() {
+        let d = Policy::default().decide(Phase::Flipping, Outcome::Revert { to: Phase::ShadowReads, reason: "lag 40 ms".into() }, 1);
+        assert_eq!(d, Decision::Transition { to: Phase::ShadowReads, abort_reason: None, note: "lag 40 ms".into() });
     }
 
     #[test]
@@ -284,8 +351,8 @@ mod tests {
         let p = Policy::default();
         assert!(matches!(p.decide(Phase::Hydrating, Outcome::Done, 1), Decision::Transition { to: Phase::Replicating, .. }));
         assert!(matches!(p.decide(Phase::Replicating, Outcome::Done, 1), Decision::Transition { to: Phase::Validating, .. }));
-        // The gate opened but no phase follows validating yet: it keeps auditing.
-        assert!(matches!(p.decide(Phase::Validating, Outcome::Done, 1), Decision::Watch { .. }));
+        assert!(matches!(p.decide(Phase::Validating, Outcome::Done, 1), Decision::Transition { to: Phase::ShadowReads, .. }));
+        assert!(matches!(p.decide(Phase::Flipped, Outcome::Done, 1), Decision::Transition { to: Phase::Completed, .. }));
         assert!(matches!(p.decide(Phase::Aborting, Outcome::Done, 1), Decision::Transition { to: Phase::Aborted, .. }));
     }
 }

@@ -72,7 +72,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let user = params.get("user").unwrap_or_default().to_string();
     add(&shared.metrics.connections_total, 1);
     match open(&mut client, &mut buf, peer, &params, &shared).await {
-        Ok(backend) => {
+        Ok((backend, admitted)) => {
             add(&shared.metrics.connections_active, 1);
             let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let signal = Arc::new(signal::Signal::default());
@@ -80,9 +80,11 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 signal.raise(signal::SHUTDOWN);
             }
             let in_tx = Arc::new(AtomicBool::new(false));
-            lock(&shared.sessions).insert(id, SessionEntry { signal: signal.clone(), in_tx: in_tx.clone() });
             let (pid, secret) = fresh_key(&shared);
             let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
+            lock(&shared.sessions).insert(id, SessionEntry { signal: signal.clone(), in_tx: in_tx.clone(), cancel: target.clone() });
+            // registered: a hold from now on finds this session's backend among the sessions
+            drop(admitted);
             lock(&shared.cancels).insert((pid, secret), target.clone());
             let mut hello = Vec::new();
             for (k, v) in &backend.params {
@@ -108,7 +110,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             add(&shared.metrics.connections_refused, 1);
             let code = match &e {
                 Error::AuthFailed(_) => "28P01",
-                Error::LeaseLost => "57P03",
+                Error::LeaseLost | Error::HeldTooLong(_) => "57P03",
                 Error::BackendRefused { code, .. } => code.as_str(),
                 Error::Protocol(_) => "08P01",
                 _ => "08006",
@@ -178,14 +180,20 @@ async fn negotiate(mut client: ClientStream, buf: &mut BytesMut, shared: &Arc<Sh
 }
 
 /// Authenticate the client and open its first backend on the route's primary.
-async fn open(client: &mut ClientStream, buf: &mut BytesMut, peer: SocketAddr, params: &startup::Params, shared: &Arc<Shared>) -> Result<Backend, Error> {
+/// Authenticate the client, wait out a hold, and log in to the route's primary for it.
+async fn open(
+    client: &mut ClientStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    params: &startup::Params,
+    shared: &Arc<Shared>,
+) -> Result<(Backend, crate::Admitted), Error> {
     let user = params.get("user").unwrap_or_default();
     auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
-    if !shared.lease_ok() {
-        return Err(Error::LeaseLost);
-    }
+    let admitted = shared.admit().await?;
     let route = shared.route();
-    connect_as(route.primary.clone(), shared, params, false).await
+    let backend = connect_as(route.primary.clone(), shared, params, false).await?;
+    Ok((backend, admitted))
 }
 
 /// Log in to `endpoint` as the client's user with the password the proxy holds.

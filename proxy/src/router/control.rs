@@ -36,7 +36,7 @@ impl Control {
         })
         .await?;
         // A proxy that starts during a hold has nothing in flight: it is held as soon as it exists.
-        db.proxy_applied(id, route.epoch as i64, route.hold).await?;
+        db.proxy_applied(id, route.epoch as i64, route.hold, &shared.primary_backend_pids()).await?;
         shared.extend_lease(Instant::now());
         Ok(Control { db, id, acked: route.epoch, shared })
     }
@@ -189,7 +189,7 @@ impl Control {
 
     async fn ack(&mut self) {
         let route = self.shared.route();
-        match self.db.proxy_applied(self.id, route.epoch as i64, route.hold).await {
+        match self.db.proxy_applied(self.id, route.epoch as i64, route.hold, &self.shared.primary_backend_pids()).await {
             Ok(()) => self.acked = route.epoch,
             Err(e) => tracing::warn!(cluster = %self.shared.opts.cluster, epoch = route.epoch, error = %e, "acknowledgement failed; retried with the next heartbeat"),
         }

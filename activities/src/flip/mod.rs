@@ -1,0 +1,386 @@
+//! The final flip (source to target) and the rollback (the same protocol back), driven by the
+//! worker that holds the migration's lease.
+//!
+//! In this order: guards; every live proxy holds new transactions and acknowledges (in-flight ones
+//! finished); the old primary is fenced against writes that bypass the proxies; a marker written
+//! there after the fence reaches the new primary (everything before it has been applied); sequence
+//! values are copied; replication is switched around (forward: the forward subscription stops and
+//! the reverse slot is made on the target, so every write after the flip is kept for a rollback;
+//! rollback: the reverse subscription stops and the source is unfenced); the route points at the
+//! new primary and releases the held transactions in one epoch.
+//!
+//! Every step is recorded in the migration's durable state before the next begins. Anything that
+//! fails before the route moves, including a worker that died half-way (found by the next run),
+//! undoes what was done, releases the hold on the old primary and returns to the phase before,
+//! with the reason. Proxies that stopped heartbeating are not waited for: their lease has run out
+//! and they send nothing anywhere.
+
+pub mod fence;
+pub mod reverse;
+
+use std::time::{Duration, Instant};
+
+use dmf_db::route::RouteChange;
+use dmf_workflows::{Outcome, Phase};
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+use crate::error::Error;
+use crate::{hydrate, pg, replicate, Context, Names};
+
+/// Tunables of the flip and the rollback.
+#[derive(Debug, Clone)]
+pub struct FlipConfig {
+    /// The flip starts only when heartbeat lag is under this.
+    pub max_lag: Duration,
+    /// How long a hold waits for in-flight transactions before ending them.
+    pub hold_deadline: Duration,
+    /// How long every live proxy has to acknowledge the hold.
+    pub ack_timeout: Duration,
+    /// How long the new primary has to apply the final marker.
+    pub catch_up_timeout: Duration,
+    /// Flips that returned to shadow_reads before the migration needs an operator.
+    pub max_attempts: u32,
+}
+
+impl Default for FlipConfig {
+    fn default() -> Self {
+        FlipConfig {
+            max_lag: Duration::from_millis(10),
+            hold_deadline: Duration::from_millis(1000),
+            ack_timeout: Duration::from_secs(5),
+            catch_up_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Which way traffic moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Source to target (phase flipping).
+    Forward,
+    /// Target back to source (phase rolling_back).
+    Back,
+}
+
+impl Way {
+    /// Where the progress of this protocol lives in the migration's state.
+    fn key(self) -> &'static str {
+        match self {
+            Way::Forward => "flip",
+            Way::Back => "rollback",
+        }
+    }
+
+    /// Where the migration returns when this protocol cannot finish.
+    fn safe_phase(self) -> Phase {
+        match self {
+            Way::Forward => Phase::ShadowReads,
+            Way::Back => Phase::Flipped,
+        }
+    }
+}
+
+/// The two sides for one run: traffic moves from `from` to `to`.
+struct Sides {
+    way: Way,
+    from_dsn: String,
+    to_dsn: String,
+    from: Client,
+    to: Client,
+}
+
+/// Steps, in order; each is recorded in `state.<key>.steps` once done.
+const HELD: &str = "held";
+const FENCED: &str = "fenced";
+const CAUGHT_UP: &str = "caught_up";
+const SEQUENCES: &str = "sequences";
+const SWITCHED: &str = "replication_switched";
+const ROUTED: &str = "routed";
+
+/// Progress of one protocol run, written whole to `state.<key>` after each step.
+struct Progress {
+    key: &'static str,
+    value: Value,
+}
+
+impl Progress {
+    fn load(ctx: &Context, way: Way) -> Progress {
+        let value = ctx.migration.state.get(way.key()).cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+        Progress { key: way.key(), value }
+    }
+
+    fn steps(&self) -> Vec<String> {
+        self.value["steps"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    }
+
+    fn in_progress(&self) -> bool {
+        self.value["in_progress"].as_bool().unwrap_or(false)
+    }
+
+    async fn save(&self, ctx: &Context) -> Result<(), Error> {
+        ctx.db.merge_state(ctx.migration.id, json!({ self.key: self.value })).await?;
+        Ok(())
+    }
+
+    async fn step(&mut self, ctx: &Context, step: &str, took: Duration) -> Result<(), Error> {
+        let mut steps = self.steps();
+        steps.push(step.to_string());
+        self.value["steps"] = json!(steps);
+        self.value["timings_ms"][step] = json!(took.as_secs_f64() * 1000.0);
+        self.save(ctx).await
+    }
+}
+
+/// Phase flipping.
+pub async fn run_forward(ctx: &Context) -> Result<Outcome, Error> {
+    let source_dsn = ctx.source_dsn().to_string();
+    let target_dsn = ctx.require_target()?;
+    run(ctx, Way::Forward, source_dsn, target_dsn).await
+}
+
+/// Phase rolling_back.
+pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
+    let source_dsn = ctx.source_dsn().to_string();
+    let target_dsn = ctx.require_target()?;
+    let outcome = run(ctx, Way::Back, target_dsn.clone(), source_dsn.clone()).await?;
+    if outcome == Outcome::Done {
+        // traffic is on the source with every write: replication back is no longer needed
+        let cluster = ctx.cluster();
+        let source = writable(&source_dsn, &format!("source of {cluster}")).await?;
+        let target = writable(&target_dsn, &format!("target of {cluster}")).await?;
+        reverse::remove(&source, &target, &Names::reverse_of(ctx.migration.id)).await?;
+        tracing::info!(cluster = %cluster, migration = %ctx.migration.id, "rolled back: reverse replication removed; the target stays fenced");
+    }
+    Ok(outcome)
+}
+
+async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster().to_string();
+    let mut progress = Progress::load(ctx, way);
+    let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
+    if route.primary_endpoint == to_dsn && !route.hold {
+        // a previous run moved the route and released: nothing is left to do
+        progress.value["in_progress"] = json!(false);
+        progress.save(ctx).await?;
+        return Ok(Outcome::Done);
+    }
+    let from = writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
+    let to = writable(&to_dsn, &format!("{} of {cluster}", side_name(way, false))).await?;
+    let sides = Sides { way, from_dsn, to_dsn, from, to };
+    if progress.in_progress() {
+        // a run died half-way (its worker was lost): traffic goes back where it was first
+        let at = progress.steps().last().cloned().unwrap_or_else(|| "start".into());
+        let reason = format!("a previous {} attempt stopped after step {at:?} (its worker was lost); traffic returned to {}", way.key(), side_name(way, true));
+        return undo(ctx, &sides, &mut progress, reason).await;
+    }
+    let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
+    progress.value = json!({ "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now() });
+    if let Err(reason) = guards(ctx, &sides).await? {
+        progress.value["in_progress"] = json!(false);
+        progress.value["last_reason"] = json!(reason);
+        progress.save(ctx).await?;
+        return Ok(revert_outcome(ctx, way, attempts, reason));
+    }
+    progress.save(ctx).await?;
+    match protocol(ctx, &sides, &mut progress).await {
+        Ok(()) => {
+            progress.value["in_progress"] = json!(false);
+            progress.save(ctx).await?;
+            Ok(Outcome::Done)
+        }
+        Err(e) if matches!(e, Error::Cancelled) => Err(e),
+        Err(e) => {
+            let reason = format!("{} failed: {e}; traffic returned to {}", way.key(), side_name(way, true));
+            undo(ctx, &sides, &mut progress, reason).await
+        }
+    }
+}
+
+fn side_name(way: Way, from: bool) -> &'static str {
+    match (way, from) {
+        (Way::Forward, true) | (Way::Back, false) => "source",
+        (Way::Forward, false) | (Way::Back, true) => "target",
+    }
+}
+
+/// A connection whose session may write on a fenced database (dmf's own markers and DDL).
+async fn writable(dsn: &str, role: &str) -> Result<Client, Error> {
+    let c = pg::connect(dsn, role).await?;
+    pg::exec(&c, "keep this session writable", "SET default_transaction_read_only = off").await?;
+    Ok(c)
+}
+
+/// `Err(reason)` when the flip must not start now.
+async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Error> {
+    let cfg = &ctx.config.flip;
+    if sides.way == Way::Forward {
+        if ctx.migration.state.pointer("/audit/gate").and_then(Value::as_str) != Some("open") {
+            return Ok(Err("validation is not clean (the audit gate is closed)".into()));
+        }
+        if let Some(d) = ctx.db.differences(ctx.migration.id, 1).await?.first() {
+            return Ok(Err(format!("the auditor has a confirmed difference in {}", d.table_name.as_deref().unwrap_or("?"))));
+        }
+        let lag = replicate::fence(&sides.from, &sides.to, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
+        match lag {
+            Some(l) if l <= cfg.max_lag => {}
+            Some(l) => return Ok(Err(format!("replication lag {:.1} ms is over the flip limit {} ms", l.as_secs_f64() * 1000.0, cfg.max_lag.as_millis()))),
+            None => return Ok(Err(format!("a heartbeat did not reach the target within {:?}", ctx.config.heartbeat_timeout))),
+        }
+    } else {
+        // replication back must exist: the flipped phase creates it, but may not have run yet
+        reverse::subscribe(&sides.to, &sides.from_dsn, &Names::reverse_of(ctx.migration.id)).await?;
+    }
+    Ok(Ok(()))
+}
+
+async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Result<(), Error> {
+    let cluster = ctx.cluster().to_string();
+    let cfg = &ctx.config.flip;
+    let actor = format!("dmf-worker {}", progress.key);
+    let begun = Instant::now();
+
+    // 1. hold: every live proxy holds new transactions; in-flight ones finish (or are ended)
+    let t = Instant::now();
+    let held = ctx
+        .db
+        .change_route(&cluster, &RouteChange { hold: Some(true), hold_deadline_ms: Some(cfg.hold_deadline.as_millis() as i32), ..Default::default() }, &actor)
+        .await?;
+    progress.value["hold_epoch"] = json!(held.route_epoch);
+    progress.value["held_at"] = json!(chrono::Utc::now());
+    progress.save(ctx).await?;
+    let proxies = ctx.db.wait_route_applied(&cluster, held.route_epoch, cfg.hold_deadline + cfg.ack_timeout).await?;
+    let spared: Vec<i32> = proxies.iter().flat_map(|p| p.backend_pids.iter().copied()).collect();
+    progress.value["proxies"] = json!(proxies.len());
+    progress.step(ctx, HELD, t.elapsed()).await?;
+    ctx.check_cancel()?;
+
+    // 2. fence the old primary (the setting before is recorded first, so undo restores it)
+    let t = Instant::now();
+    let previous = fence::current_setting(&sides.from).await?;
+    progress.value["from_setting"] = json!(previous);
+    progress.value["fencing"] = json!(true);
+    progress.save(ctx).await?;
+    let fenced = fence::fence(&sides.from, &spared, Some(previous)).await?;
+    progress.value["sessions_ended"] = json!(fenced.ended);
+    progress.step(ctx, FENCED, t.elapsed()).await?;
+
+    // 3. the final marker: once the new primary shows it, it has applied everything before it
+    let t = Instant::now();
+    let arrived = replicate::fence(&sides.from, &sides.to, cfg.catch_up_timeout, &ctx.cancel).await?;
+    if arrived.is_none() {
+        return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
+    }
+    let final_lsn: String = sides.from.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(pg::err("read the final LSN"))?.get(0);
+    progress.value["final_lsn"] = json!(final_lsn);
+    progress.step(ctx, CAUGHT_UP, t.elapsed()).await?;
+
+    // 4. sequences
+    let t = Instant::now();
+    hydrate::copy_sequences(&sides.from, &sides.to).await?;
+    progress.step(ctx, SEQUENCES, t.elapsed()).await?;
+    ctx.check_cancel()?;
+
+    // 5. replication the other way round
+    let t = Instant::now();
+    let forward = Names::of(ctx.migration.id);
+    let back = Names::reverse_of(ctx.migration.id);
+    match sides.way {
+        Way::Forward => {
+            reverse::disable(&sides.to, &forward.subscription, cfg.catch_up_timeout).await?;
+            progress.value["reverse_slot"] = json!(true);
+            progress.save(ctx).await?;
+            reverse::prepare(&sides.to, &back).await?;
+        }
+        Way::Back => {
+            reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
+            // the source takes writes again (it was fenced by the flip)
+            let flip_setting = ctx.migration.state.pointer("/flip/from_setting").cloned().unwrap_or(Value::Null);
+            progress.value["to_unfenced"] = json!(true);
+            progress.save(ctx).await?;
+            fence::unfence(&sides.to, flip_setting.as_str()).await?;
+        }
+    }
+    progress.step(ctx, SWITCHED, t.elapsed()).await?;
+    ctx.check_cancel()?;
+
+    // 6. the route points at the new primary and releases the held transactions, in one epoch
+    let t = Instant::now();
+    let routed = ctx
+        .db
+        .change_route(
+            &cluster,
+            &RouteChange {
+                primary: Some(sides.to_dsn.clone()),
+                read: Some(sides.to_dsn.clone()),
+                mode: Some("primary".into()),
+                hold: Some(false),
+                shadow_endpoint: Some(None),
+                shadow_fraction: Some(0.0),
+                ..Default::default()
+            },
+            &actor,
+        )
+        .await?;
+    progress.value["routed_epoch"] = json!(routed.route_epoch);
+    let held_ms = begun.elapsed().as_secs_f64() * 1000.0;
+    progress.value["held_ms"] = json!(held_ms);
+    progress.step(ctx, ROUTED, t.elapsed()).await?;
+    match ctx.db.wait_route_applied(&cluster, routed.route_epoch, cfg.ack_timeout).await {
+        Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, held_ms, proxies = p.len(), sessions_ended = fenced.ended, "traffic moved to the {}", side_name(sides.way, false)),
+        Err(e) => tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "route moved; some proxies have not acknowledged it yet (they hold until they do)"),
+    }
+    Ok(())
+}
+
+/// Put everything back as it was before this run and release the hold on the old primary.
+async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: String) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster().to_string();
+    let cfg = &ctx.config.flip;
+    tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, steps = ?progress.steps(), %reason, "undoing");
+    let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
+    if route.primary_endpoint == sides.to_dsn {
+        // the route moved: the protocol finished as far as traffic is concerned
+        progress.value["in_progress"] = json!(false);
+        progress.save(ctx).await?;
+        return Ok(Outcome::Done);
+    }
+    let forward = Names::of(ctx.migration.id);
+    let back = Names::reverse_of(ctx.migration.id);
+    if progress.value["to_unfenced"].as_bool() == Some(true) {
+        // rollback: the source had been unfenced for the move; traffic stays on the target, so
+        // the source is fenced again (what to restore there is still the flip's record)
+        fence::fence(&sides.to, &[], Some(None)).await?;
+    }
+    match sides.way {
+        Way::Forward => {
+            if progress.value["reverse_slot"].as_bool() == Some(true) {
+                hydrate::drop_slot(&sides.to, &back.slot).await?;
+            }
+            reverse::enable(&sides.to, &forward.subscription).await?;
+        }
+        Way::Back => reverse::enable(&sides.to, &back.subscription).await?,
+    }
+    if progress.value["fencing"].as_bool() == Some(true) {
+        let previous = progress.value["from_setting"].as_str().map(str::to_string);
+        fence::unfence(&sides.from, previous.as_deref()).await?;
+    }
+    // release on the old primary (the route's primary never changed)
+    let released = ctx.db.change_route(&cluster, &RouteChange { hold: Some(false), ..Default::default() }, &format!("dmf-worker {} undo", progress.key)).await?;
+    if let Err(e) = ctx.db.wait_route_applied(&cluster, released.route_epoch, cfg.ack_timeout).await {
+        tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "released; some proxies have not acknowledged yet");
+    }
+    let attempts = progress.value["attempts"].as_u64().unwrap_or(1);
+    progress.value["in_progress"] = json!(false);
+    progress.value["last_reason"] = json!(reason);
+    progress.save(ctx).await?;
+    Ok(revert_outcome(ctx, sides.way, attempts, reason))
+}
+
+fn revert_outcome(ctx: &Context, way: Way, attempts: u64, reason: String) -> Outcome {
+    if way == Way::Forward && attempts >= u64::from(ctx.config.flip.max_attempts) {
+        return Outcome::Fail { error: format!("{reason}; {attempts} flip attempts failed, traffic is on the source: an operator must look") };
+    }
+    Outcome::Revert { to: way.safe_phase(), reason }
+}

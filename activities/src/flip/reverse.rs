@@ -1,0 +1,106 @@
+//! Subscriptions switched off and on around the flip, and replication back from the target to the
+//! source (publication and slot on the target, subscription on the source).
+//!
+//! PostgreSQL 15 streams changes whatever their origin, so the reverse slot is created only once
+//! the forward apply worker has stopped writing on the target: otherwise the forward changes
+//! would flow straight back to the source.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::error::Error;
+use crate::hydrate::{drop_slot, ensure_publication, subscription_exists};
+use crate::{pg, Names};
+
+/// Disable a subscription and wait until its apply worker has exited (nothing more is applied).
+pub async fn disable(client: &Client, subscription: &str, timeout: Duration) -> Result<(), Error> {
+    if !subscription_exists(client, subscription).await? {
+        return Ok(());
+    }
+    pg::exec(client, "disable subscription", &format!("ALTER SUBSCRIPTION {} DISABLE", pg::ident(subscription))).await?;
+    let started = Instant::now();
+    loop {
+        let running = client.query_opt(include_str!("sql/apply_worker.sql"), &[&subscription]).await.map_err(pg::err("look for the apply worker"))?;
+        if running.is_none() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(Error::Replication(format!("the apply worker of {subscription} still runs {timeout:?} after DISABLE")));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Enable a subscription again (a flip that did not finish).
+pub async fn enable(client: &Client, subscription: &str) -> Result<(), Error> {
+    if subscription_exists(client, subscription).await? {
+        pg::exec(client, "enable subscription", &format!("ALTER SUBSCRIPTION {} ENABLE", pg::ident(subscription))).await?;
+    }
+    Ok(())
+}
+
+/// Drop a subscription without touching its slot (the slot's own side drops it).
+pub async fn drop_subscription(client: &Client, subscription: &str) -> Result<(), Error> {
+    if !subscription_exists(client, subscription).await? {
+        return Ok(());
+    }
+    let sub = pg::ident(subscription);
+    pg::exec(client, "keep this session writable", "SET default_transaction_read_only = off").await?;
+    pg::exec(client, "disable subscription", &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await?;
+    pg::exec(client, "detach subscription slot", &format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")).await?;
+    pg::exec(client, "drop subscription", &format!("DROP SUBSCRIPTION {sub}")).await
+}
+
+/// On the target, inside the hold: the reverse publication and a slot that keeps every change made
+/// on the target from now on.
+pub async fn prepare(target: &Client, reverse: &Names) -> Result<(), Error> {
+    ensure_publication(target, reverse).await?;
+    let exists = target
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&reverse.slot])
+        .await
+        .map_err(pg::err("look up the reverse slot"))?
+        .is_some();
+    if !exists {
+        target
+            .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&reverse.slot])
+            .await
+            .map_err(pg::err("create the reverse slot"))?;
+    }
+    Ok(())
+}
+
+/// On the source, after release: subscribe to the target from the reverse slot (which has kept
+/// every change since it was made inside the hold).
+pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names) -> Result<(), Error> {
+    if subscription_exists(source, &reverse.subscription).await? {
+        return Ok(());
+    }
+    pg::exec(source, "keep this session writable", "SET default_transaction_read_only = off").await?;
+    let sql = format!(
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",
+        pg::ident(&reverse.subscription),
+        pg::literal(target_dsn),
+        pg::ident(&reverse.publication),
+        pg::literal(&reverse.slot),
+    );
+    pg::exec(source, "create the reverse subscription", &sql).await
+}
+
+/// Remove replication back to the source: its subscription on the source, slot and publication on
+/// the target.
+pub async fn remove(source: &Client, target: &Client, reverse: &Names) -> Result<(), Error> {
+    drop_subscription(source, &reverse.subscription).await?;
+    drop_slot(target, &reverse.slot).await?;
+    pg::exec(target, "drop the reverse publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&reverse.publication))).await
+}
+
+/// Remove forward replication once traffic is on the target: the subscription on the target, the
+/// slot, the auditor's slot and the publication on the source.
+pub async fn remove_forward(source: &Client, target: &Client, forward: &Names, audit_slot: &str) -> Result<(), Error> {
+    drop_subscription(target, &forward.subscription).await?;
+    drop_slot(source, &forward.slot).await?;
+    drop_slot(source, audit_slot).await?;
+    pg::exec(source, "keep this session writable", "SET default_transaction_read_only = off").await?;
+    pg::exec(source, "drop the publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&forward.publication))).await
+}

@@ -1,0 +1,34 @@
+//! Flipped: traffic is on the target. Replication back to the source starts (from the slot made
+//! inside the hold), forward replication is removed, and after the soak, reverse replication is
+//! removed too unless the policy keeps it. The source is left fenced (read-only) until an operator
+//! drops it.
+
+use dmf_workflows::Outcome;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::flip::reverse;
+use crate::{audit, pg, Context, Names};
+
+pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    let cluster = ctx.cluster().to_string();
+    let m = &ctx.migration;
+    let target_dsn = ctx.require_target()?;
+    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    pg::exec(&source, "keep this session writable", "SET default_transaction_read_only = off").await?;
+    let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
+    let back = Names::reverse_of(m.id);
+    reverse::subscribe(&source, &target_dsn, &back).await?;
+    reverse::remove_forward(&source, &target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
+    let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
+    if soaked < ctx.config.soak {
+        return Ok(Outcome::Watch(ctx.config.watch_interval));
+    }
+    let kept = ctx.config.keep_reverse_replication;
+    if !kept {
+        reverse::remove(&source, &target, &back).await?;
+    }
+    ctx.db.merge_state(m.id, json!({ "reverse": { "kept": kept, "soaked_s": soaked.as_secs() } })).await?;
+    tracing::info!(cluster = %cluster, migration = %m.id, kept_reverse_replication = kept, "soak over: completed; the source stays read-only until an operator drops it");
+    Ok(Outcome::Done)
+}
