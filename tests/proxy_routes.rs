@@ -14,10 +14,6 @@ async fn connect(dsn: &str) -> tokio_postgres::Client {
     client
 }
 
-fn pgbench_bin() -> std::path::PathBuf {
-    dmf_activities::providers::local::program("pgbench").expect("pgbench")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_move_under_pgbench_load_keeps_prepared_statements_and_settings() {
     let env = Env::new("proxy-move");

@@ -324,6 +324,87 @@ impl ProxyProc {
     }
 }
 
+pub fn pgbench_bin() -> PathBuf {
+    dmf_activities::providers::local::program("pgbench").expect("pgbench")
+}
+
+/// A pgbench run in the background, with its per-transaction log (`-l`) under `dir`.
+pub struct Bench {
+    pub child: Child,
+    pub out: PathBuf,
+    pub err: PathBuf,
+    pub log_prefix: PathBuf,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished pgbench run reported.
+#[derive(Debug)]
+pub struct BenchResult {
+    pub ok: bool,
+    pub processed: i64,
+    pub failed: i64,
+    pub report: String,
+}
+
+impl Bench {
+    /// Start pgbench (TPC-B unless `args` say otherwise) against `dsn`, named `name` in `dir`.
+    pub fn start(dir: &Path, name: &str, dsn: &str, args: &[&str]) -> Bench {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        let log_prefix = dir.join(format!("{name}-txn"));
+        let child = Command::new(pgbench_bin())
+            .args(["-n", "-l", &format!("--log-prefix={}", log_prefix.display())])
+            .args(args)
+            .arg(dsn)
+            .stdout(std::fs::File::create(&out).expect("pgbench log"))
+            .stderr(std::fs::File::create(&err).expect("pgbench log"))
+            .spawn()
+            .expect("start pgbench");
+        Bench { child, out, err, log_prefix }
+    }
+
+    pub fn wait(mut self) -> BenchResult {
+        let ok = self.child.wait().map(|s| s.success()).unwrap_or(false);
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let report = format!("{text}{}", std::fs::read_to_string(&self.err).unwrap_or_default());
+        let number = |prefix: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.trim().split(['/', ' ']).next().and_then(|n| n.parse().ok()))
+                .unwrap_or(-1)
+        };
+        BenchResult { ok, processed: number("number of transactions actually processed:"), failed: number("number of failed transactions:"), report }
+    }
+
+    /// Every transaction pgbench logged: (completed at, in µs since the epoch; latency in µs).
+    pub fn transactions(&self) -> Vec<(i64, i64)> {
+        let dir = self.log_prefix.parent().expect("log dir");
+        let prefix = self.log_prefix.file_name().and_then(|n| n.to_str()).expect("log prefix").to_string();
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+                continue;
+            }
+            for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
+                // client_id transaction_no time script_no time_epoch time_us
+                // (a failed transaction has a word instead of its time: it has no latency)
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|x| x.parse::<i64>().ok());
+                if let (Some(latency), Some(sec), Some(us)) = (num(2), num(4), num(5)) {
+                    all.push((sec * 1_000_000 + us, latency));
+                }
+            }
+        }
+        all
+    }
+}
+
 /// Run a program to completion; panics with its output when it fails.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.stdin(Stdio::null()).output().expect("run command");

@@ -1,0 +1,122 @@
+//! The cutover end to end: a cluster under pgbench TPC-B load from 8 clients through two proxies
+//! goes through shadow reads and the final flip with no failed transaction and every committed
+//! transaction on the target, then rolls back with every write made on the target on the source.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// pgbench's own invariant: every delta went to one account, teller and branch, and is in the
+/// history. Returns (history rows, the four sums) as text for the assertion message.
+fn ledger(dsn: &str) -> (i64, String) {
+    let rows: i64 = psql(dsn, "SELECT count(*) FROM pgbench_history").parse().expect("history count");
+    let sums = psql(
+        dsn,
+        "SELECT (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts) || ' ' || \
+                (SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches) || ' ' || \
+                (SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers) || ' ' || \
+                (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+    );
+    (rows, sums)
+}
+
+fn consistent(sums: &str) -> bool {
+    let v: Vec<&str> = sums.split(' ').collect();
+    v.len() == 4 && v.iter().all(|x| *x == v[0])
+}
+
+/// Start 8 TPC-B clients, 4 through each proxy.
+fn load(env: &Env, name: &str, proxies: [&ProxyProc; 2], seconds: u32) -> [Bench; 2] {
+    let t = seconds.to_string();
+    let args = ["-c", "4", "-j", "1", "-T", t.as_str(), "-P", "5"];
+    [
+        Bench::start(env.path(), &format!("{name}-a"), &proxies[0].dsn("app"), &args),
+        Bench::start(env.path(), &format!("{name}-b"), &proxies[1].dsn("app"), &args),
+    ]
+}
+
+fn finish(env: &Env, name: &str, benches: [Bench; 2]) -> (i64, Vec<(i64, i64)>) {
+    let mut processed = 0;
+    let mut txns = Vec::new();
+    for b in benches {
+        txns.extend(b.transactions());
+        let r = b.wait();
+        assert!(r.ok && r.failed <= 0 && r.processed > 0, "{name}: pgbench failed or had failed transactions:\n{}\n{}", r.report, env.cp_query("SELECT phase || ' ' || coalesce(last_error, '') FROM dmf.migrations"));
+        processed += r.processed;
+    }
+    (processed, txns)
+}
+
+#[test]
+fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
+    let env = Env::new("flip");
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE app").expect("create app");
+    run_ok(std::process::Command::new(pgbench_bin()).args(["-i", "-s", "1", "-q", "-d"]).arg(src.dsn("app")));
+    let source = src.dsn("app");
+    // pgbench_history has no key: preflight insists on a replica identity before publishing it
+    psql(&source, "ALTER TABLE pgbench_history REPLICA IDENTITY FULL");
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{source}\"\n"));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let p1 = env.proxy("proxy-1", "app", &[]);
+    let p2 = env.proxy("proxy-2", "app", &[]);
+    let _scheduler = env.scheduler();
+    let worker = env.worker(
+        "w1",
+        &["--audit-window-s", "2", "--shadow-reads-s", "3", "--soak-s", "600", "--flip-max-lag-ms", "50", "--hold-deadline-ms", "2000"],
+    );
+    env.wait_for("hydrated", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| in_sync(c) || c["phase"] == "aborted"));
+    assert!(in_sync(&env.clusters()[0]), "{}", worker.log_tail());
+
+    // --- the flip, under load
+    let benches = load(&env, "flip", [&p1, &p2], 30);
+    env.wait_for("flipped", Duration::from_secs(120), |cs| {
+        cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed" | "aborted" | "aborting")))
+    });
+    assert_eq!(env.phase_of("app"), "flipped", "{}", worker.log_tail());
+    let (first, txns) = finish(&env, "load across the flip", benches);
+    let target = env.target_dsn("app");
+    let (rows, sums) = ledger(&target);
+    assert_eq!(rows, first, "every transaction pgbench counted is on the target");
+    assert!(consistent(&sums), "balances on the target: {sums}");
+    assert_eq!(psql(&env.url, "SELECT route_epoch > 0 AND primary_endpoint = (SELECT state->>'target_dsn' FROM dmf.migrations) FROM dmf.routes"), "t");
+
+    let held_ms: f64 = env.cp_query("SELECT state->'flip'->>'held_ms' FROM dmf.migrations").parse().expect("held_ms");
+    let held_at: i64 = env
+        .cp_query("SELECT (extract(epoch FROM (state->'flip'->>'held_at')::timestamptz) * 1e6)::int8 FROM dmf.migrations")
+        .parse()
+        .expect("held_at");
+    let window_end = held_at + (held_ms * 1000.0) as i64 + 1_000_000;
+    let during = txns.iter().filter(|(at, _)| *at >= held_at && *at <= window_end).map(|(_, l)| *l).max().unwrap_or(0);
+    let overall = txns.iter().map(|(_, l)| *l).max().unwrap_or(0);
+    eprintln!(
+        "flip: traffic held {held_ms:.1} ms; longest transaction completing during the flip {:.1} ms (longest of the run {:.1} ms); {first} transactions, 0 failed; steps {}",
+        during as f64 / 1000.0,
+        overall as f64 / 1000.0,
+        env.cp_query("SELECT state->'flip'->'timings_ms' FROM dmf.migrations")
+    );
+    // the source is fenced: a session that bypasses the proxies cannot write there
+    assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "on");
+    assert!(src.psql("app", "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0)").is_err(), "a direct write to the fenced source must fail");
+    assert!(p1.metric("sessions_moved") + p2.metric("sessions_moved") >= 8.0, "every load session moved");
+
+    // --- the rollback, under load: writes made on the target reach the source
+    let benches = load(&env, "rollback", [&p1, &p2], 15);
+    std::thread::sleep(Duration::from_secs(4));
+    let out = env.dmf(&["rollback", "app"]);
+    assert!(out.status.success(), "dmf rollback: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("rolled back", Duration::from_secs(90), |cs| {
+        cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("rolled_back" | "failed")))
+    });
+    assert_eq!(env.phase_of("app"), "rolled_back", "{}", worker.log_tail());
+    let (second, _) = finish(&env, "load across the rollback", benches);
+    let (rows, sums) = ledger(&source);
+    assert_eq!(rows, first + second, "every transaction of both runs is on the source");
+    assert!(consistent(&sums), "balances on the source: {sums}");
+    assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "off", "the source takes writes again");
+    assert_eq!(psql(&target, "SHOW default_transaction_read_only"), "on", "the target is fenced");
+    assert_eq!(env.cp_query(&format!("SELECT primary_endpoint = '{source}' FROM dmf.routes")), "t", "the route points at the source");
+    eprintln!("rollback: traffic held {} ms; {second} transactions, 0 failed", env.cp_query("SELECT state->'rollback'->>'held_ms' FROM dmf.migrations"));
+}
