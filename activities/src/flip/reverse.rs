@@ -22,9 +22,12 @@ pub async fn disable(client: &Client, subscription: &str, timeout: Duration) -> 
     let started = Instant::now();
     loop {
         let running = client.query_opt(include_str!("sql/apply_worker.sql"), &[&subscription]).await.map_err(pg::err("look for the apply worker"))?;
-        if running.is_none() {
-            return Ok(());
-        }
+        let Some(row) = running else { return Ok(()) };
+        // An idle apply worker notices DISABLE only when it next wakes (about 200 ms here). The
+        // caller has seen its last change applied, and its progress is committed with each
+        // transaction, so it is ended now; the launcher does not restart a disabled subscription.
+        let pid: i32 = row.get(0);
+        client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.map_err(pg::err("end the apply worker"))?;
         if started.elapsed() > timeout {
             return Err(Error::Replication(format!("the apply worker of {subscription} still runs {timeout:?} after DISABLE")));
         }
