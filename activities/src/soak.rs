@@ -18,8 +18,12 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     pg::exec(&source, "keep this session writable", "SET default_transaction_read_only = off").await?;
     let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
     let back = Names::reverse_of(m.id);
-    reverse::subscribe(&source, &target_dsn, &back).await?;
-    reverse::remove_forward(&source, &target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
+    if m.state.pointer("/reverse/subscribed").and_then(|v| v.as_bool()) != Some(true) {
+        reverse::subscribe(&source, &target_dsn, &back).await?;
+        reverse::remove_forward(&source, &target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
+        ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": true } })).await?;
+        tracing::info!(cluster = %cluster, migration = %m.id, "replicating back to the source; forward replication removed");
+    }
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
         return Ok(Outcome::Watch(ctx.config.watch_interval));
@@ -28,7 +32,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     if !kept {
         reverse::remove(&source, &target, &back).await?;
     }
-    ctx.db.merge_state(m.id, json!({ "reverse": { "kept": kept, "soaked_s": soaked.as_secs() } })).await?;
+    ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": kept, "kept": kept, "soaked_s": soaked.as_secs() } })).await?;
     tracing::info!(cluster = %cluster, migration = %m.id, kept_reverse_replication = kept, "soak over: completed; the source stays read-only until an operator drops it");
     Ok(Outcome::Done)
 }

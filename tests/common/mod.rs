@@ -110,10 +110,15 @@ impl Env {
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_env(name, args, &[])
+    }
+
+    fn spawn_env(&self, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let log = self.path().join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(dmf_bin())
             .args(args)
+            .envs(envs.iter().copied())
             .env("DMF_DATABASE_URL", &self.url)
             .env("DMF_LOG", "info")
             .stdin(Stdio::null())
@@ -130,6 +135,11 @@ impl Env {
 
     /// A worker with test-friendly timings; `extra` adds or overrides flags.
     pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
+        self.worker_env(name, extra, &[])
+    }
+
+    /// `worker` with extra environment variables (fault injection).
+    pub fn worker_env(&self, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let dir = self.targets_dir();
         let mut args = vec![
             "worker",
@@ -148,7 +158,7 @@ impl Env {
             "2",
         ];
         args.extend_from_slice(extra);
-        self.spawn(name, &args)
+        self.spawn_env(name, &args, envs)
     }
 
     pub fn scheduler(&self) -> Proc {

@@ -5,7 +5,8 @@
 //! them on the target (T), read them on the source again (S3). A key whose target row equals S1
 //! matched. A key whose source row stayed the same across the fence (S1 = S3) but whose target row
 //! differs, in two rounds in a row with the same source row, is a confirmed difference: no change in
-//! flight can explain it. A key that changed on the source in between is checked again in the next
+//! flight can explain it (S3 is read only once every transaction open before it has become visible
+//! on the source: see `settle`). A key that changed on the source in between is checked again in the next
 //! round; one that keeps changing is reported as unsettled, never as a difference. Replication lag or a stall only makes the fence wait.
 
 use std::collections::HashMap;
@@ -51,6 +52,39 @@ async fn read_rows(client: &Client, table: &TableInfo, keys: &[Key]) -> Result<H
         }
     }
     Ok(out)
+}
+
+/// Wait until every transaction open on the source now is visible to new snapshots or gone.
+///
+/// A commit reaches the subscriber once its WAL is flushed, a moment before it becomes visible on
+/// the source; on a loaded machine a backend can be descheduled in that moment for longer than two
+/// fenced rounds (seen under pgbench on a single hot row), so that S1 = S3 while the target already
+/// shows the commit. Reading S3 only after those transactions have left the source's snapshot
+/// closes that gap. False after `timeout` (a long-open transaction): nothing is concluded.
+async fn settle(source: &Client, timeout: Duration, cancel: &CancellationToken) -> Result<bool, Error> {
+    let snapshot: String = source
+        .query_one("SELECT txid_current_snapshot()::text", &[])
+        .await
+        .map_err(pg::err("read the source's snapshot"))?
+        .get(0);
+    let started = std::time::Instant::now();
+    loop {
+        let open: i64 = source
+            .query_one(include_str!("../sql/still_invisible.sql"), &[&snapshot])
+            .await
+            .map_err(pg::err("wait for open transactions on the source"))?
+            .get(0);
+        if open == 0 {
+            return Ok(true);
+        }
+        if started.elapsed() > timeout {
+            return Ok(false);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
 }
 
 async fn current_lsn(source: &Client) -> Result<String, Error> {
@@ -118,6 +152,10 @@ pub async fn recheck(
             continue;
         }
         let t = read_rows(target, table, &pending).await?;
+        if !settle(source, fence_timeout, cancel).await? {
+            // A transaction stays open on the source: S3 could miss a commit the target shows.
+            continue;
+        }
         let s3 = read_rows(source, table, &pending).await?;
         let mut next = Vec::new();
         for key in pending {

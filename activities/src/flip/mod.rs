@@ -39,7 +39,8 @@ pub struct FlipConfig {
     pub ack_timeout: Duration,
     /// How long the new primary has to apply the final marker.
     pub catch_up_timeout: Duration,
-    /// Flips that returned to shadow_reads before the migration needs an operator.
+    /// Flips that began (past the guards) and had to return to shadow_reads before the migration
+    /// needs an operator.
     pub max_attempts: u32,
 }
 
@@ -129,7 +130,26 @@ impl Progress {
         steps.push(step.to_string());
         self.value["steps"] = json!(steps);
         self.value["timings_ms"][step] = json!(took.as_secs_f64() * 1000.0);
-        self.save(ctx).await
+        self.save(ctx).await?;
+        self.crash_point(ctx, step);
+        Ok(())
+    }
+
+    /// Fault injection for the crash tests: `DMF_FAULT_FLIP=<cluster>:<step>,...` makes the
+    /// worker process die right after recording `step` (or at `start`, before the hold), as a
+    /// worker killed at that moment would; once per fault, remembered by a file in
+    /// `DMF_FAULT_DIR`.
+    fn crash_point(&self, ctx: &Context, step: &str) {
+        let (Ok(faults), Ok(dir)) = (std::env::var("DMF_FAULT_FLIP"), std::env::var("DMF_FAULT_DIR")) else { return };
+        let wanted = format!("{}:{step}", ctx.cluster());
+        if !faults.split(',').any(|f| f.trim() == wanted) {
+            return;
+        }
+        let marker = std::path::Path::new(&dir).join(wanted.replace(':', "-"));
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
+            tracing::error!(cluster = %ctx.cluster(), migration = %ctx.migration.id, step, "DMF_FAULT_FLIP: the worker dies here");
+            std::process::abort();
+        }
     }
 }
 
@@ -175,15 +195,16 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
         let reason = format!("a previous {} attempt stopped after step {at:?} (its worker was lost); traffic returned to {}", way.key(), side_name(way, true));
         return undo(ctx, &sides, &mut progress, reason).await;
     }
-    let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
-    progress.value = json!({ "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now() });
     if let Err(reason) = guards(ctx, &sides).await? {
-        progress.value["in_progress"] = json!(false);
+        // not yet: no attempt is counted, nothing was touched
         progress.value["last_reason"] = json!(reason);
         progress.save(ctx).await?;
-        return Ok(revert_outcome(ctx, way, attempts, reason));
+        return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
+    let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
+    progress.value = json!({ "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now() });
     progress.save(ctx).await?;
+    progress.crash_point(ctx, "start");
     match protocol(ctx, &sides, &mut progress).await {
         Ok(()) => {
             progress.value["in_progress"] = json!(false);
