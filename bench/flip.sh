@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The cutover under load, dmf against the classic pgbouncer switchover, in one run:
 #   dmf: a source (pgbench scale $SCALE, default 10) migrated by a worker to a local target while
-#        pgbench TPC-B runs with 8 clients through two `dmf proxy` sidecars (4 each); the worker
-#        flips (shadow reads 2 s first), then `dmf rollback` moves traffic back, under the same load.
+#        pgbench TPC-B runs with 8 clients through two `dmf proxy` sidecars (4 each), from the start
+#        of shadow reads (5 s); the worker flips, then `dmf rollback` moves traffic back, under the
+#        same load.
 #   peer: the same source, replicated by a native subscription to a second cluster, with pgbench
 #        TPC-B (8 clients) through pgbouncer in transaction mode; the switchover is PAUSE, wait
 #        until the subscriber's slot has confirmed the source's current LSN, copy sequences,
@@ -46,7 +47,7 @@ start() {  # start NAME ARGS...: a dmf process in the background, its log in $BA
 }
 start scheduler scheduler --interval 0.3
 start worker worker --local-dir "$BASE/targets" --fast-local-targets --watch-interval 0.5 \
-    --audit-window-s 2 --shadow-reads-s 2 --soak-s 3600 --hold-deadline-ms 2000
+    --audit-window-s 2 --shadow-reads-s 5 --soak-s 3600 --hold-deadline-ms 2000
 P1=$(free_port); P2=$(free_port)
 start proxy1 proxy --cluster bench --listen "127.0.0.1:$P1"
 start proxy2 proxy --cluster bench --listen "127.0.0.1:$P2"
@@ -116,8 +117,10 @@ PY
 }
 
 # --- dmf: flip and rollback under load
-wait_phase 300 validating shadow_reads
-echo "dmf: hydrated; 8 TPC-B clients through two proxies for ${LOAD_S} s"
+# the load starts once the audit's full compare is done (shadow reads, 5 s before the flip), so that
+# the flip is measured under the clients' load, not under the auditor's
+wait_phase 300 shadow_reads
+echo "dmf: hydrated and audited; 8 TPC-B clients through two proxies for ${LOAD_S} s"
 load dmf "postgres://postgres@127.0.0.1:$P1/bench?sslmode=disable" "postgres://postgres@127.0.0.1:$P2/bench?sslmode=disable" "$LOAD_S"
 wait_phase 120 flipped
 sleep 3

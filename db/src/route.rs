@@ -22,6 +22,8 @@ pub struct RouteRow {
     pub hold_deadline_ms: i32,
     pub shadow_endpoint: Option<String>,
     pub shadow_fraction: f64,
+    /// During a flip's hold: the primary the route is about to point at.
+    pub next_primary: Option<String>,
     pub route_epoch: i64,
     pub updated_at: DateTime<Utc>,
 }
@@ -37,6 +39,8 @@ pub struct RouteChange {
     /// `Some(None)` removes the shadow endpoint.
     pub shadow_endpoint: Option<Option<String>>,
     pub shadow_fraction: Option<f64>,
+    /// `Some(None)` clears it.
+    pub next_primary: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -98,6 +102,8 @@ impl Db {
             .bind(matches!(change.shadow_endpoint, Some(None)))
             .bind(change.shadow_endpoint.clone().flatten())
             .bind(change.shadow_fraction)
+            .bind(matches!(change.next_primary, Some(None)))
+            .bind(change.next_primary.clone().flatten())
             .fetch_optional(&mut *tx)
             .await?;
         let row = row.ok_or_else(|| Error::UnknownCluster(cluster.to_string()))?;

@@ -88,7 +88,11 @@ pub struct CancelTarget {
 /// A session's current cancel target, updated by the session when it changes backend.
 pub type SharedCancelTarget = Arc<Mutex<Option<CancelTarget>>>;
 
+/// A backend opened ahead of a move (during a flip's hold), taken by the session when it moves.
+pub type SpareBackend = Arc<Mutex<Option<backend::Backend>>>;
+
 /// A live session as the rest of the proxy sees it.
+#[derive(Clone)]
 pub struct SessionEntry {
     /// Raised to end the session (hold deadline, shutdown).
     pub signal: Arc<frontend::signal::Signal>,
@@ -97,6 +101,9 @@ pub struct SessionEntry {
     /// The backend the session uses now (its pid is reported to the control plane at each
     /// acknowledgement, so that a fence spares it).
     pub cancel: SharedCancelTarget,
+    /// The client's startup parameters (to log in to a new backend for it).
+    pub params: Arc<protocol::startup::Params>,
+    pub spare: SpareBackend,
 }
 
 /// A new connection counted in `inflight` while it opens its backend (see [`Shared::admit`]).

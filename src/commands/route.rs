@@ -148,6 +148,7 @@ async fn set(a: SetArgs) -> anyhow::Result<()> {
         hold_deadline_ms: a.hold_deadline_ms,
         shadow_endpoint: if a.no_shadow { Some(None) } else { a.shadow.map(Some) },
         shadow_fraction: a.shadow_fraction,
+        ..Default::default()
     };
     let row = db.change_route(&a.cluster, &change, &super::actor()).await?;
     let applied = match a.wait_ms {

@@ -266,7 +266,18 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     let t = Instant::now();
     let held = ctx
         .db
-        .change_route(&cluster, &RouteChange { hold: Some(true), hold_deadline_ms: Some(cfg.hold_deadline.as_millis() as i32), ..Default::default() }, &actor)
+        .change_route(
+            &cluster,
+            &RouteChange {
+                hold: Some(true),
+                hold_deadline_ms: Some(cfg.hold_deadline.as_millis() as i32),
+                // forward only: proxies open backends on the target during the hold (a fenced
+                // source would give them read-only sessions on the way back)
+                next_primary: (sides.way == Way::Forward).then(|| Some(sides.to_dsn.clone())),
+                ..Default::default()
+            },
+            &actor,
+        )
         .await?;
     progress.value["hold_epoch"] = json!(held.route_epoch);
     progress.value["held_at"] = json!(chrono::Utc::now());
@@ -339,6 +350,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
                 hold: Some(false),
                 shadow_endpoint: Some(None),
                 shadow_fraction: Some(0.0),
+                next_primary: Some(None),
                 ..Default::default()
             },
             &actor,
@@ -388,7 +400,10 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         fence::unfence(&sides.from, previous.as_deref()).await?;
     }
     // release on the old primary (the route's primary never changed)
-    let released = ctx.db.change_route(&cluster, &RouteChange { hold: Some(false), ..Default::default() }, &format!("dmf-worker {} undo", progress.key)).await?;
+    let released = ctx
+        .db
+        .change_route(&cluster, &RouteChange { hold: Some(false), next_primary: Some(None), ..Default::default() }, &format!("dmf-worker {} undo", progress.key))
+        .await?;
     if let Err(e) = ctx.db.wait_route_applied(&cluster, released.route_epoch, cfg.ack_timeout).await {
         tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "released; some proxies have not acknowledged yet");
     }

@@ -82,7 +82,8 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let in_tx = Arc::new(AtomicBool::new(false));
             let (pid, secret) = fresh_key(&shared);
             let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
-            lock(&shared.sessions).insert(id, SessionEntry { signal: signal.clone(), in_tx: in_tx.clone(), cancel: target.clone() });
+            let entry = SessionEntry { signal, in_tx, cancel: target.clone(), params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)) };
+            lock(&shared.sessions).insert(id, entry.clone());
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);
             lock(&shared.cancels).insert((pid, secret), target.clone());
@@ -93,7 +94,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(b'I'));
             if client.write_all(&hello).await.is_ok() {
-                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, target, in_tx, signal);
+                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, entry);
                 let result = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {

@@ -24,7 +24,7 @@ use crate::protocol::{build, Frame, Side};
 use crate::router::classify::Class;
 use crate::router::{Mode, Route};
 use crate::shadow::{Capture, MirrorSpec};
-use crate::{lock, CancelTarget, Error, Shared};
+use crate::{lock, CancelTarget, Error, SessionEntry, Shared, SpareBackend};
 
 const SESSION_STATE_SQL: &str = include_str!("session_state.sql");
 /// A batch bigger than this is not classified: it runs on the primary and is not mirrored.
@@ -144,23 +144,14 @@ pub struct Session {
     cancel: Arc<Mutex<Option<CancelTarget>>>,
     in_tx: Arc<AtomicBool>,
     signal: Arc<Signal>,
+    /// A backend on the next primary opened during a hold (see `router::control`).
+    spare: SpareBackend,
     out: Vec<u8>,
     sout: Vec<u8>,
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        shared: Arc<Shared>,
-        id: u64,
-        client: ClientStream,
-        cbuf: Vec<u8>,
-        params: Params,
-        primary: Backend,
-        cancel: Arc<Mutex<Option<CancelTarget>>>,
-        in_tx: Arc<AtomicBool>,
-        signal: Arc<Signal>,
-    ) -> Session {
+    pub fn new(shared: Arc<Shared>, id: u64, client: ClientStream, cbuf: Vec<u8>, params: Params, primary: Backend, entry: SessionEntry) -> Session {
         let route = shared.route();
         let route_rx = shared.route_tx.subscribe();
         let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
@@ -189,9 +180,10 @@ impl Session {
             ryw_lsn: 0,
             capture: None,
             rng: seed,
-            cancel,
-            in_tx,
-            signal,
+            cancel: entry.cancel,
+            in_tx: entry.in_tx,
+            signal: entry.signal,
+            spare: entry.spare,
             out: Vec::with_capacity(16 * 1024),
             sout: Vec::with_capacity(16 * 1024),
         }
@@ -704,17 +696,33 @@ impl Session {
             self.fatal("57P01", &format!("dmf proxy: the database moved to {to}; this session held state that cannot move ({what}) and was closed; reconnect")).await;
             return Err(Error::Closed(format!("holds state that cannot move to {to}: {what}")));
         }
-        let mut next = match super::connect_as(self.route.primary.clone(), &self.shared, &self.params, false).await {
-            Ok(b) => b,
-            Err(e) => {
-                self.fatal("08006", &format!("dmf proxy: cannot reach the new primary {to}: {e}")).await;
+        // a backend opened during the hold saves the connection on the critical path
+        let spare = lock(&self.spare).take().filter(|b| b.endpoint.dsn == self.route.primary.dsn);
+        let mut next = match spare {
+            Some(mut b) => match replay(&mut b, &state).await {
+                Ok(()) => Some(b),
+                Err(e) => {
+                    tracing::debug!(cluster = %cluster, session = self.id, to = %to, error = %e, "backend opened ahead is unusable; opening another");
+                    None
+                }
+            },
+            None => None,
+        };
+        if next.is_none() {
+            let mut b = match super::connect_as(self.route.primary.clone(), &self.shared, &self.params, false).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.fatal("08006", &format!("dmf proxy: cannot reach the new primary {to}: {e}")).await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = replay(&mut b, &state).await {
+                self.fatal("08006", &format!("dmf proxy: could not restore this session on {to}: {e}")).await;
                 return Err(e);
             }
-        };
-        if let Err(e) = replay(&mut next, &state).await {
-            self.fatal("08006", &format!("dmf proxy: could not restore this session on {to}: {e}")).await;
-            return Err(e);
+            next = Some(b);
         }
+        let Some(next) = next else { return Err(Error::Closed(format!("no backend on {to}"))) };
         let mut old = std::mem::replace(&mut self.primary, next);
         let _ = tokio::time::timeout(Duration::from_millis(100), old.stream.write_all(&build::terminate())).await;
         *lock(&self.cancel) = Some(CancelTarget { host: self.primary.endpoint.host.clone(), port: self.primary.endpoint.port, pid: self.primary.pid, secret: self.primary.secret });

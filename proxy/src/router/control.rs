@@ -178,13 +178,41 @@ impl Control {
                 }
             }
             tracing::info!(cluster = %cluster, epoch, drained_in_ms = started.elapsed().as_millis() as u64, "holding new transactions");
+            if let Some(next) = route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
+                self.open_spares(next);
+            }
         } else {
             // publish the new endpoints before lifting the hold: a released session sees them.
             self.shared.set_route(route.clone());
             self.shared.hold.store(false, Ordering::SeqCst);
+            // backends opened ahead of a move that is not happening are closed
+            for s in lock(&self.shared.sessions).values() {
+                let mut spare = lock(&s.spare);
+                if spare.as_ref().is_some_and(|b| b.endpoint.dsn != route.primary.dsn) {
+                    *spare = None;
+                }
+            }
             tracing::info!(cluster = %cluster, epoch, primary = %route.primary.label(), read = %route.read.label(), mode = ?route.mode, "route applied");
         }
         self.ack().await;
+    }
+
+    /// During a flip's hold, open every session's backend on the primary the route is about to
+    /// point at, in the background: at release, sessions move without connecting.
+    fn open_spares(&self, next: Arc<crate::backend::Endpoint>) {
+        let sessions: Vec<crate::SessionEntry> = lock(&self.shared.sessions).values().cloned().collect();
+        for s in sessions {
+            if lock(&s.spare).is_some() {
+                continue;
+            }
+            let (shared, next) = (self.shared.clone(), next.clone());
+            tokio::spawn(async move {
+                match crate::frontend::connect_as(next.clone(), &shared, &s.params, false).await {
+                    Ok(b) => *lock(&s.spare) = Some(b),
+                    Err(e) => tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not open a backend ahead of the move"),
+                }
+            });
+        }
     }
 
     async fn ack(&mut self) {

@@ -33,6 +33,8 @@ pub struct Route {
     pub hold_deadline: Duration,
     pub shadow: Option<Arc<Endpoint>>,
     pub shadow_fraction: f64,
+    /// During a flip's hold: where the primary is about to move (backends are opened there early).
+    pub next_primary: Option<Arc<Endpoint>>,
 }
 
 impl Route {
@@ -63,6 +65,10 @@ impl Route {
             hold_deadline: Duration::from_millis(row.hold_deadline_ms.max(1) as u64),
             shadow,
             shadow_fraction: row.shadow_fraction.clamp(0.0, 1.0),
+            next_primary: match &row.next_primary {
+                Some(dsn) => Some(keep(dsn, previous.and_then(|p| p.next_primary.as_ref()))?),
+                None => None,
+            },
         })
     }
 }
