@@ -15,7 +15,7 @@ echo "== tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --quiet -- --test-threads="${DMF_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --quiet --no-fail-fast -- --test-threads="${DMF_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite (cargo's last line is the doc-tests' "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -157,7 +157,8 @@ fn pgbench_writes_and_a_replication_stall_raise_no_false_alarm() {
     });
     let report = env.dmf_json(&["audit", "app", "--json"]);
     let c = &env.clusters()[0];
-    assert_eq!(c["phase"], "validating", "no abort: {c}\n{report}\n{}", worker.log_tail());
+    // no abort: still validating, or the open gate already let it move on to shadow reads
+    assert!(matches!(c["phase"].as_str(), Some("validating" | "shadow_reads")), "no abort: {c}\n{report}\n{}", worker.log_tail());
     assert_eq!(report["differences"], serde_json::json!([]), "{report}");
     assert_eq!(report["full_compare"]["status"], "clean", "{report}");
     assert_eq!(report["samples"]["mismatched"], 0, "{report}");
