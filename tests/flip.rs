@@ -120,3 +120,72 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     assert_eq!(env.cp_query(&format!("SELECT primary_endpoint = '{source}' FROM dmf.routes")), "t", "the route points at the source");
     eprintln!("rollback: traffic held {} ms; {second} transactions, 0 failed", env.cp_query("SELECT state->'rollback'->>'held_ms' FROM dmf.migrations"));
 }
+
+async fn connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cut_off_from_the_control_plane_during_the_flip_writes_nowhere() {
+    let env = Env::new("flip-cut");
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE app").expect("create app");
+    let source = src.dsn("app");
+    psql(&source, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    let out = env.enqueue(
+        "fleet.toml",
+        &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{source}\"\npause_before = [\"flipping\"]\n"),
+    );
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    // one proxy reaches the control plane through a link the test can cut
+    let cp_port: u16 = env.url.rsplit(':').next().and_then(|s| s.split('/').next()).and_then(|p| p.parse().ok()).expect("control-plane port");
+    let link = Partition::to(cp_port);
+    let cut_url = env.url.replace(&format!(":{cp_port}/"), &format!(":{}/", link.port));
+    let cut_off = env.proxy_env("proxy-cut", "app", &["--lease-ms", "1500", "--hold-timeout-s", "3"], &[("DMF_DATABASE_URL", cut_url.as_str())]);
+    let healthy = env.proxy("proxy-ok", "app", &[]);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "600", "--flip-max-lag-ms", "200"]);
+    env.wait_for("paused before the flip", Duration::from_secs(180), |cs| {
+        cs.first().is_some_and(|c| (c["phase"] == "flipping" && c["paused"] == true) || c["phase"] == "aborted")
+    });
+    assert_eq!(env.phase_of("app"), "flipping", "{}", worker.log_tail());
+
+    let session = connect(&cut_off.dsn("app")).await.expect("connect through the proxy");
+    session.execute("INSERT INTO notes VALUES (1, 'before the cut')", &[]).await.expect("write before the cut");
+    link.cut();
+    let out = env.dmf(&["resume", "app"]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("flipped", Duration::from_secs(60), |cs| cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed"))));
+    assert_eq!(env.phase_of("app"), "flipped", "{}", worker.log_tail());
+    let target = env.target_dsn("app");
+
+    // cut off: its open session cannot write, and it takes no new session
+    let err = session.execute("INSERT INTO notes VALUES (2, 'cut off')", &[]).await.expect_err("a write through a proxy without its lease");
+    assert!(err.as_db_error().is_some_and(|e| e.code().code() == "57P03") || err.is_closed(), "{err:?}");
+    assert!(connect(&cut_off.dsn("app")).await.is_err(), "a new session through the cut-off proxy");
+    for (side, dsn) in [("source", &source), ("target", &target)] {
+        assert_eq!(psql(dsn, "SELECT count(*) FROM notes WHERE id = 2"), "0", "the cut-off write reached the {side}");
+    }
+    // the healthy proxy writes to the target (replication back to the source copies it there later)
+    let ok = connect(&healthy.dsn("app")).await.expect("connect through the healthy proxy");
+    ok.execute("INSERT INTO notes VALUES (3, 'after the flip')", &[]).await.expect("write after the flip");
+    assert_eq!(psql(&target, "SELECT count(*) FROM notes WHERE id IN (1, 3)"), "2");
+
+    // back in touch, it follows the route to the target
+    link.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let c = connect(&cut_off.dsn("app")).await?;
+            c.execute("INSERT INTO notes VALUES (4, 'reconnected')", &[]).await
+        };
+        match attempt.await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the proxy did not recover: {e:?}\n{}", cut_off.proc.log_tail()),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(psql(&target, "SELECT count(*) FROM notes WHERE id = 4"), "1");
+}

@@ -238,7 +238,7 @@ pause_before = ["hydrating"]
         assert!(e.contains("appears twice (first on line 6)"), "{e}");
         let e = error_of(&GOOD.replace("postgres://app@db1:5432/orders", "mysql://x"));
         assert!(e.contains("cluster orders: source"), "{e}");
-        let e = error_of(&GOOD.replace("[\"hydrating\"]", "[\"flipping\"]"));
+        let e = error_of(&GOOD.replace("[\"hydrating\"]", "[\"flipped\"]"));
         assert!(e.contains("pause_before"), "{e}");
     }
 }

@@ -118,9 +118,9 @@ impl Env {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(dmf_bin())
             .args(args)
-            .envs(envs.iter().copied())
             .env("DMF_DATABASE_URL", &self.url)
             .env("DMF_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -282,13 +282,18 @@ pub struct ProxyProc {
 impl Env {
     /// Start `dmf proxy` for `cluster` on free ports and wait until it accepts connections.
     pub fn proxy(&self, name: &str, cluster: &str, extra: &[&str]) -> ProxyProc {
+        self.proxy_env(name, cluster, extra, &[])
+    }
+
+    /// `proxy` with extra environment variables (e.g. another control-plane URL).
+    pub fn proxy_env(&self, name: &str, cluster: &str, extra: &[&str], envs: &[(&str, &str)]) -> ProxyProc {
         let port = dmf_activities::providers::local::free_port().expect("port");
         let metrics_port = dmf_activities::providers::local::free_port().expect("port");
         let listen = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{metrics_port}");
         let mut args = vec!["proxy", "--cluster", cluster, "--listen", &listen, "--metrics", &metrics];
         args.extend_from_slice(extra);
-        let mut proc = self.spawn(name, &args);
+        let mut proc = self.spawn_env(name, &args, envs);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
             assert!(proc.is_alive(), "dmf proxy exited:\n{}", proc.log_tail());
@@ -421,4 +426,60 @@ pub fn run_ok(cmd: &mut Command) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
+}
+
+/// A TCP forwarder on loopback that can be cut (every connection closed, new ones refused) and
+/// restored: a network partition between one process and a server.
+pub struct Partition {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Partition {
+    pub fn to(port: u16) -> Partition {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind forwarder");
+        let local = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else { continue };
+                let mut list = o.lock().unwrap_or_else(|p| p.into_inner());
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        list.push(s);
+                    }
+                }
+                drop(list);
+                for (mut from, mut to) in [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())]
+                    .into_iter()
+                    .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Partition { port: local, cut, open }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
