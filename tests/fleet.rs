@@ -101,7 +101,7 @@ fn twenty_clusters_reach_replicating_while_workers_are_killed() {
     for (name, _) in &clusters {
         let entries = &per[name];
         let phases: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
-        let expected = ["preflight", "provisioning", "schema", "hydrating", "replicating", "validating"];
+        let expected = ["preflight", "provisioning", "schema", "hydrating", "replicating", "validating", "shadow_reads"];
         assert!(phases.len() >= 5 && phases[..] == expected[..phases.len()], "{name}: {phases:?}");
         let epochs: Vec<i64> = entries.iter().map(|(_, e)| *e).collect();
         assert_eq!(epochs, (1..=phases.len() as i64).collect::<Vec<_>>(), "{name}");

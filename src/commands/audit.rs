@@ -47,8 +47,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             .clone()
             .or_else(|| m.state_str("target_dsn").map(str::to_string))
             .ok_or_else(|| anyhow::anyhow!("cluster {}: no target yet (phase {}); a full compare needs a replicating target", m.cluster, m.phase))?;
-        if !matches!(m.phase.as_str(), "replicating" | "validating") {
-            anyhow::bail!("cluster {} is in phase {}; a full compare needs it replicating or validating", m.cluster, m.phase);
+        if !matches!(m.phase.as_str(), "replicating" | "validating" | "shadow_reads") {
+            anyhow::bail!("cluster {} is in phase {}; a full compare needs it replicating, validating or in shadow reads", m.cluster, m.phase);
         }
         let cfg = AuditConfig { jobs: a.jobs.max(1), chunk_rows: a.chunk_rows.max(1), ..AuditConfig::default() };
         // Resume an interrupted run of our own; otherwise start a new one.

@@ -158,7 +158,7 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
                 b
             });
             let frac = match r.phase.as_str() {
-                "replicating" | "validating" => 1.0,
+                "replicating" | "validating" | "shadow_reads" => 1.0,
                 "hydrating" if r.bytes_total > 0 => 0.4 + 0.6 * (r.bytes_copied as f64 / r.bytes_total as f64).min(1.0),
                 p => dmf_workflows::Phase::ALL.iter().position(|x| x.as_str() == p).unwrap_or(0) as f64 * 0.08,
             };
@@ -166,11 +166,11 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
             let lag = r.lag_ms.map(|l| format!(" lag {l} ms")).unwrap_or_default();
             bar.set_message(format!("{} {} copied{lag}", r.phase, output::bytes(r.bytes_copied)));
         }
-        if rows.iter().all(|r| matches!(r.phase.as_str(), "replicating" | "validating" | "aborted" | "failed")) {
+        if rows.iter().all(|r| matches!(r.phase.as_str(), "replicating" | "validating" | "shadow_reads" | "aborted" | "failed")) {
             break Ok(());
         }
         let breaker_open = db.fleets().await?.iter().any(|f| f.breaker_open);
-        if breaker_open && rows.iter().all(|r| matches!(r.phase.as_str(), "pending" | "replicating" | "validating" | "aborted" | "failed")) {
+        if breaker_open && rows.iter().all(|r| matches!(r.phase.as_str(), "pending" | "replicating" | "validating" | "shadow_reads" | "aborted" | "failed")) {
             break Err(anyhow::anyhow!("the circuit breaker opened: see the report above and `dmf status`"));
         }
         if Instant::now() > deadline {
@@ -232,7 +232,7 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
     let _ = scheduler.await;
     // The targets the worker provisioned live under base/targets: `run` stops and removes them.
     let report = Report {
-        all_replicating: clusters.iter().all(|c| matches!(c.phase.as_str(), "replicating" | "validating")),
+        all_replicating: clusters.iter().all(|c| matches!(c.phase.as_str(), "replicating" | "validating" | "shadow_reads")),
         all_consistent: clusters.iter().all(|c| c.consistent),
         clusters,
         seconds: started.elapsed().as_secs_f64(),

@@ -239,9 +239,10 @@ impl Drop for Env {
     }
 }
 
-/// Hydrated and following the source: replicating, or past it into validating (the auditor).
+/// Hydrated and following the source: replicating, or past it into validating (the auditor) or
+/// shadow reads (the default `--shadow-reads-s` keeps a migration there for ten minutes).
 pub fn in_sync(c: &serde_json::Value) -> bool {
-    matches!(c["phase"].as_str(), Some("replicating" | "validating"))
+    matches!(c["phase"].as_str(), Some("replicating" | "validating" | "shadow_reads"))
 }
 
 /// Row count and an order-independent digest of a table's rows.
