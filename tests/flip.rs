@@ -71,7 +71,7 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     assert!(in_sync(&env.clusters()[0]), "{}", worker.log_tail());
 
     // --- the flip, under load
-    let benches = load(&env, "flip", [&p1, &p2], 30);
+    let benches = load(&env, "flip", [&p1, &p2], 45);
     env.wait_for("flipped", Duration::from_secs(120), |cs| {
         cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed" | "aborted" | "aborting")))
     });

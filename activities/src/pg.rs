@@ -29,6 +29,14 @@ pub async fn connect(dsn: &str, role: &str) -> Result<Client, Error> {
     Ok(client)
 }
 
+/// A connection whose session may write on a fenced database (`default_transaction_read_only`
+/// set at the database level by the flip): dmf's own markers, DDL and replication objects.
+pub async fn connect_writable(dsn: &str, role: &str) -> Result<Client, Error> {
+    let c = connect(dsn, role).await?;
+    exec(&c, "keep this session writable", "SET default_transaction_read_only = off").await?;
+    Ok(c)
+}
+
 /// Quote an identifier for SQL.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -14,9 +14,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
     let target_dsn = ctx.require_target()?;
-    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
-    pg::exec(&source, "keep this session writable", "SET default_transaction_read_only = off").await?;
-    let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
+    let source = pg::connect_writable(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
     let back = Names::reverse_of(m.id);
     if m.state.pointer("/reverse/subscribed").and_then(|v| v.as_bool()) != Some(true) {
         reverse::subscribe(&source, &target_dsn, &back).await?;

@@ -3,22 +3,14 @@
 //! The fence makes new sessions read-only by default (`ALTER DATABASE ... SET
 //! default_transaction_read_only = on`; logical replication apply workers keep applying) and ends
 //! every client session except ours and the ones the live proxies hold (they are held at a
-//! transaction boundary and move with their settings at release). What the setting was before is
-//! returned so that unfencing restores it, not a guess.
+//! transaction boundary and move with their settings at release). The caller records the setting
+//! from before (`current_setting`) so that unfencing restores it, not a guess. Sessions passed in
+//! here are dmf's own, made writable (`pg::connect_writable`).
 
 use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::pg;
-
-/// What a fence did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fenced {
-    /// The database-level `default_transaction_read_only` before the fence (None: not set).
-    pub previous: Option<String>,
-    /// Client sessions ended.
-    pub ended: i64,
-}
 
 /// The database-level setting as it is now.
 pub async fn current_setting(client: &Client) -> Result<Option<String>, Error> {
@@ -26,23 +18,16 @@ pub async fn current_setting(client: &Client) -> Result<Option<String>, Error> {
     Ok(row.get(0))
 }
 
-/// Fence the database `client` is connected to. `previous` is the setting recorded by an earlier
-/// attempt, if any: a re-run must not record its own fence as the thing to restore.
-pub async fn fence(client: &Client, spared: &[i32], previous: Option<Option<String>>) -> Result<Fenced, Error> {
-    let previous = match previous {
-        Some(p) => p,
-        None => current_setting(client).await?,
-    };
+/// Fence the database `client` is connected to, sparing the sessions `spared`; returns how many
+/// client sessions were ended.
+pub async fn fence(client: &Client, spared: &[i32]) -> Result<i64, Error> {
     let db = database(client).await?;
-    // this session writes the final marker after the fence
-    pg::exec(client, "keep this session writable", "SET default_transaction_read_only = off").await?;
     pg::exec(client, "fence the database", &format!("ALTER DATABASE {} SET default_transaction_read_only = on", pg::ident(&db))).await?;
-    let ended: i64 = client
+    Ok(client
         .query_one(include_str!("sql/terminate_others.sql"), &[&spared])
         .await
         .map_err(pg::err("end the sessions that bypass the proxies"))?
-        .get(0);
-    Ok(Fenced { previous, ended })
+        .get(0))
 }
 
 /// Restore the database-level setting to `previous` (None: not set at all).
@@ -53,11 +38,6 @@ pub async fn unfence(client: &Client, previous: Option<&str>) -> Result<(), Erro
         Some(v) => format!("ALTER DATABASE {db} SET default_transaction_read_only = {}", pg::literal(v)),
     };
     pg::exec(client, "unfence the database", &sql).await
-}
-
-/// Whether the database is fenced now (new sessions read-only by default).
-pub async fn is_fenced(client: &Client) -> Result<bool, Error> {
-    Ok(current_setting(client).await?.is_some_and(|v| matches!(v.as_str(), "on" | "true" | "1" | "yes")))
 }
 
 async fn database(client: &Client) -> Result<String, Error> {

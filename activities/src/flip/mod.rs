@@ -168,8 +168,8 @@ pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
     if outcome == Outcome::Done {
         // traffic is on the source with every write: replication back is no longer needed
         let cluster = ctx.cluster();
-        let source = writable(&source_dsn, &format!("source of {cluster}")).await?;
-        let target = writable(&target_dsn, &format!("target of {cluster}")).await?;
+        let source = pg::connect_writable(&source_dsn, &format!("source of {cluster}")).await?;
+        let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
         reverse::remove(&source, &target, &Names::reverse_of(ctx.migration.id)).await?;
         tracing::info!(cluster = %cluster, migration = %ctx.migration.id, "rolled back: reverse replication removed; the target stays fenced");
     }
@@ -186,8 +186,8 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
         progress.save(ctx).await?;
         return Ok(Outcome::Done);
     }
-    let from = writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
-    let to = writable(&to_dsn, &format!("{} of {cluster}", side_name(way, false))).await?;
+    let from = pg::connect_writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
+    let to = pg::connect_writable(&to_dsn, &format!("{} of {cluster}", side_name(way, false))).await?;
     let sides = Sides { way, from_dsn, to_dsn, from, to };
     if progress.in_progress() {
         // a run died half-way (its worker was lost): traffic goes back where it was first
@@ -224,13 +224,6 @@ fn side_name(way: Way, from: bool) -> &'static str {
         (Way::Forward, true) | (Way::Back, false) => "source",
         (Way::Forward, false) | (Way::Back, true) => "target",
     }
-}
-
-/// A connection whose session may write on a fenced database (dmf's own markers and DDL).
-async fn writable(dsn: &str, role: &str) -> Result<Client, Error> {
-    let c = pg::connect(dsn, role).await?;
-    pg::exec(&c, "keep this session writable", "SET default_transaction_read_only = off").await?;
-    Ok(c)
 }
 
 /// `Err(reason)` when the flip must not start now.
@@ -294,8 +287,8 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     progress.value["from_setting"] = json!(previous);
     progress.value["fencing"] = json!(true);
     progress.save(ctx).await?;
-    let fenced = fence::fence(&sides.from, &spared, Some(previous)).await?;
-    progress.value["sessions_ended"] = json!(fenced.ended);
+    let ended = fence::fence(&sides.from, &spared).await?;
+    progress.value["sessions_ended"] = json!(ended);
     progress.step(ctx, FENCED, t.elapsed()).await?;
 
     // 3. the final marker: once the new primary shows it, it has applied everything before it
@@ -361,7 +354,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     progress.value["held_ms"] = json!(held_ms);
     progress.step(ctx, ROUTED, t.elapsed()).await?;
     match ctx.db.wait_route_applied(&cluster, routed.route_epoch, cfg.ack_timeout).await {
-        Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, held_ms, proxies = p.len(), sessions_ended = fenced.ended, "traffic moved to the {}", side_name(sides.way, false)),
+        Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, held_ms, proxies = p.len(), sessions_ended = ended, "traffic moved to the {}", side_name(sides.way, false)),
         Err(e) => tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "route moved; some proxies have not acknowledged it yet (they hold until they do)"),
     }
     Ok(())
@@ -384,7 +377,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     if progress.value["to_unfenced"].as_bool() == Some(true) {
         // rollback: the source had been unfenced for the move; traffic stays on the target, so
         // the source is fenced again (what to restore there is still the flip's record)
-        fence::fence(&sides.to, &[], Some(None)).await?;
+        fence::fence(&sides.to, &[]).await?;
     }
     match sides.way {
         Way::Forward => {

@@ -3,7 +3,8 @@
 //!
 //! PostgreSQL 15 streams changes whatever their origin, so the reverse slot is created only once
 //! the forward apply worker has stopped writing on the target: otherwise the forward changes
-//! would flow straight back to the source.
+//! would flow straight back to the source. Sessions passed in are dmf's own, made writable
+//! (`pg::connect_writable`): the databases may be fenced.
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,6 @@ pub async fn drop_subscription(client: &Client, subscription: &str) -> Result<()
         return Ok(());
     }
     let sub = pg::ident(subscription);
-    pg::exec(client, "keep this session writable", "SET default_transaction_read_only = off").await?;
     pg::exec(client, "disable subscription", &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await?;
     pg::exec(client, "detach subscription slot", &format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")).await?;
     pg::exec(client, "drop subscription", &format!("DROP SUBSCRIPTION {sub}")).await
@@ -79,7 +79,6 @@ pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names) -> Re
     if subscription_exists(source, &reverse.subscription).await? {
         return Ok(());
     }
-    pg::exec(source, "keep this session writable", "SET default_transaction_read_only = off").await?;
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",
         pg::ident(&reverse.subscription),
@@ -104,6 +103,5 @@ pub async fn remove_forward(source: &Client, target: &Client, forward: &Names, a
     drop_subscription(target, &forward.subscription).await?;
     drop_slot(source, &forward.slot).await?;
     drop_slot(source, audit_slot).await?;
-    pg::exec(source, "keep this session writable", "SET default_transaction_read_only = off").await?;
     pg::exec(source, "drop the publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&forward.publication))).await
 }
