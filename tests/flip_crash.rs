@@ -102,11 +102,11 @@ fn a_worker_killed_at_any_step_of_the_flip_leaves_traffic_on_one_side() {
             // (after `routed` the next run only finishes the flip; before it, the next run finds
             // the flip half-done, puts traffic back on the source and flips again)
             assert!(attempts >= 2, "{cluster}: attempts {attempts}");
-            let events = env.cp_query(&format!(
-                "SELECT string_agg(detail, ' | ' ORDER BY id) FROM dmf.events WHERE cluster = '{cluster}' AND from_phase = 'flipping' AND to_phase = 'shadow_reads'"
-            ));
+            // (the undo is recorded in the flip's state; its transition event may be missing when
+            // another cluster's fault killed the worker before the engine recorded it)
+            let undone = state("flip,undone");
             let all = env.cp_query(&format!("SELECT string_agg(kind || ' ' || coalesce(from_phase, '') || '->' || coalesce(to_phase, '') || ' ' || coalesce(detail, ''), E'\n' ORDER BY id) FROM dmf.events WHERE cluster = '{cluster}'"));
-            assert!(events.contains("worker was lost"), "{cluster}: reverted with the reason: {events}\n{all}");
+            assert!(undone.contains("worker was lost"), "{cluster}: the half-done flip was undone: {undone}\n{all}");
         }
         eprintln!("{cluster}: flip attempts {attempts}, traffic held {} ms on the flip that finished, {} transactions, 0 failed", state("flip,held_ms"), r.processed);
     }

@@ -202,7 +202,8 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
         return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
     let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
-    progress.value = json!({ "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now() });
+    let undone = progress.value["undone"].take();
+    progress.value = json!({ "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now(), "undone": undone });
     progress.save(ctx).await?;
     progress.crash_point(ctx, "start");
     match protocol(ctx, &sides, &mut progress).await {
@@ -403,6 +404,11 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     let attempts = progress.value["attempts"].as_u64().unwrap_or(1);
     progress.value["in_progress"] = json!(false);
     progress.value["last_reason"] = json!(reason);
+    // kept across attempts: the revert's transition event is lost if this worker dies before the
+    // engine records it, and the next run then flips again straight from here
+    let mut undone = progress.value["undone"].as_array().cloned().unwrap_or_default();
+    undone.push(json!({ "reason": reason, "at": chrono::Utc::now() }));
+    progress.value["undone"] = json!(undone);
     progress.save(ctx).await?;
     Ok(revert_outcome(ctx, sides.way, attempts, reason))
 }
