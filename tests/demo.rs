@@ -1,25 +1,49 @@
-//! `dmf demo` (what scripts/demo.sh runs) ends with every cluster replicating and consistent, and
-//! removes everything it created.
+//! `dmf demo` (what scripts/demo.sh runs) migrates its fleet to flipped under a live workload that
+//! goes through the proxies, with no client error and every committed transaction on the target,
+//! reports the flip, and removes everything it created.
 
 mod common;
 
 use std::process::Command;
 
 #[test]
-fn demo_reaches_replicating_and_reports_consistent_targets() {
-    let out = Command::new(common::dmf_bin())
+fn demo_flips_its_fleet_under_load_and_reports_the_cutover() {
+    let child = Command::new(common::dmf_bin())
         .args(["demo", "--clusters", "2", "--scale", "1", "--json"])
         .env("DMF_LOG", "warn")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run dmf demo");
-    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
+    let base = std::env::temp_dir().join(format!("dmf-demo-{}", child.id()));
+    let out = child.wait_with_output().expect("wait for dmf demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document on stdout");
-    assert_eq!(report["all_replicating"], true, "{report}");
+    assert_eq!(report["all_flipped"], true, "{report}");
     assert_eq!(report["all_consistent"], true, "{report}");
+    assert_eq!(report["client_errors"], 0, "{report}");
     let clusters = report["clusters"].as_array().expect("clusters");
     assert_eq!(clusters.len(), 2);
     for c in clusters {
+        assert_eq!(c["phase"], "flipped", "{c}");
         assert!(c["rows_copied"].as_i64().unwrap_or(0) >= 100_000, "{c}");
-        assert!(c["live_writes"].as_i64().unwrap_or(0) > 0, "the demo writes while it migrates: {c}");
+        let txns = c["workload"]["transactions"].as_i64().unwrap_or(0);
+        assert!(txns > 0, "the demo's clients write while it migrates: {c}");
+        assert_eq!(c["ledger"]["side"], "target", "{c}");
+        assert_eq!(c["ledger"]["history_rows"].as_i64(), Some(txns), "every committed transaction is on the target: {c}");
+        assert_eq!(c["ledger"]["balanced"], true, "{c}");
+        assert_eq!(c["ledger"]["source_fenced"], true, "{c}");
+        assert_eq!(c["audit"]["full_compare"], "clean", "{c}");
+        assert_eq!(c["audit"]["differences"], 0, "{c}");
+        let flip = &c["flip"];
+        assert!(flip["held_ms"].as_f64().unwrap_or(0.0) > 0.0, "{c}");
+        assert!(flip["longest_stall_ms"].as_f64().unwrap_or(0.0) > 0.0, "a transaction was running while traffic was held: {c}");
+        assert!(flip["sessions_moved"].as_u64().unwrap_or(0) >= 2, "both clients' sessions moved to the target: {c}");
+        let phases: Vec<&str> = c["phase_seconds"].as_array().expect("phases").iter().filter_map(|p| p[0].as_str()).collect();
+        for p in ["hydrating", "validating", "shadow_reads", "flipping"] {
+            assert!(phases.contains(&p), "{p} is in the report: {c}");
+        }
     }
+    assert!(!base.exists(), "the demo removed {}", base.display());
 }

@@ -247,15 +247,20 @@ pub struct Proxy {
     id: uuid::Uuid,
 }
 
-/// A cheap handle to stop a running proxy.
+/// A cheap handle to stop a running proxy and read its counters.
 #[derive(Clone)]
 pub struct Handle {
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 impl Handle {
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.shared.shutdown.cancel();
+    }
+
+    /// The counters, as the metrics endpoint and heartbeats report them.
+    pub fn metrics(&self) -> serde_json::Value {
+        self.shared.metrics.json()
     }
 }
 
@@ -301,7 +306,7 @@ impl Proxy {
     }
 
     pub fn handle(&self) -> Handle {
-        Handle { shutdown: self.shared.shutdown.clone() }
+        Handle { shared: self.shared.clone() }
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
