@@ -463,13 +463,16 @@ pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(
         )
         .await
         .map_err(pg::err("read sequences"))?;
-    for r in rows {
-        let (name, value): (String, i64) = (r.get(0), r.get(1));
-        target
-            .execute("SELECT setval($1::text::regclass, $2, true)", &[&name, &value])
-            .await
-            .map_err(pg::err(&format!("set sequence {name}")))?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    // one round trip for all of them: the flip does this inside its hold
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let values: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    target
+        .execute("SELECT setval(s::regclass, v, true) FROM unnest($1::text[], $2::int8[]) AS t (s, v)", &[&names, &values])
+        .await
+        .map_err(pg::err(&format!("set sequences {}", names.join(", "))))?;
     Ok(())
 }
 

@@ -65,7 +65,8 @@ pub async fn fence(
         }
         tokio::select! {
             _ = cancel.cancelled() => return Err(Error::Cancelled),
-            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            // a cheap read: the flip waits on this inside its hold
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
         }
     }
     Ok(None)

@@ -1,10 +1,11 @@
-//! Flipped: traffic is on the target. Replication back to the source starts (from the slot made
-//! inside the hold), forward replication is removed, and after the soak, reverse replication is
+//! Flipped: traffic is on the target. Forward replication is removed, replication back to the
+//! source starts (from the slot made inside the hold), and after the soak, reverse replication is
 //! removed too unless the policy keeps it. The source is left fenced (read-only) until an operator
 //! drops it.
 
 use dmf_workflows::Outcome;
 use serde_json::json;
+use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::flip::reverse;
@@ -17,12 +18,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let source = pg::connect_writable(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
     let back = Names::reverse_of(m.id);
-    if m.state.pointer("/reverse/subscribed").and_then(|v| v.as_bool()) != Some(true) {
-        reverse::subscribe(&source, &target_dsn, &back).await?;
-        reverse::remove_forward(&source, &target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
-        ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": true } })).await?;
-        tracing::info!(cluster = %cluster, migration = %m.id, "replicating back to the source; forward replication removed");
-    }
+    replicate_back(ctx, &source, &target, &target_dsn).await?;
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
         return Ok(Outcome::Watch(ctx.config.watch_interval));
@@ -34,4 +30,19 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": kept, "kept": kept, "soaked_s": soaked.as_secs() } })).await?;
     tracing::info!(cluster = %cluster, migration = %m.id, kept_reverse_replication = kept, "soak over: completed; the source stays read-only until an operator drops it");
     Ok(Outcome::Done)
+}
+
+/// Once per flip: remove forward replication, then replicate back to the source from the slot made
+/// inside the hold. In this order: PostgreSQL 15 replicates changes whatever their origin, so with
+/// both directions on, every change would go round in a loop.
+pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Client, target_dsn: &str) -> Result<(), Error> {
+    let m = &ctx.migration;
+    if m.state.pointer("/reverse/subscribed").and_then(|v| v.as_bool()) == Some(true) {
+        return Ok(());
+    }
+    reverse::remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
+    reverse::subscribe(source, target_dsn, &Names::reverse_of(m.id)).await?;
+    ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": true } })).await?;
+    tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
+    Ok(())
 }

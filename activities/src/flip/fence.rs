@@ -7,6 +7,8 @@
 //! from before (`current_setting`) so that unfencing restores it, not a guess. Sessions passed in
 //! here are dmf's own, made writable (`pg::connect_writable`).
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::Client;
 
 use crate::error::Error;
@@ -19,16 +21,36 @@ pub async fn current_setting(client: &Client) -> Result<Option<String>, Error> {
 }
 
 /// Fence the database `client` is connected to, sparing the sessions `spared`; returns how many
-/// client sessions were ended.
+/// client sessions were ended, once they are all gone.
 pub async fn fence(client: &Client, spared: &[i32]) -> Result<i64, Error> {
     let db = database(client).await?;
     pg::exec(client, "fence the database", &format!("ALTER DATABASE {} SET default_transaction_read_only = on", pg::ident(&db))).await?;
-    Ok(client
+    let ended: Vec<i32> = client
         .query_one(include_str!("sql/terminate_others.sql"), &[&spared])
         .await
         .map_err(pg::err("end the sessions that bypass the proxies"))?
-        .get(0))
+        .get(0);
+    // pg_terminate_backend's own wait looks only every 100 ms: polling here is faster
+    let started = Instant::now();
+    while !ended.is_empty() {
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY ($1)", &[&ended])
+            .await
+            .map_err(pg::err("wait for the ended sessions"))?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        if started.elapsed() > END_WAIT {
+            return Err(Error::Replication(format!("{left} sessions on {db} were told to end and still run after {END_WAIT:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(ended.len() as i64)
 }
+
+/// How long the fence waits for the sessions it ended to be gone.
+const END_WAIT: Duration = Duration::from_secs(5);
 
 /// Restore the database-level setting to `previous` (None: not set at all).
 pub async fn unfence(client: &Client, previous: Option<&str>) -> Result<(), Error> {

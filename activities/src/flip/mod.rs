@@ -125,6 +125,18 @@ impl Progress {
         Ok(())
     }
 
+    /// Record a finished step in memory; it becomes durable with the next `save`. Undo does not
+    /// read the steps (it reads the flags saved before each action it must reverse), so a step
+    /// that needs no undo of its own costs the hold no control-plane write.
+    fn record(&mut self, ctx: &Context, step: &str, took: Duration) {
+        let mut steps = self.steps();
+        steps.push(step.to_string());
+        self.value["steps"] = json!(steps);
+        self.value["timings_ms"][step] = json!(took.as_secs_f64() * 1000.0);
+        self.crash_point(ctx, step);
+    }
+
+    /// Record a finished step and save the progress (with the flags set since the last save).
     async fn step(&mut self, ctx: &Context, step: &str, took: Duration) -> Result<(), Error> {
         let mut steps = self.steps();
         steps.push(step.to_string());
@@ -201,9 +213,19 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
         progress.save(ctx).await?;
         return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
+    // before the hold, what needs no hold: the database setting the fence replaces (saved with the
+    // start, so that undo restores exactly that whenever it runs), and the reverse publication
+    // (it publishes nothing until its slot is read)
+    let previous = fence::current_setting(&sides.from).await?;
+    if way == Way::Forward {
+        reverse::publish(&sides.to, &Names::reverse_of(ctx.migration.id)).await?;
+    }
     let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
     let undone = progress.value["undone"].take();
-    progress.value = json!({ "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now(), "undone": undone });
+    progress.value = json!({
+        "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now(), "undone": undone,
+        "from_setting": previous, "fencing": true,
+    });
     progress.save(ctx).await?;
     progress.crash_point(ctx, "start");
     match protocol(ctx, &sides, &mut progress).await {
@@ -244,16 +266,20 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
             None => return Ok(Err(format!("a heartbeat did not reach the target within {:?}", ctx.config.heartbeat_timeout))),
         }
     } else {
-        // replication back must exist: the flipped phase creates it, but may not have run yet
-        reverse::subscribe(&sides.to, &sides.from_dsn, &Names::reverse_of(ctx.migration.id)).await?;
+        // replication back must exist: the flipped phase starts it, but may not have run yet
+        crate::soak::replicate_back(ctx, &sides.to, &sides.from, &sides.from_dsn).await?;
     }
     Ok(Ok(()))
 }
 
+/// The protocol, from the hold to the route move. The control plane is written only where
+/// correctness needs it: the hold, the move, and before the rollback unfences (undo reads the
+/// flags saved at the start; the steps are recorded as they finish and saved with the move).
 async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Result<(), Error> {
     let cluster = ctx.cluster().to_string();
     let cfg = &ctx.config.flip;
     let actor = format!("dmf-worker {}", progress.key);
+    let back = Names::reverse_of(ctx.migration.id);
     let begun = Instant::now();
 
     // 1. hold: every live proxy holds new transactions; in-flight ones finish (or are ended)
@@ -275,48 +301,42 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         .await?;
     progress.value["hold_epoch"] = json!(held.route_epoch);
     progress.value["held_at"] = json!(chrono::Utc::now());
-    progress.save(ctx).await?;
     let proxies = ctx.db.wait_route_applied(&cluster, held.route_epoch, cfg.hold_deadline + cfg.ack_timeout).await?;
     let spared: Vec<i32> = proxies.iter().flat_map(|p| p.backend_pids.iter().copied()).collect();
     progress.value["proxies"] = json!(proxies.len());
-    progress.step(ctx, HELD, t.elapsed()).await?;
+    progress.record(ctx, HELD, t.elapsed());
     ctx.check_cancel()?;
 
-    // 2. fence the old primary (the setting before is recorded first, so undo restores it)
+    // 2. fence the old primary against writes that bypass the proxies
     let t = Instant::now();
-    let previous = fence::current_setting(&sides.from).await?;
-    progress.value["from_setting"] = json!(previous);
-    progress.value["fencing"] = json!(true);
-    progress.save(ctx).await?;
     let ended = fence::fence(&sides.from, &spared).await?;
     progress.value["sessions_ended"] = json!(ended);
-    progress.step(ctx, FENCED, t.elapsed()).await?;
+    progress.record(ctx, FENCED, t.elapsed());
 
-    // 3. the final marker: once the new primary shows it, it has applied everything before it
-    let t = Instant::now();
-    let arrived = replicate::fence(&sides.from, &sides.to, cfg.catch_up_timeout, &ctx.cancel).await?;
-    if arrived.is_none() {
+    // 3. the final marker (once the new primary shows it, it has applied everything before it)
+    // and, at the same time, the sequences: the fence froze both
+    let ((arrived, marker_took), (copied, sequences_took)) = tokio::join!(
+        timed(replicate::fence(&sides.from, &sides.to, cfg.catch_up_timeout, &ctx.cancel)),
+        timed(hydrate::copy_sequences(&sides.from, &sides.to))
+    );
+    if arrived?.is_none() {
         return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
     }
+    copied?;
     let final_lsn: String = sides.from.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(pg::err("read the final LSN"))?.get(0);
     progress.value["final_lsn"] = json!(final_lsn);
-    progress.step(ctx, CAUGHT_UP, t.elapsed()).await?;
-
-    // 4. sequences
-    let t = Instant::now();
-    hydrate::copy_sequences(&sides.from, &sides.to).await?;
-    progress.step(ctx, SEQUENCES, t.elapsed()).await?;
+    progress.record(ctx, CAUGHT_UP, marker_took);
+    progress.record(ctx, SEQUENCES, sequences_took);
     ctx.check_cancel()?;
 
-    // 5. replication the other way round
+    // 4. replication the other way round
     let t = Instant::now();
-    let forward = Names::of(ctx.migration.id);
-    let back = Names::reverse_of(ctx.migration.id);
     match sides.way {
         Way::Forward => {
-            reverse::disable(&sides.to, &forward.subscription, cfg.catch_up_timeout).await?;
-            progress.value["reverse_slot"] = json!(true);
-            progress.save(ctx).await?;
+            // The reverse slot keeps every change made on the target from now on. Forward
+            // replication has nothing left to apply (the source is fenced and the target showed
+            // the final marker): it is removed after the release, before replication back
+            // starts (`soak`). Undo drops this slot whether or not it was made.
             reverse::prepare(&sides.to, &back).await?;
         }
         Way::Back => {
@@ -328,7 +348,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
             fence::unfence(&sides.to, flip_setting.as_str()).await?;
         }
     }
-    progress.step(ctx, SWITCHED, t.elapsed()).await?;
+    progress.record(ctx, SWITCHED, t.elapsed());
     ctx.check_cancel()?;
 
     // 6. the route points at the new primary and releases the held transactions, in one epoch
@@ -361,6 +381,12 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     Ok(())
 }
 
+async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
+    let t = Instant::now();
+    let r = f.await;
+    (r, t.elapsed())
+}
+
 /// Put everything back as it was before this run and release the hold on the old primary.
 async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: String) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
@@ -373,7 +399,6 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         progress.save(ctx).await?;
         return Ok(Outcome::Done);
     }
-    let forward = Names::of(ctx.migration.id);
     let back = Names::reverse_of(ctx.migration.id);
     if progress.value["to_unfenced"].as_bool() == Some(true) {
         // rollback: the source had been unfenced for the move; traffic stays on the target, so
@@ -382,10 +407,9 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     }
     match sides.way {
         Way::Forward => {
-            if progress.value["reverse_slot"].as_bool() == Some(true) {
-                hydrate::drop_slot(&sides.to, &back.slot).await?;
-            }
-            reverse::enable(&sides.to, &forward.subscription).await?;
+            // made inside the hold, if the run got that far; the route never moved, so it holds
+            // no write anyone needs
+            hydrate::drop_slot(&sides.to, &back.slot).await?;
         }
         Way::Back => reverse::enable(&sides.to, &back.subscription).await?,
     }

@@ -1,9 +1,11 @@
 //! Subscriptions switched off and on around the flip, and replication back from the target to the
 //! source (publication and slot on the target, subscription on the source).
 //!
-//! PostgreSQL 15 streams changes whatever their origin, so the reverse slot is created only once
-//! the forward apply worker has stopped writing on the target: otherwise the forward changes
-//! would flow straight back to the source. Sessions passed in are dmf's own, made writable
+//! PostgreSQL 15 streams changes whatever their origin. The reverse slot is made inside the hold
+//! once the target has shown the final marker of the fenced source: forward replication has
+//! nothing left to apply then, so the slot sees only the target's own writes. Forward replication
+//! is removed before the reverse subscription starts (`soak::replicate_back`), or every change
+//! would go round in a loop. Sessions passed in are dmf's own, made writable
 //! (`pg::connect_writable`): the databases may be fenced.
 
 use std::time::{Duration, Instant};
@@ -27,12 +29,13 @@ pub async fn disable(client: &Client, subscription: &str, timeout: Duration) -> 
         // An idle apply worker notices DISABLE only when it next wakes (about 200 ms here). The
         // caller has seen its last change applied, and its progress is committed with each
         // transaction, so it is ended now; the launcher does not restart a disabled subscription.
+        // (pg_terminate_backend's own wait looks only every 100 ms: polling here is faster.)
         let pid: i32 = row.get(0);
         client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.map_err(pg::err("end the apply worker"))?;
         if started.elapsed() > timeout {
             return Err(Error::Replication(format!("the apply worker of {subscription} still runs {timeout:?} after DISABLE")));
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -55,21 +58,16 @@ pub async fn drop_subscription(client: &Client, subscription: &str) -> Result<()
     pg::exec(client, "drop subscription", &format!("DROP SUBSCRIPTION {sub}")).await
 }
 
-/// On the target, inside the hold: the reverse publication and a slot that keeps every change made
-/// on the target from now on.
+/// On the target, before the hold: the reverse publication (it publishes nothing until its slot
+/// is read, so it can be made ahead and costs the hold nothing).
+pub async fn publish(target: &Client, reverse: &Names) -> Result<(), Error> {
+    ensure_publication(target, reverse).await
+}
+
+/// On the target, inside the hold, once the forward apply worker has stopped: the slot that keeps
+/// every change made on the target from now on (one round trip; kept if it exists).
 pub async fn prepare(target: &Client, reverse: &Names) -> Result<(), Error> {
-    ensure_publication(target, reverse).await?;
-    let exists = target
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&reverse.slot])
-        .await
-        .map_err(pg::err("look up the reverse slot"))?
-        .is_some();
-    if !exists {
-        target
-            .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&reverse.slot])
-            .await
-            .map_err(pg::err("create the reverse slot"))?;
-    }
+    target.execute(include_str!("sql/create_reverse_slot.sql"), &[&reverse.slot]).await.map_err(pg::err("create the reverse slot"))?;
     Ok(())
 }
 

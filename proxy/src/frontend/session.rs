@@ -146,6 +146,9 @@ pub struct Session {
     signal: Arc<Signal>,
     /// A backend on the next primary opened during a hold (see `router::control`).
     spare: SpareBackend,
+    /// The spare, with this session's state already restored on it while the session was parked
+    /// at the hold: the release only swaps backends.
+    ready: Option<Backend>,
     out: Vec<u8>,
     sout: Vec<u8>,
 }
@@ -184,6 +187,7 @@ impl Session {
             in_tx: entry.in_tx,
             signal: entry.signal,
             spare: entry.spare,
+            ready: None,
             out: Vec::with_capacity(16 * 1024),
             sout: Vec::with_capacity(16 * 1024),
         }
@@ -631,6 +635,9 @@ impl Session {
                 self.fatal("57P03", &format!("dmf proxy: {why} for longer than {:?}; reconnect later", shared.opts.hold_timeout)).await;
                 return Err(Error::HeldTooLong(shared.opts.hold_timeout));
             };
+            if self.ready.is_none() && route.hold {
+                self.prepare_move(&route).await;
+            }
             tokio::select! {
                 _ = self.route_rx.changed() => {}
                 _ = tokio::time::sleep(left.min(Duration::from_millis(2))) => {}
@@ -673,7 +680,27 @@ impl Session {
         if self.primary.endpoint.dsn != self.route.primary.dsn {
             self.move_primary().await?;
         }
+        // a backend prepared for a move that did not happen (the flip was undone) is closed
+        if let Some(mut r) = self.ready.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), r.stream.write_all(&build::terminate())).await;
+        }
         Ok(())
+    }
+
+    /// Parked at a hold that announces the next primary: once the proxy has opened this session's
+    /// backend there, check the session's state and restore it on that backend now. The session
+    /// is parked at a transaction boundary, so its state cannot change before the release.
+    async fn prepare_move(&mut self, route: &Route) {
+        let Some(next) = route.next_primary.as_ref().filter(|n| n.dsn != self.primary.endpoint.dsn) else { return };
+        let Some(mut b) = lock(&self.spare).take_if(|b| b.endpoint.dsn == next.dsn) else { return };
+        match self.held_state().await {
+            Ok(state) if state.unmovable().is_none() => match replay(&mut b, &state).await {
+                Ok(()) => self.ready = Some(b),
+                Err(e) => tracing::debug!(cluster = %self.shared.opts.cluster, session = self.id, to = %next.label(), error = %e, "backend opened ahead is unusable; the move opens another"),
+            },
+            // the move itself reports (and closes the session)
+            _ => {}
+        }
     }
 
     /// Move the session to the route's primary: check it holds nothing that cannot move, open the
@@ -683,6 +710,11 @@ impl Session {
         let cluster = self.shared.opts.cluster.clone();
         let from = self.primary.endpoint.label();
         let to = self.route.primary.label();
+        if let Some(ready) = self.ready.take().filter(|b| b.endpoint.dsn == self.route.primary.dsn) {
+            self.swap_primary(ready).await;
+            tracing::debug!(cluster = %cluster, session = self.id, from = %from, to = %to, "session moved onto the backend prepared during the hold");
+            return Ok(());
+        }
         let state = match self.held_state().await {
             Ok(s) => s,
             Err(e) => {
@@ -723,12 +755,17 @@ impl Session {
             next = Some(b);
         }
         let Some(next) = next else { return Err(Error::Closed(format!("no backend on {to}"))) };
+        self.swap_primary(next).await;
+        tracing::debug!(cluster = %cluster, session = self.id, from = %from, to = %to, settings = state.settings.len(), "session moved");
+        Ok(())
+    }
+
+    /// Make `next` the session's primary backend and close the old one.
+    async fn swap_primary(&mut self, next: Backend) {
         let mut old = std::mem::replace(&mut self.primary, next);
         let _ = tokio::time::timeout(Duration::from_millis(100), old.stream.write_all(&build::terminate())).await;
         *lock(&self.cancel) = Some(CancelTarget { host: self.primary.endpoint.host.clone(), port: self.primary.endpoint.port, pid: self.primary.pid, secret: self.primary.secret });
         add(&self.shared.metrics.sessions_moved, 1);
-        tracing::debug!(cluster = %cluster, session = self.id, from = %from, to = %to, settings = state.settings.len(), "session moved");
-        Ok(())
     }
 
     /// Forward backend messages to the client; track ReadyForQuery, drop answers to injected

@@ -95,10 +95,7 @@ pub async fn cluster(db: &dmf_db::Db, name: &str, stats: Stats, sessions_moved: 
             held_ms,
             longest_stall_ms: stall as f64 / 1000.0,
             sessions_moved,
-            steps_ms: f["steps"]
-                .as_array()
-                .map(|steps| steps.iter().filter_map(|s| s.as_str()).map(|s| (s.to_string(), f["timings_ms"][s].as_f64().unwrap_or(0.0))).collect())
-                .unwrap_or_default(),
+            steps_ms: steps_ms(f),
         }
     });
 
@@ -151,6 +148,17 @@ pub async fn cluster(db: &dmf_db::Db, name: &str, stats: Stats, sessions_moved: 
         audit,
         consistent,
     })
+}
+
+/// The protocol's steps in order, then the finer timings recorded inside them.
+fn steps_ms(flip: &serde_json::Value) -> Vec<(String, f64)> {
+    let steps: Vec<&str> = flip["steps"].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
+    let timings = flip["timings_ms"].as_object();
+    let mut out: Vec<(String, f64)> = steps.iter().map(|s| (s.to_string(), flip["timings_ms"][*s].as_f64().unwrap_or(0.0))).collect();
+    for (k, v) in timings.into_iter().flatten().filter(|(k, _)| !steps.contains(&k.as_str())) {
+        out.push((format!("({k})"), v.as_f64().unwrap_or(0.0)));
+    }
+    out
 }
 
 impl Report {
