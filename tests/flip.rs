@@ -70,13 +70,19 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     env.wait_for("hydrated", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| in_sync(c) || c["phase"] == "aborted"));
     assert!(in_sync(&env.clusters()[0]), "{}", worker.log_tail());
 
-    // --- the flip, under load
+    // --- the flip, under load; one more session keeps a setting and a prepared statement and asks
+    // for them all through the flip (it is parked at the hold, so it moves on the backend prepared
+    // there)
+    let watcher = session_watcher(p1.dsn("app"));
     let benches = load(&env, "flip", [&p1, &p2], 45);
     env.wait_for("flipped", Duration::from_secs(120), |cs| {
         cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed" | "aborted" | "aborting")))
     });
     assert_eq!(env.phase_of("app"), "flipped", "{}", worker.log_tail());
     let (first, txns) = finish(&env, "load across the flip", benches);
+    let watched = watcher.stop();
+    assert_eq!(watched.failures, 0, "the watching session's setting or prepared statement was lost: {:?}", watched.errors);
+    assert!(watched.on_target > 0 && watched.on_source > 0, "the watching session ran on both sides: {watched:?}");
     let target = env.target_dsn("app");
     let (rows, sums) = ledger(&target);
     assert_eq!(rows, first, "every transaction pgbench counted is on the target");
@@ -119,6 +125,88 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     assert_eq!(psql(&target, "SHOW default_transaction_read_only"), "on", "the target is fenced");
     assert_eq!(env.cp_query(&format!("SELECT primary_endpoint = '{source}' FROM dmf.routes")), "t", "the route points at the source");
     eprintln!("rollback: traffic held {} ms; {second} transactions, 0 failed", env.cp_query("SELECT state->'rollback'->>'held_ms' FROM dmf.migrations"));
+}
+
+/// What the watching session saw: queries answered on each side, and anything wrong.
+#[derive(Debug, Default)]
+struct Watched {
+    on_source: u64,
+    on_target: u64,
+    /// The first few errors (`failures` counts them all).
+    errors: Vec<String>,
+    failures: u64,
+}
+
+impl Watched {
+    fn fail(&mut self, what: String) {
+        self.failures += 1;
+        if self.errors.len() < 5 {
+            self.errors.push(what);
+        }
+    }
+}
+
+struct Watcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Watched>,
+}
+
+impl Watcher {
+    fn stop(self) -> Watched {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("watcher thread")
+    }
+}
+
+/// A session with `SET work_mem` and `PREPARE` that checks both every few milliseconds and notes
+/// which side answered, by the server's port.
+fn session_watcher(dsn: String) -> Watcher {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let mut w = Watched::default();
+            let c = match connect(&dsn).await {
+                Ok(c) => c,
+                Err(e) => {
+                    w.fail(format!("connect: {e:?}"));
+                    return w;
+                }
+            };
+            if let Err(e) = c.batch_execute("SET work_mem = '7MB'; PREPARE port_of AS SELECT current_setting('port')").await {
+                w.fail(format!("setup: {e:?}"));
+                return w;
+            }
+            let mut first_port: Option<String> = None;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match c.simple_query("SHOW work_mem; EXECUTE port_of").await {
+                    Ok(msgs) => {
+                        let values: Vec<String> = msgs
+                            .iter()
+                            .filter_map(|m| match m {
+                                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                                _ => None,
+                            })
+                            .collect();
+                        if values.first().map(String::as_str) != Some("7MB") {
+                            w.fail(format!("work_mem is {values:?}"));
+                        }
+                        let port = values.get(1).cloned().unwrap_or_default();
+                        if first_port.get_or_insert_with(|| port.clone()) == &port {
+                            w.on_source += 1;
+                        } else {
+                            w.on_target += 1;
+                        }
+                    }
+                    Err(e) => w.fail(format!("query: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))),
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            w
+        })
+    });
+    Watcher { stop, thread }
 }
 
 async fn connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
