@@ -134,6 +134,8 @@ BACK_HELD=$(state rollback,held_ms); BACK_AT=$(epoch_us "'$(state rollback,held_
 read -r FLIP_STALL DMF_P99 DMF_MAX < <(latencies dmf "$FLIP_AT" "$((FLIP_AT + ${FLIP_HELD%.*} * 1000 + 100000))")
 read -r BACK_STALL _ _ < <(latencies dmf "$BACK_AT" "$((BACK_AT + ${BACK_HELD%.*} * 1000 + 100000))")
 ATTEMPTS=$(state flip,attempts)
+echo "dmf flip steps (ms): $(state flip,timings_ms)"
+echo "dmf rollback steps (ms): $(state rollback,timings_ms)"
 [ -n "${VERBOSE:-}" ] && tail -n 40 "$BASE/worker.log"
 
 # --- peer: the same source replicated natively to a second cluster, pgbouncer in front

@@ -1,5 +1,5 @@
 //! Flipped: traffic is on the target. Forward replication is removed, replication back to the
-//! source starts (from the slot made inside the hold), and after the soak, reverse replication is
+//! source starts (from the position the flip recorded inside the hold), and after the soak, reverse replication is
 //! removed too unless the policy keeps it. The source is left fenced (read-only) until an operator
 //! drops it.
 
@@ -32,8 +32,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     Ok(Outcome::Done)
 }
 
-/// Once per flip: remove forward replication, then replicate back to the source from the slot made
-/// inside the hold. In this order: PostgreSQL 15 replicates changes whatever their origin, so with
+/// Once per flip: remove forward replication, then replicate back to the source from the position
+/// the flip recorded inside the hold. In this order: PostgreSQL 15 replicates changes whatever their origin, so with
 /// both directions on, every change would go round in a loop.
 pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Client, target_dsn: &str) -> Result<(), Error> {
     let m = &ctx.migration;
@@ -41,7 +41,9 @@ pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Clie
         return Ok(());
     }
     reverse::remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
-    reverse::subscribe(source, target_dsn, &Names::reverse_of(m.id)).await?;
+    // (a flip from before this position was recorded made its slot inside the hold: from the slot)
+    let start = m.state.pointer("/flip/reverse_start_lsn").and_then(|v| v.as_str());
+    reverse::subscribe(source, target_dsn, &Names::reverse_of(m.id), start).await?;
     ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": true } })).await?;
     tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
     Ok(())

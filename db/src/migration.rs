@@ -208,7 +208,7 @@ impl Db {
 
     /// Merge `patch` (a JSON object) into the migration's durable activity state.
     pub async fn merge_state(&self, id: Uuid, patch: serde_json::Value) -> Result<(), Error> {
-        sqlx::query("UPDATE dmf.migrations SET state = state || $2, updated_at = now() WHERE id = $1")
+        sqlx::query(include_str!("queries/merge_state.sql"))
             .bind(id)
             .bind(patch)
             .execute(&self.pool)

@@ -86,6 +86,19 @@ impl Db {
     /// Apply a change, bump the epoch and record who did it, in one transaction. The trigger on
     /// dmf.routes notifies the proxies at commit.
     pub async fn change_route(&self, cluster: &str, change: &RouteChange, actor: &str) -> Result<RouteRow, Error> {
+        self.change_route_recording(cluster, change, actor, None).await
+    }
+
+    /// Change a route and, in the same transaction, merge `patch` into a migration's state: what
+    /// must be durable exactly when the route moves (the flip's record of it) costs no second
+    /// write.
+    pub async fn change_route_recording(
+        &self,
+        cluster: &str,
+        change: &RouteChange,
+        actor: &str,
+        record: Option<(Uuid, &serde_json::Value)>,
+    ) -> Result<RouteRow, Error> {
         if let Some(m) = &change.mode {
             if !matches!(m.as_str(), "primary" | "split_reads") {
                 return Err(Error::Conflict(format!("route mode {m:?} is not one of primary, split_reads")));
@@ -122,6 +135,13 @@ impl Db {
             .bind(detail.to_string())
             .execute(&mut *tx)
             .await?;
+        if let Some((migration, patch)) = record {
+            sqlx::query(include_str!("queries/merge_state.sql"))
+                .bind(migration)
+                .bind(patch)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(row)
     }

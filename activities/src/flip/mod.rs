@@ -136,17 +136,6 @@ impl Progress {
         self.crash_point(ctx, step);
     }
 
-    /// Record a finished step and save the progress (with the flags set since the last save).
-    async fn step(&mut self, ctx: &Context, step: &str, took: Duration) -> Result<(), Error> {
-        let mut steps = self.steps();
-        steps.push(step.to_string());
-        self.value["steps"] = json!(steps);
-        self.value["timings_ms"][step] = json!(took.as_secs_f64() * 1000.0);
-        self.save(ctx).await?;
-        self.crash_point(ctx, step);
-        Ok(())
-    }
-
     /// Fault injection for the crash tests: `DMF_FAULT_FLIP=<cluster>:<step>,...` makes the
     /// worker process die right after recording `step` (or at `start`, before the hold), as a
     /// worker killed at that moment would; once per fault, remembered by a file in
@@ -214,11 +203,14 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
         return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
     // before the hold, what needs no hold: the database setting the fence replaces (saved with the
-    // start, so that undo restores exactly that whenever it runs), and the reverse publication
-    // (it publishes nothing until its slot is read)
+    // start, so that undo restores exactly that whenever it runs), and the reverse publication and
+    // slot (replication back starts past the position recorded inside the hold, so what the slot
+    // sees before that is never sent; undo drops the slot)
     let previous = fence::current_setting(&sides.from).await?;
     if way == Way::Forward {
-        reverse::publish(&sides.to, &Names::reverse_of(ctx.migration.id)).await?;
+        let back = Names::reverse_of(ctx.migration.id);
+        reverse::publish(&sides.to, &back).await?;
+        reverse::prepare(&sides.to, &back).await?;
     }
     let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
     let undone = progress.value["undone"].take();
@@ -323,39 +315,43 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
     }
     copied?;
-    let final_lsn: String = sides.from.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(pg::err("read the final LSN"))?.get(0);
+    // the source's final position, and the target's: everything the target holds up to there came
+    // from the source (the insert position, past commits not yet written out: the apply worker
+    // commits asynchronously); replication back starts after it
+    let (final_lsn, start_back) = tokio::join!(
+        sides.from.query_one("SELECT pg_current_wal_lsn()::text", &[]),
+        sides.to.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+    );
+    let final_lsn: String = final_lsn.map_err(pg::err("read the final LSN"))?.get(0);
+    let start_back: String = start_back.map_err(pg::err("read the new primary's LSN"))?.get(0);
     progress.value["final_lsn"] = json!(final_lsn);
     progress.record(ctx, CAUGHT_UP, marker_took);
     progress.record(ctx, SEQUENCES, sequences_took);
     ctx.check_cancel()?;
 
-    // 4. replication the other way round
-    let t = Instant::now();
-    match sides.way {
-        Way::Forward => {
-            // The reverse slot keeps every change made on the target from now on. Forward
-            // replication has nothing left to apply (the source is fenced and the target showed
-            // the final marker): it is removed after the release, before replication back
-            // starts (`soak`). Undo drops this slot whether or not it was made.
-            reverse::prepare(&sides.to, &back).await?;
-        }
-        Way::Back => {
-            reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
-            // the source takes writes again (it was fenced by the flip)
-            let flip_setting = ctx.migration.state.pointer("/flip/from_setting").cloned().unwrap_or(Value::Null);
-            progress.value["to_unfenced"] = json!(true);
-            progress.save(ctx).await?;
-            fence::unfence(&sides.to, flip_setting.as_str()).await?;
-        }
+    if sides.way == Way::Back {
+        // replication back stops, and the source takes writes again (it was fenced by the flip)
+        let t = Instant::now();
+        reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
+        let flip_setting = ctx.migration.state.pointer("/flip/from_setting").cloned().unwrap_or(Value::Null);
+        progress.value["to_unfenced"] = json!(true);
+        progress.save(ctx).await?;
+        fence::unfence(&sides.to, flip_setting.as_str()).await?;
+        progress.record(ctx, SWITCHED, t.elapsed());
+        ctx.check_cancel()?;
+    } else {
+        // Forward replication has nothing left to apply (the source is fenced and the target
+        // showed the final marker); it is removed after the release, before replication back
+        // starts from this position (`soak::replicate_back`).
+        progress.value["reverse_start_lsn"] = json!(start_back);
     }
-    progress.record(ctx, SWITCHED, t.elapsed());
-    ctx.check_cancel()?;
 
-    // 6. the route points at the new primary and releases the held transactions, in one epoch
+    // 4. the route points at the new primary and releases the held transactions, in one epoch,
+    // with this run's record in the same control-plane transaction
     let t = Instant::now();
     let routed = ctx
         .db
-        .change_route(
+        .change_route_recording(
             &cluster,
             &RouteChange {
                 primary: Some(sides.to_dsn.clone()),
@@ -368,12 +364,14 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
                 ..Default::default()
             },
             &actor,
+            Some((ctx.migration.id, &json!({ progress.key: progress.value }))),
         )
         .await?;
     progress.value["routed_epoch"] = json!(routed.route_epoch);
     let held_ms = begun.elapsed().as_secs_f64() * 1000.0;
     progress.value["held_ms"] = json!(held_ms);
-    progress.step(ctx, ROUTED, t.elapsed()).await?;
+    // saved by the caller with the end of the run
+    progress.record(ctx, ROUTED, t.elapsed());
     match ctx.db.wait_route_applied(&cluster, routed.route_epoch, cfg.ack_timeout).await {
         Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, held_ms, proxies = p.len(), sessions_ended = ended, "traffic moved to the {}", side_name(sides.way, false)),
         Err(e) => tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "route moved; some proxies have not acknowledged it yet (they hold until they do)"),

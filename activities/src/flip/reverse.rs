@@ -1,12 +1,13 @@
 //! Subscriptions switched off and on around the flip, and replication back from the target to the
 //! source (publication and slot on the target, subscription on the source).
 //!
-//! PostgreSQL 15 streams changes whatever their origin. The reverse slot is made inside the hold
-//! once the target has shown the final marker of the fenced source: forward replication has
-//! nothing left to apply then, so the slot sees only the target's own writes. Forward replication
-//! is removed before the reverse subscription starts (`soak::replicate_back`), or every change
-//! would go round in a loop. Sessions passed in are dmf's own, made writable
-//! (`pg::connect_writable`): the databases may be fenced.
+//! PostgreSQL 15 streams changes whatever their origin. The reverse publication and slot are made
+//! on the target before the hold; inside it, once the target has shown the final marker of the
+//! fenced source, the flip records the target's position: everything before it came from the
+//! source, so the reverse subscription starts past it (its origin is advanced there before it is
+//! enabled). Forward replication is removed before that subscription starts
+//! (`soak::replicate_back`), or every change would go round in a loop. Sessions passed in are
+//! dmf's own, made writable (`pg::connect_writable`): the databases may be fenced.
 
 use std::time::{Duration, Instant};
 
@@ -71,20 +72,37 @@ pub async fn prepare(target: &Client, reverse: &Names) -> Result<(), Error> {
     Ok(())
 }
 
-/// On the source, after release: subscribe to the target from the reverse slot (which has kept
-/// every change since it was made inside the hold).
-pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names) -> Result<(), Error> {
-    if subscription_exists(source, &reverse.subscription).await? {
-        return Ok(());
+/// On the source, after the release: subscribe to the target from the reverse slot, starting past
+/// `start` (the target's position inside the hold; what the slot saw before it came from the
+/// source). Made disabled, moved to `start`, then enabled, so that a retry after a crash in
+/// between finds it disabled and does the rest.
+pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names, start: Option<&str>) -> Result<(), Error> {
+    let enabled: Option<bool> = source
+        .query_opt("SELECT subenabled FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[&reverse.subscription])
+        .await
+        .map_err(pg::err("look up the reverse subscription"))?
+        .map(|r| r.get(0));
+    match enabled {
+        Some(true) => return Ok(()),
+        Some(false) => {}
+        None => {
+            let sql = format!(
+                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = false)",
+                pg::ident(&reverse.subscription),
+                pg::literal(target_dsn),
+                pg::ident(&reverse.publication),
+                pg::literal(&reverse.slot),
+            );
+            pg::exec(source, "create the reverse subscription", &sql).await?;
+        }
     }
-    let sql = format!(
-        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",
-        pg::ident(&reverse.subscription),
-        pg::literal(target_dsn),
-        pg::ident(&reverse.publication),
-        pg::literal(&reverse.slot),
-    );
-    pg::exec(source, "create the reverse subscription", &sql).await
+    if let Some(lsn) = start {
+        source
+            .execute(include_str!("sql/advance_origin.sql"), &[&reverse.subscription, &lsn])
+            .await
+            .map_err(pg::err("start the reverse subscription past the flip"))?;
+    }
+    pg::exec(source, "enable the reverse subscription", &format!("ALTER SUBSCRIPTION {} ENABLE", pg::ident(&reverse.subscription))).await
 }
 
 /// Remove replication back to the source: its subscription on the source, slot and publication on
