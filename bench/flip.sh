@@ -15,6 +15,8 @@
 # last. Goal: at most 100 ms, zero failed transactions, and a ratio well under 1.
 # Knobs: SCALE, LOAD_S (seconds of load around the dmf flip and rollback, default 40),
 # VERBOSE=1 (pgbench outputs and the worker's log tail).
+# KEEP=1 leaves the logs (pgbench per-transaction logs, dmf logs) under the bench directory.
+# PROCS_LOG sets the log filter of the dmf processes (default info), e.g. info,dmf_proxy=debug.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -43,7 +45,7 @@ mkdir -p "$BASE/targets"
 # Every dmf process in its own session, like a service (see bench/proxy.sh on autogroups).
 start() {  # start NAME ARGS...: a dmf process in the background, its log in $BASE/NAME.log
     local name="$1"; shift
-    DMF_LOG=info setsid "$DMF" "$@" >"$BASE/$name.log" 2>&1 & PIDS+=($!)
+    DMF_LOG="${PROCS_LOG:-info}" setsid "$DMF" "$@" >"$BASE/$name.log" 2>&1 & PIDS+=($!)
 }
 start scheduler scheduler --interval 0.3
 start worker worker --local-dir "$BASE/targets" --fast-local-targets --watch-interval 0.5 \
@@ -135,6 +137,7 @@ read -r FLIP_STALL DMF_P99 DMF_MAX < <(latencies dmf "$FLIP_AT" "$((FLIP_AT + ${
 read -r BACK_STALL _ _ < <(latencies dmf "$BACK_AT" "$((BACK_AT + ${BACK_HELD%.*} * 1000 + 100000))")
 ATTEMPTS=$(state flip,attempts)
 echo "dmf flip steps (ms): $(state flip,timings_ms)"
+[ -n "${KEEP:-}" ] && echo "dmf flip held at $FLIP_AT us for $FLIP_HELD ms; rollback held at $BACK_AT us for $BACK_HELD ms"
 echo "dmf rollback steps (ms): $(state rollback,timings_ms)"
 [ -n "${VERBOSE:-}" ] && tail -n 40 "$BASE/worker.log"
 

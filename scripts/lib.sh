@@ -106,7 +106,7 @@ bench_cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     for d in "$BASE"/*/ "$BASE"/targets/*/; do [ -f "$d/data/PG_VERSION" ] && stop_cluster "$d"; done
-    rm -rf "$BASE"
+    if [ -n "${KEEP:-}" ]; then echo "KEEP: logs and data left in $BASE" >&2; else rm -rf "$BASE"; fi
 }
 
 # pgbench_source SCALE: a source cluster in $BASE/source with database bench loaded by pgbench
