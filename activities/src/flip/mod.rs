@@ -92,6 +92,10 @@ struct Sides {
     to: Client,
 }
 
+/// How long proxies may take to open their backends on an announced next primary (they wait up to
+/// 2 s, see dmf-proxy's `router::control`).
+const SPARES_WAIT: Duration = Duration::from_secs(3);
+
 /// Steps, in order; each is recorded in `state.<key>.steps` once done.
 const HELD: &str = "held";
 const FENCED: &str = "fenced";
@@ -272,6 +276,18 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     let cfg = &ctx.config.flip;
     let actor = format!("dmf-worker {}", progress.key);
     let back = Names::reverse_of(ctx.migration.id);
+
+    // 0. forward: announce the target, so that every proxy opens and warms a backend there for
+    // each of its sessions before the hold (they acknowledge when ready, within a bound)
+    if sides.way == Way::Forward {
+        let t = Instant::now();
+        let announced = ctx
+            .db
+            .change_route(&cluster, &RouteChange { next_primary: Some(Some(sides.to_dsn.clone())), ..Default::default() }, &actor)
+            .await?;
+        ctx.db.wait_route_applied(&cluster, announced.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
+        progress.value["timings_ms"]["backends_opened_ahead"] = json!(t.elapsed().as_secs_f64() * 1000.0);
+    }
     let begun = Instant::now();
 
     // 1. hold: every live proxy holds new transactions; in-flight ones finish (or are ended)

@@ -178,41 +178,58 @@ impl Control {
                 }
             }
             tracing::info!(cluster = %cluster, epoch, drained_in_ms = started.elapsed().as_millis() as u64, "holding new transactions");
+            // sessions that arrived since the route announced the next primary (in the background:
+            // the hold's acknowledgement must not wait for connections)
             if let Some(next) = route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
-                self.open_spares(next);
+                drop(self.open_spares(next));
             }
         } else {
-            // publish the new endpoints before lifting the hold: a released session sees them.
-            self.shared.set_route(route.clone());
+            // lift the hold, then publish: a session woken by the new epoch finds it lifted
             self.shared.hold.store(false, Ordering::SeqCst);
+            self.shared.set_route(route.clone());
             // backends opened ahead of a move that is not happening are closed
+            let next = route.next_primary.as_ref().map(|n| n.dsn.clone());
             for s in lock(&self.shared.sessions).values() {
                 let mut spare = lock(&s.spare);
-                if spare.as_ref().is_some_and(|b| b.endpoint.dsn != route.primary.dsn) {
+                if spare.as_ref().is_some_and(|b| b.endpoint.dsn != route.primary.dsn && Some(&b.endpoint.dsn) != next.as_ref()) {
                     *spare = None;
                 }
             }
             tracing::info!(cluster = %cluster, epoch, primary = %route.primary.label(), read = %route.read.label(), mode = ?route.mode, "route applied");
+            // a flip announces the next primary before its hold: open and warm a backend there for
+            // every session now, and acknowledge once they are ready (or the wait is over), so
+            // that the hold costs no connection and the first transactions there find warm caches
+            if let Some(next) = route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
+                let mut opening = self.open_spares(next);
+                let _ = tokio::time::timeout(SPARES_WAIT, async { while opening.join_next().await.is_some() {} }).await;
+            }
         }
         self.ack().await;
     }
 
-    /// During a flip's hold, open every session's backend on the primary the route is about to
-    /// point at, in the background: at release, sessions move without connecting.
-    fn open_spares(&self, next: Arc<crate::backend::Endpoint>) {
+    /// Open every session's backend on the primary the route is about to point at, warmed (see
+    /// `warm.sql`): at release, sessions move without connecting.
+    fn open_spares(&self, next: Arc<crate::backend::Endpoint>) -> tokio::task::JoinSet<()> {
         let sessions: Vec<crate::SessionEntry> = lock(&self.shared.sessions).values().cloned().collect();
+        let mut opening = tokio::task::JoinSet::new();
         for s in sessions {
-            if lock(&s.spare).is_some() {
+            if lock(&s.spare).as_ref().is_some_and(|b| b.endpoint.dsn == next.dsn) {
                 continue;
             }
             let (shared, next) = (self.shared.clone(), next.clone());
-            tokio::spawn(async move {
+            opening.spawn(async move {
                 match crate::frontend::connect_as(next.clone(), &shared, &s.params, false).await {
-                    Ok(b) => *lock(&s.spare) = Some(b),
+                    Ok(mut b) => {
+                        if let Err(e) = b.simple_query(WARM_SQL).await {
+                            tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not warm a backend opened ahead of the move");
+                        }
+                        *lock(&s.spare) = Some(b);
+                    }
                     Err(e) => tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not open a backend ahead of the move"),
                 }
             });
         }
+        opening
     }
 
     async fn ack(&mut self) {
@@ -223,6 +240,12 @@ impl Control {
         }
     }
 }
+
+/// How long the acknowledgement of an announced next primary waits for the backends opened there.
+const SPARES_WAIT: Duration = Duration::from_secs(2);
+
+/// Loads the catalog entries of the database's busiest tables and indexes into a fresh backend.
+const WARM_SQL: &str = include_str!("warm.sql");
 
 async fn listen(db: &Db) -> Option<PgListener> {
     let mut l = PgListener::connect_with(db.pool()).await.ok()?;
