@@ -15,6 +15,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
     let target_dsn = ctx.require_target()?;
+    let since_flip = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
+    if since_flip < ctx.config.flip.settle && m.state.pointer("/reverse/subscribed").is_none() {
+        // the released traffic has the target to itself for a moment before the DDL below
+        return Ok(Outcome::Watch(ctx.config.flip.settle - since_flip));
+    }
     let source = pg::connect_writable(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
     let back = Names::reverse_of(m.id);

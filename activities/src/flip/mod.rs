@@ -42,6 +42,9 @@ pub struct FlipConfig {
     /// Flips that began (past the guards) and had to return to shadow_reads before the migration
     /// needs an operator.
     pub max_attempts: u32,
+    /// After the move, how long the released traffic has the new primary to itself before
+    /// replication is rearranged (DDL on both sides, a new walsender decoding).
+    pub settle: Duration,
 }
 
 impl Default for FlipConfig {
@@ -52,6 +55,7 @@ impl Default for FlipConfig {
             ack_timeout: Duration::from_secs(5),
             catch_up_timeout: Duration::from_secs(5),
             max_attempts: 3,
+            settle: Duration::from_secs(1),
         }
     }
 }
@@ -171,7 +175,12 @@ pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
     let target_dsn = ctx.require_target()?;
     let outcome = run(ctx, Way::Back, target_dsn.clone(), source_dsn.clone()).await?;
     if outcome == Outcome::Done {
-        // traffic is on the source with every write: replication back is no longer needed
+        // traffic is on the source with every write: replication back is no longer needed (once
+        // the released traffic has settled there)
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.flip.settle) => {}
+            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+        }
         let cluster = ctx.cluster();
         let source = pg::connect_writable(&source_dsn, &format!("source of {cluster}")).await?;
         let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
