@@ -1,7 +1,7 @@
 //! Flipped: traffic is on the target. Forward replication is removed, replication back to the
-//! source starts (from the position the flip recorded inside the hold), and after the soak, reverse replication is
-//! removed too unless the policy keeps it. The source is left fenced (read-only) until an operator
-//! drops it.
+//! source starts (from the position the flip recorded inside the hold), and after the soak,
+//! reverse replication is removed too unless the policy keeps it. The source is left fenced
+//! (read-only) until an operator drops it.
 
 use dmf_workflows::Outcome;
 use serde_json::json;
@@ -38,8 +38,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
 }
 
 /// Once per flip: remove forward replication, then replicate back to the source from the position
-/// the flip recorded inside the hold. In this order: PostgreSQL 15 replicates changes whatever their origin, so with
-/// both directions on, every change would go round in a loop.
+/// the flip recorded inside the hold. In this order: PostgreSQL 15 replicates changes whatever
+/// their origin, so with both directions on, every change would go round in a loop.
 pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Client, target_dsn: &str) -> Result<(), Error> {
     let m = &ctx.migration;
     if m.state.pointer("/reverse/subscribed").and_then(|v| v.as_bool()) == Some(true) {

@@ -103,6 +103,7 @@ pub struct SessionEntry {
     pub cancel: SharedCancelTarget,
     /// The client's startup parameters (to log in to a new backend for it).
     pub params: Arc<protocol::startup::Params>,
+    /// A backend on the next primary the route announced, opened (and warmed) ahead of the move.
     pub spare: SpareBackend,
 }
 

@@ -277,9 +277,10 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
     Ok(Ok(()))
 }
 
-/// The protocol, from the hold to the route move. The control plane is written only where
-/// correctness needs it: the hold, the move, and before the rollback unfences (undo reads the
-/// flags saved at the start; the steps are recorded as they finish and saved with the move).
+/// The protocol, from announcing the next primary to the route move. Inside the hold the control
+/// plane is written only where correctness needs it: the hold, the move, and before the rollback
+/// unfences (undo reads the flags saved at the start; the steps are recorded as they finish and
+/// saved with the move).
 async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Result<(), Error> {
     let cluster = ctx.cluster().to_string();
     let cfg = &ctx.config.flip;
@@ -308,8 +309,8 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
             &RouteChange {
                 hold: Some(true),
                 hold_deadline_ms: Some(cfg.hold_deadline.as_millis() as i32),
-                // forward only: proxies open backends on the target during the hold (a fenced
-                // source would give them read-only sessions on the way back)
+                // forward only (already announced): proxies open backends there for sessions that
+                // have none yet (a fenced source would give them read-only sessions on the way back)
                 next_primary: (sides.way == Way::Forward).then(|| Some(sides.to_dsn.clone())),
                 ..Default::default()
             },
@@ -430,7 +431,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     }
     match sides.way {
         Way::Forward => {
-            // made inside the hold, if the run got that far; the route never moved, so it holds
+            // made before the hold, if the run got that far; the route never moved, so it holds
             // no write anyone needs
             hydrate::drop_slot(&sides.to, &back.slot).await?;
         }

@@ -65,8 +65,8 @@ pub async fn publish(target: &Client, reverse: &Names) -> Result<(), Error> {
     ensure_publication(target, reverse).await
 }
 
-/// On the target, inside the hold, once the forward apply worker has stopped: the slot that keeps
-/// every change made on the target from now on (one round trip; kept if it exists).
+/// On the target, before the hold: the slot that keeps every change made on the target from now on
+/// (replication back skips what it holds from before the flip; one round trip; kept if it exists).
 pub async fn prepare(target: &Client, reverse: &Names) -> Result<(), Error> {
     target.execute(include_str!("sql/create_reverse_slot.sql"), &[&reverse.slot]).await.map_err(pg::err("create the reverse slot"))?;
     Ok(())

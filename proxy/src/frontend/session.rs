@@ -144,7 +144,7 @@ pub struct Session {
     cancel: Arc<Mutex<Option<CancelTarget>>>,
     in_tx: Arc<AtomicBool>,
     signal: Arc<Signal>,
-    /// A backend on the next primary opened during a hold (see `router::control`).
+    /// A backend on the next primary, opened when the route announced it (see `router::control`).
     spare: SpareBackend,
     /// The spare, with this session's state already restored on it while the session was parked
     /// at the hold: the release only swaps backends.
@@ -728,7 +728,7 @@ impl Session {
             self.fatal("57P01", &format!("dmf proxy: the database moved to {to}; this session held state that cannot move ({what}) and was closed; reconnect")).await;
             return Err(Error::Closed(format!("holds state that cannot move to {to}: {what}")));
         }
-        // a backend opened during the hold saves the connection on the critical path
+        // a backend opened ahead of the move saves the connection on the critical path
         let spare = lock(&self.spare).take().filter(|b| b.endpoint.dsn == self.route.primary.dsn);
         let mut next = match spare {
             Some(mut b) => match replay(&mut b, &state).await {
