@@ -58,6 +58,10 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     let source = src.dsn("app");
     // pgbench_history has no key: preflight insists on a replica identity before publishing it
     psql(&source, "ALTER TABLE pgbench_history REPLICA IDENTITY FULL");
+    // an application role that is not a superuser: the fence must keep it out of the source
+    psql(&source, "CREATE ROLE app_user LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO app_user");
+    let as_app = source.replacen("postgres://postgres@", "postgres://app_user@", 1);
+    assert_eq!(try_psql(&as_app, "SELECT current_user"), Ok("app_user".to_string()));
     let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{source}\"\n"));
     assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
     let p1 = env.proxy("proxy-1", "app", &[]);
@@ -106,6 +110,9 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     // the source is fenced: a session that bypasses the proxies cannot write there
     assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "on");
     assert!(src.psql("app", "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0)").is_err(), "a direct write to the fenced source must fail");
+    // and no role but dmf's (and superusers) can even open a session there to opt out of it
+    let opted_out = try_psql(&as_app, "SET default_transaction_read_only = off; INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0)");
+    assert!(opted_out.as_ref().is_err_and(|e| e.contains("permission denied for database")), "an application role on the fenced source: {opted_out:?}");
     assert!(p1.metric("sessions_moved") + p2.metric("sessions_moved") >= 8.0, "every load session moved");
 
     // --- the rollback, under load: writes made on the target reach the source
@@ -122,6 +129,7 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     assert_eq!(rows, first + second, "every transaction of both runs is on the source");
     assert!(consistent(&sums), "balances on the source: {sums}");
     assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "off", "the source takes writes again");
+    assert_eq!(try_psql(&as_app, "SHOW default_transaction_read_only"), Ok("off".to_string()), "the application role connects to the source again");
     assert_eq!(psql(&target, "SHOW default_transaction_read_only"), "on", "the target is fenced");
     assert_eq!(env.cp_query(&format!("SELECT primary_endpoint = '{source}' FROM dmf.routes")), "t", "the route points at the source");
     eprintln!("rollback: traffic held {} ms; {second} transactions, 0 failed", env.cp_query("SELECT state->'rollback'->>'held_ms' FROM dmf.migrations"));

@@ -64,6 +64,10 @@ pub struct Args {
     /// The flip starts only when heartbeat lag is under this many milliseconds.
     #[arg(long, default_value_t = 10)]
     pub flip_max_lag_ms: u64,
+    /// Flips that began and had to be undone (traffic back on the source) before the migration
+    /// fails for an operator to look at.
+    #[arg(long, default_value_t = 3)]
+    pub flip_max_attempts: u32,
     /// During the flip, how long in-flight transactions may take to finish before they are ended.
     #[arg(long, default_value_t = 1000)]
     pub hold_deadline_ms: u64,
@@ -102,6 +106,7 @@ impl Args {
         o.activities.shadow_reads_for = Duration::from_secs_f64(self.shadow_reads_s.max(0.0));
         o.activities.flip.max_lag = Duration::from_millis(self.flip_max_lag_ms);
         o.activities.flip.hold_deadline = Duration::from_millis(self.hold_deadline_ms.max(1));
+        o.activities.flip.max_attempts = self.flip_max_attempts.max(1);
         o.activities.soak = Duration::from_secs_f64(self.soak_s.max(0.0));
         o.activities.keep_reverse_replication = self.keep_reverse_replication;
         o.lease_ttl = Duration::from_secs(self.lease_ttl_s.max(3));

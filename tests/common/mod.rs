@@ -56,13 +56,24 @@ pub fn dmf_bin() -> &'static str {
 
 /// Run SQL with psql against a connection string; returns trimmed unaligned output.
 pub fn psql(dsn: &str, sql: &str) -> String {
+    match try_psql(dsn, sql) {
+        Ok(out) => out,
+        Err(e) => panic!("psql failed on {dsn}: {sql}\n{e}"),
+    }
+}
+
+/// psql that reports failure (its stderr) instead of panicking.
+pub fn try_psql(dsn: &str, sql: &str) -> Result<String, String> {
     let psql = dmf_activities::providers::local::program("psql").expect("psql");
     let out = Command::new(psql)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql])
         .output()
         .expect("run psql");
-    assert!(out.status.success(), "psql failed on {dsn}: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 impl Env {

@@ -1,30 +1,67 @@
 //! Fencing a database against writes that do not come through a proxy, and undoing it exactly.
 //!
-//! The fence makes new sessions read-only by default (`ALTER DATABASE ... SET
-//! default_transaction_read_only = on`; logical replication apply workers keep applying) and ends
-//! every client session except ours and the ones the live proxies hold (they are held at a
-//! transaction boundary and move with their settings at release). The caller records the setting
-//! from before (`current_setting`) so that unfencing restores it, not a guess. Sessions passed in
-//! here are dmf's own, made writable (`pg::connect_writable`).
+//! The fence, in one transaction, makes new sessions read-only by default (`ALTER DATABASE ... SET
+//! default_transaction_read_only = on`; logical replication apply workers keep applying) and takes
+//! CONNECT away from every role but ours (superusers cannot be kept out), so that no new session
+//! can opt out with `SET` or `BEGIN READ WRITE`; then it ends every client session except ours and
+//! the ones the live proxies hold (they are held at a transaction boundary and move with their
+//! settings at release). The caller records what was there before (`before`) so that lifting the
+//! fence restores that, not a guess. Sessions passed in here are dmf's own, made writable
+//! (`pg::connect_writable`).
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::pg;
 
-/// The database-level setting as it is now.
-pub async fn current_setting(client: &Client) -> Result<Option<String>, Error> {
-    let row = client.query_one(include_str!("sql/fence_setting.sql"), &[]).await.map_err(pg::err("read the database's settings"))?;
-    Ok(row.get(0))
+/// What the fence changes, as it is before the fence (see `sql/fence_before.sql`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Before {
+    /// The database-level `default_transaction_read_only` (None: not set).
+    pub setting: Option<String>,
+    /// Who may connect ("PUBLIC" or role names), other than our role and superusers.
+    pub connect: Vec<String>,
+    /// Our role could connect only through PUBLIC: the fence grants it CONNECT itself.
+    pub granted_self: bool,
+}
+
+impl Before {
+    pub fn from_value(v: Option<&serde_json::Value>) -> Before {
+        v.cloned().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+    }
+}
+
+/// The database as the fence would find it now.
+pub async fn before(client: &Client) -> Result<Before, Error> {
+    let row = client.query_one(include_str!("sql/fence_before.sql"), &[]).await.map_err(pg::err("read the database's settings and privileges"))?;
+    Ok(Before { setting: row.get("setting"), connect: row.get("connect"), granted_self: row.get("granted_self") })
+}
+
+fn grantee(g: &str) -> String {
+    if g == "PUBLIC" {
+        "PUBLIC".into()
+    } else {
+        pg::ident(g)
+    }
 }
 
 /// Fence the database `client` is connected to, sparing the sessions `spared`; returns how many
 /// client sessions were ended, once they are all gone.
-pub async fn fence(client: &Client, spared: &[i32]) -> Result<i64, Error> {
+pub async fn fence(client: &Client, before: &Before, spared: &[i32]) -> Result<i64, Error> {
     let db = database(client).await?;
-    pg::exec(client, "fence the database", &format!("ALTER DATABASE {} SET default_transaction_read_only = on", pg::ident(&db))).await?;
+    let ident = pg::ident(&db);
+    let mut sql = format!("ALTER DATABASE {ident} SET default_transaction_read_only = on;\n");
+    if before.granted_self {
+        sql.push_str(&format!("GRANT CONNECT ON DATABASE {ident} TO CURRENT_USER;\n"));
+    }
+    for g in &before.connect {
+        sql.push_str(&format!("REVOKE CONNECT ON DATABASE {ident} FROM {};\n", grantee(g)));
+    }
+    // one implicit transaction: the database is fenced whole or not at all
+    pg::exec(client, "fence the database", &sql).await?;
     let ended: Vec<i32> = client
         .query_one(include_str!("sql/terminate_others.sql"), &[&spared])
         .await
@@ -52,13 +89,19 @@ pub async fn fence(client: &Client, spared: &[i32]) -> Result<i64, Error> {
 /// How long the fence waits for the sessions it ended to be gone.
 const END_WAIT: Duration = Duration::from_secs(5);
 
-/// Restore the database-level setting to `previous` (None: not set at all).
-pub async fn unfence(client: &Client, previous: Option<&str>) -> Result<(), Error> {
+/// Lift the fence: the setting and the CONNECT privileges as they were (`before`).
+pub async fn unfence(client: &Client, before: &Before) -> Result<(), Error> {
     let db = pg::ident(&database(client).await?);
-    let sql = match previous {
-        None => format!("ALTER DATABASE {db} RESET default_transaction_read_only"),
-        Some(v) => format!("ALTER DATABASE {db} SET default_transaction_read_only = {}", pg::literal(v)),
+    let mut sql = match &before.setting {
+        None => format!("ALTER DATABASE {db} RESET default_transaction_read_only;\n"),
+        Some(v) => format!("ALTER DATABASE {db} SET default_transaction_read_only = {};\n", pg::literal(v)),
     };
+    for g in &before.connect {
+        sql.push_str(&format!("GRANT CONNECT ON DATABASE {db} TO {};\n", grantee(g)));
+    }
+    if before.granted_self {
+        sql.push_str(&format!("REVOKE CONNECT ON DATABASE {db} FROM CURRENT_USER;\n"));
+    }
     pg::exec(client, "unfence the database", &sql).await
 }
 

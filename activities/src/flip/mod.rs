@@ -215,11 +215,11 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
         progress.save(ctx).await?;
         return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
-    // before the hold, what needs no hold: the database setting the fence replaces (saved with the
-    // start, so that undo restores exactly that whenever it runs), and the reverse publication and
-    // slot (replication back starts past the position recorded inside the hold, so what the slot
+    // before the hold, what needs no hold: what the fence changes (the setting and who may
+    // connect, saved with the start, so that undo restores exactly that whenever it runs), and the
+    // reverse publication and slot (replication back starts past the position recorded inside the hold, so what the slot
     // sees before that is never sent; undo drops the slot)
-    let previous = fence::current_setting(&sides.from).await?;
+    let before = fence::before(&sides.from).await?;
     if way == Way::Forward {
         let back = Names::reverse_of(ctx.migration.id);
         reverse::publish(&sides.to, &back).await?;
@@ -229,7 +229,7 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
     let undone = progress.value["undone"].take();
     progress.value = json!({
         "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now(), "undone": undone,
-        "from_setting": previous, "fencing": true,
+        "before": before, "fencing": true,
     });
     progress.save(ctx).await?;
     progress.crash_point(ctx, "start");
@@ -327,7 +327,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
 
     // 2. fence the old primary against writes that bypass the proxies
     let t = Instant::now();
-    let ended = fence::fence(&sides.from, &spared).await?;
+    let ended = fence::fence(&sides.from, &fence::Before::from_value(progress.value.get("before")), &spared).await?;
     progress.value["sessions_ended"] = json!(ended);
     progress.record(ctx, FENCED, t.elapsed());
 
@@ -359,10 +359,9 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         // replication back stops, and the source takes writes again (it was fenced by the flip)
         let t = Instant::now();
         reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
-        let flip_setting = ctx.migration.state.pointer("/flip/from_setting").cloned().unwrap_or(Value::Null);
         progress.value["to_unfenced"] = json!(true);
         progress.save(ctx).await?;
-        fence::unfence(&sides.to, flip_setting.as_str()).await?;
+        fence::unfence(&sides.to, &fence::Before::from_value(ctx.migration.state.pointer("/flip/before"))).await?;
         progress.record(ctx, SWITCHED, t.elapsed());
         ctx.check_cancel()?;
     } else {
@@ -427,7 +426,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     if progress.value["to_unfenced"].as_bool() == Some(true) {
         // rollback: the source had been unfenced for the move; traffic stays on the target, so
         // the source is fenced again (what to restore there is still the flip's record)
-        fence::fence(&sides.to, &[]).await?;
+        fence::fence(&sides.to, &fence::Before::from_value(ctx.migration.state.pointer("/flip/before")), &[]).await?;
     }
     match sides.way {
         Way::Forward => {
@@ -438,8 +437,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         Way::Back => reverse::enable(&sides.to, &back.subscription).await?,
     }
     if progress.value["fencing"].as_bool() == Some(true) {
-        let previous = progress.value["from_setting"].as_str().map(str::to_string);
-        fence::unfence(&sides.from, previous.as_deref()).await?;
+        fence::unfence(&sides.from, &fence::Before::from_value(progress.value.get("before"))).await?;
     }
     // release on the old primary (the route's primary never changed)
     let released = ctx
