@@ -153,28 +153,7 @@ for _ in $(seq 1 600); do
     sleep 0.5
 done
 BP="$BASE/pgbouncer"; BOUNCER_PORT=$(free_port); mkdir -p "$BP"
-echo '"postgres" ""' > "$BP/userlist.txt"
-bouncer_ini() {  # bouncer_ini PORT: the pgbouncer config pointing at the server on PORT
-    cat > "$BP/pgbouncer.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$1 dbname=bench user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir = $BP
-auth_type = trust
-auth_file = $BP/userlist.txt
-admin_users = postgres
-pool_mode = transaction
-default_pool_size = 10
-max_client_conn = 100
-ignore_startup_parameters = extra_float_digits
-logfile = $BP/pgbouncer.log
-pidfile = $BP/pgbouncer.pid
-INI
-}
-bouncer_ini "$SRC_PORT"
+pgbouncer_ini "$BP" "$BOUNCER_PORT" "$SRC_PORT"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BP"
 as_pg "$PGBOUNCER" -d -q "$BP/pgbouncer.ini"
 ADMIN="postgres://postgres@127.0.0.1:$BOUNCER_PORT/pgbouncer"
@@ -188,7 +167,7 @@ psql -X -q "$ADMIN" -c "PAUSE bench" >/dev/null
 LSN=$(psql -X -A -t "$SRC" -c "SELECT pg_current_wal_lsn()")
 until [ "$(psql -X -A -t "$SRC" -c "SELECT confirmed_flush_lsn >= '$LSN' FROM pg_replication_slots WHERE slot_name = 'peer_sub'")" = t ]; do sleep 0.002; done
 psql -X -A -t "$SRC" -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value) FROM pg_sequences WHERE last_value IS NOT NULL AND schemaname <> '_dmf'" | psql -X -q "$PEER" >/dev/null
-bouncer_ini "$PEER_PORT"
+pgbouncer_ini "$BP" "$BOUNCER_PORT" "$PEER_PORT"
 psql -X -q "$ADMIN" -c "RELOAD" >/dev/null
 psql -X -q "$ADMIN" -c "RESUME bench" >/dev/null
 PEER_TO=$(now_us)

@@ -62,26 +62,7 @@ declare -A URL=([direct]="$SRC?sslmode=disable")
 BP="$BASE/pgbouncer"
 BOUNCER_PORT=$(free_port)
 mkdir -p "$BP"
-echo '"postgres" ""' > "$BP/userlist.txt"
-cat > "$BP/pgbouncer.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$SRC_PORT dbname=bench user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir = $BP
-auth_type = trust
-auth_file = $BP/userlist.txt
-pool_mode = transaction
-default_pool_size = 10
-max_client_conn = 100
-ignore_startup_parameters = extra_float_digits
-logfile = $BP/pgbouncer.log
-pidfile = $BP/pgbouncer.pid
-log_connections = 0
-log_disconnections = 0
-INI
+pgbouncer_ini "$BP" "$BOUNCER_PORT" "$SRC_PORT"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BP"
 as_pg "$PGBOUNCER" -d -q "$BP/pgbouncer.ini" || { cat "$BP/pgbouncer.log" 2>/dev/null; exit 1; }
 URL[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable"

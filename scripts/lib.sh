@@ -130,3 +130,31 @@ settle() {
     sync
     sleep 1
 }
+
+# pgbouncer_ini DIR LISTEN_PORT SERVER_PORT: a pgbouncer config in DIR (transaction pooling, trust
+# on loopback, the admin console for postgres) serving database bench of the server on
+# SERVER_PORT; rewrite it and RELOAD to repoint a running pgbouncer.
+pgbouncer_ini() {
+    local dir="$1" listen="$2" server="$3"
+    echo '"postgres" ""' > "$dir/userlist.txt"
+    cat > "$dir/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$server dbname=bench user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $listen
+unix_socket_dir = $dir
+auth_type = trust
+auth_file = $dir/userlist.txt
+admin_users = postgres
+pool_mode = transaction
+default_pool_size = 10
+max_client_conn = 100
+ignore_startup_parameters = extra_float_digits
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+INI
+}

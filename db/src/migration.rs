@@ -46,6 +46,11 @@ impl MigrationRow {
     pub fn state_str(&self, key: &str) -> Option<&str> {
         self.state.get(key).and_then(|v| v.as_str())
     }
+
+    /// The refusal of an operator's request in this migration's phase.
+    fn wrong_phase(&self, what: &str) -> Error {
+        Error::WrongPhase { cluster: self.cluster.clone(), phase: self.phase.clone(), what: what.into() }
+    }
 }
 
 /// A compare-and-set from (`from`, `epoch`) to `to`.
@@ -235,54 +240,52 @@ impl Db {
 
     /// `dmf abort`: move a cluster to `aborting` from any phase that allows it.
     pub async fn request_abort(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
-        loop {
-            let m = self.migration_by_cluster(cluster).await?;
-            let phase = m.phase()?;
-            if phase == Phase::Aborting || phase == Phase::Aborted {
-                return Ok(m);
-            }
+        self.request(cluster, [Phase::Aborting, Phase::Aborted], |m, phase| {
             if !phase.can_abort() {
-                return Err(Error::WrongPhase {
-                    cluster: cluster.into(),
-                    phase: m.phase.clone(),
-                    what: "abort is only possible before traffic moves".into(),
-                });
+                return Err(m.wrong_phase("abort is only possible before traffic moves"));
             }
-            let req = TransitionRequest {
+            Ok(TransitionRequest {
                 abort_reason: Some(AbortReason::Operator),
                 ..TransitionRequest::new(phase, m.epoch, Phase::Aborting, actor, format!("abort requested by {actor}"))
-            };
-            // Lost the race with a worker's transition: look again.
-            if self.transition(m.id, &req).await?.is_some() {
-                return self.migration(m.id).await;
-            }
-        }
+            })
+        })
+        .await
     }
 
     /// `dmf rollback`: move a flipped (or completed, while reverse replication is kept) cluster to
     /// `rolling_back`. A cluster already rolling back or rolled back is returned as it is.
     pub async fn request_rollback(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
+        self.request(cluster, [Phase::RollingBack, Phase::RolledBack], |m, phase| {
+            if !phase.can_roll_back() {
+                return Err(m.wrong_phase(
+                    "rollback is only possible once traffic is on the target (flipped, or completed with reverse replication kept); before that, abort",
+                ));
+            }
+            if phase == Phase::Completed && m.state.pointer("/reverse/kept").and_then(|v| v.as_bool()) != Some(true) {
+                return Err(m.wrong_phase(
+                    "reverse replication was removed at completion (policy keep_reverse_replication = false): a rollback would lose the writes made on the target",
+                ));
+            }
+            Ok(TransitionRequest::new(phase, m.epoch, Phase::RollingBack, actor, format!("rollback requested by {actor}")))
+        })
+        .await
+    }
+
+    /// An operator's request: unless the cluster is already in one of `arrived`, make the
+    /// transition `plan` asks for (or refuses); a race lost to a worker's transition looks again.
+    async fn request(
+        &self,
+        cluster: &str,
+        arrived: [Phase; 2],
+        plan: impl Fn(&MigrationRow, Phase) -> Result<TransitionRequest, Error>,
+    ) -> Result<MigrationRow, Error> {
         loop {
             let m = self.migration_by_cluster(cluster).await?;
             let phase = m.phase()?;
-            if phase == Phase::RollingBack || phase == Phase::RolledBack {
+            if arrived.contains(&phase) {
                 return Ok(m);
             }
-            if !phase.can_roll_back() {
-                return Err(Error::WrongPhase {
-                    cluster: cluster.into(),
-                    phase: m.phase.clone(),
-                    what: "rollback is only possible once traffic is on the target (flipped, or completed with reverse replication kept); before that, abort".into(),
-                });
-            }
-            if phase == Phase::Completed && m.state.pointer("/reverse/kept").and_then(|v| v.as_bool()) != Some(true) {
-                return Err(Error::WrongPhase {
-                    cluster: cluster.into(),
-                    phase: m.phase.clone(),
-                    what: "reverse replication was removed at completion (policy keep_reverse_replication = false): a rollback would lose the writes made on the target".into(),
-                });
-            }
-            let req = TransitionRequest::new(phase, m.epoch, Phase::RollingBack, actor, format!("rollback requested by {actor}"));
+            let req = plan(&m, phase)?;
             if self.transition(m.id, &req).await?.is_some() {
                 return self.migration(m.id).await;
             }

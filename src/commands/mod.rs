@@ -37,6 +37,16 @@ pub fn actor() -> String {
     format!("cli:{user}")
 }
 
+/// What an operator's request (abort, rollback) left the migration in, and what happens next.
+pub fn report_request(m: &dmf_db::MigrationRow, json: bool, next: &str) -> anyhow::Result<()> {
+    if json {
+        crate::output::json(&serde_json::json!({ "cluster": m.cluster, "phase": m.phase, "epoch": m.epoch }))
+    } else {
+        crate::output::line(&format!("{}: {} ({next})", m.cluster, m.phase));
+        Ok(())
+    }
+}
+
 /// A token cancelled on SIGINT or SIGTERM.
 pub fn shutdown_signal() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();

@@ -17,10 +17,5 @@ pub struct Args {
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
     let m = db.request_rollback(&a.cluster, &super::actor()).await?;
-    if a.json {
-        crate::output::json(&serde_json::json!({ "cluster": m.cluster, "phase": m.phase, "epoch": m.epoch }))
-    } else {
-        crate::output::line(&format!("{}: {} (a worker moves traffic back to the source; `dmf status` shows when it is there)", m.cluster, m.phase));
-        Ok(())
-    }
+    super::report_request(&m, a.json, "a worker moves traffic back to the source; `dmf status` shows when it is there")
 }

@@ -85,11 +85,7 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
     loop {
         let r = match &decision {
             Decision::Transition { to, abort_reason, note } => {
-                // a step back (a flip that returned traffic) keeps its reason as the last error
-                let backwards = match (phase.pipeline_index(), to.pipeline_index()) {
-                    (Some(from), Some(next)) => next < from,
-                    _ => phase == Phase::RollingBack && *to == Phase::Flipped,
-                };
+                let backwards = phase.is_step_back(*to);
                 let req = dmf_db::TransitionRequest {
                     abort_reason: *abort_reason,
                     last_error: if *to == Phase::Failed || *to == Phase::Aborting || backwards { Some(note.clone()) } else { None },

@@ -113,8 +113,17 @@ impl Phase {
     }
 
     /// Where `self` sits in the forward pipeline (None for aborting, aborted, failed).
-    pub fn pipeline_index(self) -> Option<usize> {
+    fn pipeline_index(self) -> Option<usize> {
         PIPELINE.iter().position(|p| *p == self)
+    }
+
+    /// Whether going from this phase to `to` is a step back (a flip or a rollback that returned
+    /// traffic where it was): its reason is kept as the migration's last error.
+    pub fn is_step_back(self, to: Phase) -> bool {
+        match (self.pipeline_index(), to.pipeline_index()) {
+            (Some(from), Some(next)) => next < from,
+            _ => self == Phase::RollingBack && to == Phase::Flipped,
+        }
     }
 
     /// Whether an activity job runs in this phase. `pending` waits for the scheduler, `failed` for an

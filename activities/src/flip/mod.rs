@@ -222,7 +222,7 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
     let before = fence::before(&sides.from).await?;
     if way == Way::Forward {
         let back = Names::reverse_of(ctx.migration.id);
-        reverse::publish(&sides.to, &back).await?;
+        hydrate::ensure_publication(&sides.to, &back).await?;
         reverse::prepare(&sides.to, &back).await?;
     }
     let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;

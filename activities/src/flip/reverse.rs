@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::error::Error;
-use crate::hydrate::{drop_slot, ensure_publication, subscription_exists};
+use crate::hydrate::{drop_slot, subscription_exists};
 use crate::{pg, Names};
 
 /// Disable a subscription and wait until its apply worker has exited (nothing more is applied).
@@ -57,12 +57,6 @@ pub async fn drop_subscription(client: &Client, subscription: &str) -> Result<()
     pg::exec(client, "disable subscription", &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await?;
     pg::exec(client, "detach subscription slot", &format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")).await?;
     pg::exec(client, "drop subscription", &format!("DROP SUBSCRIPTION {sub}")).await
-}
-
-/// On the target, before the hold: the reverse publication (it publishes nothing until its slot
-/// is read, so it can be made ahead and costs the hold nothing).
-pub async fn publish(target: &Client, reverse: &Names) -> Result<(), Error> {
-    ensure_publication(target, reverse).await
 }
 
 /// On the target, before the hold: the slot that keeps every change made on the target from now on
