@@ -36,8 +36,9 @@ ensure_postgres() {
     export PATH="$bin:$PATH"
 }
 
-# What the build and the proxy's client tests need besides PostgreSQL: libclang (pg_query's
-# bindgen), openssl (a test certificate), psycopg 3 (a real Python client).
+# What the build and the tests need besides PostgreSQL: libclang (pg_query's bindgen), openssl (a
+# test certificate), psycopg 3 (a real Python client of the proxy), moto in server mode with boto3
+# (the local AWS API emulator of the aws provider's tests).
 ensure_test_tools() {
     if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
         echo "installing libclang-dev (pg_query builds PostgreSQL's parser with bindgen)" >&2
@@ -49,6 +50,11 @@ ensure_test_tools() {
         python3 -m pip install -q "psycopg[binary]" 2>/dev/null \
             || python3 -m pip install -q --break-system-packages "psycopg[binary]" \
             || apt_install python3-psycopg
+    fi
+    if ! python3 -c 'import moto.server, boto3, werkzeug' >/dev/null 2>&1; then
+        echo "installing moto[server] (local AWS API emulator)" >&2
+        python3 -m pip install -q "moto[server]>=5,<6" 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages "moto[server]>=5,<6"
     fi
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test of dmf: installs what it needs when missing (PostgreSQL server binaries, pgbench,
-# pg_dump, libclang for pg_query, openssl, psycopg 3), runs unit tests and the end-to-end tests
+# pg_dump, libclang for pg_query, openssl, psycopg 3, moto[server]), runs unit tests and the end-to-end tests
 # against throwaway local clusters, then a short fuzz run of the proxy's protocol decoders.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,11 @@
-//! Abort and cleanup: remove the subscription, slots (replication and audit), publication and
-//! heartbeat objects, and the provisioned target, so that the source is left exactly as it was. Runs until it succeeds.
+//! Abort and cleanup: remove the subscription (or the DMS task, instance and endpoints), slots
+//! (replication and audit), publication and heartbeat objects, and the provisioned target (a local
+//! cluster, or the Aurora cluster with its instances and groups), so that the source is left
+//! exactly as it was. Runs until it succeeds; AWS deletions are watched until they finish.
 
 use crate::error::Error;
 use crate::hydrate::{drop_slot, subscription_exists};
+use crate::providers::aws;
 use crate::providers::local::LocalCluster;
 use crate::{pg, Context, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
@@ -13,9 +16,19 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let names = ctx.names();
     // Traffic first: an abort from shadow_reads sends reads back to the source.
     crate::shift_reads::reads_back_to_source(ctx).await?;
+    // DMS next: its task reads the source and writes the target.
+    if crate::dms::uses_dms(ctx) && !crate::dms::remove(ctx).await? {
+        return Ok(Outcome::Watch(std::time::Duration::from_secs(2)));
+    }
     // Target first: a subscription left enabled would recreate activity on the slot.
-    if let Some(target_dsn) = ctx.target_dsn() {
-        let reachable = if provisioned_by_us(m) { local_target(ctx).map(|c| c.is_running()).unwrap_or(true) } else { true };
+    if let Some(target_dsn) = ctx.target_dsn().filter(|_| !crate::dms::uses_dms(ctx)) {
+        let reachable = if !provisioned_by_us(m) {
+            true
+        } else if m.provider == "aws" {
+            !aws::teardown_started(ctx)
+        } else {
+            local_target(ctx).map(|c| c.is_running()).unwrap_or(true)
+        };
         if reachable {
             let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
             if subscription_exists(&target, &names.subscription).await? {
@@ -32,8 +45,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     drop_slot(&source, &crate::audit::audit_slot(ctx)).await?;
     pg::exec(&source, "drop publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&names.publication))).await?;
     pg::exec(&source, "drop heartbeat schema", &format!("DROP SCHEMA IF EXISTS {} CASCADE", pg::ident(HEARTBEAT_SCHEMA))).await?;
+    let teardown = m.settings.get("teardown_target").and_then(|v| v.as_bool()).unwrap_or(true);
+    if let Some(spec) = aws::provisioned(ctx).filter(|_| teardown && provisioned_by_us(m)) {
+        if !aws::teardown(ctx, &spec).await? {
+            return Ok(Outcome::Watch(std::time::Duration::from_secs(2)));
+        }
+    }
     if let Some(c) = local_target(ctx) {
-        let teardown = m.settings.get("teardown_target").and_then(|v| v.as_bool()).unwrap_or(true);
         if teardown {
             tokio::task::spawn_blocking(move || c.destroy())
                 .await

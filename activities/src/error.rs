@@ -24,6 +24,9 @@ pub enum Error {
     NeedsOperator(String),
     #[error("local provider: {0}")]
     Local(String),
+    /// An AWS call failed; retried when AWS says trying again can help (throttling, transient).
+    #[error("cluster {cluster}: AWS {source}")]
+    Aws { cluster: String, #[source] source: dmf_aws::Error },
 }
 
 impl Error {
@@ -32,11 +35,16 @@ impl Error {
         move |source| Error::Io { what, source }
     }
 
+    fn aws_retryable(&self) -> bool {
+        matches!(self, Error::Aws { source, .. } if source.is_retryable())
+    }
+
     /// What the worker should do with this error.
     pub fn into_outcome(self) -> Outcome {
         match self {
             Error::Abort { reason, detail } => Outcome::Abort { reason, detail },
             Error::NeedsOperator(error) => Outcome::Fail { error },
+            e @ Error::Aws { .. } if !e.aws_retryable() => Outcome::Fail { error: e.to_string() },
             other => Outcome::Retry { error: other.to_string() },
         }
     }

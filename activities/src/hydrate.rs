@@ -386,7 +386,26 @@ async fn copy_all(ctx: &Context, snapshot: &str, target_dsn: &str, chunks: Vec<C
     failure.map_or(Ok(()), Err)
 }
 
+/// Build the indexes and constraints on a target that DMS loaded: dump post-data now and restore
+/// what the target lacks.
+pub(crate) async fn build_post_data(ctx: &Context, target_dsn: &str) -> Result<(), Error> {
+    let cluster = ctx.cluster();
+    let dir = tempdir(&ctx.config.local_base_dir, &format!("post-{}", ctx.migration.id))?;
+    let file = dir.join("post.dump");
+    let result = async {
+        let target = pg::connect(target_dsn, &format!("target of {cluster}")).await?;
+        dump_schema(ctx.source_dsn(), "post-data", &file, cluster, None).await?;
+        restore_post_data(ctx, &target, target_dsn, &file).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
+    if crate::dms::uses_dms(ctx) {
+        return crate::dms::hydrate(ctx).await;
+    }
     let cluster = ctx.cluster().to_string();
     let id = ctx.migration.id;
     let names = ctx.names();

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod cleanup;
+pub mod dms;
 pub mod error;
 pub mod flip;
 pub mod hydrate;
@@ -62,6 +63,8 @@ pub struct Config {
     pub soak: Duration,
     /// Keep replication back to the source after completion (a later rollback stays lossless).
     pub keep_reverse_replication: bool,
+    /// AWS clients (the `aws` provider and DMS), per region, made on first use.
+    pub aws: dmf_aws::Clients,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             flip: flip::FlipConfig::default(),
             soak: Duration::from_secs(3600),
             keep_reverse_replication: false,
+            aws: dmf_aws::Clients::default(),
         }
     }
 }
@@ -144,6 +148,17 @@ impl Context {
     /// The target: adopted (from the manifest) or provisioned (from the durable state).
     pub fn target_dsn(&self) -> Option<String> {
         self.migration.target_dsn.clone().or_else(|| self.migration.state_str("target_dsn").map(str::to_string))
+    }
+
+    /// Where the routes send traffic on the target: the writer endpoint of a provisioned Aurora
+    /// cluster (dmf itself may reach it another way, `connect_via`), else the target.
+    pub fn route_target(&self) -> Option<String> {
+        self.migration.state_str("target_route_dsn").map(str::to_string).or_else(|| self.target_dsn())
+    }
+
+    /// Where shadow reads go on the target: an Aurora cluster's reader endpoint, else the target.
+    pub fn route_read_target(&self) -> Option<String> {
+        self.migration.state_str("target_read_dsn").map(str::to_string).or_else(|| self.route_target())
     }
 
     pub fn require_target(&self) -> Result<String, Error> {

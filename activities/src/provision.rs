@@ -1,5 +1,6 @@
-//! Provisioning: create the target (provider `local`) or check the adopted one; either way the
-//! target's connection string ends up in the migration's durable state.
+//! Provisioning: create the target (provider `local`: a cluster made with initdb; `aws`: an Aurora
+//! cluster, `providers::aws`) or check the adopted one; either way the target's connection string
+//! ends up in the migration's durable state.
 
 use serde_json::json;
 
@@ -17,6 +18,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     }
     match ctx.migration.provider.as_str() {
         "local" => provision_local(ctx).await,
+        "aws" => crate::providers::aws::provision(ctx).await,
         other => Err(Error::NeedsOperator(format!("cluster {cluster}: provider {other:?} is not available in this build"))),
     }
 }

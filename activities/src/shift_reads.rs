@@ -13,7 +13,9 @@ use crate::{audit, Context};
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
-    let target = ctx.require_target()?;
+    ctx.require_target()?;
+    // an Aurora target's reader endpoint; else the target itself
+    let target = ctx.route_read_target().ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster}: no target provisioned yet")))?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
     let since = match m.state.pointer("/shadow_reads/since").and_then(|v| v.as_str()).and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
         Some(since) if route.mode == "split_reads" && route.read_endpoint == target => since,

@@ -23,7 +23,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let source = pg::connect_writable(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
     let back = Names::reverse_of(m.id);
-    replicate_back(ctx, &source, &target, &target_dsn).await?;
+    if crate::dms::uses_dms(ctx) && !crate::dms::remove(ctx).await? {
+        // DMS stops and deletes its task before replication back starts
+        return Ok(Outcome::Watch(ctx.config.watch_interval));
+    }
+    // the source subscribes to the target by the address the routes use (an Aurora endpoint)
+    let target_route = ctx.route_target().unwrap_or_else(|| target_dsn.clone());
+    replicate_back(ctx, &source, &target, &target_route).await?;
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
         return Ok(Outcome::Watch(ctx.config.watch_interval));

@@ -174,7 +174,10 @@ impl Db {
     }
 
     /// Run the same (phase, epoch) again after `delay`: a watch tick, a retry or a nudge. Records
-    /// `error` as the last error when given. `false` if the migration moved on.
+    /// `error` as the last error when given. A `healthy` follow-up (a watch tick: the activity ran
+    /// and is fine) resets the attempt count, so that the cap counts consecutive failures and a
+    /// long wait (a steady phase, AWS provisioning) does not use it up. `false` if the migration
+    /// moved on.
     pub async fn follow_up(
         &self,
         id: Uuid,
@@ -182,6 +185,7 @@ impl Db {
         epoch: i64,
         delay: Duration,
         error: Option<&str>,
+        healthy: bool,
         actor: &str,
         release_lease: Option<&str>,
     ) -> Result<bool, Error> {
@@ -191,6 +195,7 @@ impl Db {
             .bind(phase.as_str())
             .bind(epoch)
             .bind(error)
+            .bind(healthy)
             .fetch_optional(&mut *tx)
             .await?;
         let Some((cluster, nudge)) = row else {

@@ -37,6 +37,14 @@ pub struct ClusterStatus {
     /// Consistency window (source commit to visible on the target) over recent samples.
     pub window_p50_ms: Option<f64>,
     pub window_p99_ms: Option<f64>,
+    pub provider: String,
+    /// `logical` (native) or `dms`.
+    pub replication: String,
+    /// DMS replication: task status, full-load progress, per-table statistics with DMS validation.
+    pub dms: Option<serde_json::Value>,
+    pub dms_summary: Option<String>,
+    /// An Aurora target as AWS last reported it: cluster and instance statuses, endpoints.
+    pub aws_target: Option<serde_json::Value>,
 }
 
 impl ClusterStatus {
@@ -46,6 +54,16 @@ impl ClusterStatus {
             Some(s) if s > 0.0 && self.bytes_copied > 0 => Some(self.bytes_copied as f64 / s),
             _ => None,
         }
+    }
+
+    /// One line on an Aurora target still coming up: the cluster's and each instance's status.
+    pub fn aws_target_summary(&self) -> Option<String> {
+        let t = self.aws_target.as_ref()?;
+        let instances: Vec<String> = t["instances"]
+            .as_array()
+            .map(|a| a.iter().map(|i| format!("{} {}", i["id"].as_str().unwrap_or("?"), i["status"].as_str().unwrap_or("?"))).collect())
+            .unwrap_or_default();
+        Some(format!("aurora {}; {}", t["cluster_status"].as_str().unwrap_or("absent"), instances.join(", ")))
     }
 
     /// Seconds left at the current rate, while hydration is running.

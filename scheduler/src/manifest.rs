@@ -53,6 +53,10 @@ struct RawCluster {
     pause_before: Vec<Spanned<String>>,
     #[serde(default)]
     teardown_target: Option<bool>,
+    #[serde(default)]
+    replication: Option<Spanned<String>>,
+    #[serde(default)]
+    aws: Option<Spanned<toml::Value>>,
 }
 
 /// A validated manifest.
@@ -142,10 +146,37 @@ impl Manifest {
                 None => 1,
             };
             let provider = match &c.provider {
-                Some(p) if p.get_ref() != "local" => {
-                    return Err(err(&p.span(), format!("cluster {cname}: provider: {:?} is not supported (supported: \"local\")", p.get_ref())))
+                Some(p) if !matches!(p.get_ref().as_str(), "local" | "aws") => {
+                    return Err(err(&p.span(), format!("cluster {cname}: provider: {:?} is not supported (supported: \"local\", \"aws\")", p.get_ref())))
                 }
-                _ => "local".to_string(),
+                Some(p) => p.get_ref().clone(),
+                None => "local".to_string(),
+            };
+            let aws = match (&c.aws, provider.as_str()) {
+                (Some(a), "aws") => {
+                    let parsed: dmf_aws::settings::ClusterSettings =
+                        a.get_ref().clone().try_into().map_err(|e: toml::de::Error| err(&a.span(), format!("cluster {cname}: aws: {}", e.message())))?;
+                    parsed.validate().map_err(|m| err(&a.span(), format!("cluster {cname}: {m}")))?;
+                    Some(parsed)
+                }
+                (Some(a), _) => return Err(err(&a.span(), format!("cluster {cname}: an [cluster.aws] table needs provider = \"aws\""))),
+                (None, "aws") => {
+                    return Err(Error::Manifest { file: file.into(), line, message: format!("cluster {cname}: provider \"aws\" needs a [cluster.aws] table (subnet_ids or subnet_group at least)") })
+                }
+                (None, _) => None,
+            };
+            if let (Some(_), Some(t)) = (&aws, &c.target) {
+                return Err(err(&t.span(), format!("cluster {cname}: target: an adopted target and provider \"aws\" exclude each other (the aws provider provisions the target)")));
+            }
+            let replication = match &c.replication {
+                Some(r) if !matches!(r.get_ref().as_str(), "logical" | "dms") => {
+                    return Err(err(&r.span(), format!("cluster {cname}: replication: {:?} is not one of \"logical\", \"dms\"", r.get_ref())))
+                }
+                Some(r) if r.get_ref() == "dms" && provider != "aws" => {
+                    return Err(err(&r.span(), format!("cluster {cname}: replication = \"dms\" needs provider = \"aws\"")))
+                }
+                Some(r) => r.get_ref().clone(),
+                None => "logical".to_string(),
             };
             let mut pause_before = Vec::new();
             for p in &c.pause_before {
@@ -157,6 +188,10 @@ impl Manifest {
             let mut settings = serde_json::Map::new();
             if let Some(t) = c.teardown_target {
                 settings.insert("teardown_target".into(), t.into());
+            }
+            settings.insert("replication".into(), replication.into());
+            if let Some(a) = aws {
+                settings.insert("aws".into(), serde_json::to_value(a).map_err(|e| err(&c.name.span(), format!("cluster {cname}: aws: {e}")))?);
             }
             lines.insert(cname.clone(), line);
             clusters.push(dmf_db::fleet::NewCluster {
@@ -228,6 +263,28 @@ pause_before = ["hydrating"]
         assert!(e.starts_with("fleet.toml:14:") && e.contains("wave = \"two\""), "{e}");
         let bad = GOOD.replace("max_concurrent = 4", "max_concurrent = 0");
         assert_eq!(error_of(&bad), "fleet.toml:4: fleet.max_concurrent: must be a positive integer, got 0");
+    }
+
+    #[test]
+    fn aws_clusters_take_their_table_and_replication() {
+        let text = format!(
+            "{GOOD}\n[[cluster]]\nname = \"billing\"\nsource = \"postgres://app@db3/billing\"\nprovider = \"aws\"\nreplication = \"dms\"\n\n[cluster.aws]\nregion = \"eu-west-1\"\nsubnet_ids = [\"subnet-1\"]\nreaders = 2\n"
+        );
+        let m = Manifest::parse("fleet.toml", &text).expect("valid");
+        let c = &m.fleet.clusters[2];
+        assert_eq!(c.provider, "aws");
+        assert_eq!(c.settings["replication"], "dms");
+        assert_eq!(c.settings["aws"]["readers"], 2);
+        assert_eq!(c.settings["aws"]["instance_class"], "db.r6g.large");
+        assert_eq!(m.fleet.clusters[0].settings["replication"], "logical");
+        let e = error_of(&text.replace("readers = 2", "readers = 2\nreaderz = 1"));
+        assert!(e.contains("cluster billing: aws") && e.contains("readerz"), "{e}");
+        let e = error_of(&text.replace("subnet_ids = [\"subnet-1\"]\n", ""));
+        assert!(e.contains("give subnet_ids") && e.contains("or subnet_group"), "{e}");
+        let e = error_of(&text.replace("provider = \"aws\"\n", ""));
+        assert!(e.contains("needs provider = \"aws\""), "{e}");
+        let e = error_of(&text.replace("[cluster.aws]", "[cluster.notaws]"));
+        assert!(e.contains("needs a [cluster.aws] table") || e.contains("notaws"), "{e}");
     }
 
     #[test]

@@ -30,8 +30,13 @@ pub fn render(rows: &[ClusterStatus], fleets: &[dmf_db::fleet::FleetRow]) -> Str
         let phase = if r.paused { format!("{} (paused)", r.phase) } else { r.phase.clone() };
         let lag = r.lag_ms.map(|l| format!("{l} ms")).unwrap_or_else(|| "-".into());
         let lag_bytes = r.lag_bytes.map(output::bytes).unwrap_or_else(|| "-".into());
-        let hydration = if r.tables_total == 0 {
-            "-".to_string()
+        let hydration = if let Some(dms) = &r.dms_summary {
+            dms.clone()
+        } else if r.tables_total == 0 {
+            match r.aws_target_summary() {
+                Some(s) if r.phase == "provisioning" => s,
+                _ => "-".to_string(),
+            }
         } else {
             let pct = if r.bytes_total > 0 { 100.0 * r.bytes_copied as f64 / r.bytes_total as f64 } else { 100.0 };
             let mut s = format!("{:.0}% {} rows {}", pct.min(100.0), r.rows_copied, output::bytes(r.bytes_copied));

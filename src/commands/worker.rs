@@ -81,6 +81,18 @@ pub struct Args {
     /// Create local targets with fsync off (tests and demos only).
     #[arg(long, env = "DMF_FAST_LOCAL_TARGETS")]
     pub fast_local_targets: bool,
+    /// Send every AWS call (RDS, DMS) here instead of AWS: a local emulator. Credentials and
+    /// region come from the standard AWS chain (AWS_* variables, profile, instance role); a
+    /// cluster's `aws.region` in the manifest wins over the chain's region.
+    #[arg(long, env = "DMF_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Attempts per AWS call when AWS throttles or fails transiently (exponential backoff with
+    /// jitter); what still fails is retried by the worker like any activity error.
+    #[arg(long, default_value_t = 4)]
+    pub aws_max_attempts: u32,
+    /// First backoff (ms) between those attempts; it doubles up to 20 s.
+    #[arg(long, default_value_t = 500)]
+    pub aws_initial_backoff_ms: u64,
 }
 
 impl Args {
@@ -113,6 +125,12 @@ impl Args {
         o.heartbeat = Duration::from_secs(self.heartbeat_s.max(1));
         o.reconcile_interval = Duration::from_secs(self.reconcile_s.max(1));
         o.policy.max_attempts = self.max_attempts.max(1);
+        o.activities.aws = dmf_aws::Clients::new(dmf_aws::Options {
+            endpoint_url: self.aws_endpoint_url.clone(),
+            max_attempts: self.aws_max_attempts.max(1),
+            initial_backoff: Duration::from_millis(self.aws_initial_backoff_ms),
+            ..dmf_aws::Options::default()
+        });
         o
     }
 }

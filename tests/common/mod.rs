@@ -495,3 +495,94 @@ impl Partition {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A local AWS API emulator (moto in server mode, `tests/moto/server.py`) on a free loopback port,
+/// with fault injection; stopped when dropped (its stdin closes too, should the test die first).
+pub struct Moto {
+    child: Child,
+    pub url: String,
+    faults: PathBuf,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub fn start(dir: &Path) -> Moto {
+        use std::io::BufRead;
+        let faults = dir.join("moto-faults.json");
+        std::fs::write(&faults, "[]").expect("faults file");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/server.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg("0")
+            .env("DMF_MOTO_FAULTS", &faults)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("moto.log")).expect("moto log"))
+            .spawn()
+            .expect("start moto (python3 -m pip install 'moto[server]')");
+        let stdout = child.stdout.take().expect("moto stdout");
+        let mut port = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("moto output");
+            if let Some(p) = line.strip_prefix("port ") {
+                port = p.trim().parse::<u16>().ok();
+            }
+            if line.trim() == "ready" {
+                break;
+            }
+        }
+        let port = port.unwrap_or_else(|| panic!("moto did not start: {}", tail(&dir.join("moto.log"), 30)));
+        Moto { child, url: format!("http://127.0.0.1:{port}"), faults }
+    }
+
+    /// The environment a worker needs to reach the emulator: the endpoint override and the
+    /// standard chain's variables (dummy credentials, region).
+    pub fn worker_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DMF_AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// Make the next calls of some actions fail (see tests/moto/server.py).
+    pub fn set_faults(&self, faults: serde_json::Value) {
+        std::fs::write(&self.faults, faults.to_string()).expect("write faults");
+    }
+
+    /// How many calls each action received.
+    pub fn calls(&self, action: &str) -> u64 {
+        let out = run_ok(Command::new("python3").args([
+            "-c",
+            &format!("import json,urllib.request;print(json.load(urllib.request.urlopen('{}/__dmf_faults'))['calls'].get('{action}', 0))", self.url),
+        ]));
+        out.trim().parse().expect("call count")
+    }
+
+    fn aws_py(&self, args: &[&str]) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/aws.py");
+        let out = run_ok(Command::new("python3").arg(script).arg(&self.url).args(args));
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("aws.py {args:?}: {e}: {out}"))
+    }
+
+    /// A VPC with two subnets and a security group, and an RDS for PostgreSQL instance per
+    /// `name:on|off` (rds.logical_replication set or not in its parameter group).
+    pub fn seed(&self, sources: &[&str]) -> serde_json::Value {
+        let mut args = vec!["seed"];
+        args.extend_from_slice(sources);
+        self.aws_py(&args)
+    }
+
+    /// What exists in the emulator (RDS clusters, instances, groups; DMS endpoints, instances, tasks).
+    pub fn inventory(&self) -> serde_json::Value {
+        self.aws_py(&["inventory"])
+    }
+}

@@ -25,7 +25,7 @@ async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
     for m in shared.db.stranded_migrations(quiet_for).await? {
         let Ok(phase) = m.phase() else { continue };
         tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, "stranded migration: nudging");
-        shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, &shared.opts.name, None).await?;
+        shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, false, &shared.opts.name, None).await?;
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub enum AbortReason {
     PhaseTimeout,
     AuditMismatch,
     SchemaDrift,
+    /// DMS replication failed, stopped or vanished.
+    ReplicationStopped,
 }
 
 impl AbortReason {
@@ -32,6 +34,7 @@ impl AbortReason {
             AbortReason::PhaseTimeout => "phase_timeout",
             AbortReason::AuditMismatch => "audit_mismatch",
             AbortReason::SchemaDrift => "schema_drift",
+            AbortReason::ReplicationStopped => "replication_stopped",
         }
     }
 }
@@ -46,7 +49,7 @@ impl FromStr for AbortReason {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use AbortReason::*;
-        [Operator, PreflightFailed, SlotLost, SlotInactive, ReplicationLag, PhaseTimeout, AuditMismatch, SchemaDrift]
+        [Operator, PreflightFailed, SlotLost, SlotInactive, ReplicationLag, PhaseTimeout, AuditMismatch, SchemaDrift, ReplicationStopped]
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| format!("unknown abort reason {s:?}"))

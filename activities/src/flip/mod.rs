@@ -87,11 +87,13 @@ impl Way {
     }
 }
 
-/// The two sides for one run: traffic moves from `from` to `to`.
+/// The two sides for one run: traffic moves from `from` to `to`. Routes and the other side's
+/// subscription use `*_route` (an Aurora target's endpoint, which dmf's own connections may reach
+/// through `connect_via` instead).
 struct Sides {
     way: Way,
-    from_dsn: String,
-    to_dsn: String,
+    from_route: String,
+    to_route: String,
     from: Client,
     to: Client,
 }
@@ -166,14 +168,16 @@ impl Progress {
 pub async fn run_forward(ctx: &Context) -> Result<Outcome, Error> {
     let source_dsn = ctx.source_dsn().to_string();
     let target_dsn = ctx.require_target()?;
-    run(ctx, Way::Forward, source_dsn, target_dsn).await
+    let target_route = ctx.route_target().unwrap_or_else(|| target_dsn.clone());
+    run(ctx, Way::Forward, (source_dsn.clone(), source_dsn), (target_dsn, target_route)).await
 }
 
 /// Phase rolling_back.
 pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
     let source_dsn = ctx.source_dsn().to_string();
     let target_dsn = ctx.require_target()?;
-    let outcome = run(ctx, Way::Back, target_dsn.clone(), source_dsn.clone()).await?;
+    let target_route = ctx.route_target().unwrap_or_else(|| target_dsn.clone());
+    let outcome = run(ctx, Way::Back, (target_dsn.clone(), target_route), (source_dsn.clone(), source_dsn.clone())).await?;
     if outcome == Outcome::Done {
         // traffic is on the source with every write: replication back is no longer needed (once
         // the released traffic has settled there)
@@ -190,11 +194,12 @@ pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Result<Outcome, Error> {
+/// `from` and `to`: (the connection string dmf uses, the one routes use).
+async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), (to_dsn, to_route): (String, String)) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let mut progress = Progress::load(ctx, way);
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
-    if route.primary_endpoint == to_dsn && !route.hold {
+    if route.primary_endpoint == to_route && !route.hold {
         // a previous run moved the route and released: nothing is left to do
         progress.value["in_progress"] = json!(false);
         progress.save(ctx).await?;
@@ -202,7 +207,7 @@ async fn run(ctx: &Context, way: Way, from_dsn: String, to_dsn: String) -> Resul
     }
     let from = pg::connect_writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
     let to = pg::connect_writable(&to_dsn, &format!("{} of {cluster}", side_name(way, false))).await?;
-    let sides = Sides { way, from_dsn, to_dsn, from, to };
+    let sides = Sides { way, from_route, to_route, from, to };
     if progress.in_progress() {
         // a run died half-way (its worker was lost): traffic goes back where it was first
         let at = progress.steps().last().cloned().unwrap_or_else(|| "start".into());
@@ -272,7 +277,7 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
         }
     } else {
         // replication back must exist: the flipped phase starts it, but may not have run yet
-        crate::soak::replicate_back(ctx, &sides.to, &sides.from, &sides.from_dsn).await?;
+        crate::soak::replicate_back(ctx, &sides.to, &sides.from, &sides.from_route).await?;
     }
     Ok(Ok(()))
 }
@@ -293,7 +298,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         let t = Instant::now();
         let announced = ctx
             .db
-            .change_route(&cluster, &RouteChange { next_primary: Some(Some(sides.to_dsn.clone())), ..Default::default() }, &actor)
+            .change_route(&cluster, &RouteChange { next_primary: Some(Some(sides.to_route.clone())), ..Default::default() }, &actor)
             .await?;
         ctx.db.wait_route_applied(&cluster, announced.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
         progress.value["timings_ms"]["backends_opened_ahead"] = json!(t.elapsed().as_secs_f64() * 1000.0);
@@ -311,7 +316,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
                 hold_deadline_ms: Some(cfg.hold_deadline.as_millis() as i32),
                 // forward only (already announced): proxies open backends there for sessions that
                 // have none yet (a fenced source would give them read-only sessions on the way back)
-                next_primary: (sides.way == Way::Forward).then(|| Some(sides.to_dsn.clone())),
+                next_primary: (sides.way == Way::Forward).then(|| Some(sides.to_route.clone())),
                 ..Default::default()
             },
             &actor,
@@ -379,8 +384,8 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         .change_route_recording(
             &cluster,
             &RouteChange {
-                primary: Some(sides.to_dsn.clone()),
-                read: Some(sides.to_dsn.clone()),
+                primary: Some(sides.to_route.clone()),
+                read: Some(sides.to_route.clone()),
                 mode: Some("primary".into()),
                 hold: Some(false),
                 shadow_endpoint: Some(None),
@@ -416,7 +421,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     let cfg = &ctx.config.flip;
     tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, steps = ?progress.steps(), %reason, "undoing");
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
-    if route.primary_endpoint == sides.to_dsn {
+    if route.primary_endpoint == sides.to_route {
         // the route moved: the protocol finished as far as traffic is concerned
         progress.value["in_progress"] = json!(false);
         progress.save(ctx).await?;

@@ -1,4 +1,5 @@
-//! Where targets come from: `local` (real PostgreSQL clusters made with initdb/pg_ctl) or an
-//! existing target adopted by its connection string. (`aws` comes with its own issue.)
+//! Where targets come from: `local` (real PostgreSQL clusters made with initdb/pg_ctl), `aws`
+//! (Aurora PostgreSQL through the RDS API), or an existing target adopted by its connection string.
 
+pub mod aws;
 pub mod local;

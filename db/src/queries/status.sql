@@ -10,7 +10,10 @@ SELECT c.name AS cluster, c.fleet, c.wave, m.phase, m.epoch, m.paused, m.attempt
        m.state #>> '{audit,gate}' AS audit_gate,
        a.status AS audit_status, a.chunks_total AS audit_chunks_total, COALESCE(a.chunks_done, 0)::bigint AS audit_chunks_done,
        (SELECT count(*) FROM dmf.audit_results d WHERE d.migration = m.id) AS audit_differences,
-       w.p50 AS window_p50_ms, w.p99 AS window_p99_ms
+       w.p50 AS window_p50_ms, w.p99 AS window_p99_ms,
+       c.provider, COALESCE(c.settings ->> 'replication', 'logical') AS replication,
+       m.state -> 'dms' AS dms, m.state ->> 'dms_summary' AS dms_summary,
+       m.state -> 'aws_target' AS aws_target
 FROM dmf.clusters c
 JOIN dmf.migrations m ON m.cluster = c.name
 LEFT JOIN LATERAL (

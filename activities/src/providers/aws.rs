@@ -1,0 +1,219 @@
+//! The `aws` provider: where the source lives on RDS (preflight), an Aurora PostgreSQL target
+//! provisioned through `dmf-aws` (created or adopted by identifier, waited for with backoff up to
+//! a timeout), the connection strings dmf and the routes use, and the target's teardown on abort.
+//!
+//! What the provider learns is kept in the migration's state under `aws_*` keys: the source's RDS
+//! identity (`aws_source`), the target spec (`aws_target_spec`, so that teardown removes exactly
+//! what was asked for), the target's status (`aws_target`), and the master password when dmf made
+//! it (`aws_master_password`).
+
+use std::time::Duration;
+
+use dmf_aws::rds::{SourceLookup, TargetSpec};
+use dmf_aws::settings::ClusterSettings;
+use dmf_aws::Aws;
+use dmf_workflows::{AbortReason, Outcome};
+use serde_json::json;
+
+use crate::error::Error;
+use crate::preflight::Report;
+use crate::{pg, Context};
+
+/// The cluster's `[cluster.aws]` table.
+pub fn settings(ctx: &Context) -> Result<ClusterSettings, Error> {
+    let raw = ctx.migration.settings.get("aws").cloned().unwrap_or_else(|| json!({}));
+    let s: ClusterSettings = serde_json::from_value(raw).map_err(|e| Error::NeedsOperator(format!("cluster {}: aws settings: {e}", ctx.cluster())))?;
+    s.validate().map_err(|e| Error::NeedsOperator(format!("cluster {}: {e}", ctx.cluster())))?;
+    Ok(s)
+}
+
+/// The clients of the cluster's region.
+pub async fn clients(ctx: &Context, s: &ClusterSettings) -> Result<Aws, Error> {
+    ctx.config.aws.get(s.region.as_deref()).await.map_err(aws_error(ctx))
+}
+
+/// Wrap an AWS error with the cluster it happened for.
+pub fn aws_error(ctx: &Context) -> impl Fn(dmf_aws::Error) -> Error + '_ {
+    move |source| Error::Aws { cluster: ctx.cluster().to_string(), source }
+}
+
+/// Preflight: the RDS instance or cluster behind the source and whether `rds.logical_replication`
+/// is on and applied; what to change (and reboot) when it is not.
+pub async fn check_source(ctx: &Context, report: &mut Report) -> Result<(), Error> {
+    let s = settings(ctx)?;
+    let aws = clients(ctx, &s).await?;
+    let config: tokio_postgres::Config = ctx
+        .source_dsn()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("cluster {}: bad source connection string: {e}", ctx.cluster())))?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => String::new(),
+    };
+    let lookup = SourceLookup { host: &host, instance: s.source_instance.as_deref(), cluster: s.source_cluster.as_deref() };
+    match aws.find_source(lookup).await {
+        Ok(Some(source)) => {
+            for problem in source.problems() {
+                report.error("rds_logical_replication", source.parameter_group.clone(), problem);
+            }
+            ctx.db.merge_state(ctx.migration.id, json!({ "aws_source": source })).await?;
+        }
+        Ok(None) => report.warn(
+            "rds_source",
+            None,
+            format!("the source ({host}) is not an RDS instance or cluster in {}: rds.logical_replication not checked (wal_level is)", aws.region),
+        ),
+        Err(dmf_aws::Error::Conflict(message)) => report.error("rds_source", None, message),
+        Err(e) => return Err(aws_error(ctx)(e)),
+    }
+    Ok(())
+}
+
+/// Percent-encode a user name or password for a connection URL.
+fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn dsn(user: &str, password: &str, host: &str, port: i32, db: &str) -> String {
+    format!("postgres://{}:{}@{host}:{port}/{}", url_part(user), url_part(password), url_part(db))
+}
+
+/// What dmf asks AWS for: identifiers from the cluster's name (or the manifest), the family from
+/// the engine version (or the source's major version).
+async fn target_spec(ctx: &Context, s: &ClusterSettings) -> Result<TargetSpec, Error> {
+    let id = s.target_id(ctx.cluster());
+    let major = match s.engine_version.as_deref().and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok()) {
+        Some(m) => m,
+        None => {
+            let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
+            let v: i32 = source.query_one("SELECT current_setting('server_version_num')::int", &[]).await.map_err(pg::err("source version"))?.get(0);
+            (v / 10000) as u32
+        }
+    };
+    Ok(TargetSpec {
+        parameter_group: format!("{id}-params"),
+        subnet_group: s.subnet_group.clone().unwrap_or_else(|| format!("{id}-subnets")),
+        subnet_ids: s.subnet_ids.clone(),
+        security_group_ids: s.security_group_ids.clone(),
+        engine_version: s.engine_version.clone(),
+        family: format!("aurora-postgresql{major}"),
+        instance_class: s.instance_class.clone(),
+        readers: s.readers,
+        master_username: s.master_username.clone(),
+        database: pg::dbname(ctx.source_dsn())?,
+        port: s.port,
+        tags: vec![("dmf:cluster".into(), ctx.cluster().to_string()), ("dmf:migration".into(), ctx.migration.id.to_string())],
+        cluster_id: id,
+    })
+}
+
+/// The master password: from the worker's environment when the manifest names a variable, else
+/// made once and kept with the migration before the cluster is created, so that a re-run (or a
+/// teardown) uses the same one.
+async fn master_password(ctx: &Context, s: &ClusterSettings) -> Result<String, Error> {
+    if let Some(var) = &s.master_password_env {
+        return std::env::var(var).map_err(|_| Error::NeedsOperator(format!("cluster {}: aws.master_password_env names {var}, which the worker's environment lacks", ctx.cluster())));
+    }
+    if let Some(p) = ctx.migration.state.pointer("/aws_master_password").and_then(|v| v.as_str()) {
+        return Ok(p.to_string());
+    }
+    let p = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    ctx.db.merge_state(ctx.migration.id, json!({ "aws_master_password": p })).await?;
+    Ok(p)
+}
+
+/// Provisioning: create or adopt the Aurora target, wait (watch ticks with backoff, up to
+/// `provision_timeout_s`) until it is available, then record the connection strings: dmf's own
+/// (through `connect_via` when set) and the routes' (writer and reader endpoints).
+pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
+    let m = &ctx.migration;
+    let s = settings(ctx)?;
+    let client = clients(ctx, &s).await?;
+    let spec = target_spec(ctx, &s).await?;
+    let password = master_password(ctx, &s).await?;
+    // The spec is durable before anything is created: teardown removes what it names.
+    let since = match m.state.pointer("/aws_wait_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+        Some(t) => t,
+        None => {
+            let now = chrono::Utc::now();
+            ctx.db.merge_state(m.id, json!({ "target_created": true, "aws_target_spec": spec, "aws_wait_since": now })).await?;
+            now
+        }
+    };
+    let state = client.ensure_target(&spec, &password).await.map_err(aws_error(ctx))?;
+    for what in &state.created {
+        tracing::info!(cluster = %m.cluster, migration = %m.id, region = %client.region, "created {what}");
+    }
+    ctx.db.merge_state(m.id, json!({ "aws_target": state })).await?;
+    let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+    if !state.ready() {
+        if waited > Duration::from_secs(s.provision_timeout_s) {
+            return Err(Error::Abort {
+                reason: AbortReason::PhaseTimeout,
+                detail: format!("Aurora target {} not available after {}s: {}", spec.cluster_id, waited.as_secs(), state.summary()),
+            });
+        }
+        // Backoff: a quarter of the time waited so far, between 1 and 30 seconds.
+        let next = (waited / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        tracing::info!(cluster = %m.cluster, migration = %m.id, waited_s = waited.as_secs(), next_s = next.as_secs(), "waiting for the Aurora target: {}", state.summary());
+        return Ok(Outcome::Watch(next));
+    }
+    let (Some(writer), Some(port)) = (state.endpoint.clone(), state.port) else {
+        return Err(Error::NeedsOperator(format!("cluster {}: Aurora target {} is available but has no endpoint", m.cluster, spec.cluster_id)));
+    };
+    let reader = state.reader_endpoint.clone().unwrap_or_else(|| writer.clone());
+    let route_dsn = dsn(&spec.master_username, &password, &writer, port, &spec.database);
+    let read_dsn = dsn(&spec.master_username, &password, &reader, port, &spec.database);
+    let own_dsn = match &s.connect_via {
+        Some(via) => {
+            let (host, p) = via.rsplit_once(':').unwrap_or((via.as_str(), "5432"));
+            dsn(&spec.master_username, &password, host, p.parse().unwrap_or(5432), &spec.database)
+        }
+        None => route_dsn.clone(),
+    };
+    // The target must answer dmf before the schema is copied into it.
+    pg::connect(&own_dsn, &format!("target of {}", m.cluster)).await?;
+    ctx.db.merge_state(m.id, json!({ "target_dsn": own_dsn, "target_route_dsn": route_dsn, "target_read_dsn": read_dsn })).await?;
+    tracing::info!(cluster = %m.cluster, migration = %m.id, writer = %writer, reader = %reader, waited_s = waited.as_secs(), "Aurora target ready");
+    Ok(Outcome::Done)
+}
+
+/// Whether this migration provisioned an Aurora target (and so may tear it down).
+pub fn provisioned(ctx: &Context) -> Option<TargetSpec> {
+    ctx.migration.state.pointer("/aws_target_spec").and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// Abort: remove the Aurora target dmf provisioned, per the cluster's policy (`teardown_target`,
+/// `aws.final_snapshot`). Returns false while AWS is still deleting.
+pub async fn teardown(ctx: &Context, spec: &TargetSpec) -> Result<bool, Error> {
+    let s = settings(ctx)?;
+    let client = clients(ctx, &s).await?;
+    let snapshot = s.final_snapshot.then(|| format!("{}-final-{}", spec.cluster_id, &ctx.migration.id.simple().to_string()[..8]));
+    if ctx.migration.state.pointer("/aws_teardown_since").is_none() {
+        ctx.db.merge_state(ctx.migration.id, json!({ "aws_teardown_since": chrono::Utc::now() })).await?;
+    }
+    let gone = client.teardown_target(spec, snapshot.as_deref(), true).await.map_err(aws_error(ctx))?;
+    if gone {
+        tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, target = %spec.cluster_id, "Aurora target removed");
+    }
+    Ok(gone)
+}
+
+/// Once its teardown has begun, the target may no longer answer.
+pub fn teardown_started(ctx: &Context) -> bool {
+    ctx.migration.state.pointer("/aws_teardown_since").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_encode_what_urls_cannot_hold() {
+        assert_eq!(dsn("dmf", "p@ss:w/rd", "h.example", 5432, "orders"), "postgres://dmf:p%40ss%3Aw%2Frd@h.example:5432/orders");
+        let parsed: tokio_postgres::Config = dsn("dmf", "p@ss:w/rd", "h", 5, "d").parse().expect("valid");
+        assert_eq!(parsed.get_password(), Some(&b"p@ss:w/rd"[..]));
+    }
+}

@@ -1,0 +1,313 @@
+//! The `aws` provider against a local AWS API emulator (moto in server mode): source discovery
+//! and preflight, Aurora targets created, waited for, adopted on a re-run and torn down, DMS
+//! endpoints, instance and full-load-and-cdc task, retries of throttling, and permanent errors
+//! failing with their AWS code. Where moto lacks an operation, the test names it.
+//!
+//! moto creates no database servers: an Aurora cluster it "creates" has an endpoint nobody
+//! answers at. The manifest's `connect_via` points dmf at a local PostgreSQL cluster standing in
+//! for the Aurora writer (as a bastion tunnel would in production), while the routes and DMS keep
+//! the endpoints moto reported.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{digest, psql, Env, Moto, SAMPLE_SCHEMA};
+
+fn worker(env: &Env, moto: &Moto, name: &str, extra: &[&str]) -> common::Proc {
+    let vars = moto.worker_env();
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec!["--aws-max-attempts", "2", "--aws-initial-backoff-ms", "50"];
+    args.extend_from_slice(extra);
+    env.worker_env(name, &args, &envs)
+}
+
+/// A local cluster standing in for Aurora writers: the databases Aurora would create
+/// (`DatabaseName`) and the master user dmf logs in as.
+fn aurora_stand_in(env: &Env, dbs: &[&str]) -> common::Guard {
+    let c = env.source("aurora");
+    c.psql("postgres", "CREATE ROLE dmf LOGIN SUPERUSER").expect("master user");
+    for db in dbs {
+        c.psql("postgres", &format!("CREATE DATABASE {db} OWNER dmf")).expect("database");
+    }
+    c
+}
+
+fn state(env: &Env, cluster: &str, path: &str) -> String {
+    env.cp_query(&format!("SELECT coalesce(m.state #>> '{{{path}}}', '') FROM dmf.migrations m WHERE cluster = '{cluster}'"))
+}
+
+fn cluster<'a>(cs: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    cs.iter().find(|c| c["cluster"] == name).unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+#[test]
+fn mixed_fleet_local_completes_aws_reaches_replication_and_tears_down() {
+    let env = Env::new("aws-mixed");
+    let moto = Moto::start(env.path());
+    let seeded = moto.seed(&["billing-db:on", "ledger-db:on"]);
+    let subnets = seeded["subnets"].to_string();
+    let sg = seeded["security_group"].as_str().expect("security group").to_string();
+    let src = env.source("src");
+    for db in ["local1", "billing", "ledger"] {
+        src.psql("postgres", &format!("CREATE DATABASE {db}")).expect("db");
+        psql(&src.dsn(db), SAMPLE_SCHEMA);
+    }
+    let aurora = aurora_stand_in(&env, &["billing", "ledger"]);
+    let via = format!("127.0.0.1:{}", aurora.port);
+    let manifest = format!(
+        r#"[fleet]
+name = "mixed"
+max_concurrent = 4
+max_per_source_host = 3
+
+[[cluster]]
+name = "local1"
+source = "{local1}"
+
+[[cluster]]
+name = "billing"
+source = "{billing}"
+provider = "aws"
+pause_before = ["shadow_reads"]
+
+[cluster.aws]
+source_instance = "billing-db"
+subnet_ids = {subnets}
+security_group_ids = ["{sg}"]
+readers = 1
+connect_via = "{via}"
+
+[[cluster]]
+name = "ledger"
+source = "{ledger}"
+provider = "aws"
+replication = "dms"
+
+[cluster.aws]
+source_instance = "ledger-db"
+subnet_ids = {subnets}
+security_group_ids = ["{sg}"]
+readers = 0
+connect_via = "{via}"
+dms_instance_class = "dms.t3.medium"
+"#,
+        local1 = src.dsn("local1"),
+        billing = src.dsn("billing"),
+        ledger = src.dsn("ledger"),
+    );
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let flags = ["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "1", "--flip-max-lag-ms", "200", "--lag-window-s", "600"];
+    let _w = worker(&env, &moto, "w1", &flags);
+
+    env.wait_for("local1 completed, billing hydrated and paused, ledger replicating through DMS", Duration::from_secs(300), |cs| {
+        let ledger = cluster(cs, "ledger");
+        cs.len() == 3
+            && cluster(cs, "local1")["phase"] == "completed"
+            && cluster(cs, "billing")["phase"] == "shadow_reads"
+            && cluster(cs, "billing")["paused"] == true
+            && ledger["phase"] == "replicating"
+            && ledger["dms"]["status"] == "running"
+    });
+    let cs = env.clusters();
+    for c in &cs {
+        assert!(c["last_error"].is_null() || c["cluster"] == "ledger", "{c}");
+    }
+
+    // Discovery: the source instances and their parameter groups.
+    assert_eq!(state(&env, "billing", "aws_source,identifier"), "billing-db");
+    assert_eq!(state(&env, "billing", "aws_source,parameter_group"), "billing-db-params");
+    assert_eq!(state(&env, "billing", "aws_source,logical_replication"), "1");
+
+    // Provisioning: clusters with a writer (and a reader for billing), the cluster parameter group
+    // with logical replication on, subnet groups from the manifest's subnets.
+    let inv = moto.inventory();
+    let billing = &inv["clusters"]["dmf-billing"];
+    assert_eq!(billing["engine"], "aurora-postgresql", "{inv}");
+    assert_eq!(billing["parameter_group"], "dmf-billing-params", "{inv}");
+    assert_eq!(billing["subnet_group"], "dmf-billing-subnets", "{inv}");
+    assert_eq!(billing["members"]["dmf-billing-writer"], true, "{inv}");
+    assert_eq!(billing["members"]["dmf-billing-reader-1"], false, "{inv}");
+    assert_eq!(inv["clusters"]["dmf-ledger"]["members"].as_object().map(|m| m.len()), Some(1), "{inv}");
+    assert_eq!(inv["cluster_parameter_groups"]["dmf-billing-params"]["rds.logical_replication"], "1", "{inv}");
+    // The routes' endpoints are Aurora's; dmf's own connection goes through connect_via.
+    let writer = billing["endpoint"].as_str().expect("writer endpoint");
+    let reader = billing["reader_endpoint"].as_str().expect("reader endpoint");
+    assert!(state(&env, "billing", "target_route_dsn").contains(writer));
+    assert!(state(&env, "billing", "target_read_dsn").contains(reader));
+    assert!(env.target_dsn("billing").contains(&via));
+
+    // billing replicates natively into the stand-in: rows written after hydration arrive.
+    psql(&src.dsn("billing"), "INSERT INTO items (payload, n) SELECT 'late', g FROM generate_series(1, 25) g");
+    let target = env.target_dsn("billing");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while digest(&src.dsn("billing"), "items", "id") != digest(&target, "items", "id") {
+        assert!(std::time::Instant::now() < deadline, "billing's target does not follow its source");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // DMS: endpoints (DMS reaches the target at its writer endpoint), an instance, a
+    // full-load-and-cdc task mapping every schema, running; progress in `dmf status`.
+    let ledger_writer = inv["clusters"]["dmf-ledger"]["endpoint"].as_str().expect("ledger endpoint").to_string();
+    assert!(inv["dms_endpoints"]["dmf-ledger-dms-source"]["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("source")), "{inv}");
+    assert_eq!(inv["dms_endpoints"]["dmf-ledger-dms-source"]["server"], "127.0.0.1", "{inv}");
+    assert_eq!(inv["dms_endpoints"]["dmf-ledger-dms-target"]["server"], ledger_writer.as_str(), "{inv}");
+    assert_eq!(inv["dms_endpoints"]["dmf-ledger-dms-target"]["engine"], "aurora-postgresql", "{inv}");
+    assert_eq!(inv["dms_instances"]["dmf-ledger-dms-replication"], "available", "{inv}");
+    let task = &inv["dms_tasks"]["dmf-ledger-dms-task"];
+    assert_eq!(task["status"], "running", "{inv}");
+    assert_eq!(task["type"], "full-load-and-cdc", "{inv}");
+    let schemas: Vec<&str> = task["mappings"]["rules"].as_array().expect("rules").iter().filter_map(|r| r["object-locator"]["schema-name"].as_str()).collect();
+    assert_eq!(schemas, vec!["_dmf", "public"], "{inv}");
+    let ledger = cluster(&cs, "ledger");
+    assert_eq!(ledger["replication"], "dms");
+    assert_eq!(ledger["dms"]["full_load_percent"], 100, "{ledger}");
+    assert!(ledger["dms_summary"].as_str().is_some_and(|s| s.starts_with("dms running 100%")), "{ledger}");
+    // moto lacks DescribeTableStatistics (it answers HTTP 500): the per-table statistics say so,
+    // and the replication goes on.
+    let why = ledger["dms"]["tables_unavailable"].as_str().unwrap_or("");
+    assert!(why.contains("DescribeTableStatistics"), "moto now implements DescribeTableStatistics? {ledger}");
+    // The post-data section was built once DMS's full load was done.
+    assert_eq!(psql(&env.target_dsn("ledger"), "SELECT count(*) FROM pg_indexes WHERE indexname = 'items_n'"), "1");
+    let text = String::from_utf8_lossy(&env.dmf(&["status"]).stdout).to_string();
+    assert!(text.contains("dms running 100%"), "{text}");
+
+    // Abort both aws clusters: DMS task stopped and deleted, then its instance and endpoints;
+    // the Aurora instances, cluster and groups removed; the sources left as they were.
+    for c in ["billing", "ledger"] {
+        let out = env.dmf(&["abort", c]);
+        assert!(out.status.success(), "abort {c}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    env.wait_for("aws clusters aborted", Duration::from_secs(120), |cs| {
+        cluster(cs, "billing")["phase"] == "aborted" && cluster(cs, "ledger")["phase"] == "aborted"
+    });
+    let inv = moto.inventory();
+    assert_eq!(inv["clusters"], serde_json::json!({}), "{inv}");
+    let left: Vec<&String> = inv["instances"].as_object().expect("instances").keys().collect();
+    assert_eq!(left, vec!["billing-db", "ledger-db"], "only the sources remain: {inv}");
+    assert_eq!(inv["cluster_parameter_groups"], serde_json::json!({}), "{inv}");
+    assert_eq!(inv["subnet_groups"], serde_json::json!([]), "{inv}");
+    assert_eq!(inv["dms_endpoints"], serde_json::json!({}), "{inv}");
+    assert_eq!(inv["dms_instances"], serde_json::json!({}), "{inv}");
+    assert_eq!(inv["dms_tasks"], serde_json::json!({}), "{inv}");
+    for db in ["billing", "ledger"] {
+        assert_eq!(common::leftovers(&src.dsn(db)), common::CLEAN, "{db}");
+    }
+    drop(aurora);
+}
+
+#[test]
+fn preflight_names_the_parameter_group_and_serverless_dms_goes_as_far_as_moto() {
+    let env = Env::new("aws-preflight");
+    let moto = Moto::start(env.path());
+    let seeded = moto.seed(&["orders-db:off", "events-db:on"]);
+    let subnets = seeded["subnets"].to_string();
+    let src = env.source("src");
+    for db in ["orders", "events"] {
+        src.psql("postgres", &format!("CREATE DATABASE {db}")).expect("db");
+        psql(&src.dsn(db), SAMPLE_SCHEMA);
+    }
+    let aurora = aurora_stand_in(&env, &["events"]);
+    let manifest = format!(
+        "[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"orders\"\nsource = \"{}\"\nprovider = \"aws\"\n\n[cluster.aws]\nsource_instance = \"orders-db\"\nsubnet_ids = {subnets}\n\n\
+         [[cluster]]\nname = \"events\"\nsource = \"{}\"\nprovider = \"aws\"\nreplication = \"dms\"\n\n[cluster.aws]\nsource_instance = \"events-db\"\nsubnet_ids = {subnets}\nreaders = 0\n\
+         connect_via = \"127.0.0.1:{}\"\ndms_serverless_max_capacity = 4\n",
+        src.dsn("orders"),
+        src.dsn("events"),
+        aurora.port
+    );
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let _w = worker(&env, &moto, "w1", &["--max-attempts", "2"]);
+    env.wait_for("orders aborted by preflight, events failed at CreateReplicationConfig", Duration::from_secs(180), |cs| {
+        cluster(cs, "orders")["phase"] == "aborted" && cluster(cs, "events")["phase"] == "failed"
+    });
+    let cs = env.clusters();
+    let orders = cluster(&cs, "orders");
+    assert_eq!(orders["abort_reason"], "preflight_failed", "{orders}");
+    let e = orders["last_error"].as_str().unwrap_or("");
+    assert!(e.contains("rds.logical_replication is not set (off) in parameter group orders-db-params of instance orders-db"), "{e}");
+    assert!(e.contains("then reboot instance orders-db") && e.contains("static"), "{e}");
+    // Nothing was created for a cluster that failed preflight.
+    let inv = moto.inventory();
+    assert!(inv["clusters"].get("dmf-orders").is_none(), "{inv}");
+
+    // DMS Serverless: the endpoints are made, then moto lacks DescribeReplicationConfigs (and
+    // CreateReplicationConfig after it): HTTP 500, retried as a server error, then the phase
+    // fails with the operation named.
+    let events = cluster(&cs, "events");
+    assert_eq!(events["replication"], "dms");
+    let e = events["last_error"].as_str().unwrap_or("");
+    assert!(e.contains("hydrating failed") && e.contains("DescribeReplicationConfigs: HTTP 500"), "moto now implements DescribeReplicationConfigs? {e}");
+    assert!(inv["dms_endpoints"].get("dmf-events-dms-source").is_some() && inv["dms_endpoints"].get("dmf-events-dms-target").is_some(), "{inv}");
+    // two activity attempts of two SDK attempts each
+    assert_eq!(moto.calls("DescribeReplicationConfigs"), 4, "retried");
+
+    // Aborting it tears DMS down first, and that stops at the same call: the abort keeps retrying
+    // (cleanup never gives up) with the operation in the last error, and nothing after it (the
+    // endpoints, the Aurora cluster) is removed before DMS is known to be gone.
+    let out = env.dmf(&["abort", "events"]);
+    assert!(out.status.success(), "abort: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("the abort of events retrying at DescribeReplicationConfigs", Duration::from_secs(60), |cs| {
+        let e = cluster(cs, "events");
+        e["phase"] == "aborting" && e["attempts"].as_i64().unwrap_or(0) >= 2 && e["last_error"].as_str().is_some_and(|l| l.contains("DescribeReplicationConfigs: HTTP 500"))
+    });
+    let inv = moto.inventory();
+    assert!(inv["clusters"].get("dmf-events").is_some(), "{inv}");
+    assert!(inv["dms_endpoints"].get("dmf-events-dms-source").is_some(), "{inv}");
+}
+
+#[test]
+fn throttling_is_retried_and_a_permanent_error_fails_with_its_code_then_resume_adopts() {
+    let env = Env::new("aws-faults");
+    let moto = Moto::start(env.path());
+    let seeded = moto.seed(&[]);
+    let subnets = seeded["subnets"].to_string();
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE orders").expect("db");
+    psql(&src.dsn("orders"), SAMPLE_SCHEMA);
+    let aurora = aurora_stand_in(&env, &["orders"]);
+    // Each activity attempt makes two SDK attempts (--aws-max-attempts 2): three throttles fail
+    // the first attempt and the first call of the second, whose retry gets through. Every
+    // CreateDBInstance fails with a permanent error.
+    moto.set_faults(serde_json::json!([
+        { "action": "CreateDBCluster", "code": "ThrottlingException", "count": 3 },
+        { "action": "CreateDBInstance", "code": "InvalidParameterCombination", "message": "db.x9.huge is not offered", "count": -1 },
+    ]));
+    let manifest = format!(
+        "[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"orders\"\nsource = \"{}\"\nprovider = \"aws\"\n\n[cluster.aws]\nsubnet_ids = {subnets}\nconnect_via = \"127.0.0.1:{}\"\n",
+        src.dsn("orders"),
+        aurora.port
+    );
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let _w = worker(&env, &moto, "w1", &["--audit-window-s", "1", "--shadow-reads-s", "600"]);
+    env.wait_for("orders failed in provisioning", Duration::from_secs(120), |cs| cluster(cs, "orders")["phase"] == "failed");
+    let cs = env.clusters();
+    let e = cluster(&cs, "orders")["last_error"].as_str().unwrap_or("").to_string();
+    assert!(e.contains("cluster orders: AWS CreateDBInstance: InvalidParameterCombination: db.x9.huge is not offered"), "{e}");
+    assert_eq!(moto.calls("CreateDBCluster"), 4, "2 SDK attempts, a worker retry, 2 more");
+    let retries = env.cp_query("SELECT string_agg(detail, ' | ') FROM dmf.events WHERE cluster = 'orders' AND kind = 'retry'");
+    assert!(retries.contains("CreateDBCluster: ThrottlingException"), "{retries}");
+    // "no source instance in this region" is a warning (the source is not on RDS)
+    assert!(state(&env, "orders", "preflight").contains("not an RDS instance or cluster"));
+
+    // Resume with the fault gone: the cluster made by the earlier attempt is adopted (no new
+    // CreateDBCluster), the writer and a reader are made, and the migration moves on.
+    moto.set_faults(serde_json::json!([]));
+    let out = env.dmf(&["resume", "orders"]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("orders hydrated", Duration::from_secs(180), |cs| common::in_sync(cluster(cs, "orders")));
+    assert_eq!(moto.calls("CreateDBCluster"), 4, "adopted, not created again");
+    let inv = moto.inventory();
+    assert_eq!(inv["clusters"]["dmf-orders"]["members"]["dmf-orders-writer"], true, "{inv}");
+    assert_eq!(digest(&src.dsn("orders"), "pairs", "a, b"), digest(&env.target_dsn("orders"), "pairs", "a, b"));
+    let out = env.dmf(&["abort", "orders"]);
+    assert!(out.status.success());
+    env.wait_for("orders aborted", Duration::from_secs(60), |cs| cluster(cs, "orders")["phase"] == "aborted");
+    assert_eq!(moto.inventory()["clusters"], serde_json::json!({}));
+}
