@@ -33,6 +33,34 @@ fn aurora_stand_in(env: &Env, dbs: &[&str]) -> common::Guard {
     c
 }
 
+/// One test's world. Fields drop in order: the clusters and the emulator before `env`, whose
+/// directory holds them.
+struct World {
+    src: common::Guard,
+    aurora: common::Guard,
+    moto: Moto,
+    subnets: String,
+    security_group: String,
+    env: Env,
+}
+
+/// A control plane; the emulator (`moto_env`: its settings) seeded with a VPC and the RDS sources
+/// `rds` (`name:on|off`); one source cluster with the databases `dbs` (sample data in each); and
+/// an Aurora stand-in with `aurora_dbs`.
+fn world(name: &str, moto_env: &[(&str, &str)], rds: &[&str], dbs: &[&str], aurora_dbs: &[&str]) -> World {
+    let env = Env::new(name);
+    let moto = Moto::start(env.path(), moto_env);
+    let seeded = moto.seed(rds);
+    let src = env.source("src");
+    for db in dbs {
+        src.psql("postgres", &format!("CREATE DATABASE {db}")).expect("db");
+        psql(&src.dsn(db), SAMPLE_SCHEMA);
+    }
+    let aurora = aurora_stand_in(&env, aurora_dbs);
+    let security_group = seeded["security_group"].as_str().expect("security group").to_string();
+    World { src, aurora, moto, subnets: seeded["subnets"].to_string(), security_group, env }
+}
+
 fn state(env: &Env, cluster: &str, path: &str) -> String {
     env.cp_query(&format!("SELECT coalesce(m.state #>> '{{{path}}}', '') FROM dmf.migrations m WHERE cluster = '{cluster}'"))
 }
@@ -43,17 +71,8 @@ fn cluster<'a>(cs: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value
 
 #[test]
 fn mixed_fleet_local_completes_aws_reaches_replication_and_tears_down() {
-    let env = Env::new("aws-mixed");
-    let moto = Moto::start(env.path());
-    let seeded = moto.seed(&["billing-db:on", "ledger-db:on"]);
-    let subnets = seeded["subnets"].to_string();
-    let sg = seeded["security_group"].as_str().expect("security group").to_string();
-    let src = env.source("src");
-    for db in ["local1", "billing", "ledger"] {
-        src.psql("postgres", &format!("CREATE DATABASE {db}")).expect("db");
-        psql(&src.dsn(db), SAMPLE_SCHEMA);
-    }
-    let aurora = aurora_stand_in(&env, &["billing", "ledger"]);
+    let w = world("aws-mixed", &[], &["billing-db:on", "ledger-db:on"], &["local1", "billing", "ledger"], &["billing", "ledger"]);
+    let (env, moto, src, aurora, subnets, sg) = (&w.env, &w.moto, &w.src, &w.aurora, &w.subnets, &w.security_group);
     let via = format!("127.0.0.1:{}", aurora.port);
     let manifest = format!(
         r#"[fleet]
@@ -195,21 +214,12 @@ dms_instance_class = "dms.t3.medium"
     for db in ["billing", "ledger"] {
         assert_eq!(common::leftovers(&src.dsn(db)), common::CLEAN, "{db}");
     }
-    drop(aurora);
 }
 
 #[test]
 fn preflight_names_the_parameter_group_and_serverless_dms_goes_as_far_as_moto() {
-    let env = Env::new("aws-preflight");
-    let moto = Moto::start(env.path());
-    let seeded = moto.seed(&["orders-db:off", "events-db:on"]);
-    let subnets = seeded["subnets"].to_string();
-    let src = env.source("src");
-    for db in ["orders", "events"] {
-        src.psql("postgres", &format!("CREATE DATABASE {db}")).expect("db");
-        psql(&src.dsn(db), SAMPLE_SCHEMA);
-    }
-    let aurora = aurora_stand_in(&env, &["events"]);
+    let w = world("aws-preflight", &[], &["orders-db:off", "events-db:on"], &["orders", "events"], &["events"]);
+    let (env, moto, src, aurora, subnets) = (&w.env, &w.moto, &w.src, &w.aurora, &w.subnets);
     let manifest = format!(
         "[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"orders\"\nsource = \"{}\"\nprovider = \"aws\"\n\n[cluster.aws]\nsource_instance = \"orders-db\"\nsubnet_ids = {subnets}\n\n\
          [[cluster]]\nname = \"events\"\nsource = \"{}\"\nprovider = \"aws\"\nreplication = \"dms\"\n\n[cluster.aws]\nsource_instance = \"events-db\"\nsubnet_ids = {subnets}\nreaders = 0\n\
@@ -262,14 +272,9 @@ fn preflight_names_the_parameter_group_and_serverless_dms_goes_as_far_as_moto() 
 
 #[test]
 fn throttling_is_retried_and_a_permanent_error_fails_with_its_code_then_resume_adopts() {
-    let env = Env::new("aws-faults");
-    let moto = Moto::start(env.path());
-    let seeded = moto.seed(&[]);
-    let subnets = seeded["subnets"].to_string();
-    let src = env.source("src");
-    src.psql("postgres", "CREATE DATABASE orders").expect("db");
-    psql(&src.dsn("orders"), SAMPLE_SCHEMA);
-    let aurora = aurora_stand_in(&env, &["orders"]);
+    // clusters come up slowly: a few watch ticks of provisioning see them `creating`
+    let w = world("aws-faults", &[("DMF_MOTO_CREATING_READS", "8")], &[], &["orders"], &["orders"]);
+    let (env, moto, src, aurora, subnets) = (&w.env, &w.moto, &w.src, &w.aurora, &w.subnets);
     // Each activity attempt makes two SDK attempts (--aws-max-attempts 2): three throttles fail
     // the first attempt and the first call of the second, whose retry gets through. Every
     // CreateDBInstance fails with a permanent error.
@@ -301,7 +306,16 @@ fn throttling_is_retried_and_a_permanent_error_fails_with_its_code_then_resume_a
     moto.set_faults(serde_json::json!([]));
     let out = env.dmf(&["resume", "orders"]);
     assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    // While AWS still creates it, provisioning waits (watch ticks with backoff) and says so.
+    env.wait_for("provisioning waiting for the cluster", Duration::from_secs(60), |cs| {
+        let o = cluster(cs, "orders");
+        o["phase"] == "provisioning" && o["aws_target"]["cluster_status"] == "creating"
+    });
+    let text = String::from_utf8_lossy(&env.dmf(&["status", "orders"]).stdout).to_string();
+    assert!(text.contains("aurora creating; dmf-orders-writer available"), "{text}");
     env.wait_for("orders hydrated", Duration::from_secs(180), |cs| common::in_sync(cluster(cs, "orders")));
+    // it looked again until the cluster was available (8 `creating` reads)
+    assert!(moto.calls("DescribeDBClusters") >= 8, "{}", moto.calls("DescribeDBClusters"));
     assert_eq!(moto.calls("CreateDBCluster"), 4, "adopted, not created again");
     let inv = moto.inventory();
     assert_eq!(inv["clusters"]["dmf-orders"]["members"]["dmf-orders-writer"], true, "{inv}");

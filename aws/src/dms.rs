@@ -105,7 +105,30 @@ pub struct Progress {
     pub tables_unavailable: Option<String>,
 }
 
+/// The counters DMS reports alike for a task (`ReplicationTaskStats`) and a serverless replication
+/// (`ReplicationStats`), two types of the same shape.
+pub trait Counters {
+    fn counters(&self) -> (i32, i32, i32, i32, i32, i64);
+}
+
+macro_rules! counters {
+    ($($t:ty),*) => {$(
+        impl Counters for $t {
+            fn counters(&self) -> (i32, i32, i32, i32, i32, i64) {
+                (self.full_load_progress_percent(), self.tables_loaded(), self.tables_loading(), self.tables_queued(), self.tables_errored(), self.elapsed_time_millis())
+            }
+        }
+    )*};
+}
+counters!(aws_sdk_databasemigration::types::ReplicationTaskStats, aws_sdk_databasemigration::types::ReplicationStats);
+
 impl Progress {
+    /// A progress with DMS's counters and nothing else.
+    fn counted(stats: &impl Counters) -> Progress {
+        let (full_load_percent, tables_loaded, tables_loading, tables_queued, tables_errored, elapsed_ms) = stats.counters();
+        Progress { full_load_percent, tables_loaded, tables_loading, tables_queued, tables_errored, elapsed_ms, ..Progress::default() }
+    }
+
     fn waiting(what: String) -> Progress {
         Progress { status: format!("waiting for {what}"), ..Progress::default() }
     }
@@ -395,15 +418,9 @@ impl Aws {
         let stats = task.replication_task_stats();
         let mut p = Progress {
             status: task.status().unwrap_or("unknown").to_string(),
-            full_load_percent: stats.map(|s| s.full_load_progress_percent()).unwrap_or(0),
-            tables_loaded: stats.map(|s| s.tables_loaded()).unwrap_or(0),
-            tables_loading: stats.map(|s| s.tables_loading()).unwrap_or(0),
-            tables_queued: stats.map(|s| s.tables_queued()).unwrap_or(0),
-            tables_errored: stats.map(|s| s.tables_errored()).unwrap_or(0),
-            elapsed_ms: stats.map(|s| s.elapsed_time_millis()).unwrap_or(0),
             last_failure: task.last_failure_message().map(str::to_string),
             stop_reason: task.stop_reason().map(str::to_string),
-            ..Progress::default()
+            ..stats.map(Progress::counted).unwrap_or_default()
         };
         if let Some(arn) = task.replication_task_arn() {
             match self.table_statistics(arn).await {
@@ -503,15 +520,9 @@ impl Aws {
         let stats = r.replication_stats();
         Ok(Progress {
             status: r.status().unwrap_or("unknown").to_string(),
-            full_load_percent: stats.map(|s| s.full_load_progress_percent()).unwrap_or(0),
-            tables_loaded: stats.map(|s| s.tables_loaded()).unwrap_or(0),
-            tables_loading: stats.map(|s| s.tables_loading()).unwrap_or(0),
-            tables_queued: stats.map(|s| s.tables_queued()).unwrap_or(0),
-            tables_errored: stats.map(|s| s.tables_errored()).unwrap_or(0),
-            elapsed_ms: stats.map(|s| s.elapsed_time_millis()).unwrap_or(0),
             last_failure: r.failure_messages().first().cloned(),
             stop_reason: r.stop_reason().map(str::to_string),
-            ..Progress::default()
+            ..stats.map(Progress::counted).unwrap_or_default()
         })
     }
 

@@ -15,12 +15,10 @@ pub enum Error {
     /// The request could not be built or the configuration is unusable (no region, a bad value).
     #[error("{0}")]
     Config(String),
-    /// What exists under dmf's identifier is not something dmf can adopt.
+    /// What exists under dmf's identifier is not something dmf can adopt, or what the manifest
+    /// names does not exist.
     #[error("{0}")]
     Conflict(String),
-    /// A resource did not become ready in time.
-    #[error("{0}")]
-    Timeout(String),
 }
 
 /// Error codes the SDK's standard retry strategy treats as throttling.
@@ -50,7 +48,7 @@ impl Error {
         match self {
             Error::Service { retryable, .. } => *retryable,
             Error::Transport { .. } => true,
-            Error::Config(_) | Error::Conflict(_) | Error::Timeout(_) => false,
+            Error::Config(_) | Error::Conflict(_) => false,
         }
     }
 

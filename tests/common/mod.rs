@@ -512,7 +512,8 @@ impl Drop for Moto {
 }
 
 impl Moto {
-    pub fn start(dir: &Path) -> Moto {
+    /// Start the emulator with its own settings (`DMF_MOTO_*`, see tests/moto/server.py).
+    pub fn start(dir: &Path, envs: &[(&str, &str)]) -> Moto {
         use std::io::BufRead;
         let faults = dir.join("moto-faults.json");
         std::fs::write(&faults, "[]").expect("faults file");
@@ -521,6 +522,7 @@ impl Moto {
             .arg(&script)
             .arg("0")
             .env("DMF_MOTO_FAULTS", &faults)
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("moto.log")).expect("moto log"))

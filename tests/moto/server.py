@@ -12,7 +12,9 @@ On top of plain moto:
 2. AWS behaviour moto lacks: a DMS task goes from `creating` to `ready` (moto leaves it creating,
    so it could never start); endpoints are `active`; a second CreateDBCluster with the same
    identifier fails with DBClusterAlreadyExistsFault (moto replaces the cluster).
-3. Fault injection: the JSON list in the file named by DMF_MOTO_FAULTS, re-read when it changes:
+3. DMF_MOTO_CREATING_READS=N: an RDS cluster reports `creating` to its first N status reads (moto
+   makes it available at the first), so that waiting for a target can be watched.
+4. Fault injection: the JSON list in the file named by DMF_MOTO_FAULTS, re-read when it changes:
    [{"action": "CreateDBCluster", "code": "Throttling", "status": 400, "count": 2, "message": "..."}]
    makes the next `count` calls of `action` (short name, or "*") fail with that error in the
    protocol's own wire format, then lets calls through. GET /__dmf_faults returns the faults left
@@ -107,6 +109,22 @@ def patch_aws_behaviour():
         return tasks
 
     dms.DatabaseMigrationServiceBackend.describe_replication_tasks = describe_replication_tasks
+
+
+def patch_slow_creation(reads):
+    """Clusters stay `creating` for their first `reads` status reads, as real ones do for minutes."""
+    import moto.rds.models as rds
+
+    original = rds.DBCluster.status
+
+    def status(self):
+        seen = getattr(self, "_dmf_status_reads", 0)
+        self._dmf_status_reads = seen + 1
+        if seen < reads and self._status in ("creating", "available"):
+            return "creating"
+        return original.fget(self)
+
+    rds.DBCluster.status = property(status, original.fset)
 
 
 class Faults:
@@ -204,6 +222,8 @@ def main():
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     patch_dms_timestamps()
     patch_aws_behaviour()
+    if int(os.environ.get("DMF_MOTO_CREATING_READS", "0")) > 0:
+        patch_slow_creation(int(os.environ["DMF_MOTO_CREATING_READS"]))
 
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
