@@ -137,15 +137,16 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
         return Err(Error::Abort { reason: AbortReason::AuditMismatch, detail: format!("DMS validation found mismatched records in {}", mismatched.join(", ")) });
     }
     let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
-    let target = pg::connect(&ctx.require_target()?, &format!("target of {}", ctx.cluster())).await?;
-    let started = std::time::Instant::now();
-    let arrived = replicate::fence(&source, &target, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
-    Ok(Sample { lag: arrived.unwrap_or_else(|| started.elapsed()), lag_timed_out: arrived.is_none(), lag_bytes: None, slot_active: p.status == "running" })
+    let (lag, lag_timed_out) = replicate::heartbeat_lag(ctx, &source).await?;
+    Ok(Sample { lag, lag_timed_out, lag_bytes: None, slot_active: p.status == "running" })
 }
 
 /// Stop and delete the DMS replication (abort, or forward replication ending after the flip).
 /// Returns false while DMS is still stopping or deleting.
 pub async fn remove(ctx: &Context) -> Result<bool, Error> {
+    if ctx.migration.state.get("dms_removed").and_then(|v| v.as_bool()) == Some(true) {
+        return Ok(true);
+    }
     let Some(spec) = ctx.migration.state.get("dms_spec").and_then(|v| serde_json::from_value::<ReplicationSpec>(v.clone()).ok()) else {
         return Ok(true); // hydration never got as far as DMS
     };
@@ -153,6 +154,7 @@ pub async fn remove(ctx: &Context) -> Result<bool, Error> {
     let client = aws::clients(ctx, &s).await?;
     let done = client.teardown_replication(&spec).await.map_err(aws::aws_error(ctx))?;
     if done {
+        ctx.db.merge_state(ctx.migration.id, json!({ "dms_removed": true })).await?;
         tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, task = %spec.task_id(), "DMS replication removed");
     }
     Ok(done)

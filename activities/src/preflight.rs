@@ -113,7 +113,8 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let available = match ctx.migration.target_dsn.as_deref() {
+    // None: not known before the target exists
+    let available: Option<Vec<String>> = match ctx.migration.target_dsn.as_deref() {
         Some(target_dsn) => {
             let target = pg::connect(target_dsn, &format!("target of {cluster}")).await?;
             let n: i64 = target
@@ -132,26 +133,18 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
             if v / 10000 < s.get::<_, i32>("version_num") / 10000 {
                 report.warn("target_version", None, format!("the target's major version ({}) is older than the source's", v / 10000));
             }
-            target
-                .query("SELECT name FROM pg_available_extensions", &[])
-                .await
-                .map_err(pg::err("list target extensions"))?
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
+            let names = target.query("SELECT name FROM pg_available_extensions", &[]).await.map_err(pg::err("list target extensions"))?;
+            Some(names.iter().map(|r| r.get::<_, String>(0)).collect())
         }
         None if ctx.migration.provider == "aws" => {
             providers::aws::check_source(ctx, &mut report).await?;
             // Aurora's extensions are known once it exists: the schema copy fails on a missing one.
-            Vec::new()
+            None
         }
-        None => providers::local::available_extensions()?,
+        None => Some(providers::local::available_extensions()?),
     };
-    let available_known = !(ctx.migration.target_dsn.is_none() && ctx.migration.provider == "aws");
-    for ext in extensions.into_iter().filter(|_| available_known) {
-        if !available.contains(&ext) {
-            report.error("extension_missing", Some(ext.clone()), format!("extension {ext} is installed on the source but not available on the target"));
-        }
+    for ext in extensions.into_iter().filter(|e| available.as_ref().is_some_and(|a| !a.contains(e))) {
+        report.error("extension_missing", Some(ext.clone()), format!("extension {ext} is installed on the source but not available on the target"));
     }
     Ok(report)
 }

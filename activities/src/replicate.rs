@@ -36,10 +36,17 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
     let Some(slot) = slot else {
         return Err(Error::Abort { reason: AbortReason::SlotLost, detail: format!("replication slot {} no longer exists on the source of {cluster}", names.slot) });
     };
-    let target = pg::connect(&ctx.require_target()?, &format!("target of {cluster}")).await?;
+    let (lag, lag_timed_out) = heartbeat_lag(ctx, &source).await?;
+    Ok(Sample { lag, lag_timed_out, lag_bytes: slot.get(1), slot_active: slot.get(0) })
+}
+
+/// How long a heartbeat written on the source takes to show on the target, and whether it timed
+/// out (then the lag is a lower bound).
+pub(crate) async fn heartbeat_lag(ctx: &Context, source: &Client) -> Result<(Duration, bool), Error> {
+    let target = pg::connect(&ctx.require_target()?, &format!("target of {}", ctx.cluster())).await?;
     let started = Instant::now();
-    let arrived = fence(&source, &target, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
-    Ok(Sample { lag: arrived.unwrap_or_else(|| started.elapsed()), lag_timed_out: arrived.is_none(), lag_bytes: slot.get(1), slot_active: slot.get(0) })
+    let arrived = fence(source, &target, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
+    Ok((arrived.unwrap_or_else(|| started.elapsed()), arrived.is_none()))
 }
 
 /// Write a heartbeat on the source and wait until the target shows it. Once it has, every

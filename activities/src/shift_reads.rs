@@ -13,7 +13,6 @@ use crate::{audit, Context};
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
-    ctx.require_target()?;
     // an Aurora target's reader endpoint; else the target itself
     let target = ctx.route_read_target().ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster}: no target provisioned yet")))?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;

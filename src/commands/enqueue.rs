@@ -2,8 +2,41 @@
 
 use super::ControlPlane;
 
+/// What `dmf enqueue --help` shows after the flags.
+const MANIFEST_FORMAT: &str = r#"Manifest format (TOML):
+
+  [fleet]
+  name = "payments"
+  max_concurrent = 10        # clusters in flight at once
+  max_per_source_host = 2    # per source host
+  breaker_threshold = 0.2    # stop releasing waves above this failure rate
+
+  [[cluster]]
+  name = "orders"
+  source = "postgres://user:pw@db1:5432/orders"
+  wave = 1
+  # target = "postgres://..."     adopt an existing target instead of provisioning one
+  # provider = "local"            or "aws": an Aurora PostgreSQL target (needs [cluster.aws])
+  # replication = "logical"       or "dms" (provider "aws"): AWS DMS hydrates and replicates
+  # pause_before = ["hydrating"]  wait for `dmf resume` before entering these phases
+  # teardown_target = false       keep a provisioned target on abort
+
+  [cluster.aws]                   # with provider = "aws"
+  subnet_ids = ["subnet-0a", "subnet-0b"]   # or subnet_group = "an-existing-one"
+  # region = "eu-west-1"          default: the worker's AWS chain
+  # source_instance = "orders-db" or source_cluster; default: found by the source's address
+  # security_group_ids = ["sg-0c"]
+  # target_cluster = "dmf-orders"; engine_version = "15.4"
+  # instance_class = "db.r6g.large"; readers = 1
+  # master_username = "dmf"; master_password_env = "ORDERS_PW"   default: dmf makes one
+  # connect_via = "host:port"     dmf reaches the writer through this (a tunnel)
+  # final_snapshot = false; provision_timeout_s = 3600
+  # dms_instance_class = "dms.r5.large"; dms_storage_gb = 100; dms_ssl_mode = "require"
+  # dms_serverless_max_capacity = 16   DMS Serverless instead of an instance
+"#;
+
 #[derive(clap::Args)]
-#[command(after_help = "Manifest format (TOML):\n\n  [fleet]\n  name = \"payments\"\n  max_concurrent = 10        # clusters in flight at once\n  max_per_source_host = 2    # per source host\n  breaker_threshold = 0.2    # stop releasing waves above this failure rate\n\n  [[cluster]]\n  name = \"orders\"\n  source = \"postgres://user:pw@db1:5432/orders\"\n  wave = 1\n  # target = \"postgres://...\"   adopt an existing target instead of provisioning one\n  # provider = \"local\"\n  # pause_before = [\"hydrating\"]  wait for `dmf resume` before entering these phases\n")]
+#[command(after_help = MANIFEST_FORMAT)]
 pub struct Args {
     #[command(flatten)]
     cp: ControlPlane,
