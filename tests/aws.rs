@@ -325,3 +325,30 @@ fn throttling_is_retried_and_a_permanent_error_fails_with_its_code_then_resume_a
     env.wait_for("orders aborted", Duration::from_secs(60), |cs| cluster(cs, "orders")["phase"] == "aborted");
     assert_eq!(moto.inventory()["clusters"], serde_json::json!({}));
 }
+
+#[test]
+fn a_target_that_never_comes_up_times_out_and_is_torn_down() {
+    // moto's clusters stay `creating` far longer than provision_timeout_s
+    let w = world("aws-timeout", &[("DMF_MOTO_CREATING_READS", "100000")], &[], &["slow"], &["slow"]);
+    let (env, moto, src, subnets) = (&w.env, &w.moto, &w.src, &w.subnets);
+    let manifest = format!(
+        "[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"slow\"\nsource = \"{}\"\nprovider = \"aws\"\n\n[cluster.aws]\nsubnet_ids = {subnets}\nreaders = 0\nprovision_timeout_s = 3\n",
+        src.dsn("slow")
+    );
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let _w = worker(env, moto, "w1", &[]);
+    env.wait_for("slow aborted", Duration::from_secs(90), |cs| cluster(cs, "slow")["phase"] == "aborted");
+    let cs = env.clusters();
+    let slow = cluster(&cs, "slow");
+    assert_eq!(slow["abort_reason"], "phase_timeout", "{slow}");
+    let e = slow["last_error"].as_str().unwrap_or("");
+    assert!(e.contains("Aurora target dmf-slow not available after") && e.contains("cluster creating"), "{e}");
+    // it looked more than once, backing off, before it gave up
+    assert!(moto.calls("DescribeDBClusters") >= 3, "{}", moto.calls("DescribeDBClusters"));
+    let inv = moto.inventory();
+    assert_eq!(inv["clusters"], serde_json::json!({}), "{inv}");
+    assert_eq!(inv["cluster_parameter_groups"], serde_json::json!({}), "{inv}");
+    assert_eq!(inv["subnet_groups"], serde_json::json!([]), "{inv}");
+}
