@@ -11,6 +11,7 @@ use dmf_aws::dms::{Compute, EndpointSpec, Progress, ReplicationSpec};
 use dmf_aws::settings::ClusterSettings;
 use dmf_workflows::{AbortReason, Outcome};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::providers::aws;
@@ -99,7 +100,7 @@ pub async fn hydrate(ctx: &Context) -> Result<Outcome, Error> {
     let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
     hydrate::ensure_publication(&source, &ctx.names()).await?;
     let spec = durable_spec(ctx, &s).await?;
-    let p = client.ensure_replication(&spec).await.map_err(aws::aws_error(ctx))?;
+    let p = client.ensure_replication(&spec).instrument(aws::span(ctx)).await.map_err(aws::aws_error(ctx))?;
     record(ctx, &p).await?;
     if let Some(failure) = p.failure() {
         return Err(Error::NeedsOperator(format!("cluster {}: DMS task {}: {failure}", ctx.cluster(), spec.task_id())));
@@ -121,7 +122,7 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
     let s = aws::settings(ctx)?;
     let client = aws::clients(ctx, &s).await?;
     let spec = durable_spec(ctx, &s).await?;
-    let Some(p) = client.replication_progress(&spec).await.map_err(aws::aws_error(ctx))? else {
+    let Some(p) = client.replication_progress(&spec).instrument(aws::span(ctx)).await.map_err(aws::aws_error(ctx))? else {
         return Err(Error::Abort { reason: AbortReason::ReplicationStopped, detail: format!("DMS task {} no longer exists", spec.task_id()) });
     };
     record(ctx, &p).await?;
@@ -152,7 +153,7 @@ pub async fn remove(ctx: &Context) -> Result<bool, Error> {
     };
     let s = aws::settings(ctx)?;
     let client = aws::clients(ctx, &s).await?;
-    let done = client.teardown_replication(&spec).await.map_err(aws::aws_error(ctx))?;
+    let done = client.teardown_replication(&spec).instrument(aws::span(ctx)).await.map_err(aws::aws_error(ctx))?;
     if done {
         ctx.db.merge_state(ctx.migration.id, json!({ "dms_removed": true })).await?;
         tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, task = %spec.task_id(), "DMS replication removed");

@@ -14,6 +14,7 @@ use dmf_aws::settings::ClusterSettings;
 use dmf_aws::Aws;
 use dmf_workflows::{AbortReason, Outcome};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::preflight::Report;
@@ -30,6 +31,11 @@ pub fn settings(ctx: &Context) -> Result<ClusterSettings, Error> {
 /// The clients of the cluster's region.
 pub async fn clients(ctx: &Context, s: &ClusterSettings) -> Result<Aws, Error> {
     ctx.config.aws.get(s.region.as_deref()).await.map_err(aws_error(ctx))
+}
+
+/// The span AWS calls run in: dmf-aws's own log lines name the cluster and migration through it.
+pub fn span(ctx: &Context) -> tracing::Span {
+    tracing::info_span!("aws", cluster = %ctx.cluster(), migration = %ctx.migration.id)
 }
 
 /// Wrap an AWS error with the cluster it happened for.
@@ -51,7 +57,7 @@ pub async fn check_source(ctx: &Context, report: &mut Report) -> Result<(), Erro
         _ => String::new(),
     };
     let lookup = SourceLookup { host: &host, instance: s.source_instance.as_deref(), cluster: s.source_cluster.as_deref() };
-    match aws.find_source(lookup).await {
+    match aws.find_source(lookup).instrument(span(ctx)).await {
         Ok(Some(source)) => {
             for problem in source.problems() {
                 report.error("rds_logical_replication", source.parameter_group.clone(), problem);
@@ -142,7 +148,7 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
             now
         }
     };
-    let state = client.ensure_target(&spec, &password).await.map_err(aws_error(ctx))?;
+    let state = client.ensure_target(&spec, &password).instrument(span(ctx)).await.map_err(aws_error(ctx))?;
     for what in &state.created {
         tracing::info!(cluster = %m.cluster, migration = %m.id, region = %client.region, "created {what}");
     }
@@ -194,7 +200,7 @@ pub async fn teardown(ctx: &Context, spec: &TargetSpec) -> Result<bool, Error> {
     if ctx.migration.state.pointer("/aws_teardown_since").is_none() {
         ctx.db.merge_state(ctx.migration.id, json!({ "aws_teardown_since": chrono::Utc::now() })).await?;
     }
-    let gone = client.teardown_target(spec, snapshot.as_deref(), true).await.map_err(aws_error(ctx))?;
+    let gone = client.teardown_target(spec, snapshot.as_deref(), true).instrument(span(ctx)).await.map_err(aws_error(ctx))?;
     if gone {
         tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, target = %spec.cluster_id, "Aurora target removed");
     }
