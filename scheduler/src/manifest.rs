@@ -119,6 +119,8 @@ impl Manifest {
         }
         let mut clusters = Vec::new();
         let mut lines: HashMap<String, usize> = HashMap::new();
+        // Aurora identifiers: two clusters must never adopt the same target
+        let mut targets: HashMap<String, String> = HashMap::new();
         for c in &raw.cluster {
             let line = line_of(text, &c.span());
             let c = c.get_ref();
@@ -157,6 +159,10 @@ impl Manifest {
                     let parsed: dmf_aws::settings::ClusterSettings =
                         a.get_ref().clone().try_into().map_err(|e: toml::de::Error| err(&a.span(), format!("cluster {cname}: aws: {}", e.message())))?;
                     parsed.validate().map_err(|m| err(&a.span(), format!("cluster {cname}: {m}")))?;
+                    let id = parsed.target_id(&cname);
+                    if let Some(other) = targets.insert(id.clone(), cname.clone()) {
+                        return Err(err(&a.span(), format!("cluster {cname}: aws: target cluster {id:?} is also the target of cluster {other}")));
+                    }
                     Some(parsed)
                 }
                 (Some(a), _) => return Err(err(&a.span(), format!("cluster {cname}: an [cluster.aws] table needs provider = \"aws\""))),
@@ -283,6 +289,9 @@ pause_before = ["hydrating"]
         assert!(e.contains("give subnet_ids") && e.contains("or subnet_group"), "{e}");
         let e = error_of(&text.replace("provider = \"aws\"\n", ""));
         assert!(e.contains("needs provider = \"aws\""), "{e}");
+        let twice = format!("{text}\n[[cluster]]\nname = \"billing2\"\nsource = \"postgres://app@db3/b2\"\nprovider = \"aws\"\n\n[cluster.aws]\nsubnet_group = \"g\"\ntarget_cluster = \"dmf-billing\"\n");
+        let e = error_of(&twice);
+        assert!(e.contains("cluster billing2: aws: target cluster \"dmf-billing\" is also the target of cluster billing"), "{e}");
         let e = error_of(&text.replace("[cluster.aws]", "[cluster.notaws]"));
         assert!(e.contains("needs a [cluster.aws] table") || e.contains("notaws"), "{e}");
     }
