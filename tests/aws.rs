@@ -218,23 +218,31 @@ dms_instance_class = "dms.t3.medium"
 
 #[test]
 fn preflight_names_the_parameter_group_and_serverless_dms_goes_as_far_as_moto() {
-    let w = world("aws-preflight", &[], &["orders-db:off", "events-db:on"], &["orders", "events"], &["events"]);
+    let w = world("aws-preflight", &[], &["orders-db:off", "events-db:on", "stock:on:aurora"], &["orders", "events", "stock"], &["events"]);
     let (env, moto, src, aurora, subnets) = (&w.env, &w.moto, &w.src, &w.aurora, &w.subnets);
     let manifest = format!(
         "[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"orders\"\nsource = \"{}\"\nprovider = \"aws\"\n\n[cluster.aws]\nsource_instance = \"orders-db\"\nsubnet_ids = {subnets}\n\n\
          [[cluster]]\nname = \"events\"\nsource = \"{}\"\nprovider = \"aws\"\nreplication = \"dms\"\n\n[cluster.aws]\nsource_instance = \"events-db\"\nsubnet_ids = {subnets}\nreaders = 0\n\
-         connect_via = \"127.0.0.1:{}\"\ndms_serverless_max_capacity = 4\n",
+         connect_via = \"127.0.0.1:{}\"\ndms_serverless_max_capacity = 4\n\n\
+         [[cluster]]\nname = \"stock\"\nsource = \"{}\"\nprovider = \"aws\"\npause_before = [\"provisioning\"]\n\n[cluster.aws]\nsource_instance = \"stock-1\"\nsubnet_ids = {subnets}\n",
         src.dsn("orders"),
         src.dsn("events"),
-        aurora.port
+        aurora.port,
+        src.dsn("stock"),
     );
     let out = env.enqueue("fleet.toml", &manifest);
     assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
     let _scheduler = env.scheduler();
     let _w = worker(&env, &moto, "w1", &["--max-attempts", "2"]);
-    env.wait_for("orders aborted by preflight, events failed at CreateReplicationConfig", Duration::from_secs(180), |cs| {
-        cluster(cs, "orders")["phase"] == "aborted" && cluster(cs, "events")["phase"] == "failed"
+    env.wait_for("orders aborted by preflight, events failed at CreateReplicationConfig, stock past preflight", Duration::from_secs(180), |cs| {
+        cluster(cs, "orders")["phase"] == "aborted" && cluster(cs, "events")["phase"] == "failed" && cluster(cs, "stock")["paused"] == true
     });
+    // An Aurora source named by one of its instances: the cluster's parameter group decides.
+    assert_eq!(state(env, "stock", "aws_source,kind"), "cluster");
+    assert_eq!(state(env, "stock", "aws_source,identifier"), "stock");
+    assert_eq!(state(env, "stock", "aws_source,parameter_group"), "stock-params");
+    assert_eq!(state(env, "stock", "aws_source,logical_replication"), "1");
+    assert_eq!(state(env, "stock", "aws_source,engine"), "aurora-postgresql");
     let cs = env.clusters();
     let orders = cluster(&cs, "orders");
     assert_eq!(orders["abort_reason"], "preflight_failed", "{orders}");

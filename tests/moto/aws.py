@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """What the `aws` tests do to the emulator besides dmf's own calls, with boto3.
 
-  aws.py ENDPOINT seed [SOURCE:on|off ...]
+  aws.py ENDPOINT seed [SOURCE:on|off[:aurora] ...]
       a VPC with two subnets and a security group, and per SOURCE an RDS for PostgreSQL 15
-      instance whose parameter group has rds.logical_replication = 1 (on) or unset (off);
+      instance whose parameter group has rds.logical_replication = 1 (on) or unset (off); with
+      `:aurora`, an Aurora PostgreSQL cluster SOURCE (the parameter in its cluster parameter
+      group) with one instance, SOURCE-1;
       prints {"subnets": [...], "security_group": "..."}
   aws.py ENDPOINT inventory
       prints what exists: RDS clusters (with members), instances, cluster parameter groups and
@@ -30,8 +32,19 @@ def seed(endpoint, sources):
     sg = ec2.create_security_group(GroupName="dmf-test", Description="dmf test", VpcId=vpc)["GroupId"]
     rds = client(endpoint, "rds")
     for spec in sources:
-        name, logical = spec.split(":")
+        name, logical, *kind = spec.split(":")
         group = f"{name}-params"
+        if kind == ["aurora"]:
+            rds.create_db_cluster_parameter_group(DBClusterParameterGroupName=group, DBParameterGroupFamily="aurora-postgresql15",
+                                                  Description="test source")
+            if logical == "on":
+                rds.modify_db_cluster_parameter_group(DBClusterParameterGroupName=group, Parameters=[
+                    {"ParameterName": "rds.logical_replication", "ParameterValue": "1", "ApplyMethod": "pending-reboot"}])
+            rds.create_db_cluster(DBClusterIdentifier=name, Engine="aurora-postgresql", EngineVersion="15.4",
+                                  MasterUsername="postgres", MasterUserPassword="secret-secret", DBClusterParameterGroupName=group)
+            rds.create_db_instance(DBInstanceIdentifier=f"{name}-1", DBClusterIdentifier=name, Engine="aurora-postgresql",
+                                   DBInstanceClass="db.r6g.large")
+            continue
         rds.create_db_parameter_group(DBParameterGroupName=group, DBParameterGroupFamily="postgres15", Description="test source")
         if logical == "on":
             rds.modify_db_parameter_group(DBParameterGroupName=group, Parameters=[
