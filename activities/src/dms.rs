@@ -26,10 +26,7 @@ pub fn uses_dms(ctx: &Context) -> bool {
 /// One side as DMS reaches it, from a connection string.
 fn endpoint(dsn: &str, engine: &str, ssl_mode: &str, what: &str) -> Result<EndpointSpec, Error> {
     let c: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string for the {what}: {e}")))?;
-    let server = match c.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => return Err(Error::NeedsOperator(format!("the {what} is reached over a Unix socket; DMS needs a host name"))),
-    };
+    let server = pg::tcp_host(&c).ok_or_else(|| Error::NeedsOperator(format!("the {what} is reached over a Unix socket; DMS needs a host name")))?;
     Ok(EndpointSpec {
         engine: engine.into(),
         server,

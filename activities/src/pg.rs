@@ -62,6 +62,14 @@ pub async fn exec(client: &Client, what: &str, sql: &str) -> Result<(), Error> {
     client.batch_execute(sql).await.map_err(err(what))
 }
 
+/// The TCP host of a connection string; None when it names a Unix socket or no host.
+pub fn tcp_host(config: &tokio_postgres::Config) -> Option<String> {
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => Some(h.clone()),
+        _ => None,
+    }
+}
+
 /// The database name of a connection string.
 pub fn dbname(dsn: &str) -> Result<String, Error> {
     let config: tokio_postgres::Config =

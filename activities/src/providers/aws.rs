@@ -52,10 +52,7 @@ pub async fn check_source(ctx: &Context, report: &mut Report) -> Result<(), Erro
         .source_dsn()
         .parse()
         .map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("cluster {}: bad source connection string: {e}", ctx.cluster())))?;
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => String::new(),
-    };
+    let host = pg::tcp_host(&config).unwrap_or_default();
     let lookup = SourceLookup { host: &host, instance: s.source_instance.as_deref(), cluster: s.source_cluster.as_deref() };
     match aws.find_source(lookup).instrument(span(ctx)).await {
         Ok(Some(source)) => {
