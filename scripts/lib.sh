@@ -51,10 +51,11 @@ ensure_test_tools() {
             || python3 -m pip install -q --break-system-packages "psycopg[binary]" \
             || apt_install python3-psycopg
     fi
-    if ! python3 -c 'import moto.server, boto3, werkzeug' >/dev/null 2>&1; then
-        echo "installing moto[server] (local AWS API emulator)" >&2
-        python3 -m pip install -q "moto[server]>=5,<6" 2>/dev/null \
-            || python3 -m pip install -q --break-system-packages "moto[server]>=5,<6"
+    # the version the aws tests were written against: they name the operations it lacks
+    if ! python3 -c 'import sys, moto.server, boto3, werkzeug; sys.exit(moto.__version__ != "5.2.1")' >/dev/null 2>&1; then
+        echo "installing moto[server] 5.2.1 (local AWS API emulator)" >&2
+        python3 -m pip install -q "moto[server]==5.2.1" 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages "moto[server]==5.2.1"
     fi
 }
 
