@@ -240,12 +240,10 @@ impl Aws {
                             .replication_task_settings(&spec.task_settings)
                             .set_tags(Some(spec.tags()))
                             .send()
-                            .await;
-                        match r.map_err(|e| Error::from_sdk("CreateReplicationTask", e)) {
-                            Ok(out) => out.replication_task().cloned().ok_or_else(|| Error::Conflict(format!("CreateReplicationTask {} returned no task", spec.task_id())))?,
-                            Err(e) if e.is_already_exists() => self.task(spec).await?.ok_or(e)?,
-                            Err(e) => return Err(e),
-                        }
+                            .await
+                            .map(|out| out.replication_task().cloned())
+                            .map_err(|e| Error::from_sdk("CreateReplicationTask", e));
+                        Error::or_adopt(r, format!("CreateReplicationTask {}", spec.task_id()), || self.task(spec)).await?
                     }
                 };
                 let arn = task.replication_task_arn().unwrap_or_default().to_string();
@@ -337,12 +335,10 @@ impl Aws {
             .ssl_mode(ssl_mode(&e.ssl_mode))
             .set_tags(Some(spec.tags()))
             .send()
-            .await;
-        match r.map_err(|e| Error::from_sdk("CreateEndpoint", e)) {
-            Ok(out) => out.endpoint().and_then(|e| e.endpoint_arn()).map(str::to_string).ok_or_else(|| Error::Conflict(format!("CreateEndpoint {id} returned no ARN"))),
-            Err(err) if err.is_already_exists() => self.endpoint_arn(id).await?.ok_or(err),
-            Err(err) => Err(err),
-        }
+            .await
+            .map(|out| out.endpoint().and_then(|e| e.endpoint_arn()).map(str::to_string))
+            .map_err(|e| Error::from_sdk("CreateEndpoint", e));
+        Error::or_adopt(r, format!("CreateEndpoint {id}"), || self.endpoint_arn(id)).await
     }
 
     async fn endpoint_arn(&self, id: &str) -> Result<Option<String>, Error> {
@@ -369,15 +365,13 @@ impl Aws {
             .multi_az(false)
             .set_tags(Some(spec.tags()))
             .send()
-            .await;
-        match r.map_err(|e| Error::from_sdk("CreateReplicationInstance", e)) {
-            Ok(out) => {
-                let i = out.replication_instance().ok_or_else(|| Error::Conflict(format!("CreateReplicationInstance {} returned nothing", spec.compute_id())))?;
-                Ok((i.replication_instance_arn().unwrap_or_default().to_string(), i.replication_instance_status().unwrap_or("creating").to_string()))
-            }
-            Err(e) if e.is_already_exists() => self.instance(spec).await?.ok_or(e),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|out| {
+                out.replication_instance()
+                    .map(|i| (i.replication_instance_arn().unwrap_or_default().to_string(), i.replication_instance_status().unwrap_or("creating").to_string()))
+            })
+            .map_err(|e| Error::from_sdk("CreateReplicationInstance", e));
+        Error::or_adopt(r, format!("CreateReplicationInstance {}", spec.compute_id()), || self.instance(spec)).await
     }
 
     async fn instance(&self, spec: &ReplicationSpec) -> Result<Option<(String, String)>, Error> {
@@ -488,16 +482,10 @@ impl Aws {
             .replication_settings(&spec.task_settings)
             .set_tags(Some(spec.tags()))
             .send()
-            .await;
-        match r.map_err(|e| Error::from_sdk("CreateReplicationConfig", e)) {
-            Ok(out) => out
-                .replication_config()
-                .and_then(|c| c.replication_config_arn())
-                .map(str::to_string)
-                .ok_or_else(|| Error::Conflict(format!("CreateReplicationConfig {} returned no ARN", spec.compute_id()))),
-            Err(e) if e.is_already_exists() => self.replication_config_arn(spec).await?.ok_or(e),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|out| out.replication_config().and_then(|c| c.replication_config_arn()).map(str::to_string))
+            .map_err(|e| Error::from_sdk("CreateReplicationConfig", e));
+        Error::or_adopt(r, format!("CreateReplicationConfig {}", spec.compute_id()), || self.replication_config_arn(spec)).await
     }
 
     async fn replication_config_arn(&self, spec: &ReplicationSpec) -> Result<Option<String>, Error> {

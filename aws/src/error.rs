@@ -76,6 +76,20 @@ impl Error {
         self.code().is_some_and(|c| c.starts_with("Invalid") && c.contains("State"))
     }
 
+    /// What a create returned, or, when its identifier was taken (an earlier attempt made it),
+    /// what `find` finds under it: creating twice converges on the same resource.
+    pub(crate) async fn or_adopt<T, F>(created: Result<Option<T>, Error>, what: impl std::fmt::Display, find: impl FnOnce() -> F) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<Option<T>, Error>>,
+    {
+        match created {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(Error::Conflict(format!("{what} returned nothing"))),
+            Err(e) if e.is_already_exists() => find().await?.ok_or(e),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Classify what an SDK call returned.
     pub(crate) fn from_sdk<E>(operation: &'static str, err: SdkError<E>) -> Error
     where

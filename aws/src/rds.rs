@@ -309,23 +309,17 @@ impl Aws {
                     .copy_tags_to_snapshot(true)
                     .set_tags(Some(spec.tags()))
                     .send()
-                    .await;
-                match r {
-                    Ok(out) => {
-                        created.push(format!("cluster {}", spec.cluster_id));
-                        out.db_cluster().cloned().ok_or_else(|| Error::Conflict(format!("CreateDBCluster {} returned no cluster", spec.cluster_id)))?
-                    }
-                    Err(e) => {
-                        // Someone (an earlier attempt) created it meanwhile: adopt it.
-                        let e = Error::from_sdk("CreateDBCluster", e);
-                        if !e.is_already_exists() {
-                            return Err(e);
-                        }
-                        self.db_cluster(&spec.cluster_id).await?.ok_or(e)?
-                    }
+                    .await
+                    .map(|out| out.db_cluster().cloned())
+                    .map_err(|e| Error::from_sdk("CreateDBCluster", e));
+                if r.is_ok() {
+                    created.push(format!("cluster {}", spec.cluster_id));
                 }
+                Error::or_adopt(r, format!("CreateDBCluster {}", spec.cluster_id), || self.db_cluster(&spec.cluster_id)).await?
             }
         };
+        // Each instance as AWS reports it now: described, or as its creation answered (the next
+        // call describes it).
         let mut instances = Vec::new();
         for id in spec.instance_ids() {
             let instance = match self.db_instance(&id).await? {
@@ -349,34 +343,28 @@ impl Aws {
                         .db_instance_class(&spec.instance_class)
                         .set_tags(Some(spec.tags()))
                         .send()
-                        .await;
-                    match r {
-                        Ok(out) => {
-                            created.push(format!("instance {id}"));
-                            out.db_instance().cloned().ok_or_else(|| Error::Conflict(format!("CreateDBInstance {id} returned no instance")))?
-                        }
-                        Err(e) => {
-                            let e = Error::from_sdk("CreateDBInstance", e);
-                            if !e.is_already_exists() {
-                                return Err(e);
-                            }
-                            self.db_instance(&id).await?.ok_or(e)?
-                        }
+                        .await
+                        .map(|out| out.db_instance().cloned())
+                        .map_err(|e| Error::from_sdk("CreateDBInstance", e));
+                    if r.is_ok() {
+                        created.push(format!("instance {id}"));
                     }
+                    Error::or_adopt(r, format!("CreateDBInstance {id}"), || self.db_instance(&id)).await?
                 }
             };
             instances.push(instance);
         }
-        // Statuses and endpoints as they are now (creation answers before they settle).
+        // The cluster as it is now: its members (which is the writer) and endpoints settle after
+        // the instances are made.
         let cluster = self.db_cluster(&spec.cluster_id).await?.unwrap_or(cluster);
         let writers: Vec<&str> = cluster.db_cluster_members().iter().filter(|m| m.is_cluster_writer() == Some(true)).filter_map(|m| m.db_instance_identifier()).collect();
-        let mut states = Vec::new();
-        for i in &instances {
-            let id = i.db_instance_identifier().unwrap_or_default();
-            let now = self.db_instance(id).await?;
-            let status = now.as_ref().or(Some(i)).and_then(|i| i.db_instance_status()).unwrap_or("unknown").to_string();
-            states.push(InstanceState { id: id.to_string(), status, writer: writers.contains(&id) });
-        }
+        let states = instances
+            .iter()
+            .map(|i| {
+                let id = i.db_instance_identifier().unwrap_or_default();
+                InstanceState { id: id.to_string(), status: i.db_instance_status().unwrap_or("unknown").to_string(), writer: writers.contains(&id) }
+            })
+            .collect();
         Ok(TargetState {
             cluster_status: cluster.status().map(str::to_string),
             endpoint: cluster.endpoint().map(str::to_string),

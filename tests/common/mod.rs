@@ -332,11 +332,7 @@ impl ProxyProc {
 
     /// One counter from the proxy's Prometheus endpoint.
     pub fn metric(&self, name: &str) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").expect("metrics request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("metrics response");
+        let body = http_get(self.metrics_port, "/metrics");
         let prefix = format!("dmf_proxy_{name}{{");
         body.lines()
             .find(|l| l.starts_with(&prefix))
@@ -349,6 +345,16 @@ impl ProxyProc {
     pub fn terminate(&self) {
         let _ = Command::new("kill").args(["-TERM", &self.proc.child.id().to_string()]).status();
     }
+}
+
+/// A plain HTTP GET on loopback; the whole response, headers included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect for HTTP GET");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).expect("HTTP request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("HTTP response");
+    response
 }
 
 pub fn pgbench_bin() -> PathBuf {
@@ -500,6 +506,7 @@ impl Partition {
 /// with fault injection; stopped when dropped (its stdin closes too, should the test die first).
 pub struct Moto {
     child: Child,
+    pub port: u16,
     pub url: String,
     faults: PathBuf,
 }
@@ -540,7 +547,7 @@ impl Moto {
             }
         }
         let port = port.unwrap_or_else(|| panic!("moto did not start: {}", tail(&dir.join("moto.log"), 30)));
-        Moto { child, url: format!("http://127.0.0.1:{port}"), faults }
+        Moto { child, port, url: format!("http://127.0.0.1:{port}"), faults }
     }
 
     /// The environment a worker needs to reach the emulator: the endpoint override and the
@@ -562,11 +569,10 @@ impl Moto {
 
     /// How many calls each action received.
     pub fn calls(&self, action: &str) -> u64 {
-        let out = run_ok(Command::new("python3").args([
-            "-c",
-            &format!("import json,urllib.request;print(json.load(urllib.request.urlopen('{}/__dmf_faults'))['calls'].get('{action}', 0))", self.url),
-        ]));
-        out.trim().parse().expect("call count")
+        let response = http_get(self.port, "/__dmf_faults");
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("fault counts: {e}: {response}"));
+        v["calls"][action].as_u64().unwrap_or(0)
     }
 
     fn aws_py(&self, args: &[&str]) -> serde_json::Value {

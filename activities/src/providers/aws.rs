@@ -134,7 +134,11 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
     let m = &ctx.migration;
     let s = settings(ctx)?;
     let client = clients(ctx, &s).await?;
-    let spec = target_spec(ctx, &s).await?;
+    // the spec made durable by the first run, so that every run (and teardown) asks for the same
+    let spec = match provisioned(ctx) {
+        Some(spec) => spec,
+        None => target_spec(ctx, &s).await?,
+    };
     let password = master_password(ctx, &s).await?;
     // The spec is durable before anything is created: teardown removes what it names.
     let since = match m.state.pointer("/aws_wait_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
