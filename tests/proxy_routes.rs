@@ -261,3 +261,91 @@ async fn a_hold_waits_for_transactions_in_flight_and_ends_those_past_its_deadlin
     assert_eq!(proxy.metric("held_now"), 0.0);
     assert!(proxy.metric("hold_time_us_total") >= 400_000.0);
 }
+
+/// Wait up to 10 s for a proxy counter to reach `want`.
+async fn metric_reaches(proxy: &ProxyProc, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.metric(name) != want {
+        assert!(Instant::now() < deadline, "metric {name} stayed at {} (wanted {want})", proxy.metric(name));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pg_backend_pid").get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_its_client_left_is_reset_and_reused_but_never_across_logins_or_routes() {
+    let env = Env::new("proxy-idle");
+    let src = env.source("src");
+    let dst = env.source("dst");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY)");
+    dst.psql("postgres", "CREATE DATABASE app").expect("create app on dst");
+    let proxy = env.proxy("proxy", "app", &[]);
+
+    // A session that leaves every kind of state behind, then disconnects.
+    let a = connect(&proxy.dsn("app")).await;
+    let first = backend_pid(&a).await;
+    a.batch_execute(
+        "SET statement_timeout = '7s'; SET application_name = 'changed'; CREATE TEMP TABLE scratch (x int); \
+         PREPARE answer AS SELECT 42; SELECT pg_advisory_lock(42); LISTEN news; DECLARE held CURSOR WITH HOLD FOR SELECT 1",
+    )
+    .await
+    .expect("session state");
+    a.prepare("SELECT $1::int + 1").await.expect("protocol-level statement");
+    drop(a);
+    metric_reaches(&proxy, "backends_idle", 1.0).await;
+
+    // The next client with the same login gets that backend, clean.
+    let b = connect(&proxy.dsn("app")).await;
+    assert_eq!(backend_pid(&b).await, first, "the parked backend was reused");
+    assert_eq!(proxy.metric("backends_reused_total"), 1.0);
+    assert_eq!(proxy.metric("backends_idle"), 0.0);
+    let row = b
+        .query_one(
+            "SELECT current_setting('statement_timeout'), current_setting('application_name'), \
+             (SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'), \
+             (SELECT count(*) FROM pg_prepared_statements WHERE name = 'answer' OR statement = 'SELECT $1::int + 1'), \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_cursors WHERE name = 'held')",
+            &[],
+        )
+        .await
+        .expect("state after reuse");
+    assert_eq!(row.get::<_, String>(0), "0", "settings were reset");
+    assert_ne!(row.get::<_, String>(1), "changed", "application_name is back to the startup value");
+    for (i, what) in [(2, "temporary tables"), (3, "prepared statements"), (4, "advisory locks"), (5, "LISTEN channels"), (6, "cursors")] {
+        assert_eq!(row.get::<_, i64>(i), 0, "{what} of the previous client survived");
+    }
+    // the new client's own statements work (the backend's statement bookkeeping was reset too)
+    let st = b.prepare("SELECT $1::int + 1").await.expect("prepare on the reused backend");
+    assert_eq!(b.query_one(&st, &[&1i32]).await.expect("run").get::<_, i32>(0), 2);
+    drop(b);
+    metric_reaches(&proxy, "backends_idle", 1.0).await;
+
+    // Another login (other startup parameters) never gets it.
+    let other = connect(&format!("{}&application_name=billing", proxy.dsn("app"))).await;
+    assert_ne!(backend_pid(&other).await, first, "a client with other startup parameters got someone else's backend");
+    drop(other);
+    metric_reaches(&proxy, "backends_idle", 2.0).await;
+
+    // A parked backend its server ended is not handed out.
+    psql(&src.dsn("postgres"), &format!("SELECT pg_terminate_backend({first}, 5000)"));
+    let c = connect(&proxy.dsn("app")).await;
+    let third = backend_pid(&c).await;
+    assert_ne!(third, first, "a terminated backend was handed out");
+    c.batch_execute("INSERT INTO t VALUES (1)").await.expect("the new backend works");
+    drop(c);
+    metric_reaches(&proxy, "backends_idle", 2.0).await;
+
+    // After a route change nothing parked before it is used, and the reaper closes it all.
+    env.route_set("app", &["--primary", &dst.dsn("app")]);
+    let d = connect(&proxy.dsn("app")).await;
+    let port: i32 = d.query_one("SELECT inet_server_port()", &[]).await.expect("port").get(0);
+    assert_eq!(port, dst.port as i32, "the new client is on the new primary");
+    metric_reaches(&proxy, "backends_idle", 0.0).await;
+    let left = psql(&src.dsn("postgres"), "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app'");
+    assert_eq!(left, "0", "backends parked on the old primary were closed");
+    assert_eq!(proxy.metric("backends_reused_total"), 1.0);
+}

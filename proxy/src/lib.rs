@@ -53,6 +53,11 @@ pub struct Options {
     pub shadow_workers: usize,
     /// How often the read endpoint's applied LSN is read while reads are split.
     pub lsn_poll: Duration,
+    /// Backends kept after their client left, for the next client with the same login
+    /// (`backend::pool`); 0 closes each backend with its session.
+    pub idle_backends: usize,
+    /// How long a backend stays parked without a client before it is closed.
+    pub idle_backend_timeout: Duration,
 }
 
 impl Options {
@@ -72,6 +77,8 @@ impl Options {
             shadow_queue: 1024,
             shadow_workers: 2,
             lsn_poll: Duration::from_millis(5),
+            idle_backends: 16,
+            idle_backend_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -139,6 +146,8 @@ pub struct Shared {
     classified: Mutex<HashMap<String, router::classify::Class>>,
     pub shutdown: CancellationToken,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Backends their clients left, reset and waiting for the next client.
+    pub idle: backend::pool::Pool,
 }
 
 impl Shared {
@@ -229,6 +238,24 @@ impl Shared {
     }
 }
 
+/// Close parked backends that timed out, belong to an earlier route, or were closed by their
+/// server; until shutdown.
+async fn reap_idle(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.idle.reap_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let closed = shared.idle.reap(shared.route().epoch, &shared.metrics);
+        if closed > 0 {
+            tracing::debug!(cluster = %shared.opts.cluster, closed, "idle backends closed");
+        }
+    }
+    shared.idle.close_all(&shared.metrics);
+}
+
 /// Long-lived tasks carry their name in a tracing span, so every log line says which task wrote it.
 fn spawn_named(set: &mut tokio::task::JoinSet<()>, name: &str, fut: impl std::future::Future<Output = ()> + Send + 'static) {
     use tracing::Instrument;
@@ -299,6 +326,7 @@ impl Proxy {
             classified: Mutex::new(HashMap::new()),
             shutdown,
             tls,
+            idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
             opts,
         });
         shared.metrics.route_epoch.store(shared.route().epoch, Ordering::Relaxed);
@@ -329,6 +357,7 @@ impl Proxy {
         if let Some(l) = metrics_listener {
             spawn_named(&mut tasks, "proxy-metrics", metrics::serve(l, shared.clone()));
         }
+        spawn_named(&mut tasks, "proxy-idle-backends", reap_idle(shared.clone()));
         frontend::accept_loop(listener, shared.clone()).await;
         for s in lock(&shared.sessions).values() {
             s.signal.raise(frontend::signal::SHUTDOWN);
@@ -346,6 +375,7 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        shared.idle.close_all(&shared.metrics);
         match tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await {
             Ok(_) => {}
             Err(_) => tracing::warn!(cluster = %cluster, "background tasks did not stop within 5 s"),

@@ -37,6 +37,8 @@ counters! {
     connections_active: "gauge", "Client sessions open now.";
     connections_refused: "counter", "Client connections refused (authentication, protocol, backend unreachable).";
     protocol_errors: "counter", "Connections closed because the client broke the protocol.";
+    backends_reused_total: "counter", "Client connections given a backend another client left (no new server connection).";
+    backends_idle: "gauge", "Backends parked for the next client right now.";
     transactions_total: "counter", "Transactions (and autocommit statements) completed through the proxy.";
     held_now: "gauge", "Transactions waiting at a hold right now.";
     held_total: "counter", "Transactions that waited at a hold.";

@@ -54,6 +54,14 @@ pub struct Args {
     /// Connections that run mirrored statements.
     #[arg(long, default_value_t = 2)]
     shadow_workers: usize,
+    /// Backends kept after their client disconnects, reset with DISCARD ALL, for the next client
+    /// that logs in with the same user, database and startup parameters: it skips connecting and
+    /// authenticating, and gets a warm server connection. 0 closes each backend with its client.
+    #[arg(long, default_value_t = 16)]
+    idle_backends: usize,
+    /// Seconds a kept backend waits for a client before it is closed.
+    #[arg(long, default_value_t = 60)]
+    idle_backend_timeout_s: u64,
     /// Runtime threads; 1 (the default) relays everything on one thread, like pgbouncer.
     #[arg(long, default_value_t = 1, env = "DMF_PROXY_THREADS")]
     threads: usize,
@@ -80,6 +88,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     opts.drain = Duration::from_secs(a.drain_s);
     opts.shadow_queue = a.shadow_queue;
     opts.shadow_workers = a.shadow_workers;
+    opts.idle_backends = a.idle_backends;
+    opts.idle_backend_timeout = Duration::from_secs(a.idle_backend_timeout_s.max(1));
     let proxy = dmf_proxy::Proxy::build(opts).await?;
     let handle = proxy.handle();
     let stop = super::shutdown_signal();

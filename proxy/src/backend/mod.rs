@@ -2,6 +2,7 @@
 //! credentials the proxy holds, and the proxy's own short queries on an idle backend.
 
 pub mod endpoint;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,13 +76,7 @@ impl Backend {
         loop {
             let (tag, body) = be.read_frame().await?;
             match tag {
-                b'S' => {
-                    if let Some((k, rest)) = protocol::cstr(&body) {
-                        if let Some((v, _)) = protocol::cstr(rest) {
-                            be.params.push((k.to_string(), v.to_string()));
-                        }
-                    }
-                }
+                b'S' => be.note_parameter(&body),
                 b'K' => {
                     let (pid, rest) = protocol::be_i32(&body).ok_or_else(|| be.err("short BackendKeyData"))?;
                     let (secret, _) = protocol::be_i32(rest).ok_or_else(|| be.err("short BackendKeyData"))?;
@@ -195,6 +190,58 @@ impl Backend {
                 _ => {}
             }
         }
+    }
+
+    /// A ParameterStatus from the server: what the next client of this backend is told.
+    fn note_parameter(&mut self, body: &[u8]) {
+        let Some((k, rest)) = protocol::cstr(body) else { return };
+        let Some((v, _)) = protocol::cstr(rest) else { return };
+        match self.params.iter_mut().find(|(name, _)| name == k) {
+            Some((_, value)) => *value = v.to_string(),
+            None => self.params.push((k.to_string(), v.to_string())),
+        }
+    }
+
+    /// Return an idle session to its state at login for another client: `DISCARD ALL` drops
+    /// settings, prepared statements, cursors, temporary tables, advisory locks and LISTENs. The
+    /// parameters the server reports on the way back to their defaults are recorded.
+    pub async fn reset(&mut self) -> Result<(), Error> {
+        if !self.rbuf.is_empty() {
+            return Err(self.err("unread bytes at the end of its session"));
+        }
+        self.stream.write_all(&build::query("DISCARD ALL")).await?;
+        let mut failed = None;
+        loop {
+            let (tag, body) = self.read_frame().await?;
+            match tag {
+                b'S' => self.note_parameter(&body),
+                b'E' => failed = Some(self.refused(&body)),
+                b'Z' if body.first() != Some(&b'I') => return Err(self.err("not idle after DISCARD ALL")),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.prepared.clear();
+        Ok(())
+    }
+
+    /// Whether the server still holds this idle connection: it sends nothing to an idle session
+    /// unless it is ending it (a FATAL, then the close), so anything readable means gone.
+    pub fn alive(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Close without waiting: a Terminate if the socket takes it now (an idle socket does), then
+    /// the connection.
+    pub fn close(self) {
+        let _ = self.stream.try_write(&build::terminate());
     }
 
     /// Send messages built by the proxy and swallow their answers up to ReadyForQuery.

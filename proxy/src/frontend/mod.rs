@@ -94,14 +94,22 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(b'I'));
             if client.write_all(&hello).await.is_ok() {
-                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, entry);
-                let result = s.run().await;
+                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, entry.clone());
+                let (result, left) = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {
                         add(&shared.metrics.protocol_errors, 1);
                     }
                     tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "session ended");
                 }
+                if let Some((backend, epoch)) = left {
+                    let key = crate::backend::pool::Key::new(&backend.endpoint.dsn, &entry.params);
+                    if let Err(e) = shared.idle.put(backend, key, epoch, &shared.metrics).await {
+                        tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
+                    }
+                }
+            } else {
+                backend.close();
             }
             lock(&shared.cancels).remove(&(pid, secret));
             lock(&shared.sessions).remove(&id);
@@ -193,7 +201,11 @@ async fn open(
     auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
     let admitted = shared.admit().await?;
     let route = shared.route();
-    let backend = connect_as(route.primary.clone(), shared, params, false).await?;
+    let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
+    let backend = match shared.idle.take(&key, route.epoch, &shared.metrics) {
+        Some(b) => b,
+        None => connect_as(route.primary.clone(), shared, params, false).await?,
+    };
     Ok((backend, admitted))
 }
 

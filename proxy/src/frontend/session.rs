@@ -193,21 +193,47 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self) -> Result<(), Error> {
+    /// Relay until the client leaves or the session must end. The primary backend comes back,
+    /// with the route epoch it was used under, when the client left it idle at a transaction
+    /// boundary (for `backend::pool` to reset and keep); otherwise it is closed here.
+    pub async fn run(mut self) -> (Result<(), Error>, Option<(Backend, u64)>) {
         let result = self.relay().await;
         if let Err(Error::Protocol(e)) = &result {
             let message = format!("dmf proxy: {e}");
             self.fatal("08P01", &message).await;
         }
+        let reusable = result.is_ok() && self.left_idle();
         if self.in_unit {
             self.leave_unit();
         }
         let bye = build::terminate();
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.primary.stream.write_all(&bye)).await;
         if let Some(r) = self.read.as_mut() {
             let _ = tokio::time::timeout(Duration::from_millis(200), r.stream.write_all(&bye)).await;
         }
-        result
+        if let Some(r) = self.ready.take() {
+            r.close();
+        }
+        if reusable {
+            return (result, Some((self.primary, self.route.epoch)));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.primary.stream.write_all(&bye)).await;
+        (result, None)
+    }
+
+    /// The client left the primary backend idle, between transactions, with nothing half sent or
+    /// half read, on the route in force and with the proxy not shutting down.
+    fn left_idle(&self) -> bool {
+        self.status == b'I'
+            && !self.in_unit
+            && self.outstanding == 0
+            && self.swallow == 0
+            && self.client_skip == 0
+            && self.server_skip == 0
+            && self.primary.rbuf.is_empty()
+            && self.signal.raised() == 0
+            && !self.shared.shutdown.is_cancelled()
+            && self.primary.endpoint.dsn == self.route.primary.dsn
+            && self.shared.route().epoch == self.route.epoch
     }
 
     async fn relay(&mut self) -> Result<(), Error> {

@@ -1,0 +1,149 @@
+//! Backends their clients left, reset (`DISCARD ALL`) and kept for the next client that logs in
+//! the same way on the same route. That client skips the connect, the authentication and the
+//! server's process start, and lands on a server connection that is already warm: pgbouncer's
+//! server pool, for a proxy that pins each session to one backend.
+//!
+//! A parked backend is only handed out under the route epoch it was parked in, so nothing parked
+//! before a move (or a hold, a rollback) is ever used after it; the reaper closes those, the ones
+//! idle for longer than the timeout, and the ones their server closed.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::Backend;
+use crate::metrics::{add, Metrics};
+use crate::protocol::startup::Params;
+use crate::{lock, Error};
+
+/// How long the reset of a backend may take before it is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who a backend was opened for: its server and every startup parameter of the client (user,
+/// database, application_name, options...), since these are the session's defaults after a reset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    dsn: String,
+    params: Vec<(String, String)>,
+}
+
+impl Key {
+    pub fn new(dsn: &str, params: &Params) -> Key {
+        let mut params = params.0.clone();
+        params.sort();
+        Key { dsn: dsn.to_string(), params }
+    }
+}
+
+struct Parked {
+    key: Key,
+    epoch: u64,
+    since: Instant,
+    backend: Backend,
+}
+
+pub struct Pool {
+    /// At most this many parked backends (0: every backend is closed with its session).
+    max: usize,
+    /// Parked for longer than this, a backend is closed.
+    timeout: Duration,
+    /// Oldest first: `take` hands out the most recently parked, the warmest.
+    idle: Mutex<Vec<Parked>>,
+}
+
+impl Pool {
+    pub fn new(max: usize, timeout: Duration) -> Pool {
+        Pool { max, timeout, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The most recently parked backend for `key` under route `epoch` that its server has not
+    /// closed meanwhile.
+    pub fn take(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<Backend> {
+        let mut idle = lock(&self.idle);
+        let found = loop {
+            let Some(i) = idle.iter().rposition(|p| p.epoch == epoch && p.key == *key) else { break None };
+            let p = idle.remove(i);
+            if p.backend.alive() {
+                break Some(p.backend);
+            }
+            p.backend.close();
+        };
+        metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if found.is_some() {
+            add(&metrics.backends_reused_total, 1);
+        }
+        found
+    }
+
+    /// Reset a backend whose client left at a transaction boundary and park it; a backend that
+    /// cannot be reset is closed. The oldest parked backend makes room when the pool is full.
+    pub async fn put(&self, mut backend: Backend, key: Key, epoch: u64, metrics: &Metrics) -> Result<(), Error> {
+        if self.max == 0 {
+            backend.close();
+            return Ok(());
+        }
+        let label = backend.endpoint.label();
+        match tokio::time::timeout(RESET_TIMEOUT, backend.reset()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                backend.close();
+                return Err(e);
+            }
+            Err(_) => {
+                backend.close();
+                return Err(Error::backend(&label, format!("DISCARD ALL took longer than {RESET_TIMEOUT:?}")));
+            }
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= self.max {
+            idle.remove(0).backend.close();
+        }
+        idle.push(Parked { key, epoch, since: Instant::now(), backend });
+        metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Close the backends parked under another route epoch, for longer than the timeout, or
+    /// closed by their server. Returns how many were closed.
+    pub fn reap(&self, epoch: u64, metrics: &Metrics) -> usize {
+        let mut idle = lock(&self.idle);
+        let before = idle.len();
+        let (keep, close): (Vec<Parked>, Vec<Parked>) =
+            std::mem::take(&mut *idle).into_iter().partition(|p| p.epoch == epoch && p.since.elapsed() < self.timeout && p.backend.alive());
+        *idle = keep;
+        for p in close {
+            p.backend.close();
+        }
+        metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        before - idle.len()
+    }
+
+    /// Close every parked backend (at shutdown).
+    pub fn close_all(&self, metrics: &Metrics) {
+        let mut idle = lock(&self.idle);
+        for p in idle.drain(..) {
+            p.backend.close();
+        }
+        metrics.backends_idle.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How often the reaper should look: often enough to honour the timeout within a quarter of it.
+    pub fn reap_every(&self) -> Duration {
+        (self.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_on_server_and_every_startup_parameter_in_any_order() {
+        let a = Params(vec![("user".into(), "app".into()), ("database".into(), "orders".into())]);
+        let b = Params(vec![("database".into(), "orders".into()), ("user".into(), "app".into())]);
+        assert_eq!(Key::new("postgres://h/orders", &a), Key::new("postgres://h/orders", &b));
+        assert_ne!(Key::new("postgres://h/orders", &a), Key::new("postgres://other/orders", &a));
+        let mut named = a.clone();
+        named.set("application_name", "billing");
+        assert_ne!(Key::new("postgres://h/orders", &a), Key::new("postgres://h/orders", &named));
+    }
+}
