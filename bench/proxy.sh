@@ -5,8 +5,9 @@
 #   - TPC-B (pgbench's default script), 8 clients, -M simple;
 #   - select-only with 1 client, for the latency each proxy adds over a direct connection.
 # Every run is $DURATION seconds (default 10) after a checkpoint; within a round the three targets
-# take turns going first, so none always gets the warmer caches. $RUNS rounds (default 1); the
-# figures are the medians. pgbouncer 1.18 has no protocol-level prepared statements in transaction
+# take turns going first, so none always gets the warmer caches. $RUNS rounds (default 3: one
+# 10 s run on this shared machine varies by several percent); the figures are the medians, and
+# the select-only simple ratio of each round is printed too, to show the spread. pgbouncer 1.18 has no protocol-level prepared statements in transaction
 # mode: its -M prepared run is reported n/a when it fails.
 # dmf proxy routes to the server through dmf.routes: the server is enqueued as a cluster (nobody
 # runs a scheduler or a worker, so it stays pending and its route points at the source).
@@ -23,7 +24,7 @@ ensure_postgres
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
 PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
 SCALE="${SCALE:-10}"
-RUNS="${RUNS:-1}"
+RUNS="${RUNS:-3}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-3}"
 CLIENTS=8
@@ -182,6 +183,12 @@ done
 fmt() {  # fmt VALUE: one decimal, or the word as it is
     if [[ "$1" =~ ^[0-9.]+$ ]]; then printf '%.1f' "$1"; else printf '%s' "$1"; fi
 }
+if [ -z "$SKIP_DMF" ] && [[ " ${MODES[*]} " == *" select-simple "* ]]; then
+    echo
+    # shellcheck disable=SC2086  # the lists are space-separated numbers
+    python3 -c 'import sys; d, p = sys.argv[1].split(), sys.argv[2].split(); print("select-only simple, dmf / pgbouncer by round: " + " ".join(f"{float(a) / float(b):.3f}" for a, b in zip(d, p)))' \
+        "${TPS[dmf:select-simple]}" "${TPS[pgbouncer:select-simple]}"
+fi
 echo
 printf 'median tps of %d round(s), %d clients, %d s each\n' "$RUNS" "$CLIENTS" "$DURATION"
 printf '%-24s %16s %16s %16s\n' "" direct pgbouncer dmf
