@@ -363,7 +363,8 @@ impl Session {
                 match h.tag {
                     b'Q' => {
                         // the server checks the text's encoding; the proxy only needs the frame
-                        if f.body.iter().position(|&b| b == 0) != Some(f.body.len() - 1) {
+                        // one NUL, at the end (`contains` on bytes is core's word-at-a-time memchr)
+                        if f.body.last() != Some(&0) || f.body[..f.body.len() - 1].contains(&0) {
                             return Err(crate::protocol::Error::Malformed { what: "Query" }.into());
                         }
                         Action::Sync
