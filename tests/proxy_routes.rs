@@ -271,6 +271,23 @@ async fn metric_reaches(proxy: &ProxyProc, name: &str, want: f64) {
     }
 }
 
+/// A server process stopped (SIGSTOP) until this is dropped, even by a failing assertion: a
+/// stopped backend would hold up the cluster's shutdown.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().expect("kill").success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
 async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
     c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pg_backend_pid").get(0)
 }
@@ -337,6 +354,17 @@ async fn a_backend_its_client_left_is_reset_and_reused_but_never_across_logins_o
     assert_ne!(third, first, "a terminated backend was handed out");
     c.batch_execute("INSERT INTO t VALUES (1)").await.expect("the new backend works");
     drop(c);
+    metric_reaches(&proxy, "backends_idle", 2.0).await;
+
+    // One parked for a while is asked a round trip first: a server process that no longer
+    // answers (stopped here; in life, ended just before the handout) is not handed out.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let stopped = Stopped::new(third);
+    let e = tokio::time::timeout(Duration::from_secs(10), connect(&proxy.dsn("app"))).await.expect("a client is served despite a stuck parked backend");
+    let fourth = tokio::time::timeout(Duration::from_secs(5), backend_pid(&e)).await.expect("the client's first statement is answered");
+    drop(stopped);
+    assert_ne!(fourth, third, "a backend that did not answer was handed out");
+    drop(e);
     metric_reaches(&proxy, "backends_idle", 2.0).await;
 
     // After a route change nothing parked before it is used, and the reaper closes it all.

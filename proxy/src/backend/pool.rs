@@ -17,6 +17,10 @@ use crate::{lock, Error};
 
 /// How long the reset of a backend may take before it is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+/// A backend parked for longer than this is asked a round trip before a client gets it.
+const CHECK_AFTER: Duration = Duration::from_secs(5);
+/// How long that round trip may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who a backend was opened for: its server and every startup parameter of the client (user,
 /// database, application_name, options...), since these are the session's defaults after a reset.
@@ -55,22 +59,40 @@ impl Pool {
         Pool { max, timeout, idle: Mutex::new(Vec::new()) }
     }
 
-    /// The most recently parked backend for `key` under route `epoch` that its server has not
-    /// closed meanwhile.
-    pub fn take(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<Backend> {
+    /// A parked backend for `key` under route `epoch`, the most recently parked first. One that
+    /// waited longer than `CHECK_AFTER` answers an empty query first: a server can end an idle
+    /// connection (idle_session_timeout, a restart) just before it is handed out, and the client
+    /// would see that as its own failure (pgbouncer's server_check_delay).
+    pub async fn checkout(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<Backend> {
+        loop {
+            let (mut backend, waited) = self.take(key, epoch, metrics)?;
+            if waited >= CHECK_AFTER {
+                match tokio::time::timeout(CHECK_TIMEOUT, backend.simple_query("")).await {
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        backend.close();
+                        continue;
+                    }
+                }
+            }
+            add(&metrics.backends_reused_total, 1);
+            return Some(backend);
+        }
+    }
+
+    /// The most recently parked backend for `key` under `epoch` that its server has not visibly
+    /// closed, and how long it was parked.
+    fn take(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<(Backend, Duration)> {
         let mut idle = lock(&self.idle);
         let found = loop {
             let Some(i) = idle.iter().rposition(|p| p.epoch == epoch && p.key == *key) else { break None };
             let p = idle.remove(i);
             if p.backend.alive() {
-                break Some(p.backend);
+                break Some((p.backend, p.since.elapsed()));
             }
             p.backend.close();
         };
         metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if found.is_some() {
-            add(&metrics.backends_reused_total, 1);
-        }
         found
     }
 

@@ -202,7 +202,7 @@ async fn open(
     let admitted = shared.admit().await?;
     let route = shared.route();
     let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
-    let backend = match shared.idle.take(&key, route.epoch, &shared.metrics) {
+    let backend = match shared.idle.checkout(&key, route.epoch, &shared.metrics).await {
         Some(b) => b,
         None => connect_as(route.primary.clone(), shared, params, false).await?,
     };
