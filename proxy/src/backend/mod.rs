@@ -185,6 +185,7 @@ impl Backend {
             let (tag, body) = self.read_frame().await?;
             match tag {
                 b'D' => rows.push(data_row(&body).ok_or_else(|| self.err("malformed DataRow"))?),
+                b'S' => self.note_parameter(&body),
                 b'E' => failed = Some(self.refused(&body)),
                 b'Z' => return failed.map_or(Ok(rows), Err),
                 _ => {}
@@ -204,26 +205,10 @@ impl Backend {
 
     /// Return an idle session to its state at login for another client: `DISCARD ALL` drops
     /// settings, prepared statements, cursors, temporary tables, advisory locks and LISTENs. The
-    /// parameters the server reports on the way back to their defaults are recorded.
+    /// parameters the server reports on the way back to their defaults are recorded (by the
+    /// reading in `simple_query`).
     pub async fn reset(&mut self) -> Result<(), Error> {
-        if !self.rbuf.is_empty() {
-            return Err(self.err("unread bytes at the end of its session"));
-        }
-        self.stream.write_all(&build::query("DISCARD ALL")).await?;
-        let mut failed = None;
-        loop {
-            let (tag, body) = self.read_frame().await?;
-            match tag {
-                b'S' => self.note_parameter(&body),
-                b'E' => failed = Some(self.refused(&body)),
-                b'Z' if body.first() != Some(&b'I') => return Err(self.err("not idle after DISCARD ALL")),
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        self.simple_query("DISCARD ALL").await?;
         self.prepared.clear();
         Ok(())
     }

@@ -66,14 +66,9 @@ impl Pool {
     pub async fn checkout(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<Backend> {
         loop {
             let (mut backend, waited) = self.take(key, epoch, metrics)?;
-            if waited >= CHECK_AFTER {
-                match tokio::time::timeout(CHECK_TIMEOUT, backend.simple_query("")).await {
-                    Ok(Ok(_)) => {}
-                    _ => {
-                        backend.close();
-                        continue;
-                    }
-                }
+            if waited >= CHECK_AFTER && !matches!(tokio::time::timeout(CHECK_TIMEOUT, backend.simple_query("")).await, Ok(Ok(_))) {
+                backend.close();
+                continue;
             }
             add(&metrics.backends_reused_total, 1);
             return Some(backend);
@@ -92,7 +87,7 @@ impl Pool {
             }
             p.backend.close();
         };
-        metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        count(&idle, metrics);
         found
     }
 
@@ -103,24 +98,19 @@ impl Pool {
             backend.close();
             return Ok(());
         }
-        let label = backend.endpoint.label();
-        match tokio::time::timeout(RESET_TIMEOUT, backend.reset()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                backend.close();
-                return Err(e);
-            }
-            Err(_) => {
-                backend.close();
-                return Err(Error::backend(&label, format!("DISCARD ALL took longer than {RESET_TIMEOUT:?}")));
-            }
+        let reset = tokio::time::timeout(RESET_TIMEOUT, backend.reset())
+            .await
+            .unwrap_or_else(|_| Err(Error::backend(&backend.endpoint.label(), format!("DISCARD ALL took longer than {RESET_TIMEOUT:?}"))));
+        if let Err(e) = reset {
+            backend.close();
+            return Err(e);
         }
         let mut idle = lock(&self.idle);
         if idle.len() >= self.max {
             idle.remove(0).backend.close();
         }
         idle.push(Parked { key, epoch, since: Instant::now(), backend });
-        metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        count(&idle, metrics);
         Ok(())
     }
 
@@ -135,7 +125,7 @@ impl Pool {
         for p in close {
             p.backend.close();
         }
-        metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        count(&idle, metrics);
         before - idle.len()
     }
 
@@ -145,13 +135,18 @@ impl Pool {
         for p in idle.drain(..) {
             p.backend.close();
         }
-        metrics.backends_idle.store(0, std::sync::atomic::Ordering::Relaxed);
+        count(&idle, metrics);
     }
 
     /// How often the reaper should look: often enough to honour the timeout within a quarter of it.
     pub fn reap_every(&self) -> Duration {
         (self.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
+}
+
+/// The `backends_idle` gauge, after every change to the parked list.
+fn count(idle: &[Parked], metrics: &Metrics) {
+    metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -94,7 +94,8 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(b'I'));
             if client.write_all(&hello).await.is_ok() {
-                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, entry.clone());
+                let login = entry.params.clone();
+                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, entry);
                 let (result, left) = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {
@@ -103,7 +104,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "session ended");
                 }
                 if let Some((backend, epoch)) = left {
-                    let key = crate::backend::pool::Key::new(&backend.endpoint.dsn, &entry.params);
+                    let key = crate::backend::pool::Key::new(&backend.endpoint.dsn, &login);
                     if let Err(e) = shared.idle.put(backend, key, epoch, &shared.metrics).await {
                         tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
                     }
