@@ -377,3 +377,29 @@ async fn a_backend_its_client_left_is_reset_and_reused_but_never_across_logins_o
     assert_eq!(left, "0", "backends parked on the old primary were closed");
     assert_eq!(proxy.metric("backends_reused_total"), 1.0);
 }
+
+/// Idle polling (`--idle-poll-us`): through back-to-back statements the proxy polls its sockets
+/// instead of sleeping between them; once the traffic stops it goes back to sleep and stays
+/// asleep; with 0 it never polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_polls_through_short_waits_and_sleeps_once_traffic_stops() {
+    let env = Env::new("proxy-poll");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY)");
+    let polling = env.proxy("polling", "app", &[]);
+    let off = env.proxy("off", "app", &["--idle-poll-us", "0"]);
+    for proxy in [&polling, &off] {
+        let c = connect(&proxy.dsn("app")).await;
+        for _ in 0..2000 {
+            c.simple_query("SELECT 1").await.expect("statement through the proxy");
+        }
+    }
+    assert!(polling.metric("idle_poll_us_total") > 0.0, "2000 back-to-back statements were relayed without polling");
+    metric_reaches(&polling, "idle_polling", 0.0).await;
+    let polled = polling.metric("idle_poll_us_total");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(polling.metric("idle_polling"), 0.0, "polling started again without traffic");
+    assert_eq!(polling.metric("idle_poll_us_total"), polled, "polling started again without traffic");
+    assert_eq!(off.metric("idle_poll_us_total"), 0.0, "--idle-poll-us 0 polled");
+    assert_eq!(off.metric("idle_poll_window_us"), 0.0, "--idle-poll-us 0 polled");
+}

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use error::Error;
-pub use migration::{MigrationRow, TransitionRequest};
+pub use migration::{Again, FollowUp, MigrationRow, TransitionRequest};
 pub use queue::{ActivityJob, QUEUE};
 
 /// A handle on the control plane. Cheap to clone.

@@ -68,6 +68,31 @@ pub struct TransitionRequest {
     pub release_lease: Option<String>,
 }
 
+/// Why a (phase, epoch) runs again without moving on.
+#[derive(Debug, Clone, Copy)]
+pub enum Again<'a> {
+    /// Nothing ran: the lease was busy, or the reconciler found the migration stranded.
+    Nudge,
+    /// The activity ran and is fine (a watch tick). Resets the attempt count, so that the cap
+    /// counts consecutive failures and a long wait (a steady phase, AWS provisioning) does not use
+    /// it up.
+    Healthy,
+    /// The activity failed with this error, recorded as the last error and as a `retry` event.
+    Failed(&'a str),
+}
+
+/// Run (`phase`, `epoch`) again after `delay`, as `actor`.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowUp<'a> {
+    pub phase: Phase,
+    pub epoch: i64,
+    pub delay: Duration,
+    pub why: Again<'a>,
+    pub actor: &'a str,
+    /// The lease holder asking: its lease is released in the same transaction.
+    pub release_lease: Option<&'a str>,
+}
+
 impl TransitionRequest {
     /// A plain transition: no abort reason, no error, no lease to release.
     pub fn new(from: Phase, epoch: i64, to: Phase, actor: &str, note: impl Into<String>) -> TransitionRequest {
@@ -173,22 +198,15 @@ impl Db {
         .await?)
     }
 
-    /// Run the same (phase, epoch) again after `delay`: a watch tick, a retry or a nudge. Records
-    /// `error` as the last error when given. A `healthy` follow-up (a watch tick: the activity ran
-    /// and is fine) resets the attempt count, so that the cap counts consecutive failures and a
-    /// long wait (a steady phase, AWS provisioning) does not use it up. `false` if the migration
-    /// moved on.
-    pub async fn follow_up(
-        &self,
-        id: Uuid,
-        phase: Phase,
-        epoch: i64,
-        delay: Duration,
-        error: Option<&str>,
-        healthy: bool,
-        actor: &str,
-        release_lease: Option<&str>,
-    ) -> Result<bool, Error> {
+    /// Run the same (phase, epoch) again after `req.delay`: a watch tick, a retry or a nudge (see
+    /// [`Again`]). `false` if the migration moved on.
+    pub async fn follow_up(&self, id: Uuid, req: &FollowUp<'_>) -> Result<bool, Error> {
+        let FollowUp { phase, epoch, delay, why, actor, release_lease } = *req;
+        let (error, healthy) = match why {
+            Again::Nudge => (None, false),
+            Again::Healthy => (None, true),
+            Again::Failed(error) => (Some(error), false),
+        };
         let mut tx = self.pool.begin().await?;
         let row: Option<(String, i64)> = sqlx::query_as(include_str!("queries/follow_up.sql"))
             .bind(id)

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod error;
 pub mod frontend;
+pub mod idle_poll;
 pub mod metrics;
 pub use dmf_proxy_protocol as protocol;
 pub mod router;
@@ -58,6 +59,9 @@ pub struct Options {
     pub idle_backends: usize,
     /// How long a backend stays parked without a client before it is closed.
     pub idle_backend_timeout: Duration,
+    /// The longest the runtime thread polls its sockets after traffic instead of sleeping
+    /// (`idle_poll`); zero sleeps at once, as an event loop normally does.
+    pub idle_poll: Duration,
 }
 
 impl Options {
@@ -79,6 +83,7 @@ impl Options {
             lsn_poll: Duration::from_millis(5),
             idle_backends: 16,
             idle_backend_timeout: Duration::from_secs(60),
+            idle_poll: Duration::from_micros(200),
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Backends their clients left, reset and waiting for the next client.
     pub idle: backend::pool::Pool,
+    /// Traffic seen by the sessions, for idle polling (`idle_poll`).
+    pub poll: idle_poll::IdlePoll,
 }
 
 impl Shared {
@@ -327,6 +334,7 @@ impl Proxy {
             shutdown,
             tls,
             idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
+            poll: idle_poll::IdlePoll::new(opts.idle_poll),
             opts,
         });
         shared.metrics.route_epoch.store(shared.route().epoch, Ordering::Relaxed);
@@ -358,6 +366,7 @@ impl Proxy {
             spawn_named(&mut tasks, "proxy-metrics", metrics::serve(l, shared.clone()));
         }
         spawn_named(&mut tasks, "proxy-idle-backends", reap_idle(shared.clone()));
+        spawn_named(&mut tasks, "proxy-idle-poll", idle_poll::run(shared.clone()));
         frontend::accept_loop(listener, shared.clone()).await;
         for s in lock(&shared.sessions).values() {
             s.signal.raise(frontend::signal::SHUTDOWN);
@@ -387,3 +396,4 @@ impl Proxy {
         Ok(())
     }
 }
+

@@ -54,6 +54,9 @@ counters! {
     shadow_failures: "counter", "Mirrored statements that could not be run on the shadow endpoint at all.";
     shadow_primary_us_total: "counter", "Primary latency of mirrored statements, microseconds.";
     shadow_target_us_total: "counter", "Shadow latency of mirrored statements, microseconds.";
+    idle_polling: "gauge", "1 while the runtime thread polls after traffic instead of sleeping.";
+    idle_poll_window_us: "gauge", "How long the runtime thread polls after the last read before it sleeps, microseconds (adaptive).";
+    idle_poll_us_total: "counter", "Microseconds the runtime thread spent polling after traffic instead of sleeping.";
 }
 
 pub fn add(c: &AtomicU64, n: u64) {

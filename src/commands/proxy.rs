@@ -62,6 +62,12 @@ pub struct Args {
     /// Seconds a kept backend waits for a client before it is closed.
     #[arg(long, default_value_t = 60)]
     idle_backend_timeout_s: u64,
+    /// After traffic, poll the sockets for up to this long instead of sleeping at once, so that
+    /// the next message needs no wake-up (the window adapts: gaps longer than this turn polling
+    /// off). Polling yields to every other thread that can run, but counts against a CPU quota:
+    /// 0 turns it off. Only with --threads 1.
+    #[arg(long, default_value_t = 200)]
+    idle_poll_us: u64,
     /// Runtime threads; 1 (the default) relays everything on one thread, like pgbouncer.
     #[arg(long, default_value_t = 1, env = "DMF_PROXY_THREADS")]
     threads: usize,
@@ -90,6 +96,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     opts.shadow_workers = a.shadow_workers;
     opts.idle_backends = a.idle_backends;
     opts.idle_backend_timeout = Duration::from_secs(a.idle_backend_timeout_s.max(1));
+    opts.idle_poll = Duration::from_micros(a.idle_poll_us);
     let proxy = dmf_proxy::Proxy::build(opts).await?;
     let handle = proxy.handle();
     let stop = super::shutdown_signal();

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use dmf_activities::Context;
-use dmf_db::ActivityJob;
+use dmf_db::{ActivityJob, Again, FollowUp};
 use dmf_workflows::{AbortReason, Decision, Outcome, Phase};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,8 @@ pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Erro
         // Someone runs this migration right now (a duplicate, or the previous phase still winding
         // down). Look again once their lease could have expired.
         tracing::debug!(cluster = %m.cluster, migration = %m.id, %key, "lease busy; retrying later");
-        shared.db.follow_up(m.id, phase, m.epoch, ttl / 3, None, false, &shared.opts.name, None).await?;
+        let again = FollowUp { phase, epoch: m.epoch, delay: ttl / 3, why: Again::Nudge, actor: &shared.opts.name, release_lease: None };
+        shared.db.follow_up(m.id, &again).await?;
         return Ok(());
     }
     let result = run_leased(shared, &job, phase, &holder).await;
@@ -94,10 +95,14 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
                 };
                 shared.db.transition(m.id, &req).await.map(|_| ())
             }
-            Decision::Watch { after } => shared.db.follow_up(m.id, phase, m.epoch, *after, None, true, &actor, Some(holder)).await.map(|_| ()),
+            Decision::Watch { after } => {
+                let again = FollowUp { phase, epoch: m.epoch, delay: *after, why: Again::Healthy, actor: &actor, release_lease: Some(holder) };
+                shared.db.follow_up(m.id, &again).await.map(|_| ())
+            }
             Decision::Retry { after, error } => {
                 tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, error = %error, retry_in_ms = after.as_millis() as u64, "activity will retry");
-                shared.db.follow_up(m.id, phase, m.epoch, *after, Some(error), false, &actor, Some(holder)).await.map(|_| ())
+                let again = FollowUp { phase, epoch: m.epoch, delay: *after, why: Again::Failed(error), actor: &actor, release_lease: Some(holder) };
+                shared.db.follow_up(m.id, &again).await.map(|_| ())
             }
         };
         match r {

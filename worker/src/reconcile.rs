@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmf_db::{Again, FollowUp};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -25,7 +26,8 @@ async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
     for m in shared.db.stranded_migrations(quiet_for).await? {
         let Ok(phase) = m.phase() else { continue };
         tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, "stranded migration: nudging");
-        shared.db.follow_up(m.id, phase, m.epoch, Duration::ZERO, None, false, &shared.opts.name, None).await?;
+        let again = FollowUp { phase, epoch: m.epoch, delay: Duration::ZERO, why: Again::Nudge, actor: &shared.opts.name, release_lease: None };
+        shared.db.follow_up(m.id, &again).await?;
     }
     Ok(())
 }

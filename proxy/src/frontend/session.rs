@@ -263,6 +263,7 @@ impl Session {
             tokio::select! {
                 biased;
                 r = be.stream.read_buf(&mut be.rbuf) => {
+                    self.shared.poll.touch();
                     if r? == 0 {
                         let label = be.endpoint.label();
                         self.fatal("08006", &format!("dmf proxy: the server {label} closed the connection")).await;
@@ -271,6 +272,7 @@ impl Session {
                     self.pump_server().await?;
                 }
                 r = self.client.read_buf(&mut self.cbuf), if !blocked => {
+                    self.shared.poll.touch();
                     if r? == 0 {
                         return Ok(());
                     }

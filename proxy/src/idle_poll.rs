@@ -1,0 +1,154 @@
+//! Idle polling: after traffic, the proxy's runtime thread keeps polling its sockets for a short,
+//! adaptive window instead of going to sleep in `epoll_wait` at once.
+//!
+//! Why: every relayed statement makes the proxy wait twice, for the server's answer and then for
+//! the client's next statement. A wait that ends in sleep costs a wake-up, and where idle CPUs
+//! halt (a virtual machine without guest halt-polling, a host in a deep C-state) waking costs more
+//! than everything the proxy does for the statement. Polling through short waits removes those
+//! wake-ups, and keeps the CPU awake for the client and server processes the proxy wakes.
+//!
+//! How: sessions `touch` on every read. After a touch the `proxy-idle-poll` task keeps yielding:
+//! each yield lets the runtime poll the sockets without blocking, and when that found nothing,
+//! `sched_yield` hands the CPU to any other thread that can run, so polling takes CPU time that
+//! would otherwise be idle (it still counts against a cgroup's CPU quota: `--idle-poll-us 0` turns it off). Polling
+//! stops once nothing has been read for the current window, and the task sleeps until the next
+//! touch.
+//!
+//! The window adapts the way Linux's guest halt-polling does: a sleep shorter than the maximum
+//! (longer polling would have caught it) doubles the window, up to the maximum; a longer sleep
+//! halves it, down to nothing. Traffic with long gaps (a distant server, an idle application)
+//! therefore turns polling off by itself. Only a current-thread runtime (`--threads 1`, the
+//! default) polls: with more threads another worker waits in `epoll_wait`, and polling would only
+//! burn a CPU.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Notify;
+
+use crate::metrics::add;
+use crate::Shared;
+
+/// The window polling starts from after a short sleep.
+const MIN_WINDOW: Duration = Duration::from_micros(10);
+
+/// What the sessions tell the poller.
+#[derive(Debug)]
+pub struct IdlePoll {
+    max: Duration,
+    /// Reads by all sessions: the poller keeps polling while this moves.
+    reads: AtomicU64,
+    /// Set while the poller sleeps: the next read wakes it.
+    asleep: AtomicBool,
+    wake: Notify,
+}
+
+impl IdlePoll {
+    pub fn new(max: Duration) -> IdlePoll {
+        IdlePoll { max, reads: AtomicU64::new(0), asleep: AtomicBool::new(false), wake: Notify::new() }
+    }
+
+    /// A session read from its client or its server.
+    #[inline]
+    pub fn touch(&self) {
+        if self.max.is_zero() {
+            return;
+        }
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if self.asleep.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The window after a sleep of `slept` between two reads (a gap polling did not cover).
+fn adapt(window: Duration, slept: Duration, max: Duration) -> Duration {
+    if slept <= max {
+        (window * 2).clamp(MIN_WINDOW, max)
+    } else if window / 2 < MIN_WINDOW {
+        Duration::ZERO
+    } else {
+        window / 2
+    }
+}
+
+/// The `proxy-idle-poll` task.
+pub async fn run(shared: Arc<Shared>) {
+    let p = &shared.poll;
+    let cluster = shared.opts.cluster.as_str();
+    if p.max.is_zero() {
+        return;
+    }
+    if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+        tracing::info!(cluster, "idle polling is off: the runtime has more than one thread");
+        return;
+    }
+    let m = &shared.metrics;
+    let mut window = Duration::ZERO;
+    let mut last_read = Instant::now();
+    let mut seen = p.reads.load(Ordering::Relaxed);
+    loop {
+        p.asleep.store(true, Ordering::SeqCst);
+        // a read that came after the last look but before `asleep` was set did not wake anyone
+        if p.reads.load(Ordering::SeqCst) == seen {
+            tokio::select! {
+                _ = p.wake.notified() => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+        }
+        p.asleep.store(false, Ordering::Relaxed);
+        let start = Instant::now();
+        window = adapt(window, start - last_read, p.max);
+        m.idle_poll_window_us.store(window.as_micros() as u64, Ordering::Relaxed);
+        seen = p.reads.load(Ordering::Relaxed);
+        last_read = start;
+        if window.is_zero() {
+            continue;
+        }
+        m.idle_polling.store(1, Ordering::Relaxed);
+        loop {
+            tokio::task::yield_now().await;
+            let reads = p.reads.load(Ordering::Relaxed);
+            if reads != seen {
+                // busy: the sessions have work, and nothing else needs the CPU more than they do
+                seen = reads;
+                last_read = Instant::now();
+                continue;
+            }
+            if last_read.elapsed() >= window || shared.shutdown.is_cancelled() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        m.idle_polling.store(0, Ordering::Relaxed);
+        add(&m.idle_poll_us_total, start.elapsed().as_micros() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_micros(200);
+
+    #[test]
+    fn short_sleeps_grow_the_window_to_the_maximum_and_long_ones_turn_polling_off() {
+        let mut w = Duration::ZERO;
+        let mut grown = vec![];
+        for _ in 0..6 {
+            w = adapt(w, Duration::from_micros(30), MAX);
+            grown.push(w.as_micros());
+        }
+        assert_eq!(grown, [10, 20, 40, 80, 160, 200]);
+        let mut shrunk = vec![];
+        for _ in 0..6 {
+            w = adapt(w, Duration::from_millis(2), MAX);
+            shrunk.push(w.as_micros());
+        }
+        assert_eq!(shrunk, [100, 50, 25, 12, 0, 0]);
+        // a sleep of exactly the maximum would have been caught by polling that long
+        assert_eq!(adapt(Duration::ZERO, MAX, MAX), MIN_WINDOW);
+    }
+}
