@@ -122,10 +122,23 @@ declare -A LABEL=(
     [select-simple]="select-only simple" [select-extended]="select-only extended"
     [select-prepared]="select-only prepared" [tpcb]="TPC-B simple" [latency]="1-client select-only"
 )
-declare -A TPS=() LAT=()
-# run_pgbench TARGET MODE SECONDS [record]: one pgbench run; with record, keep its tps and latency.
+declare -A TPS=() LAT=() CPU=()
+CLK_TCK=$(getconf CLK_TCK)
+# proxy_ticks TARGET: the proxy process's user + system CPU time so far, in clock ticks (0 for
+# direct). What a proxy costs its host matters next to what it adds to latency.
+proxy_ticks() {
+    local pid
+    case "$1" in
+        pgbouncer) pid=$(cat "$BP/pgbouncer.pid") ;;
+        dmf) pid=$PROXY_PID ;;
+        *) echo 0; return ;;
+    esac
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"
+}
+# run_pgbench TARGET MODE SECONDS [record]: one pgbench run; with record, keep its tps, latency
+# and the proxy's CPU time per transaction.
 run_pgbench() {
-    local target="$1" mode="$2" secs="$3" record="${4:-}" out tps lat clients="$CLIENTS"
+    local target="$1" mode="$2" secs="$3" record="${4:-}" out tps lat cpu n t0 clients="$CLIENTS"
     local args=(-n -T "$secs")
     case "$mode" in
         select-simple)   args+=(-S -c "$CLIENTS" -j "$THREADS" -M simple) ;;
@@ -135,6 +148,7 @@ run_pgbench() {
         latency)         args+=(-S -c 1 -j 1 -M simple); clients=1 ;;
     esac
     [ -n "$record" ] && settle "$SRC_PORT"
+    t0=$(proxy_ticks "$target")
     if out=$(pgbench "${args[@]}" "${URL[$target]}" 2>&1); then
         [ -n "${VERBOSE:-}" ] && printf '%s\n' "$out" | sed "s/^/  [$target $mode] /"
         [ -n "$record" ] || return 0
@@ -145,12 +159,19 @@ run_pgbench() {
         # pgbench's own "latency average" is 1000 * clients / tps, printed to 1 us; the same
         # figure from its tps keeps 0.1 us, which is the size of the differences between proxies.
         lat=$(python3 -c 'import sys; print(f"{1000 * int(sys.argv[1]) / float(sys.argv[2]):.4f}")' "$clients" "$tps")
-        TPS[$target:$mode]+=" $tps"; LAT[$target:$mode]+=" $lat"
-        printf '  %-10s %-22s %10.1f tps  %8.4f ms\n' "$target" "${LABEL[$mode]}" "$tps" "$lat"
+        n=$(sed -n -E 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+        cpu=$(python3 -c 'import sys; t, n, hz = map(float, sys.argv[1:]); print(f"{t * 1e6 / hz / n:.1f}")' \
+            "$(($(proxy_ticks "$target") - t0))" "$n" "$CLK_TCK")
+        TPS[$target:$mode]+=" $tps"; LAT[$target:$mode]+=" $lat"; CPU[$target:$mode]+=" $cpu"
+        if [ "$target" = direct ]; then
+            printf '  %-10s %-22s %10.1f tps  %8.4f ms\n' "$target" "${LABEL[$mode]}" "$tps" "$lat"
+        else
+            printf '  %-10s %-22s %10.1f tps  %8.4f ms  proxy CPU %5.1f us/txn\n' "$target" "${LABEL[$mode]}" "$tps" "$lat" "$cpu"
+        fi
     elif [ "$target" = pgbouncer ] && [ "$mode" = select-prepared ]; then
         [ -n "${VERBOSE:-}" ] && printf '%s\n' "$out" | sed "s/^/  [$target $mode] /"
         [ -n "$record" ] || return 0
-        TPS[$target:$mode]+=" n/a"; LAT[$target:$mode]+=" n/a"
+        TPS[$target:$mode]+=" n/a"; LAT[$target:$mode]+=" n/a"; CPU[$target:$mode]+=" n/a"
         printf '  %-10s %-22s        n/a      (not supported by pgbouncer %s in transaction mode: %s)\n' \
             "$target" "${LABEL[$mode]}" "$BOUNCER_VERSION" "$(grep -m 1 -o -E 'ERROR: .*' <<<"$out" | cut -c1-80)"
     else
@@ -210,6 +231,13 @@ lat_cell() {  # lat_cell TARGET: "0.123" or "0.150 (+0.027)"
     if [ "$1" = direct ]; then printf '%.4f' "${MED[$1:latency]}"; else printf '%.4f (%+.4f)' "${MED[$1:latency]}" "$(added "$1")"; fi
 }
 printf '%-24s %16s %16s %16s\n' "1-client latency (ms)" "$(lat_cell direct)" "$(lat_cell pgbouncer)" "$(lat_cell dmf)"
+cpu_cell() {  # cpu_cell TARGET MODE: median proxy CPU per transaction, us
+    [ -n "${CPU[$1:$2]:-}" ] || { echo skipped; return; }
+    # shellcheck disable=SC2086  # the lists are space-separated numbers
+    fmt "$(median ${CPU[$1:$2]})"
+}
+printf '%-24s %16s %16s %16s\n' "proxy CPU/txn, 8 cl (us)" "" "$(cpu_cell pgbouncer select-simple)" "$(cpu_cell dmf select-simple)"
+printf '%-24s %16s %16s %16s\n' "proxy CPU/txn, 1 cl (us)" "" "$(cpu_cell pgbouncer latency)" "$(cpu_cell dmf latency)"
 
 if [ -n "${VERBOSE:-}" ] && [ -z "$SKIP_DMF" ]; then
     echo "dmf proxy log:"; cut -c1-200 "$BASE/proxy.log" | tail -n 40
