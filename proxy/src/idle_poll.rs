@@ -9,17 +9,17 @@
 //!
 //! How: sessions `touch` on every read. After a touch the `proxy-idle-poll` task keeps yielding:
 //! each yield lets the runtime poll the sockets without blocking, and when that found nothing,
-//! `sched_yield` hands the CPU to any other thread that can run, so polling takes CPU time that
-//! would otherwise be idle (it still counts against a cgroup's CPU quota: `--idle-poll-us 0` turns it off). Polling
-//! stops once nothing has been read for the current window, and the task sleeps until the next
-//! touch.
+//! `sched_yield` lets other threads waiting for this CPU run first. Polling is CPU time all the
+//! same, and counts against a cgroup's CPU quota (`--idle-poll-us 0` turns it off). It stops once
+//! nothing has been read for the current window, and the task sleeps until the next touch.
+//!
+
 //!
 //! The window adapts the way Linux's guest halt-polling does: a sleep shorter than the maximum
 //! (longer polling would have caught it) doubles the window, up to the maximum; a longer sleep
 //! halves it, down to nothing. Traffic with long gaps (a distant server, an idle application)
 //! therefore turns polling off by itself. Only a current-thread runtime (`--threads 1`, the
-//! default) polls: with more threads another worker waits in `epoll_wait`, and polling would only
-//! burn a CPU.
+//! default) polls.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,7 +46,11 @@ pub struct IdlePoll {
 }
 
 impl IdlePoll {
+    /// Polling for at most `max`; none at all unless this is built on a current-thread runtime
+    /// (with more threads, another worker waits in `epoll_wait` and polling would only burn a CPU).
     pub fn new(max: Duration) -> IdlePoll {
+        let current_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        let max = if current_thread { max } else { Duration::ZERO };
         IdlePoll { max, reads: AtomicU64::new(0), asleep: AtomicBool::new(false), wake: Notify::new() }
     }
 
@@ -57,7 +61,8 @@ impl IdlePoll {
             return;
         }
         self.reads.fetch_add(1, Ordering::Relaxed);
-        if self.asleep.load(Ordering::Relaxed) {
+        // one wake per sleep: a second notify would leave a permit that ends the next sleep at once
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::Relaxed) {
             self.wake.notify_one();
         }
     }
@@ -66,7 +71,7 @@ impl IdlePoll {
 /// The window after a sleep of `slept` between two reads (a gap polling did not cover).
 fn adapt(window: Duration, slept: Duration, max: Duration) -> Duration {
     if slept <= max {
-        (window * 2).clamp(MIN_WINDOW, max)
+        (window * 2).max(MIN_WINDOW).min(max)
     } else if window / 2 < MIN_WINDOW {
         Duration::ZERO
     } else {
@@ -77,12 +82,10 @@ fn adapt(window: Duration, slept: Duration, max: Duration) -> Duration {
 /// The `proxy-idle-poll` task.
 pub async fn run(shared: Arc<Shared>) {
     let p = &shared.poll;
-    let cluster = shared.opts.cluster.as_str();
     if p.max.is_zero() {
-        return;
-    }
-    if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
-        tracing::info!(cluster, "idle polling is off: the runtime has more than one thread");
+        if !shared.opts.idle_poll.is_zero() {
+            tracing::info!(cluster = %shared.opts.cluster, "idle polling is off: the runtime has more than one thread");
+        }
         return;
     }
     let m = &shared.metrics;
@@ -123,6 +126,7 @@ pub async fn run(shared: Arc<Shared>) {
             std::thread::yield_now();
         }
         m.idle_polling.store(0, Ordering::Relaxed);
+        // wall time in polling mode, the relay work done meanwhile included
         add(&m.idle_poll_us_total, start.elapsed().as_micros() as u64);
     }
 }
@@ -150,5 +154,29 @@ mod tests {
         assert_eq!(shrunk, [100, 50, 25, 12, 0, 0]);
         // a sleep of exactly the maximum would have been caught by polling that long
         assert_eq!(adapt(Duration::ZERO, MAX, MAX), MIN_WINDOW);
+        // a maximum below the smallest window is the limit
+        let tiny = Duration::from_micros(5);
+        assert_eq!(adapt(Duration::ZERO, Duration::from_micros(3), tiny), tiny);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_thread_runtime_does_not_poll() {
+        let p = IdlePoll::new(MAX);
+        assert!(p.max.is_zero());
+        p.touch();
+        assert_eq!(p.reads.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_wake_per_sleep() {
+        let p = IdlePoll::new(MAX);
+        p.asleep.store(true, Ordering::SeqCst);
+        p.touch();
+        p.touch();
+        assert!(!p.asleep.load(Ordering::SeqCst));
+        // the first touch left its permit; the second must not have left another
+        p.wake.notified().await;
+        let again = tokio::time::timeout(Duration::from_millis(20), p.wake.notified()).await;
+        assert!(again.is_err(), "a second permit was left behind");
     }
 }

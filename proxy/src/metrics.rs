@@ -56,7 +56,7 @@ counters! {
     shadow_target_us_total: "counter", "Shadow latency of mirrored statements, microseconds.";
     idle_polling: "gauge", "1 while the runtime thread polls after traffic instead of sleeping.";
     idle_poll_window_us: "gauge", "How long the runtime thread polls after the last read before it sleeps, microseconds (adaptive).";
-    idle_poll_us_total: "counter", "Microseconds the runtime thread spent polling after traffic instead of sleeping.";
+    idle_poll_us_total: "counter", "Microseconds the runtime thread spent in polling mode after traffic (wall time, relaying included).";
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
