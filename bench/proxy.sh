@@ -158,16 +158,16 @@ run_pgbench() {
         fi
         # pgbench's own "latency average" is 1000 * clients / tps, printed to 1 us; the same
         # figure from its tps keeps 0.1 us, which is the size of the differences between proxies.
-        lat=$(python3 -c 'import sys; print(f"{1000 * int(sys.argv[1]) / float(sys.argv[2]):.4f}")' "$clients" "$tps")
+        # The proxy's CPU time per transaction: n/a when pgbench did not count its transactions.
         n=$(sed -n -E 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
-        cpu=$(python3 -c 'import sys; t, n, hz = sys.argv[1:]; print(f"{float(t) * 1e6 / float(hz) / int(n):.1f}" if n.isdigit() and int(n) > 0 else "n/a")' \
-            "$(($(proxy_ticks "$target") - t0))" "$n" "$CLK_TCK")
+        read -r lat cpu < <(python3 -c 'import sys
+clients, tps, ticks, n, hz = sys.argv[1:]
+cpu = f"{float(ticks) * 1e6 / float(hz) / int(n):.1f}" if n.isdigit() and int(n) > 0 else "n/a"
+print(f"{1000 * int(clients) / float(tps):.4f}", cpu)' "$clients" "$tps" "$(($(proxy_ticks "$target") - t0))" "$n" "$CLK_TCK")
         TPS[$target:$mode]+=" $tps"; LAT[$target:$mode]+=" $lat"; CPU[$target:$mode]+=" $cpu"
-        if [ "$target" = direct ]; then
-            printf '  %-10s %-22s %10.1f tps  %8.4f ms\n' "$target" "${LABEL[$mode]}" "$tps" "$lat"
-        else
-            printf '  %-10s %-22s %10.1f tps  %8.4f ms  proxy CPU %5s us/txn\n' "$target" "${LABEL[$mode]}" "$tps" "$lat" "$cpu"
-        fi
+        local shown=""
+        [ "$target" = direct ] || shown=$(printf '  proxy CPU %5s us/txn' "$cpu")
+        printf '  %-10s %-22s %10.1f tps  %8.4f ms%s\n' "$target" "${LABEL[$mode]}" "$tps" "$lat" "$shown"
     elif [ "$target" = pgbouncer ] && [ "$mode" = select-prepared ]; then
         [ -n "${VERBOSE:-}" ] && printf '%s\n' "$out" | sed "s/^/  [$target $mode] /"
         [ -n "$record" ] || return 0

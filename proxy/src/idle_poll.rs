@@ -13,8 +13,6 @@
 //! same, and counts against a cgroup's CPU quota (`--idle-poll-us 0` turns it off). It stops once
 //! nothing has been read for the current window, and the task sleeps until the next touch.
 //!
-
-//!
 //! The window adapts the way Linux's guest halt-polling does: a sleep shorter than the maximum
 //! (longer polling would have caught it) doubles the window, up to the maximum; a longer sleep
 //! halves it, down to nothing. Traffic with long gaps (a distant server, an idle application)

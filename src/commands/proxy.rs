@@ -64,8 +64,8 @@ pub struct Args {
     idle_backend_timeout_s: u64,
     /// After traffic, poll the sockets for up to this long instead of sleeping at once, so that
     /// the next message needs no wake-up (the window adapts: gaps longer than this turn polling
-    /// off). Polling yields to every other thread that can run, but counts against a CPU quota:
-    /// 0 turns it off. Only with --threads 1.
+    /// off). Whenever a poll finds nothing, threads waiting for the CPU run first, but polling is
+    /// CPU time all the same and counts against a CPU quota: 0 turns it off. Only with --threads 1.
     #[arg(long, default_value_t = 200)]
     idle_poll_us: u64,
     /// Runtime threads; 1 (the default) relays everything on one thread, like pgbouncer.
