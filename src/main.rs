@@ -49,18 +49,12 @@ fn main() -> std::process::ExitCode {
     let json = cli.command.json();
     // The demo draws progress bars; its logs would tear them.
     output::init_tracing(json || matches!(cli.command, Command::Demo(_)));
-    // The proxy relays on one thread by default, like pgbouncer: on a busy host, waking other
-    // runtime threads costs more than the relaying itself.
-    let builder = match &cli.command {
-        Command::Proxy(a) if a.threads() <= 1 => tokio::runtime::Builder::new_current_thread(),
-        Command::Proxy(a) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(a.threads());
-            b
-        }
+    // The proxy's own thread is its first relay thread, a single-threaded event loop like each
+    // of the others it starts (`dmf_proxy::relay`).
+    let mut builder = match &cli.command {
+        Command::Proxy(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    let mut builder = builder;
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -404,3 +404,54 @@ async fn the_proxy_polls_through_short_waits_and_sleeps_once_traffic_stops() {
     assert_eq!(off.metric("idle_poll_us_total"), 0.0, "--idle-poll-us 0 polled");
     assert_eq!(off.metric("idle_poll_window_us"), 0.0, "--idle-poll-us 0 polled");
 }
+
+/// Relay threads (`--threads`): each new client goes to the thread with the fewest connections
+/// and is relayed there, sessions on different threads keep their own settings and prepared
+/// statements, and a backend parked by a session on one thread serves a client on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_relay_threads_and_backends_are_reused_across_them() {
+    let env = Env::new("proxy-threads");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY, who text)");
+    let proxy = env.proxy("threads", "app", &["--threads", "2", "--idle-poll-us", "2000"]);
+    let a = connect(&proxy.dsn("app")).await;
+    let b = connect(&proxy.dsn("app")).await;
+    assert_eq!((proxy.thread_metric("relay_connections", 0), proxy.thread_metric("relay_connections", 1)), (1.0, 1.0), "two clients, one per thread");
+
+    // Both sessions at once, each with its own setting and prepared statement.
+    a.batch_execute("SET application_name = 'on-a'").await.expect("SET on a");
+    b.batch_execute("SET application_name = 'on-b'").await.expect("SET on b");
+    let before = proxy.thread_ticks("dmf-relay-1");
+    async fn work(c: &tokio_postgres::Client, base: i32, who: &str) {
+        let st = c.prepare("INSERT INTO t VALUES ($1, current_setting('application_name')) RETURNING who").await.expect("prepare");
+        for i in 0..1500 {
+            let got: String = c.query_one(&st, &[&(base + i)]).await.expect("insert through the proxy").get(0);
+            assert_eq!(got, who, "a session saw another session's setting");
+        }
+    }
+    tokio::join!(work(&a, 0, "on-a"), work(&b, 10_000, "on-b"));
+    assert!(proxy.thread_ticks("dmf-relay-1") > before, "thread dmf-relay-1 relayed 1500 statements without using any CPU");
+    assert!(proxy.thread_metric("relay_idle_poll_window_us", 1) > 0.0, "thread 1's session did not wake thread 1's poller");
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "3000");
+    let (pid_a, pid_b) = (backend_pid(&a).await, backend_pid(&b).await);
+
+    // a (thread 0) leaves first, then b (thread 1): the next client goes to thread 0 and gets
+    // the backend parked last, b's; the one after it goes to thread 1 and gets a's.
+    drop(a);
+    metric_reaches(&proxy, "backends_idle", 1.0).await;
+    drop(b);
+    metric_reaches(&proxy, "backends_idle", 2.0).await;
+    let c = connect(&proxy.dsn("app")).await;
+    assert_eq!(proxy.thread_metric("relay_connections", 0), 1.0, "the next client went to thread 1");
+    assert_eq!(backend_pid(&c).await, pid_b, "thread 0's client did not get the backend thread 1 parked");
+    let d = connect(&proxy.dsn("app")).await;
+    assert_eq!(proxy.thread_metric("relay_connections", 1), 1.0, "the client after it went to thread 0");
+    assert_eq!(backend_pid(&d).await, pid_a, "thread 1's client did not get the backend thread 0 parked");
+    for (c, base) in [(&c, 20_000), (&d, 30_000)] {
+        for i in 0..200 {
+            c.execute("INSERT INTO t VALUES ($1, 'reused')", &[&(base + i)]).await.expect("a reused backend relays on its new thread");
+        }
+    }
+    assert_eq!(proxy.metric("backends_reused_total"), 2.0);
+    assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t WHERE who = 'reused'"), "400");
+}

@@ -1,5 +1,5 @@
-//! Idle polling: after traffic, the proxy's runtime thread keeps polling its sockets for a short,
-//! adaptive window instead of going to sleep in `epoll_wait` at once.
+//! Idle polling: after traffic, a relay thread keeps polling its sockets for a short, adaptive
+//! window instead of going to sleep in `epoll_wait` at once.
 //!
 //! Why: every relayed statement makes the proxy wait twice, for the server's answer and then for
 //! the client's next statement. A wait that ends in sleep costs a wake-up, and where idle CPUs
@@ -7,17 +7,18 @@
 //! than everything the proxy does for the statement. Polling through short waits removes those
 //! wake-ups, and keeps the CPU awake for the client and server processes the proxy wakes.
 //!
-//! How: sessions `touch` on every read. After a touch the `proxy-idle-poll` task keeps yielding:
-//! each yield lets the runtime poll the sockets without blocking, and when that found nothing,
-//! `sched_yield` lets other threads waiting for this CPU run first. Polling is CPU time all the
-//! same, and counts against a cgroup's CPU quota (`--idle-poll-us 0` turns it off). It stops once
-//! nothing has been read for the current window, and the task sleeps until the next touch.
+//! How: sessions `touch` their relay thread's poller on every read. After a touch the thread's
+//! `proxy-idle-poll` task keeps yielding: each yield lets the runtime poll the sockets without
+//! blocking, and when that found nothing, `sched_yield` lets other threads waiting for this CPU
+//! run first. Polling is CPU time all the same, and counts against a cgroup's CPU quota
+//! (`--idle-poll-us 0` turns it off). It stops once nothing has been read for the current window,
+//! and the task sleeps until the next touch.
 //!
 //! The window adapts the way Linux's guest halt-polling does: a sleep shorter than the maximum
 //! (longer polling would have caught it) doubles the window, up to the maximum; a longer sleep
 //! halves it, down to nothing. Traffic with long gaps (a distant server, an idle application)
-//! therefore turns polling off by itself. Only a current-thread runtime (`--threads 1`, the
-//! default) polls.
+//! therefore turns polling off by itself. Each relay thread (`relay`) polls on its own; only a
+//! current-thread runtime polls at all.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,16 +27,21 @@ use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
 
-use crate::metrics::add;
+use crate::metrics::{add, sub};
 use crate::Shared;
 
 /// The window polling starts from after a short sleep.
 const MIN_WINDOW: Duration = Duration::from_micros(10);
 
-/// What the sessions tell the poller.
+/// What the sessions of one relay thread tell its poller.
 #[derive(Debug)]
 pub struct IdlePoll {
     max: Duration,
+    /// Set by the poller once it runs (on a current-thread runtime): until then sessions count
+    /// nothing.
+    enabled: AtomicBool,
+    /// The current window, microseconds (for the metrics).
+    pub window_us: AtomicU64,
     /// Reads by all sessions: the poller keeps polling while this moves.
     reads: AtomicU64,
     /// Set while the poller sleeps: the next read wakes it.
@@ -44,18 +50,32 @@ pub struct IdlePoll {
 }
 
 impl IdlePoll {
-    /// Polling for at most `max`; none at all unless this is built on a current-thread runtime
-    /// (with more threads, another worker waits in `epoll_wait` and polling would only burn a CPU).
+    /// Polling for at most `max`, once `enable_here` found a current-thread runtime.
     pub fn new(max: Duration) -> IdlePoll {
+        IdlePoll {
+            max,
+            enabled: AtomicBool::new(false),
+            window_us: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Turn polling on if this runs on a current-thread runtime and the maximum is not zero. On
+    /// a multi-thread runtime another worker waits in `epoll_wait`, and polling would only burn a
+    /// CPU: sessions then do not even count their reads.
+    pub fn enable_here(&self) -> bool {
         let current_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
-        let max = if current_thread { max } else { Duration::ZERO };
-        IdlePoll { max, reads: AtomicU64::new(0), asleep: AtomicBool::new(false), wake: Notify::new() }
+        let on = current_thread && !self.max.is_zero();
+        self.enabled.store(on, Ordering::Relaxed);
+        on
     }
 
     /// A session read from its client or its server.
     #[inline]
     pub fn touch(&self) {
-        if self.max.is_zero() {
+        if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -77,12 +97,12 @@ fn adapt(window: Duration, slept: Duration, max: Duration) -> Duration {
     }
 }
 
-/// The `proxy-idle-poll` task.
-pub async fn run(shared: Arc<Shared>) {
-    let p = &shared.poll;
-    if p.max.is_zero() {
+/// The `proxy-idle-poll` task of relay thread `thread`, run on that thread.
+pub async fn run(shared: Arc<Shared>, thread: usize) {
+    let Some(p) = shared.relays.get(thread).map(|r| &r.poll) else { return };
+    if !p.enable_here() {
         if !shared.opts.idle_poll.is_zero() {
-            tracing::info!(cluster = %shared.opts.cluster, "idle polling is off: the runtime has more than one thread");
+            tracing::info!(cluster = %shared.opts.cluster, thread, "idle polling is off: this runtime has more than one thread");
         }
         return;
     }
@@ -102,13 +122,13 @@ pub async fn run(shared: Arc<Shared>) {
         p.asleep.store(false, Ordering::Relaxed);
         let start = Instant::now();
         window = adapt(window, start - last_read, p.max);
-        m.idle_poll_window_us.store(window.as_micros() as u64, Ordering::Relaxed);
+        p.window_us.store(window.as_micros() as u64, Ordering::Relaxed);
         seen = p.reads.load(Ordering::Relaxed);
         last_read = start;
         if window.is_zero() {
             continue;
         }
-        m.idle_polling.store(1, Ordering::Relaxed);
+        add(&m.idle_polling, 1);
         loop {
             tokio::task::yield_now().await;
             let reads = p.reads.load(Ordering::Relaxed);
@@ -123,7 +143,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             std::thread::yield_now();
         }
-        m.idle_polling.store(0, Ordering::Relaxed);
+        sub(&m.idle_polling, 1);
         // wall time in polling mode, the relay work done meanwhile included
         add(&m.idle_poll_us_total, start.elapsed().as_micros() as u64);
     }
@@ -160,14 +180,29 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_multi_thread_runtime_does_not_poll() {
         let p = IdlePoll::new(MAX);
-        assert!(p.max.is_zero());
+        assert!(!p.enable_here());
         p.touch();
         assert_eq!(p.reads.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_polls_unless_the_maximum_is_zero() {
+        let p = IdlePoll::new(MAX);
+        p.touch();
+        assert_eq!(p.reads.load(Ordering::Relaxed), 0, "counted before the poller ran");
+        assert!(p.enable_here());
+        p.touch();
+        assert_eq!(p.reads.load(Ordering::Relaxed), 1);
+        let off = IdlePoll::new(Duration::ZERO);
+        assert!(!off.enable_here());
+        off.touch();
+        assert_eq!(off.reads.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn one_wake_per_sleep() {
         let p = IdlePoll::new(MAX);
+        assert!(p.enable_here());
         p.asleep.store(true, Ordering::SeqCst);
         p.touch();
         p.touch();

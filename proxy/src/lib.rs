@@ -12,6 +12,7 @@ pub mod error;
 pub mod frontend;
 pub mod idle_poll;
 pub mod metrics;
+pub mod relay;
 pub use dmf_proxy_protocol as protocol;
 pub mod router;
 pub mod shadow;
@@ -62,6 +63,9 @@ pub struct Options {
     /// The longest the runtime thread polls its sockets after traffic instead of sleeping
     /// (`idle_poll`); zero sleeps at once, as an event loop normally does.
     pub idle_poll: Duration,
+    /// Relay threads (`relay`), each an event loop of its own; 1 relays every session on the
+    /// thread that runs the proxy.
+    pub threads: usize,
 }
 
 impl Options {
@@ -84,6 +88,7 @@ impl Options {
             idle_backends: 16,
             idle_backend_timeout: Duration::from_secs(60),
             idle_poll: Duration::from_micros(200),
+            threads: 1,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct SessionEntry {
     pub params: Arc<protocol::startup::Params>,
     /// A backend on the next primary the route announced, opened (and warmed) ahead of the move.
     pub spare: SpareBackend,
+    /// The relay thread the session runs on (`relay`).
+    pub thread: usize,
 }
 
 /// A new connection counted in `inflight` while it opens its backend (see [`Shared::admit`]).
@@ -153,8 +160,10 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Backends their clients left, reset and waiting for the next client.
     pub idle: backend::pool::Pool,
-    /// Traffic seen by the sessions, for idle polling (`idle_poll`).
-    pub poll: idle_poll::IdlePoll,
+    /// The relay threads, the proxy's own first: their connections and idle polling.
+    pub relays: Vec<relay::RelayThread>,
+    /// Cancelled when the proxy has stopped (after the drain): the relay threads end.
+    pub stopped: CancellationToken,
 }
 
 impl Shared {
@@ -295,7 +304,7 @@ impl Handle {
 
     /// The counters, as the metrics endpoint and heartbeats report them.
     pub fn metrics(&self) -> serde_json::Value {
-        self.shared.metrics.json()
+        metrics::json(&self.shared)
     }
 }
 
@@ -334,7 +343,8 @@ impl Proxy {
             shutdown,
             tls,
             idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
-            poll: idle_poll::IdlePoll::new(opts.idle_poll),
+            relays: (0..opts.threads.max(1)).map(|_| relay::RelayThread::new(opts.idle_poll)).collect(),
+            stopped: CancellationToken::new(),
             opts,
         });
         shared.metrics.route_epoch.store(shared.route().epoch, Ordering::Relaxed);
@@ -354,8 +364,9 @@ impl Proxy {
     pub async fn run(self) -> Result<(), Error> {
         let Proxy { shared, listener, metrics_listener, db, id } = self;
         let control = router::control::Control::register(db.clone(), id, shared.clone()).await?;
+        let relays = relay::Relays::start(&shared)?;
         let cluster = shared.opts.cluster.clone();
-        tracing::info!(cluster = %cluster, listen = %shared.opts.listen, proxy = %id, epoch = shared.route().epoch, "proxy serving");
+        tracing::info!(cluster = %cluster, listen = %shared.opts.listen, proxy = %id, epoch = shared.route().epoch, threads = shared.relays.len(), "proxy serving");
         let mut tasks = tokio::task::JoinSet::new();
         spawn_named(&mut tasks, "proxy-control", control.run());
         spawn_named(&mut tasks, "proxy-read-lsn", router::lsn::track(shared.clone(), shared.opts.lsn_poll));
@@ -366,8 +377,8 @@ impl Proxy {
             spawn_named(&mut tasks, "proxy-metrics", metrics::serve(l, shared.clone()));
         }
         spawn_named(&mut tasks, "proxy-idle-backends", reap_idle(shared.clone()));
-        spawn_named(&mut tasks, "proxy-idle-poll", idle_poll::run(shared.clone()));
-        frontend::accept_loop(listener, shared.clone()).await;
+        spawn_named(&mut tasks, "proxy-idle-poll", idle_poll::run(shared.clone(), 0));
+        frontend::accept_loop(listener, shared.clone(), &relays).await;
         for s in lock(&shared.sessions).values() {
             s.signal.raise(frontend::signal::SHUTDOWN);
         }
@@ -385,11 +396,15 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         shared.idle.close_all(&shared.metrics);
+        shared.stopped.cancel();
+        if !relays.join(Duration::from_secs(5)).await {
+            tracing::warn!(cluster = %cluster, "relay threads did not stop within 5 s");
+        }
         match tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await {
             Ok(_) => {}
             Err(_) => tracing::warn!(cluster = %cluster, "background tasks did not stop within 5 s"),
         }
-        if let Err(e) = db.proxy_heartbeat(id, "stopped", &shared.metrics.json()).await {
+        if let Err(e) = db.proxy_heartbeat(id, "stopped", &metrics::json(&shared)).await {
             tracing::warn!(cluster = %cluster, error = %e, "could not mark the proxy stopped in the control plane");
         }
         tracing::info!(cluster = %cluster, proxy = %id, "proxy stopped");

@@ -54,9 +54,9 @@ counters! {
     shadow_failures: "counter", "Mirrored statements that could not be run on the shadow endpoint at all.";
     shadow_primary_us_total: "counter", "Primary latency of mirrored statements, microseconds.";
     shadow_target_us_total: "counter", "Shadow latency of mirrored statements, microseconds.";
-    idle_polling: "gauge", "1 while the runtime thread polls after traffic instead of sleeping.";
-    idle_poll_window_us: "gauge", "How long the runtime thread polls after the last read before it sleeps, microseconds (adaptive).";
-    idle_poll_us_total: "counter", "Microseconds the runtime thread spent in polling mode after traffic (wall time, relaying included).";
+    idle_polling: "gauge", "Relay threads polling after traffic instead of sleeping, now.";
+    idle_poll_window_us: "gauge", "The widest idle-polling window among the relay threads: how long a thread polls after the last read before it sleeps, microseconds (adaptive).";
+    idle_poll_us_total: "counter", "Microseconds relay threads spent in polling mode after traffic, all threads together (wall time, relaying included).";
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -65,6 +65,54 @@ pub fn add(c: &AtomicU64, n: u64) {
 
 pub fn sub(c: &AtomicU64, n: u64) {
     c.fetch_sub(n, Ordering::Relaxed);
+}
+
+/// Gauges worked out from the relay threads' own.
+fn refresh(shared: &Shared) {
+    let widest = shared.relays.iter().map(|r| r.poll.window_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+    shared.metrics.idle_poll_window_us.store(widest, Ordering::Relaxed);
+}
+
+/// A gauge shown for each relay thread: name, help, value.
+type PerThread = (&'static str, &'static str, fn(&crate::relay::RelayThread) -> u64);
+
+/// Everything `/metrics` shows: the counters, each relay thread's connections and polling
+/// window, and the shadow summary.
+pub fn text(shared: &Shared) -> String {
+    refresh(shared);
+    let cluster = &shared.opts.cluster;
+    let mut out = shared.metrics.render(cluster);
+    let per_thread: [PerThread; 2] = [
+        ("relay_connections", "Client connections on each relay thread now.", |r| r.connections.load(Ordering::Relaxed)),
+        ("relay_idle_poll_window_us", "Each relay thread's idle-polling window, microseconds.", |r| r.poll.window_us.load(Ordering::Relaxed)),
+    ];
+    for (name, help, value) in per_thread {
+        out.push_str(&format!("# HELP dmf_proxy_{name} {help}\n# TYPE dmf_proxy_{name} gauge\n"));
+        for (i, r) in shared.relays.iter().enumerate() {
+            out.push_str(&format!("dmf_proxy_{name}{{cluster=\"{cluster}\",thread=\"{i}\"}} {}\n", value(r)));
+        }
+    }
+    out.push_str(&shared.shadow_summary_metrics());
+    out
+}
+
+/// The counters as JSON (heartbeats, `Handle::metrics`), with a `relay_threads` list.
+pub fn json(shared: &Shared) -> serde_json::Value {
+    refresh(shared);
+    let mut v = shared.metrics.json();
+    v["relay_threads"] = shared
+        .relays
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            serde_json::json!({
+                "thread": i,
+                "connections": r.connections.load(Ordering::Relaxed),
+                "idle_poll_window_us": r.poll.window_us.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    v
 }
 
 /// Serve `GET /metrics` until shutdown.
@@ -93,9 +141,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 return;
             }
             let (status, body) = if req.starts_with(b"GET /metrics ") || req.starts_with(b"GET / ") {
-                let mut body = shared.metrics.render(&shared.opts.cluster);
-                body.push_str(&shared.shadow_summary_metrics());
-                ("200 OK", body)
+                ("200 OK", text(&shared))
             } else {
                 ("404 Not Found", "GET /metrics\n".to_string())
             };

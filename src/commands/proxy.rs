@@ -65,18 +65,20 @@ pub struct Args {
     /// After traffic, poll the sockets for up to this long instead of sleeping at once, so that
     /// the next message needs no wake-up (the window adapts: gaps longer than this turn polling
     /// off). Whenever a poll finds nothing, threads waiting for the CPU run first, but polling is
-    /// CPU time all the same and counts against a CPU quota: 0 turns it off. Only with --threads 1.
+    /// CPU time all the same and counts against a CPU quota: 0 turns it off. Each relay thread
+    /// polls on its own, only while its own sessions have traffic.
     #[arg(long, default_value_t = 200)]
     idle_poll_us: u64,
-    /// Runtime threads; 1 (the default) relays everything on one thread, like pgbouncer.
-    #[arg(long, default_value_t = 1, env = "DMF_PROXY_THREADS")]
-    threads: usize,
+    /// Relay threads, each an event loop of its own: a new client goes to the thread with the
+    /// fewest connections and stays there. Default: the CPUs this process may use (its affinity
+    /// and cgroup quota), at most 8. 1 relays everything on one thread, like pgbouncer.
+    #[arg(long, env = "DMF_PROXY_THREADS")]
+    threads: Option<usize>,
 }
 
-impl Args {
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
+/// Relay threads when --threads is not given: one per CPU this process may use, at most 8.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -97,6 +99,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     opts.idle_backends = a.idle_backends;
     opts.idle_backend_timeout = Duration::from_secs(a.idle_backend_timeout_s.max(1));
     opts.idle_poll = Duration::from_micros(a.idle_poll_us);
+    opts.threads = match a.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => default_threads(),
+    };
     let proxy = dmf_proxy::Proxy::build(opts).await?;
     let handle = proxy.handle();
     let stop = super::shutdown_signal();

@@ -341,6 +341,32 @@ impl ProxyProc {
             .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
     }
 
+    /// One relay thread's value of a per-thread gauge (`dmf_proxy_relay_*{thread="N"}`).
+    pub fn thread_metric(&self, name: &str, thread: usize) -> f64 {
+        let body = http_get(self.metrics_port, "/metrics");
+        let prefix = format!("dmf_proxy_{name}{{");
+        let label = format!("thread=\"{thread}\"");
+        body.lines()
+            .find(|l| l.starts_with(&prefix) && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} for thread {thread} in:\n{body}"))
+    }
+
+    /// CPU time (user + system, clock ticks) of the proxy's thread named `name`.
+    pub fn thread_ticks(&self, name: &str) -> u64 {
+        let task = format!("/proc/{}/task", self.proc.child.id());
+        for t in std::fs::read_dir(&task).expect("proxy threads").flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let stat = std::fs::read_to_string(t.path().join("stat")).expect("thread stat");
+                let f: Vec<&str> = stat.rsplit_once(") ").expect("stat fields").1.split(' ').collect();
+                return f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+            }
+        }
+        panic!("the proxy has no thread named {name}");
+    }
+
     /// SIGTERM (graceful drain).
     pub fn terminate(&self) {
         let _ = Command::new("kill").args(["-TERM", &self.proc.child.id().to_string()]).status();

@@ -215,6 +215,15 @@ impl Backend {
 
     /// Whether the server still holds this idle connection: it sends nothing to an idle session
     /// unless it is ending it (a FATAL, then the close), so anything readable means gone.
+    /// The same backend with its socket registered on the runtime this runs on: a backend parked
+    /// or opened by another relay thread would otherwise have its wake-ups go through that
+    /// thread's event loop.
+    pub fn rehome(self) -> Result<Backend, Error> {
+        let Backend { stream, endpoint, pid, secret, params, prepared, rbuf } = self;
+        let stream = TcpStream::from_std(stream.into_std()?)?;
+        Ok(Backend { stream, endpoint, pid, secret, params, prepared, rbuf })
+    }
+
     pub fn alive(&self) -> bool {
         if !self.rbuf.is_empty() {
             return false;

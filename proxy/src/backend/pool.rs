@@ -65,7 +65,9 @@ impl Pool {
     /// would see that as its own failure (pgbouncer's server_check_delay).
     pub async fn checkout(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<Backend> {
         loop {
-            let (mut backend, waited) = self.take(key, epoch, metrics)?;
+            let (backend, waited) = self.take(key, epoch, metrics)?;
+            // parked by a session that may have run on another relay thread
+            let Ok(mut backend) = backend.rehome() else { continue };
             if waited >= CHECK_AFTER && !matches!(tokio::time::timeout(CHECK_TIMEOUT, backend.simple_query("")).await, Ok(Ok(_))) {
                 backend.close();
                 continue;

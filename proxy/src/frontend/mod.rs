@@ -22,18 +22,16 @@ use crate::protocol::{self, build, startup, Startup};
 use crate::{lock, CancelTarget, Error, SessionEntry, Shared};
 use stream::ClientStream;
 
-/// Accept until shutdown; each connection runs in its own task.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accept until shutdown; each connection runs in its own task, on the relay thread `relays`
+/// picks.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, relays: &crate::relay::Relays) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((sock, peer)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move { connection(sock, peer, shared).await });
-            }
+            Ok((sock, peer)) => relays.dispatch(sock, peer, &shared),
             Err(e) => {
                 tracing::warn!(cluster = %shared.opts.cluster, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -42,7 +40,8 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// One client connection, on the relay thread of `slot`, from its first byte to its end.
+pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: crate::relay::Slot) {
     let _ = sock.set_nodelay(true);
     let client = ClientStream::Plain(sock);
     let mut buf = BytesMut::with_capacity(8192);
@@ -82,7 +81,7 @@ async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let in_tx = Arc::new(AtomicBool::new(false));
             let (pid, secret) = fresh_key(&shared);
             let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
-            let entry = SessionEntry { signal, in_tx, cancel: target.clone(), params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)) };
+            let entry = SessionEntry { signal, in_tx, cancel: target.clone(), params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.thread };
             lock(&shared.sessions).insert(id, entry.clone());
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);

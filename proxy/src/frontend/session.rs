@@ -111,6 +111,8 @@ impl HeldState {
 
 pub struct Session {
     shared: Arc<Shared>,
+    /// The relay thread this session runs on (`relay`).
+    relay: usize,
     id: u64,
     client: ClientStream,
     cbuf: Vec<u8>,
@@ -160,6 +162,7 @@ impl Session {
         let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         Session {
             shared,
+            relay: entry.thread,
             id,
             client,
             cbuf,
@@ -263,7 +266,7 @@ impl Session {
             tokio::select! {
                 biased;
                 r = be.stream.read_buf(&mut be.rbuf) => {
-                    self.shared.poll.touch();
+                    self.shared.relays[self.relay].poll.touch();
                     if r? == 0 {
                         let label = be.endpoint.label();
                         self.fatal("08006", &format!("dmf proxy: the server {label} closed the connection")).await;
@@ -272,7 +275,7 @@ impl Session {
                     self.pump_server().await?;
                 }
                 r = self.client.read_buf(&mut self.cbuf), if !blocked => {
-                    self.shared.poll.touch();
+                    self.shared.relays[self.relay].poll.touch();
                     if r? == 0 {
                         return Ok(());
                     }
@@ -721,7 +724,9 @@ impl Session {
     /// is parked at a transaction boundary, so its state cannot change before the release.
     async fn prepare_move(&mut self, route: &Route) {
         let Some(next) = route.next_primary.as_ref().filter(|n| n.dsn != self.primary.endpoint.dsn) else { return };
-        let Some(mut b) = lock(&self.spare).take_if(|b| b.endpoint.dsn == next.dsn) else { return };
+        let Some(b) = lock(&self.spare).take_if(|b| b.endpoint.dsn == next.dsn) else { return };
+        // opened by the control task, on the proxy's own thread
+        let Ok(mut b) = b.rehome() else { return };
         match self.held_state().await {
             Ok(state) if state.unmovable().is_none() => match replay(&mut b, &state).await {
                 Ok(()) => self.ready = Some(b),
@@ -758,7 +763,7 @@ impl Session {
             return Err(Error::Closed(format!("holds state that cannot move to {to}: {what}")));
         }
         // a backend opened ahead of the move saves the connection on the critical path
-        let spare = lock(&self.spare).take().filter(|b| b.endpoint.dsn == self.route.primary.dsn);
+        let spare = lock(&self.spare).take().filter(|b| b.endpoint.dsn == self.route.primary.dsn).and_then(|b| b.rehome().ok());
         let mut next = match spare {
             Some(mut b) => match replay(&mut b, &state).await {
                 Ok(()) => Some(b),

@@ -98,7 +98,7 @@ impl Control {
         } else {
             "serving"
         };
-        let mut stats = self.shared.metrics.json();
+        let mut stats = crate::metrics::json(&self.shared);
         stats["shadow"] = self.shared.shadow.summary(&self.shared.metrics);
         // A heartbeat slower than the lease is no use: give up on it and try again.
         let beat = tokio::time::timeout(self.shared.opts.lease, self.db.proxy_heartbeat(self.id, state, &stats)).await;

@@ -1,0 +1,145 @@
+//! Relay threads: client sessions spread over several single-threaded event loops, each thread
+//! keeping the sessions it is given for their whole life.
+//!
+//! Why: one event loop relays every statement of every session, and under load it becomes the
+//! chain every transaction waits in, while the other CPUs idle between the processes it wakes. A
+//! work-stealing runtime moves tasks, and their sockets' wake-ups, between threads on every
+//! statement. Separate loops keep each session's events on one thread, the way Envoy's workers
+//! do, or several pgbouncers sharing a port.
+//!
+//! How: thread 0 is the thread that runs the proxy, with the control-plane tasks; threads 1..
+//! are started by [`Relays::start`], each with a current-thread runtime of its own. The accept
+//! loop gives each new connection to the thread with the fewest connections, over a channel.
+//! Each thread polls after traffic on its own (`idle_poll`). A backend one thread parked may be
+//! handed to a session on another: the session re-registers its socket on its own thread first
+//! (`Backend::rehome`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+use tokio::sync::mpsc;
+
+use crate::idle_poll::IdlePoll;
+use crate::{Error, Shared};
+
+/// What the rest of the proxy sees of one relay thread.
+#[derive(Debug)]
+pub struct RelayThread {
+    /// Client connections on this thread now, sessions and those still logging in.
+    pub connections: AtomicU64,
+    pub poll: IdlePoll,
+}
+
+impl RelayThread {
+    pub fn new(idle_poll: std::time::Duration) -> RelayThread {
+        RelayThread { connections: AtomicU64::new(0), poll: IdlePoll::new(idle_poll) }
+    }
+}
+
+/// A connection counted on relay thread `thread` until it is dropped.
+pub struct Slot {
+    shared: Arc<Shared>,
+    pub thread: usize,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, thread: usize) -> Slot {
+        shared.relays[thread].connections.fetch_add(1, Ordering::Relaxed);
+        Slot { shared: shared.clone(), thread }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.relays[self.thread].connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Handoff = (std::net::TcpStream, SocketAddr, Slot);
+
+/// The relay threads other than the proxy's own, and how to reach them.
+pub struct Relays {
+    /// To thread i + 1.
+    senders: Vec<mpsc::UnboundedSender<Handoff>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relays {
+    /// Start threads 1.. of `shared.relays`; none when the proxy relays on one thread.
+    pub fn start(shared: &Arc<Shared>) -> Result<Relays, Error> {
+        let mut relays = Relays { senders: Vec::new(), threads: Vec::new() };
+        for thread in 1..shared.relays.len() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Config(format!("relay thread {thread}: cannot start its runtime: {e}")))?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let s = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("dmf-relay-{thread}"))
+                .spawn(move || rt.block_on(serve(s, thread, rx).instrument(tracing::info_span!("task", name = "proxy-relay", thread))))
+                .map_err(|e| Error::Config(format!("relay thread {thread}: cannot start: {e}")))?;
+            relays.senders.push(tx);
+            relays.threads.push(handle);
+        }
+        Ok(relays)
+    }
+
+    /// Run a new connection on the relay thread with the fewest connections (the proxy's own
+    /// thread on a tie).
+    pub fn dispatch(&self, sock: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+        let thread = (0..shared.relays.len()).min_by_key(|&i| shared.relays[i].connections.load(Ordering::Relaxed)).unwrap_or(0);
+        if thread == 0 {
+            tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(shared, 0)));
+            return;
+        }
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, error = %e, "cannot hand a connection to a relay thread");
+                return;
+            }
+        };
+        if let Err(mpsc::error::SendError((sock, peer, _))) = self.senders[thread - 1].send((sock, peer, Slot::take(shared, thread))) {
+            // the thread is gone (it only ends at shutdown): serve the connection here
+            match TcpStream::from_std(sock) {
+                Ok(sock) => {
+                    tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(shared, 0)));
+                }
+                Err(e) => tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, error = %e, "connection lost in the hand-off to a relay thread"),
+            }
+        }
+    }
+
+    /// Stop handing out connections and wait up to `wait` for the threads to end (they end once
+    /// `shared.stopped` is cancelled, with the sessions still on them). False if one did not.
+    pub async fn join(self, wait: std::time::Duration) -> bool {
+        drop(self.senders);
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        matches!(tokio::time::timeout(wait, joined).await, Ok(Ok(())))
+    }
+}
+
+/// Relay thread `thread`: its poller, then the connections handed to it, until the proxy stops.
+async fn serve(shared: Arc<Shared>, thread: usize, mut rx: mpsc::UnboundedReceiver<Handoff>) {
+    let poller = tokio::spawn(crate::idle_poll::run(shared.clone(), thread).instrument(tracing::info_span!("task", name = "proxy-idle-poll", thread)));
+    while let Some((sock, peer, slot)) = rx.recv().await {
+        match TcpStream::from_std(sock) {
+            Ok(sock) => {
+                tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), slot));
+            }
+            Err(e) => tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, thread, error = %e, "cannot take a connection on this relay thread"),
+        }
+    }
+    // no more connections: the sessions here drain with the proxy's, and end with its runtime
+    shared.stopped.cancelled().await;
+    poller.abort();
+}
