@@ -13,7 +13,8 @@
 # instead of pgbench's 1 us. pgbouncer 1.18 has no protocol-level prepared statements in transaction
 # mode: its -M prepared run is reported n/a when it fails.
 # dmf proxy routes to the server through dmf.routes: the server is enqueued as a cluster (nobody
-# runs a scheduler or a worker, so it stays pending and its route points at the source).
+# runs a scheduler or a worker, so it stays pending and its route points at the source). It runs
+# with its defaults: one relay thread per CPU, idle polling on.
 # Last lines: proxy_added_latency_ms dmf=<ms> pgbouncer=<ms> (1-client latency minus direct), then
 # proxy_ratio_vs_pgbouncer=<dmf tps / pgbouncer tps, select-only simple>.
 # Knobs: RUNS, DURATION (s), SCALE, MODES (a subset of: select-simple select-extended

@@ -60,7 +60,7 @@ pub struct Options {
     pub idle_backends: usize,
     /// How long a backend stays parked without a client before it is closed.
     pub idle_backend_timeout: Duration,
-    /// The longest the runtime thread polls its sockets after traffic instead of sleeping
+    /// The longest a relay thread polls its sockets after traffic instead of sleeping
     /// (`idle_poll`); zero sleeps at once, as an event loop normally does.
     pub idle_poll: Duration,
     /// Relay threads (`relay`), each an event loop of its own; 1 relays every session on the
