@@ -406,21 +406,23 @@ async fn the_proxy_polls_through_short_waits_and_sleeps_once_traffic_stops() {
 }
 
 /// Relay threads (`--threads`): each new client goes to the thread with the fewest connections
-/// and is relayed there, sessions on different threads keep their own settings and prepared
-/// statements, and a backend parked by a session on one thread serves a client on the other.
+/// (the last thread on a tie: thread 0 runs the control tasks too) and is relayed there, sessions
+/// on different threads keep their own settings and prepared statements, and a backend parked by
+/// a session on one thread serves a client on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_relay_threads_and_backends_are_reused_across_them() {
     let env = Env::new("proxy-threads");
     let src = env.source("src");
     env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY, who text)");
     let proxy = env.proxy("threads", "app", &["--threads", "2", "--idle-poll-us", "2000"]);
-    let a = connect(&proxy.dsn("app")).await;
-    let b = connect(&proxy.dsn("app")).await;
-    assert_eq!((proxy.thread_metric("relay_connections", 0), proxy.thread_metric("relay_connections", 1)), (1.0, 1.0), "two clients, one per thread");
+    let on1 = connect(&proxy.dsn("app")).await;
+    assert_eq!(proxy.thread_metric("relay_connections", 1), 1.0, "the first client did not go to thread 1");
+    let on0 = connect(&proxy.dsn("app")).await;
+    assert_eq!(proxy.thread_metric("relay_connections", 0), 1.0, "the second client did not go to thread 0");
 
     // Both sessions at once, each with its own setting and prepared statement.
-    a.batch_execute("SET application_name = 'on-a'").await.expect("SET on a");
-    b.batch_execute("SET application_name = 'on-b'").await.expect("SET on b");
+    on1.batch_execute("SET application_name = 'one'").await.expect("SET on thread 1");
+    on0.batch_execute("SET application_name = 'zero'").await.expect("SET on thread 0");
     let before = proxy.thread_ticks("dmf-relay-1");
     async fn work(c: &tokio_postgres::Client, base: i32, who: &str) {
         let st = c.prepare("INSERT INTO t VALUES ($1, current_setting('application_name')) RETURNING who").await.expect("prepare");
@@ -429,24 +431,25 @@ async fn sessions_spread_over_relay_threads_and_backends_are_reused_across_them(
             assert_eq!(got, who, "a session saw another session's setting");
         }
     }
-    tokio::join!(work(&a, 0, "on-a"), work(&b, 10_000, "on-b"));
+    tokio::join!(work(&on1, 0, "one"), work(&on0, 10_000, "zero"));
     assert!(proxy.thread_ticks("dmf-relay-1") > before, "thread dmf-relay-1 relayed 1500 statements without using any CPU");
-    assert!(proxy.thread_metric("relay_idle_poll_window_us", 1) > 0.0, "thread 1's session did not wake thread 1's poller");
+    metric_reaches(&proxy, "idle_polling", 0.0).await;
+    assert!(proxy.thread_metric("relay_idle_poll_us_total", 1) > 0.0, "thread 1 relayed 1500 back-to-back statements without polling");
     assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "3000");
-    let (pid_a, pid_b) = (backend_pid(&a).await, backend_pid(&b).await);
+    let (pid1, pid0) = (backend_pid(&on1).await, backend_pid(&on0).await);
 
-    // a (thread 0) leaves first, then b (thread 1): the next client goes to thread 0 and gets
-    // the backend parked last, b's; the one after it goes to thread 1 and gets a's.
-    drop(a);
+    // Thread 1's client leaves first, then thread 0's: the next client goes to thread 1 and gets
+    // the backend parked last, thread 0's; the one after it goes to thread 0 and gets thread 1's.
+    drop(on1);
     metric_reaches(&proxy, "backends_idle", 1.0).await;
-    drop(b);
+    drop(on0);
     metric_reaches(&proxy, "backends_idle", 2.0).await;
     let c = connect(&proxy.dsn("app")).await;
-    assert_eq!(proxy.thread_metric("relay_connections", 0), 1.0, "the next client went to thread 1");
-    assert_eq!(backend_pid(&c).await, pid_b, "thread 0's client did not get the backend thread 1 parked");
+    assert_eq!(proxy.thread_metric("relay_connections", 1), 1.0, "the next client did not go to thread 1");
+    assert_eq!(backend_pid(&c).await, pid0, "thread 1's client did not get the backend thread 0 parked");
     let d = connect(&proxy.dsn("app")).await;
-    assert_eq!(proxy.thread_metric("relay_connections", 1), 1.0, "the client after it went to thread 0");
-    assert_eq!(backend_pid(&d).await, pid_a, "thread 1's client did not get the backend thread 0 parked");
+    assert_eq!(proxy.thread_metric("relay_connections", 0), 1.0, "the client after it did not go to thread 0");
+    assert_eq!(backend_pid(&d).await, pid1, "thread 0's client did not get the backend thread 1 parked");
     for (c, base) in [(&c, 20_000), (&d, 30_000)] {
         for i in 0..200 {
             c.execute("INSERT INTO t VALUES ($1, 'reused')", &[&(base + i)]).await.expect("a reused backend relays on its new thread");

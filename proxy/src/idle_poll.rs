@@ -42,6 +42,8 @@ pub struct IdlePoll {
     enabled: AtomicBool,
     /// The current window, microseconds (for the metrics).
     pub window_us: AtomicU64,
+    /// Microseconds spent in polling mode (wall time, relaying included), for the metrics.
+    pub polled_us: AtomicU64,
     /// Reads by all sessions: the poller keeps polling while this moves.
     reads: AtomicU64,
     /// Set while the poller sleeps: the next read wakes it.
@@ -56,6 +58,7 @@ impl IdlePoll {
             max,
             enabled: AtomicBool::new(false),
             window_us: AtomicU64::new(0),
+            polled_us: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             asleep: AtomicBool::new(false),
             wake: Notify::new(),
@@ -145,7 +148,9 @@ pub async fn run(shared: Arc<Shared>, thread: usize) {
         }
         sub(&m.idle_polling, 1);
         // wall time in polling mode, the relay work done meanwhile included
-        add(&m.idle_poll_us_total, start.elapsed().as_micros() as u64);
+        let polled = start.elapsed().as_micros() as u64;
+        add(&p.polled_us, polled);
+        add(&m.idle_poll_us_total, polled);
     }
 }
 

@@ -162,7 +162,8 @@ pub struct Shared {
     pub idle: backend::pool::Pool,
     /// The relay threads, the proxy's own first: their connections and idle polling.
     pub relays: Vec<relay::RelayThread>,
-    /// Cancelled when the proxy has stopped (after the drain): the relay threads end.
+    /// Cancelled when the proxy stops (after the drain, or when it fails to start): the relay
+    /// threads end.
     pub stopped: CancellationToken,
 }
 
@@ -363,8 +364,9 @@ impl Proxy {
     /// Serve until the handle is used; then drain sessions (up to `drain`) and deregister.
     pub async fn run(self) -> Result<(), Error> {
         let Proxy { shared, listener, metrics_listener, db, id } = self;
-        let control = router::control::Control::register(db.clone(), id, shared.clone()).await?;
+        // threads first: dropped on any early return, they end, and nothing was registered yet
         let relays = relay::Relays::start(&shared)?;
+        let control = router::control::Control::register(db.clone(), id, shared.clone()).await?;
         let cluster = shared.opts.cluster.clone();
         tracing::info!(cluster = %cluster, listen = %shared.opts.listen, proxy = %id, epoch = shared.route().epoch, threads = shared.relays.len(), "proxy serving");
         let mut tasks = tokio::task::JoinSet::new();
@@ -395,11 +397,12 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        shared.idle.close_all(&shared.metrics);
-        shared.stopped.cancel();
+        // the relay threads end with what is left of their sessions, then nothing can park a
+        // backend any more
         if !relays.join(Duration::from_secs(5)).await {
             tracing::warn!(cluster = %cluster, "relay threads did not stop within 5 s");
         }
+        shared.idle.close_all(&shared.metrics);
         match tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await {
             Ok(_) => {}
             Err(_) => tracing::warn!(cluster = %cluster, "background tasks did not stop within 5 s"),

@@ -73,8 +73,8 @@ fn refresh(shared: &Shared) {
     shared.metrics.idle_poll_window_us.store(widest, Ordering::Relaxed);
 }
 
-/// A gauge shown for each relay thread: name, help, value.
-type PerThread = (&'static str, &'static str, fn(&crate::relay::RelayThread) -> u64);
+/// A metric shown for each relay thread: name, kind, help, value.
+type PerThread = (&'static str, &'static str, &'static str, fn(&crate::relay::RelayThread) -> u64);
 
 /// Everything `/metrics` shows: the counters, each relay thread's connections and polling
 /// window, and the shadow summary.
@@ -82,12 +82,15 @@ pub fn text(shared: &Shared) -> String {
     refresh(shared);
     let cluster = &shared.opts.cluster;
     let mut out = shared.metrics.render(cluster);
-    let per_thread: [PerThread; 2] = [
-        ("relay_connections", "Client connections on each relay thread now.", |r| r.connections.load(Ordering::Relaxed)),
-        ("relay_idle_poll_window_us", "Each relay thread's idle-polling window, microseconds.", |r| r.poll.window_us.load(Ordering::Relaxed)),
+    let per_thread: [PerThread; 3] = [
+        ("relay_connections", "gauge", "Client connections on each relay thread now.", |r| r.connections.load(Ordering::Relaxed)),
+        ("relay_idle_poll_window_us", "gauge", "Each relay thread's idle-polling window, microseconds.", |r| r.poll.window_us.load(Ordering::Relaxed)),
+        ("relay_idle_poll_us_total", "counter", "Microseconds each relay thread spent in polling mode after traffic (wall time, relaying included).", |r| {
+            r.poll.polled_us.load(Ordering::Relaxed)
+        }),
     ];
-    for (name, help, value) in per_thread {
-        out.push_str(&format!("# HELP dmf_proxy_{name} {help}\n# TYPE dmf_proxy_{name} gauge\n"));
+    for (name, kind, help, value) in per_thread {
+        out.push_str(&format!("# HELP dmf_proxy_{name} {help}\n# TYPE dmf_proxy_{name} {kind}\n"));
         for (i, r) in shared.relays.iter().enumerate() {
             out.push_str(&format!("dmf_proxy_{name}{{cluster=\"{cluster}\",thread=\"{i}\"}} {}\n", value(r)));
         }
@@ -109,6 +112,7 @@ pub fn json(shared: &Shared) -> serde_json::Value {
                 "thread": i,
                 "connections": r.connections.load(Ordering::Relaxed),
                 "idle_poll_window_us": r.poll.window_us.load(Ordering::Relaxed),
+                "idle_poll_us_total": r.poll.polled_us.load(Ordering::Relaxed),
             })
         })
         .collect();

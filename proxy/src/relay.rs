@@ -17,10 +17,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tracing::Instrument;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::idle_poll::IdlePoll;
 use crate::{Error, Shared};
@@ -34,7 +35,7 @@ pub struct RelayThread {
 }
 
 impl RelayThread {
-    pub fn new(idle_poll: std::time::Duration) -> RelayThread {
+    pub fn new(idle_poll: Duration) -> RelayThread {
         RelayThread { connections: AtomicU64::new(0), poll: IdlePoll::new(idle_poll) }
     }
 }
@@ -60,38 +61,48 @@ impl Drop for Slot {
 
 type Handoff = (std::net::TcpStream, SocketAddr, Slot);
 
-/// The relay threads other than the proxy's own, and how to reach them.
+/// The relay threads other than the proxy's own, and how to reach them. Dropping this (the proxy
+/// stopped, or failed before it served) ends them.
 pub struct Relays {
+    shared: Arc<Shared>,
     /// To thread i + 1.
     senders: Vec<mpsc::UnboundedSender<Handoff>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each thread's end, once its runtime is gone.
+    ended: Vec<oneshot::Receiver<()>>,
 }
 
 impl Relays {
     /// Start threads 1.. of `shared.relays`; none when the proxy relays on one thread.
     pub fn start(shared: &Arc<Shared>) -> Result<Relays, Error> {
-        let mut relays = Relays { senders: Vec::new(), threads: Vec::new() };
+        let mut relays = Relays { shared: shared.clone(), senders: Vec::new(), ended: Vec::new() };
         for thread in 1..shared.relays.len() {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| Error::Config(format!("relay thread {thread}: cannot start its runtime: {e}")))?;
             let (tx, rx) = mpsc::unbounded_channel();
+            let (end_tx, end_rx) = oneshot::channel();
             let s = shared.clone();
-            let handle = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("dmf-relay-{thread}"))
-                .spawn(move || rt.block_on(serve(s, thread, rx).instrument(tracing::info_span!("task", name = "proxy-relay", thread))))
+                .spawn(move || {
+                    rt.block_on(serve(s, thread, rx).instrument(tracing::info_span!("task", name = "proxy-relay", thread)));
+                    // sessions still here were killed at the drain's end: their tasks go with the
+                    // runtime, and nothing may keep the thread (a name lookup in a blocking task)
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                    let _ = end_tx.send(());
+                })
                 .map_err(|e| Error::Config(format!("relay thread {thread}: cannot start: {e}")))?;
             relays.senders.push(tx);
-            relays.threads.push(handle);
+            relays.ended.push(end_rx);
         }
         Ok(relays)
     }
 
-    /// Run a new connection on the relay thread with the fewest connections (the proxy's own
-    /// thread on a tie).
+    /// Run a new connection on the relay thread with the fewest connections. Ties go to the last
+    /// thread: thread 0 also runs the control plane's tasks.
     pub fn dispatch(&self, sock: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-        let thread = (0..shared.relays.len()).min_by_key(|&i| shared.relays[i].connections.load(Ordering::Relaxed)).unwrap_or(0);
+        let thread = (0..shared.relays.len()).rev().min_by_key(|&i| shared.relays[i].connections.load(Ordering::Relaxed)).unwrap_or(0);
         if thread == 0 {
             tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(shared, 0)));
             return;
@@ -99,7 +110,7 @@ impl Relays {
         let sock = match sock.into_std() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, error = %e, "cannot hand a connection to a relay thread");
+                tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, thread, error = %e, "connection closed: it could not be handed to a relay thread");
                 return;
             }
         };
@@ -109,22 +120,24 @@ impl Relays {
                 Ok(sock) => {
                     tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(shared, 0)));
                 }
-                Err(e) => tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, error = %e, "connection lost in the hand-off to a relay thread"),
+                Err(e) => tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, thread, error = %e, "connection closed: relay thread gone, and it could not be taken back"),
             }
         }
     }
 
-    /// Stop handing out connections and wait up to `wait` for the threads to end (they end once
-    /// `shared.stopped` is cancelled, with the sessions still on them). False if one did not.
-    pub async fn join(self, wait: std::time::Duration) -> bool {
-        drop(self.senders);
-        let threads = self.threads;
-        let joined = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        });
-        matches!(tokio::time::timeout(wait, joined).await, Ok(Ok(())))
+    /// End the threads (with the sessions still on them) and wait up to `wait` for them. False if
+    /// one did not end in time; it is then left to end on its own.
+    pub async fn join(mut self, wait: Duration) -> bool {
+        self.shared.stopped.cancel();
+        self.senders.clear();
+        let ended = std::mem::take(&mut self.ended);
+        tokio::time::timeout(wait, futures::future::join_all(ended)).await.is_ok()
+    }
+}
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        self.shared.stopped.cancel();
     }
 }
 

@@ -213,17 +213,19 @@ impl Backend {
         Ok(())
     }
 
-    /// Whether the server still holds this idle connection: it sends nothing to an idle session
-    /// unless it is ending it (a FATAL, then the close), so anything readable means gone.
     /// The same backend with its socket registered on the runtime this runs on: a backend parked
     /// or opened by another relay thread would otherwise have its wake-ups go through that
-    /// thread's event loop.
+    /// thread's event loop, and stop working with it.
     pub fn rehome(self) -> Result<Backend, Error> {
         let Backend { stream, endpoint, pid, secret, params, prepared, rbuf } = self;
-        let stream = TcpStream::from_std(stream.into_std()?)?;
+        let label = endpoint.label();
+        let moved = stream.into_std().and_then(TcpStream::from_std);
+        let stream = moved.map_err(|e| Error::backend(&label, format!("cannot move the connection to this relay thread: {e}")))?;
         Ok(Backend { stream, endpoint, pid, secret, params, prepared, rbuf })
     }
 
+    /// Whether the server still holds this idle connection: it sends nothing to an idle session
+    /// unless it is ending it (a FATAL, then the close), so anything readable means gone.
     pub fn alive(&self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
@@ -279,4 +281,48 @@ pub fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A backend whose socket was registered on a runtime that has since stopped works again
+    /// once rehomed on another: what a session on one relay thread does with a backend another
+    /// thread opened or parked.
+    #[test]
+    fn a_rehomed_backend_works_after_the_runtime_that_opened_it_stopped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4];
+            for _ in 0..2 {
+                s.read_exact(&mut buf).expect("read");
+                s.write_all(&buf).expect("echo");
+            }
+        });
+        let rt = |name| tokio::runtime::Builder::new_current_thread().enable_all().thread_name(name).build().expect("runtime");
+        let opener = rt("opener");
+        let backend = opener.block_on(async {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            let endpoint = Arc::new(Endpoint::parse(&format!("postgres://u@127.0.0.1:{port}/db")).expect("endpoint"));
+            let mut b = Backend { stream, endpoint, pid: 1, secret: 2, params: vec![], prepared: HashMap::new(), rbuf: vec![] };
+            b.stream.write_all(b"ping").await.expect("write on the opening runtime");
+            let mut buf = [0u8; 4];
+            b.stream.read_exact(&mut buf).await.expect("read on the opening runtime");
+            b
+        });
+        drop(opener);
+        let other = rt("other");
+        other.block_on(async {
+            let mut b = backend.rehome().expect("rehome");
+            b.stream.write_all(b"pong").await.expect("write after rehome");
+            let mut buf = [0u8; 4];
+            tokio::time::timeout(std::time::Duration::from_secs(5), b.stream.read_exact(&mut buf)).await.expect("read in time").expect("read after rehome");
+            assert_eq!(&buf, b"pong");
+        });
+        server.join().expect("echo server");
+    }
 }

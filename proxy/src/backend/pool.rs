@@ -7,6 +7,7 @@
 //! before a move (or a hold, a rollback) is ever used after it; the reaper closes those, the ones
 //! idle for longer than the timeout, and the ones their server closed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ impl Key {
 struct Parked {
     key: Key,
     epoch: u64,
+    /// The relay thread whose runtime the socket is registered on.
+    thread: usize,
     since: Instant,
     backend: Backend,
 }
@@ -52,22 +55,34 @@ pub struct Pool {
     timeout: Duration,
     /// Oldest first: `take` hands out the most recently parked, the warmest.
     idle: Mutex<Vec<Parked>>,
+    /// Set by `close_all` (shutdown): nothing is parked any more.
+    closed: AtomicBool,
 }
 
 impl Pool {
     pub fn new(max: usize, timeout: Duration) -> Pool {
-        Pool { max, timeout, idle: Mutex::new(Vec::new()) }
+        Pool { max, timeout, idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) }
     }
 
-    /// A parked backend for `key` under route `epoch`, the most recently parked first. One that
+    /// A parked backend for `key` under route `epoch`, for a session on relay `thread`, the most
+    /// recently parked first. One that
     /// waited longer than `CHECK_AFTER` answers an empty query first: a server can end an idle
     /// connection (idle_session_timeout, a restart) just before it is handed out, and the client
     /// would see that as its own failure (pgbouncer's server_check_delay).
-    pub async fn checkout(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<Backend> {
+    pub async fn checkout(&self, key: &Key, epoch: u64, thread: usize, metrics: &Metrics) -> Option<Backend> {
         loop {
-            let (backend, waited) = self.take(key, epoch, metrics)?;
-            // parked by a session that may have run on another relay thread
-            let Ok(mut backend) = backend.rehome() else { continue };
+            let (parked, waited) = self.take(key, epoch, metrics)?;
+            let mut backend = if parked.thread == thread {
+                parked.backend
+            } else {
+                match parked.backend.rehome() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, from = parked.thread, to = thread, "parked backend closed: it could not move to this relay thread");
+                        continue;
+                    }
+                }
+            };
             if waited >= CHECK_AFTER && !matches!(tokio::time::timeout(CHECK_TIMEOUT, backend.simple_query("")).await, Ok(Ok(_))) {
                 backend.close();
                 continue;
@@ -79,13 +94,14 @@ impl Pool {
 
     /// The most recently parked backend for `key` under `epoch` that its server has not visibly
     /// closed, and how long it was parked.
-    fn take(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<(Backend, Duration)> {
+    fn take(&self, key: &Key, epoch: u64, metrics: &Metrics) -> Option<(Parked, Duration)> {
         let mut idle = lock(&self.idle);
         let found = loop {
             let Some(i) = idle.iter().rposition(|p| p.epoch == epoch && p.key == *key) else { break None };
             let p = idle.remove(i);
             if p.backend.alive() {
-                break Some((p.backend, p.since.elapsed()));
+                let waited = p.since.elapsed();
+                break Some((p, waited));
             }
             p.backend.close();
         };
@@ -93,10 +109,11 @@ impl Pool {
         found
     }
 
-    /// Reset a backend whose client left at a transaction boundary and park it; a backend that
-    /// cannot be reset is closed. The oldest parked backend makes room when the pool is full.
-    pub async fn put(&self, mut backend: Backend, key: Key, epoch: u64, metrics: &Metrics) -> Result<(), Error> {
-        if self.max == 0 {
+    /// Reset a backend whose client left at a transaction boundary on relay `thread` and park
+    /// it; a backend that cannot be reset is closed, and so is every backend once the pool is
+    /// closed. The oldest parked backend makes room when the pool is full.
+    pub async fn put(&self, mut backend: Backend, key: Key, epoch: u64, thread: usize, metrics: &Metrics) -> Result<(), Error> {
+        if self.max == 0 || self.closed.load(Ordering::Relaxed) {
             backend.close();
             return Ok(());
         }
@@ -108,10 +125,14 @@ impl Pool {
             return Err(e);
         }
         let mut idle = lock(&self.idle);
+        if self.closed.load(Ordering::Relaxed) {
+            backend.close();
+            return Ok(());
+        }
         if idle.len() >= self.max {
             idle.remove(0).backend.close();
         }
-        idle.push(Parked { key, epoch, since: Instant::now(), backend });
+        idle.push(Parked { key, epoch, thread, since: Instant::now(), backend });
         count(&idle, metrics);
         Ok(())
     }
@@ -131,9 +152,10 @@ impl Pool {
         before - idle.len()
     }
 
-    /// Close every parked backend (at shutdown).
+    /// Close every parked backend, and those parked from now on (at shutdown).
     pub fn close_all(&self, metrics: &Metrics) {
         let mut idle = lock(&self.idle);
+        self.closed.store(true, Ordering::Relaxed);
         for p in idle.drain(..) {
             p.backend.close();
         }
@@ -148,7 +170,7 @@ impl Pool {
 
 /// The `backends_idle` gauge, after every change to the parked list.
 fn count(idle: &[Parked], metrics: &Metrics) {
-    metrics.backends_idle.store(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    metrics.backends_idle.store(idle.len() as u64, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     };
     let user = params.get("user").unwrap_or_default().to_string();
     add(&shared.metrics.connections_total, 1);
-    match open(&mut client, &mut buf, peer, &params, &shared).await {
+    match open(&mut client, &mut buf, peer, &params, &shared, slot.thread).await {
         Ok((backend, admitted)) => {
             add(&shared.metrics.connections_active, 1);
             let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
@@ -86,6 +86,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);
             lock(&shared.cancels).insert((pid, secret), target.clone());
+            let _registered = Registered { shared: shared.clone(), id, key: (pid, secret) };
             let mut hello = Vec::new();
             for (k, v) in &backend.params {
                 hello.extend_from_slice(&build::parameter_status(k, v));
@@ -104,16 +105,13 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
                 }
                 if let Some((backend, epoch)) = left {
                     let key = crate::backend::pool::Key::new(&backend.endpoint.dsn, &login);
-                    if let Err(e) = shared.idle.put(backend, key, epoch, &shared.metrics).await {
+                    if let Err(e) = shared.idle.put(backend, key, epoch, slot.thread, &shared.metrics).await {
                         tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
                     }
                 }
             } else {
                 backend.close();
             }
-            lock(&shared.cancels).remove(&(pid, secret));
-            lock(&shared.sessions).remove(&id);
-            sub(&shared.metrics.connections_active, 1);
         }
         Err(e) => {
             add(&shared.metrics.connections_refused, 1);
@@ -127,6 +125,22 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "connection refused");
             let _ = client.write_all(&build::error("FATAL", code, &format!("dmf proxy: {e}"))).await;
         }
+    }
+}
+
+/// A session's entries in the shared registries and its count in `connections_active`, removed
+/// however the session ends: at shutdown a relay thread's runtime drops its sessions mid-relay.
+struct Registered {
+    shared: Arc<Shared>,
+    id: u64,
+    key: (i32, i32),
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.shared.cancels).remove(&self.key);
+        lock(&self.shared.sessions).remove(&self.id);
+        sub(&self.shared.metrics.connections_active, 1);
     }
 }
 
@@ -196,13 +210,14 @@ async fn open(
     peer: SocketAddr,
     params: &startup::Params,
     shared: &Arc<Shared>,
+    thread: usize,
 ) -> Result<(Backend, crate::Admitted), Error> {
     let user = params.get("user").unwrap_or_default();
     auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
     let admitted = shared.admit().await?;
     let route = shared.route();
     let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
-    let backend = match shared.idle.checkout(&key, route.epoch, &shared.metrics).await {
+    let backend = match shared.idle.checkout(&key, route.epoch, thread, &shared.metrics).await {
         Some(b) => b,
         None => connect_as(route.primary.clone(), shared, params, false).await?,
     };

@@ -719,14 +719,29 @@ impl Session {
         Ok(())
     }
 
+    /// A spare backend, on this session's relay thread: spares are opened by the control task,
+    /// which runs on thread 0. None (and a warning) if its socket cannot move.
+    fn adopt(&self, b: Backend) -> Option<Backend> {
+        if self.relay == 0 {
+            return Some(b);
+        }
+        let to = b.endpoint.label();
+        match b.rehome() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(cluster = %self.shared.opts.cluster, session = self.id, to = %to, error = %e, "backend opened ahead of the move closed; the move opens another");
+                None
+            }
+        }
+    }
+
     /// Parked at a hold that announces the next primary: once the proxy has opened this session's
     /// backend there, check the session's state and restore it on that backend now. The session
     /// is parked at a transaction boundary, so its state cannot change before the release.
     async fn prepare_move(&mut self, route: &Route) {
         let Some(next) = route.next_primary.as_ref().filter(|n| n.dsn != self.primary.endpoint.dsn) else { return };
         let Some(b) = lock(&self.spare).take_if(|b| b.endpoint.dsn == next.dsn) else { return };
-        // opened by the control task, on the proxy's own thread
-        let Ok(mut b) = b.rehome() else { return };
+        let Some(mut b) = self.adopt(b) else { return };
         match self.held_state().await {
             Ok(state) if state.unmovable().is_none() => match replay(&mut b, &state).await {
                 Ok(()) => self.ready = Some(b),
@@ -763,7 +778,7 @@ impl Session {
             return Err(Error::Closed(format!("holds state that cannot move to {to}: {what}")));
         }
         // a backend opened ahead of the move saves the connection on the critical path
-        let spare = lock(&self.spare).take().filter(|b| b.endpoint.dsn == self.route.primary.dsn).and_then(|b| b.rehome().ok());
+        let spare = lock(&self.spare).take().filter(|b| b.endpoint.dsn == self.route.primary.dsn).and_then(|b| self.adopt(b));
         let mut next = match spare {
             Some(mut b) => match replay(&mut b, &state).await {
                 Ok(()) => Some(b),

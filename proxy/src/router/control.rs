@@ -181,7 +181,8 @@ impl Control {
             // sessions that arrived since the route announced the next primary (in the background:
             // the hold's acknowledgement must not wait for connections)
             if let Some(next) = route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
-                drop(self.open_spares(next));
+                // detached: dropping the set would abort the tasks
+                self.open_spares(next).detach_all();
             }
         } else {
             // lift the hold, then publish: a session woken by the new epoch finds it lifted
