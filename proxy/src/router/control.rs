@@ -177,13 +177,11 @@ impl Control {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
+            // Sessions that connected after the route announced the next primary have no backend
+            // opened ahead: they connect at the move. Opening one for them here would race the
+            // sessions already taking theirs (`Session::prepare_move`) and open a second backend
+            // for those, in the middle of the hold.
             tracing::info!(cluster = %cluster, epoch, drained_in_ms = started.elapsed().as_millis() as u64, "holding new transactions");
-            // sessions that arrived since the route announced the next primary (in the background:
-            // the hold's acknowledgement must not wait for connections)
-            if let Some(next) = route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
-                // detached: dropping the set would abort the tasks
-                self.open_spares(next).detach_all();
-            }
         } else {
             // lift the hold, then publish: a session woken by the new epoch finds it lifted
             self.shared.hold.store(false, Ordering::SeqCst);
