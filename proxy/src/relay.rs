@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tracing::Instrument;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::idle_poll::IdlePoll;
 use crate::{Error, Shared};
