@@ -161,7 +161,7 @@ pub struct Shared {
     /// Backends their clients left, reset and waiting for the next client.
     pub idle: backend::pool::Pool,
     /// The relay threads, the proxy's own first: their connections and idle polling.
-    pub relays: Vec<relay::RelayThread>,
+    pub relays: Vec<Arc<relay::RelayThread>>,
     /// Cancelled when the proxy stops (after the drain, or when it fails to start): the relay
     /// threads end.
     pub stopped: CancellationToken,
@@ -344,7 +344,7 @@ impl Proxy {
             shutdown,
             tls,
             idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
-            relays: (0..opts.threads.max(1)).map(|_| relay::RelayThread::new(opts.idle_poll)).collect(),
+            relays: (0..opts.threads.max(1)).map(|i| Arc::new(relay::RelayThread::new(i, opts.idle_poll))).collect(),
             stopped: CancellationToken::new(),
             opts,
         });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::relay::RelayThread;
 use crate::Shared;
 
 macro_rules! counters {
@@ -67,53 +68,54 @@ pub fn sub(c: &AtomicU64, n: u64) {
     c.fetch_sub(n, Ordering::Relaxed);
 }
 
-/// Gauges worked out from the relay threads' own.
+/// The counters that sum up the relay threads' own.
 fn refresh(shared: &Shared) {
-    let widest = shared.relays.iter().map(|r| r.poll.window_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let polls = || shared.relays.iter().map(|r| &r.poll);
+    let widest = polls().map(|p| p.window_us.load(Ordering::Relaxed)).max().unwrap_or(0);
     shared.metrics.idle_poll_window_us.store(widest, Ordering::Relaxed);
+    shared.metrics.idle_poll_us_total.store(polls().map(|p| p.polled_us.load(Ordering::Relaxed)).sum(), Ordering::Relaxed);
 }
 
 /// A metric shown for each relay thread: name, kind, help, value.
-type PerThread = (&'static str, &'static str, &'static str, fn(&crate::relay::RelayThread) -> u64);
+type PerThread = (&'static str, &'static str, &'static str, fn(&RelayThread) -> u64);
 
-/// Everything `/metrics` shows: the counters, each relay thread's connections and polling
-/// window, and the shadow summary.
+const PER_THREAD: [PerThread; 3] = [
+    ("relay_connections", "gauge", "Client connections on each relay thread now.", |r| r.connections.load(Ordering::Relaxed)),
+    ("relay_idle_poll_window_us", "gauge", "Each relay thread's idle-polling window, microseconds.", |r| r.poll.window_us.load(Ordering::Relaxed)),
+    ("relay_idle_poll_us_total", "counter", "Microseconds each relay thread spent in polling mode after traffic (wall time, relaying included).", |r| {
+        r.poll.polled_us.load(Ordering::Relaxed)
+    }),
+];
+
+/// Everything `/metrics` shows: the counters, each relay thread's own, and the shadow summary.
 pub fn text(shared: &Shared) -> String {
     refresh(shared);
     let cluster = &shared.opts.cluster;
     let mut out = shared.metrics.render(cluster);
-    let per_thread: [PerThread; 3] = [
-        ("relay_connections", "gauge", "Client connections on each relay thread now.", |r| r.connections.load(Ordering::Relaxed)),
-        ("relay_idle_poll_window_us", "gauge", "Each relay thread's idle-polling window, microseconds.", |r| r.poll.window_us.load(Ordering::Relaxed)),
-        ("relay_idle_poll_us_total", "counter", "Microseconds each relay thread spent in polling mode after traffic (wall time, relaying included).", |r| {
-            r.poll.polled_us.load(Ordering::Relaxed)
-        }),
-    ];
-    for (name, kind, help, value) in per_thread {
+    for (name, kind, help, value) in PER_THREAD {
         out.push_str(&format!("# HELP dmf_proxy_{name} {help}\n# TYPE dmf_proxy_{name} {kind}\n"));
-        for (i, r) in shared.relays.iter().enumerate() {
-            out.push_str(&format!("dmf_proxy_{name}{{cluster=\"{cluster}\",thread=\"{i}\"}} {}\n", value(r)));
+        for r in &shared.relays {
+            out.push_str(&format!("dmf_proxy_{name}{{cluster=\"{cluster}\",thread=\"{}\"}} {}\n", r.index, value(r)));
         }
     }
     out.push_str(&shared.shadow_summary_metrics());
     out
 }
 
-/// The counters as JSON (heartbeats, `Handle::metrics`), with a `relay_threads` list.
+/// The counters as JSON (heartbeats, `Handle::metrics`), with a `relay_threads` list of each
+/// thread's own.
 pub fn json(shared: &Shared) -> serde_json::Value {
     refresh(shared);
     let mut v = shared.metrics.json();
     v["relay_threads"] = shared
         .relays
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            serde_json::json!({
-                "thread": i,
-                "connections": r.connections.load(Ordering::Relaxed),
-                "idle_poll_window_us": r.poll.window_us.load(Ordering::Relaxed),
-                "idle_poll_us_total": r.poll.polled_us.load(Ordering::Relaxed),
-            })
+        .map(|r| {
+            let mut t = serde_json::json!({ "thread": r.index });
+            for (name, _, _, value) in PER_THREAD {
+                t[name] = value(r).into();
+            }
+            t
         })
         .collect();
     v

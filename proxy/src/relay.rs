@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::idle_poll::IdlePoll;
@@ -29,33 +30,32 @@ use crate::{Error, Shared};
 /// What the rest of the proxy sees of one relay thread.
 #[derive(Debug)]
 pub struct RelayThread {
+    /// Its place in `Shared::relays`: 0 is the proxy's own thread.
+    pub index: usize,
     /// Client connections on this thread now, sessions and those still logging in.
     pub connections: AtomicU64,
     pub poll: IdlePoll,
 }
 
 impl RelayThread {
-    pub fn new(idle_poll: Duration) -> RelayThread {
-        RelayThread { connections: AtomicU64::new(0), poll: IdlePoll::new(idle_poll) }
+    pub fn new(index: usize, idle_poll: Duration) -> RelayThread {
+        RelayThread { index, connections: AtomicU64::new(0), poll: IdlePoll::new(idle_poll) }
     }
 }
 
-/// A connection counted on relay thread `thread` until it is dropped.
-pub struct Slot {
-    shared: Arc<Shared>,
-    pub thread: usize,
-}
+/// A connection counted on its relay thread until it is dropped.
+pub struct Slot(pub Arc<RelayThread>);
 
 impl Slot {
-    fn take(shared: &Arc<Shared>, thread: usize) -> Slot {
-        shared.relays[thread].connections.fetch_add(1, Ordering::Relaxed);
-        Slot { shared: shared.clone(), thread }
+    fn take(thread: &Arc<RelayThread>) -> Slot {
+        thread.connections.fetch_add(1, Ordering::Relaxed);
+        Slot(thread.clone())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.relays[self.thread].connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -64,7 +64,9 @@ type Handoff = (std::net::TcpStream, SocketAddr, Slot);
 /// The relay threads other than the proxy's own, and how to reach them. Dropping this (the proxy
 /// stopped, or failed before it served) ends them.
 pub struct Relays {
-    shared: Arc<Shared>,
+    cluster: String,
+    /// `Shared::stopped`: cancelled, it ends the threads.
+    stopped: CancellationToken,
     /// To thread i + 1.
     senders: Vec<mpsc::UnboundedSender<Handoff>>,
     /// Each thread's end, once its runtime is gone.
@@ -74,7 +76,7 @@ pub struct Relays {
 impl Relays {
     /// Start threads 1.. of `shared.relays`; none when the proxy relays on one thread.
     pub fn start(shared: &Arc<Shared>) -> Result<Relays, Error> {
-        let mut relays = Relays { shared: shared.clone(), senders: Vec::new(), ended: Vec::new() };
+        let mut relays = Relays { cluster: shared.opts.cluster.clone(), stopped: shared.stopped.clone(), senders: Vec::new(), ended: Vec::new() };
         for thread in 1..shared.relays.len() {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -102,25 +104,30 @@ impl Relays {
     /// Run a new connection on the relay thread with the fewest connections. Ties go to the last
     /// thread: thread 0 also runs the control plane's tasks.
     pub fn dispatch(&self, sock: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-        let thread = (0..shared.relays.len()).rev().min_by_key(|&i| shared.relays[i].connections.load(Ordering::Relaxed)).unwrap_or(0);
-        if thread == 0 {
-            tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(shared, 0)));
-            return;
+        let Some(least) = shared.relays.iter().rev().min_by_key(|r| r.connections.load(Ordering::Relaxed)) else { return };
+        let here = if least.index == 0 { Some(sock) } else { self.hand_off(sock, peer, least) };
+        if let Some(sock) = here {
+            tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(&shared.relays[0])));
         }
+    }
+
+    /// Give a connection to relay thread `to` (not 0). The socket comes back if that thread is
+    /// gone (it only ends at shutdown), to be served here; None once handed off, or lost (logged).
+    fn hand_off(&self, sock: TcpStream, peer: SocketAddr, to: &Arc<RelayThread>) -> Option<TcpStream> {
+        let (cluster, thread) = (&self.cluster, to.index);
         let sock = match sock.into_std() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, thread, error = %e, "connection closed: it could not be handed to a relay thread");
-                return;
+                tracing::warn!(cluster = %cluster, peer = %peer, thread, error = %e, "connection closed: it could not be handed to a relay thread");
+                return None;
             }
         };
-        if let Err(mpsc::error::SendError((sock, peer, _))) = self.senders[thread - 1].send((sock, peer, Slot::take(shared, thread))) {
-            // the thread is gone (it only ends at shutdown): serve the connection here
-            match TcpStream::from_std(sock) {
-                Ok(sock) => {
-                    tokio::spawn(crate::frontend::connection(sock, peer, shared.clone(), Slot::take(shared, 0)));
-                }
-                Err(e) => tracing::warn!(cluster = %shared.opts.cluster, peer = %peer, thread, error = %e, "connection closed: relay thread gone, and it could not be taken back"),
+        let Err(mpsc::error::SendError((sock, _, _))) = self.senders[thread - 1].send((sock, peer, Slot::take(to))) else { return None };
+        match TcpStream::from_std(sock) {
+            Ok(sock) => Some(sock),
+            Err(e) => {
+                tracing::warn!(cluster = %cluster, peer = %peer, thread, error = %e, "connection closed: relay thread gone, and it could not be taken back");
+                None
             }
         }
     }
@@ -128,7 +135,7 @@ impl Relays {
     /// End the threads (with the sessions still on them) and wait up to `wait` for them. False if
     /// one did not end in time; it is then left to end on its own.
     pub async fn join(mut self, wait: Duration) -> bool {
-        self.shared.stopped.cancel();
+        self.stopped.cancel();
         self.senders.clear();
         let ended = std::mem::take(&mut self.ended);
         tokio::time::timeout(wait, futures::future::join_all(ended)).await.is_ok()
@@ -137,7 +144,7 @@ impl Relays {
 
 impl Drop for Relays {
     fn drop(&mut self) {
-        self.shared.stopped.cancel();
+        self.stopped.cancel();
     }
 }
 

@@ -332,25 +332,23 @@ impl ProxyProc {
 
     /// One counter from the proxy's Prometheus endpoint.
     pub fn metric(&self, name: &str) -> f64 {
-        let body = http_get(self.metrics_port, "/metrics");
-        let prefix = format!("dmf_proxy_{name}{{");
-        body.lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+        self.metric_labelled(name, "")
     }
 
-    /// One relay thread's value of a per-thread gauge (`dmf_proxy_relay_*{thread="N"}`).
+    /// One relay thread's value of a per-thread metric (`dmf_proxy_relay_*{thread="N"}`).
     pub fn thread_metric(&self, name: &str, thread: usize) -> f64 {
+        self.metric_labelled(name, &format!("thread=\"{thread}\""))
+    }
+
+    /// The first series of metric `name` whose labels contain `label`.
+    fn metric_labelled(&self, name: &str, label: &str) -> f64 {
         let body = http_get(self.metrics_port, "/metrics");
         let prefix = format!("dmf_proxy_{name}{{");
-        let label = format!("thread=\"{thread}\"");
         body.lines()
-            .find(|l| l.starts_with(&prefix) && l.contains(&label))
+            .find(|l| l.starts_with(&prefix) && l.contains(label))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} for thread {thread} in:\n{body}"))
+            .unwrap_or_else(|| panic!("no metric {name}{{{label}}} in:\n{body}"))
     }
 
     /// CPU time (user + system, clock ticks) of the proxy's thread named `name`.

@@ -213,14 +213,17 @@ impl Backend {
         Ok(())
     }
 
-    /// The same backend with its socket registered on the runtime this runs on: a backend parked
-    /// or opened by another relay thread would otherwise have its wake-ups go through that
-    /// thread's event loop, and stop working with it.
-    pub fn rehome(self) -> Result<Backend, Error> {
+    /// The same backend, moved from relay thread `from` to `to`, the one this runs on: its socket
+    /// is registered again on this runtime (nothing to do when the threads are the same). A
+    /// backend parked or opened by another relay thread would otherwise have its wake-ups go
+    /// through that thread's event loop, and stop working with it.
+    pub fn rehome(self, from: usize, to: usize) -> Result<Backend, Error> {
+        if from == to {
+            return Ok(self);
+        }
         let Backend { stream, endpoint, pid, secret, params, prepared, rbuf } = self;
-        let label = endpoint.label();
         let moved = stream.into_std().and_then(TcpStream::from_std);
-        let stream = moved.map_err(|e| Error::backend(&label, format!("cannot move the connection to this relay thread: {e}")))?;
+        let stream = moved.map_err(|e| Error::backend(&endpoint.label(), format!("cannot move the connection from relay thread {from} to {to}: {e}")))?;
         Ok(Backend { stream, endpoint, pid, secret, params, prepared, rbuf })
     }
 
@@ -317,7 +320,7 @@ mod tests {
         drop(opener);
         let other = rt("other");
         other.block_on(async {
-            let mut b = backend.rehome().expect("rehome");
+            let mut b = backend.rehome(0, 1).expect("rehome");
             b.stream.write_all(b"pong").await.expect("write after rehome");
             let mut buf = [0u8; 4];
             tokio::time::timeout(std::time::Duration::from_secs(5), b.stream.read_exact(&mut buf)).await.expect("read in time").expect("read after rehome");

@@ -72,15 +72,11 @@ impl Pool {
     pub async fn checkout(&self, key: &Key, epoch: u64, thread: usize, metrics: &Metrics) -> Option<Backend> {
         loop {
             let (parked, waited) = self.take(key, epoch, metrics)?;
-            let mut backend = if parked.thread == thread {
-                parked.backend
-            } else {
-                match parked.backend.rehome() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, from = parked.thread, to = thread, "parked backend closed: it could not move to this relay thread");
-                        continue;
-                    }
+            let mut backend = match parked.backend.rehome(parked.thread, thread) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parked backend closed: it could not move to this relay thread");
+                    continue;
                 }
             };
             if waited >= CHECK_AFTER && !matches!(tokio::time::timeout(CHECK_TIMEOUT, backend.simple_query("")).await, Ok(Ok(_))) {

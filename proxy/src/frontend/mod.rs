@@ -40,7 +40,8 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, relays: &cr
     }
 }
 
-/// One client connection, on the relay thread of `slot`, from its first byte to its end.
+/// One client connection, on the relay thread of `slot` (counted there until it ends), from its
+/// first byte to its end.
 pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: crate::relay::Slot) {
     let _ = sock.set_nodelay(true);
     let client = ClientStream::Plain(sock);
@@ -70,7 +71,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     };
     let user = params.get("user").unwrap_or_default().to_string();
     add(&shared.metrics.connections_total, 1);
-    match open(&mut client, &mut buf, peer, &params, &shared, slot.thread).await {
+    match open(&mut client, &mut buf, peer, &params, &shared, slot.0.index).await {
         Ok((backend, admitted)) => {
             add(&shared.metrics.connections_active, 1);
             let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
@@ -81,7 +82,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             let in_tx = Arc::new(AtomicBool::new(false));
             let (pid, secret) = fresh_key(&shared);
             let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
-            let entry = SessionEntry { signal, in_tx, cancel: target.clone(), params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.thread };
+            let entry = SessionEntry { signal, in_tx, cancel: target.clone(), params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
             lock(&shared.sessions).insert(id, entry.clone());
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);
@@ -105,7 +106,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
                 }
                 if let Some((backend, epoch)) = left {
                     let key = crate::backend::pool::Key::new(&backend.endpoint.dsn, &login);
-                    if let Err(e) = shared.idle.put(backend, key, epoch, slot.thread, &shared.metrics).await {
+                    if let Err(e) = shared.idle.put(backend, key, epoch, slot.0.index, &shared.metrics).await {
                         tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
                     }
                 }

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::signal::{Signal, KILL, SHUTDOWN};
 use super::stream::{send_all, ClientStream};
 use crate::backend::{consume, Backend};
+use crate::relay::RelayThread;
 use crate::metrics::{add, sub};
 use crate::protocol::frame::{self, Target};
 use crate::protocol::startup::Params;
@@ -112,7 +113,7 @@ impl HeldState {
 pub struct Session {
     shared: Arc<Shared>,
     /// The relay thread this session runs on (`relay`).
-    relay: usize,
+    relay: Arc<RelayThread>,
     id: u64,
     client: ClientStream,
     cbuf: Vec<u8>,
@@ -160,9 +161,10 @@ impl Session {
         let route = shared.route();
         let route_rx = shared.route_tx.subscribe();
         let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+        let relay = shared.relays[entry.thread].clone();
         Session {
             shared,
-            relay: entry.thread,
+            relay,
             id,
             client,
             cbuf,
@@ -266,7 +268,7 @@ impl Session {
             tokio::select! {
                 biased;
                 r = be.stream.read_buf(&mut be.rbuf) => {
-                    self.shared.relays[self.relay].poll.touch();
+                    self.relay.poll.touch();
                     if r? == 0 {
                         let label = be.endpoint.label();
                         self.fatal("08006", &format!("dmf proxy: the server {label} closed the connection")).await;
@@ -275,7 +277,7 @@ impl Session {
                     self.pump_server().await?;
                 }
                 r = self.client.read_buf(&mut self.cbuf), if !blocked => {
-                    self.shared.relays[self.relay].poll.touch();
+                    self.relay.poll.touch();
                     if r? == 0 {
                         return Ok(());
                     }
@@ -722,17 +724,9 @@ impl Session {
     /// A spare backend, on this session's relay thread: spares are opened by the control task,
     /// which runs on thread 0. None (and a warning) if its socket cannot move.
     fn adopt(&self, b: Backend) -> Option<Backend> {
-        if self.relay == 0 {
-            return Some(b);
-        }
-        let to = b.endpoint.label();
-        match b.rehome() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(cluster = %self.shared.opts.cluster, session = self.id, to = %to, error = %e, "backend opened ahead of the move closed; the move opens another");
-                None
-            }
-        }
+        b.rehome(0, self.relay.index)
+            .map_err(|e| tracing::warn!(cluster = %self.shared.opts.cluster, session = self.id, error = %e, "backend opened ahead of the move closed; the move opens another"))
+            .ok()
     }
 
     /// Parked at a hold that announces the next primary: once the proxy has opened this session's
