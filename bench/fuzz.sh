@@ -4,6 +4,8 @@
 # Knobs: FUZZ_SECONDS (default 30). Needs a nightly toolchain; installs cargo-fuzz when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_build_tools
 seconds="${FUZZ_SECONDS:-30}"
 if ! cargo +nightly --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || {

@@ -10,11 +10,16 @@ apt_install() {
         echo "missing: $* — install these packages (Debian: apt-get install $*) and run again" >&2
         exit 1
     fi
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# apt_update_once: refresh the package lists once per run (look-ups find nothing before it).
+apt_update_once() {
     if [ -z "${DMF_APT_UPDATED:-}" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
         export DMF_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 ensure_postgres() {
@@ -36,14 +41,130 @@ ensure_postgres() {
     export PATH="$bin:$PATH"
 }
 
-# What the build and the tests need besides PostgreSQL: libclang (pg_query's bindgen), openssl (a
-# test certificate), psycopg 3 (a real Python client of the proxy), moto in server mode with boto3
-# (the local AWS API emulator of the aws provider's tests).
-ensure_test_tools() {
-    if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
-        echo "installing libclang-dev (pg_query builds PostgreSQL's parser with bindgen)" >&2
-        apt_install libclang-dev
+# --- what the build needs -----------------------------------------------------------------------
+# pg_query builds PostgreSQL's parser and generates its Rust bindings with bindgen, which loads
+# libclang at build time through clang-sys; ring and libfuzzer build C and C++. A fresh machine
+# often has `libclang-cpp.so.N` (LLVM's C++ library, which clang-sys skips) and no libclang, or a
+# libclang without clang's own headers, and then the build fails minutes in. These functions look
+# where clang-sys looks, so that "found" here means the build will find it too.
+
+# is_elf64 FILE: FILE is a 64-bit ELF object (clang-sys rejects a library of the wrong class).
+is_elf64() {
+    [ "$(od -An -tx1 -N5 "$1" 2>/dev/null | tr -d ' \n')" = "7f454c4602" ]
+}
+
+# libclang_dirs [ROOT]: the directories clang-sys searches for libclang, in its order. With ROOT
+# (a test's fake file system) only its fixed directories, under ROOT, as clang-sys's own tests do.
+libclang_dirs() {
+    local root="${1:-}" dir prefix
+    if [ -z "$root" ]; then
+        if [ -n "${LIBCLANG_PATH:-}" ]; then echo "$LIBCLANG_PATH"; return; fi
+        prefix="$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null | head -n 1)" || true
+        [ -n "$prefix" ] && printf '%s\n' "$prefix/bin" "$prefix/lib" "$prefix/lib64"
+        local IFS=:
+        for dir in ${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-}; do [ -n "$dir" ] && echo "$dir"; done
+        unset IFS
     fi
+    for dir in "$root"/usr/local/llvm*/lib* "$root"/usr/local/lib*/*/* "$root"/usr/local/lib*/* \
+               "$root"/usr/local/lib* "$root"/usr/lib*/*/* "$root"/usr/lib*/* "$root"/usr/lib*; do
+        [ -d "$dir" ] && echo "$dir"
+    done
+}
+
+# find_libclang [ROOT]: prints the first libclang that clang-sys would load (the names it globs
+# for, less `libclang-cpp`, 64-bit ELF), or fails.
+find_libclang() {
+    local dir file
+    while IFS= read -r dir; do
+        for file in "$dir"/libclang.so "$dir"/libclang-*.so "$dir"/libclang.so.* "$dir"/libclang-*.so.*; do
+            case "${file##*/}" in *-cpp.*) continue ;; esac
+            if [ -f "$file" ] && is_elf64 "$file"; then echo "$file"; return 0; fi
+        done
+    done < <(libclang_dirs "${1:-}")
+    return 1
+}
+
+# find_clang_headers [ROOT]: prints the include directory of clang's own headers (its resource
+# directory, where bindgen's clang finds `stddef.h`), or fails.
+find_clang_headers() {
+    local root="${1:-}" lib prefix header
+    local -a dirs=()
+    if lib="$(find_libclang "$root")"; then
+        dirs+=("$(dirname "$lib")" "$(dirname "$(readlink -f "$lib")")")
+    fi
+    if [ -z "$root" ]; then
+        prefix="$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null | head -n 1)" || true
+        [ -n "$prefix" ] && dirs+=("$prefix/lib")
+    fi
+    dirs+=("$root"/usr/lib/llvm-*/lib "$root"/usr/lib "$root"/usr/local/lib "$root"/usr/lib64)
+    for dir in "${dirs[@]}"; do
+        for header in "$dir"/clang/*/include/stddef.h; do
+            if [ -f "$header" ]; then dirname "$header"; return 0; fi
+        done
+    done
+    return 1
+}
+
+# check_build_tools [ROOT]: prints "ok" or "missing: <what>" for each thing the build needs.
+check_build_tools() {
+    local root="${1:-}" lib headers
+    if lib="$(find_libclang "$root")"; then echo "ok: libclang $lib"
+    else echo "missing: libclang (a libclang.so or libclang-N.so.M that clang-sys loads; libclang-cpp is not it)"; fi
+    if headers="$(find_clang_headers "$root")"; then echo "ok: clang headers $headers"
+    else echo "missing: clang's headers (stddef.h in clang's resource directory)"; fi
+    if [ -z "$root" ]; then
+        if command -v "${CC:-cc}" >/dev/null; then echo "ok: C compiler"; else echo "missing: C compiler (cc)"; fi
+        if command -v "${CXX:-c++}" >/dev/null; then echo "ok: C++ compiler"; else echo "missing: C++ compiler (c++)"; fi
+        if command -v cargo >/dev/null; then echo "ok: cargo"; else echo "missing: cargo (a Rust toolchain: rustup.rs)"; fi
+    fi
+}
+
+# libclang_packages: Debian's packages for libclang and clang's headers, of the distribution's
+# default LLVM (libclang-dev depends on libclang-N-dev); the two small ones instead of the 240 MB
+# development package with its static libraries.
+libclang_packages() {
+    local n
+    n="$(apt-cache depends libclang-dev 2>/dev/null | sed -n 's/.*Depends: libclang-\([0-9][0-9]*\)-dev$/\1/p' | head -n 1)"
+    if [ -n "$n" ]; then echo "libclang1-$n libclang-common-$n-dev"; else echo "libclang-dev"; fi
+}
+
+# ensure_build_tools: what `cargo build` needs besides the Rust toolchain, installed when missing
+# (root with apt), otherwise named with the way to install it by hand. Called before every build.
+ensure_build_tools() {
+    local missing
+    missing="$(check_build_tools | grep '^missing' || true)"
+    [ -z "$missing" ] && return 0
+    if grep -q 'missing: cargo' <<<"$missing"; then
+        echo "$missing" >&2
+        echo "install a Rust toolchain (https://rustup.rs) and run again" >&2
+        exit 1
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "$missing" >&2
+        echo "the build needs libclang and clang's headers (Debian: libclang1-N libclang-common-N-dev, or" >&2
+        echo "libclang-dev) and a C/C++ compiler (build-essential); without root, point LIBCLANG_PATH at a" >&2
+        echo "directory holding libclang.so with clang/N/include beside it — README, Requirements, says how" >&2
+        exit 1
+    fi
+    local packages=""
+    apt_update_once
+    grep -q 'missing: libclang\|missing: clang' <<<"$missing" && packages="$(libclang_packages)"
+    grep -q 'compiler' <<<"$missing" && packages="$packages build-essential"
+    echo "installing $packages (pg_query's bindgen loads libclang; ring and libfuzzer build C/C++)" >&2
+    # shellcheck disable=SC2086
+    apt_install $packages
+    missing="$(check_build_tools | grep '^missing' || true)"
+    if [ -n "$missing" ]; then
+        echo "$missing" >&2
+        echo "still missing after installing $packages: install it by hand (see README, Requirements)" >&2
+        exit 1
+    fi
+}
+
+# What the tests need besides PostgreSQL and the build: openssl (a test certificate), psycopg 3 (a
+# real Python client of the proxy), moto in server mode with boto3 (the local AWS API emulator of
+# the aws provider's tests).
+ensure_test_tools() {
     command -v openssl >/dev/null || apt_install openssl
     if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
         echo "installing psycopg 3" >&2
@@ -100,6 +221,7 @@ stop_cluster() {
 # Benchmarks: build the release dmf ($DMF), make a workspace ($BASE) for the clusters and the
 # background processes ($PIDS) they start, and stop and remove all of it on exit.
 bench_setup() {
+    ensure_build_tools
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
     cargo build --release --quiet --bin dmf
     DMF="$CARGO_TARGET_DIR/release/dmf"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Tests of scripts/lib.sh's build-tool checks against fake file systems: that "found" means what
+# clang-sys (bindgen's libclang loader) would load, so a machine with only LLVM's C++ library is
+# told that libclang is missing before a build fails minutes in. Run by scripts/test.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+root="$(mktemp -d)"
+trap 'rm -rf "$root"' EXIT
+passed=0 failed=0
+
+# expect NAME WANT: the check of $root prints a line starting with WANT for libclang or headers.
+expect() {
+    local name="$1" want="$2" got
+    got="$(check_build_tools "$root")"
+    if grep -q "^$want" <<<"$got"; then
+        echo "test build_tools::$name ... ok"; passed=$((passed + 1))
+    else
+        echo "test build_tools::$name ... FAILED: wanted a line '$want', got:"; sed 's/^/    /' <<<"$got"
+        failed=$((failed + 1))
+    fi
+}
+elf() { mkdir -p "$(dirname "$root/$1")"; cp "$(readlink -f /bin/true)" "$root/$1"; }
+
+# What a fresh machine of this kind has: LLVM's C++ library, which clang-sys skips.
+elf usr/lib/llvm-14/lib/libclang-cpp.so.14
+ln -s ../llvm-14/lib/libclang-cpp.so.14 "$root/usr/lib/libclang-cpp.so.14"
+expect only_libclang_cpp_is_missing "missing: libclang"
+expect only_libclang_cpp_has_no_headers "missing: clang's headers"
+
+# A file with libclang's name that is no 64-bit ELF library is not loadable either.
+echo "not a library" > "$root/usr/lib/llvm-14/lib/libclang.so.1"
+expect non_elf_libclang_is_missing "missing: libclang"
+rm "$root/usr/lib/llvm-14/lib/libclang.so.1"
+
+# The runtime package's library (Debian's libclang1-N), found under its versioned name.
+elf usr/lib/x86_64-linux-gnu/libclang-14.so.14.0.6
+expect runtime_libclang_is_found "ok: libclang $root/usr/lib/x86_64-linux-gnu/libclang-14.so.14.0.6"
+expect libclang_without_stddef_is_missing_headers "missing: clang's headers"
+
+# clang's headers from the common development package (Debian's libclang-common-N-dev).
+mkdir -p "$root/usr/lib/llvm-14/lib/clang/14.0.6/include"
+touch "$root/usr/lib/llvm-14/lib/clang/14.0.6/include/stddef.h"
+expect clang_headers_are_found "ok: clang headers $root/usr/lib/llvm-14/lib/clang/14.0.6/include"
+
+# Cargo's summary format, so that scripts/test.sh counts these with the Rust tests.
+status=ok; [ "$failed" -gt 0 ] && status=FAILED
+echo "test result: $status. $passed passed; $failed failed"
+[ "$failed" -eq 0 ]
