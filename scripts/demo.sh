@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 # The `demo` profile (Cargo.toml): optimised, without release's whole-program optimisation.
 bin="$CARGO_TARGET_DIR/demo/dmf"
 if [ ! -x "$bin" ]; then
-    echo "building dmf: the first build takes about 7 minutes on 2 cores (crates downloaded, then compiled); later runs rebuild only what changed" >&2
+    echo "building dmf: the first build takes about 8 minutes on 2 cores (crates downloaded, then compiled); later runs rebuild only what changed" >&2
 fi
 quiet=(--quiet)
 [ -t 2 ] && quiet=()   # on a terminal, cargo's progress bar shows how far the build is

@@ -84,14 +84,26 @@ find_libclang() {
     return 1
 }
 
-# find_clang_headers [ROOT]: prints the include directory of clang's own headers (its resource
-# directory, where bindgen's clang finds `stddef.h`), or fails.
+# find_clang_headers [ROOT]: prints the directory of clang's own headers (`stddef.h`) that
+# bindgen's clang will search, or fails: one named by `-isystem` or `-I` in
+# BINDGEN_EXTRA_CLANG_ARGS, else an installed resource directory. Debian's libclang looks in
+# /usr/lib/llvm-N/lib/clang/*/include even when it was unpacked elsewhere, so headers beside a
+# relocated libclang count only when named in BINDGEN_EXTRA_CLANG_ARGS.
 find_clang_headers() {
-    local root="${1:-}" lib prefix header
+    local root="${1:-}" arg prefix header dir take=""
     local -a dirs=()
-    if lib="$(find_libclang "$root")"; then
-        dirs+=("$(dirname "$lib")" "$(dirname "$(readlink -f "$lib")")")
-    fi
+    for arg in ${BINDGEN_EXTRA_CLANG_ARGS:-}; do
+        if [ -n "$take" ]; then dirs+=("$arg"); take=""; continue; fi
+        case "$arg" in
+            -isystem|-I) take=1 ;;
+            -isystem*) dirs+=("${arg#-isystem}") ;;
+            -I*) dirs+=("${arg#-I}") ;;
+        esac
+    done
+    for dir in "${dirs[@]}"; do
+        if [ -f "$dir/stddef.h" ]; then echo "$dir"; return 0; fi
+    done
+    dirs=()
     if [ -z "$root" ]; then
         prefix="$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null | head -n 1)" || true
         [ -n "$prefix" ] && dirs+=("$prefix/lib")
@@ -111,7 +123,7 @@ check_build_tools() {
     if lib="$(find_libclang "$root")"; then echo "ok: libclang $lib"
     else echo "missing: libclang (a libclang.so or libclang-N.so.M that clang-sys loads; libclang-cpp is not it)"; fi
     if headers="$(find_clang_headers "$root")"; then echo "ok: clang headers $headers"
-    else echo "missing: clang's headers (stddef.h in clang's resource directory)"; fi
+    else echo "missing: clang's headers (stddef.h in clang's resource directory, or in a directory BINDGEN_EXTRA_CLANG_ARGS names with -isystem)"; fi
     if [ -z "$root" ]; then
         if command -v "${CC:-cc}" >/dev/null; then echo "ok: C compiler"; else echo "missing: C compiler (cc)"; fi
         if command -v "${CXX:-c++}" >/dev/null; then echo "ok: C++ compiler"; else echo "missing: C++ compiler (c++)"; fi
@@ -142,8 +154,8 @@ ensure_build_tools() {
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         echo "$missing" >&2
         echo "the build needs libclang and clang's headers (Debian: libclang1-N libclang-common-N-dev, or" >&2
-        echo "libclang-dev) and a C/C++ compiler (build-essential); without root, point LIBCLANG_PATH at a" >&2
-        echo "directory holding libclang.so with clang/N/include beside it — README, Requirements, says how" >&2
+        echo "libclang-dev) and a C/C++ compiler (build-essential); without root, unpack libclang into your home" >&2
+        echo "and set LIBCLANG_PATH and BINDGEN_EXTRA_CLANG_ARGS — README, Requirements, says how" >&2
         exit 1
     fi
     local packages=""

@@ -5,6 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+unset LIBCLANG_PATH BINDGEN_EXTRA_CLANG_ARGS
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 passed=0 failed=0
@@ -37,6 +38,16 @@ rm "$root/usr/lib/llvm-14/lib/libclang.so.1"
 elf usr/lib/x86_64-linux-gnu/libclang-14.so.14.0.6
 expect runtime_libclang_is_found "ok: libclang $root/usr/lib/x86_64-linux-gnu/libclang-14.so.14.0.6"
 expect libclang_without_stddef_is_missing_headers "missing: clang's headers"
+
+# Headers beside a libclang unpacked elsewhere are not where Debian's libclang looks...
+mkdir -p "$root/home/me/clang/lib/clang/14.0.6/include"
+touch "$root/home/me/clang/lib/clang/14.0.6/include/stddef.h"
+expect unpacked_headers_alone_are_missing "missing: clang's headers"
+# ...unless BINDGEN_EXTRA_CLANG_ARGS names them, in either spelling.
+BINDGEN_EXTRA_CLANG_ARGS="-isystem $root/home/me/clang/lib/clang/14.0.6/include" \
+    expect headers_named_by_bindgen_args_are_found "ok: clang headers $root/home/me/clang/lib/clang/14.0.6/include"
+BINDGEN_EXTRA_CLANG_ARGS="-I$root/home/me/clang/lib/clang/14.0.6/include" \
+    expect headers_named_by_bindgen_args_are_found_joined "ok: clang headers $root/home/me/clang/lib/clang/14.0.6/include"
 
 # clang's headers from the common development package (Debian's libclang-common-N-dev).
 mkdir -p "$root/usr/lib/llvm-14/lib/clang/14.0.6/include"
