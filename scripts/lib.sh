@@ -11,7 +11,7 @@ apt_install() {
         exit 1
     fi
     apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq "$@" >/dev/null
 }
 
 # apt_update_once: refresh the package lists once per run (look-ups find nothing before it).
