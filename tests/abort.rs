@@ -53,7 +53,7 @@ fn abort_from_every_phase_leaves_nothing_behind() {
         .iter()
         .map(|p| format!("at-{p}"))
         .chain(std::iter::once("busy".to_string()))
-        .map(|c| (c.clone(), env.cp_query(&format!("SELECT coalesce(state->>'target_dir', '') FROM dmf.migrations WHERE cluster = '{c}'"))))
+        .map(|c| (c.clone(), env.state(&c).local_dir.unwrap_or_default()))
         .collect();
     for p in PHASES {
         let out = env.dmf(&["abort", &format!("at-{p}"), "--json"]);

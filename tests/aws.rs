@@ -61,8 +61,9 @@ fn world(name: &str, moto_env: &[(&str, &str)], rds: &[&str], dbs: &[&str], auro
     World { src, aurora, moto, subnets: seeded["subnets"].to_string(), security_group, env }
 }
 
-fn state(env: &Env, cluster: &str, path: &str) -> String {
-    env.cp_query(&format!("SELECT coalesce(m.state #>> '{{{path}}}', '') FROM dmf.migrations m WHERE cluster = '{cluster}'"))
+/// The RDS source that preflight found for `cluster`.
+fn aws_source(env: &Env, cluster: &str) -> dmf_aws::rds::Source {
+    env.state(cluster).aws_source.unwrap_or_else(|| panic!("{cluster}: no RDS source recorded"))
 }
 
 fn cluster<'a>(cs: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
@@ -136,9 +137,10 @@ dms_instance_class = "dms.t3.medium"
     }
 
     // Discovery: the source instances and their parameter groups.
-    assert_eq!(state(&env, "billing", "aws_source,identifier"), "billing-db");
-    assert_eq!(state(&env, "billing", "aws_source,parameter_group"), "billing-db-params");
-    assert_eq!(state(&env, "billing", "aws_source,logical_replication"), "1");
+    let billing_source = aws_source(&env, "billing");
+    assert_eq!(billing_source.identifier, "billing-db");
+    assert_eq!(billing_source.parameter_group.as_deref(), Some("billing-db-params"));
+    assert_eq!(billing_source.logical_replication.as_deref(), Some("1"));
 
     // Provisioning: clusters with a writer (and a reader for billing), the cluster parameter group
     // with logical replication on, subnet groups from the manifest's subnets.
@@ -154,8 +156,9 @@ dms_instance_class = "dms.t3.medium"
     // The routes' endpoints are Aurora's; dmf's own connection goes through connect_via.
     let writer = billing["endpoint"].as_str().expect("writer endpoint");
     let reader = billing["reader_endpoint"].as_str().expect("reader endpoint");
-    assert!(state(&env, "billing", "target_route_dsn").contains(writer));
-    assert!(state(&env, "billing", "target_read_dsn").contains(reader));
+    let billing_target = env.state("billing").target;
+    assert!(billing_target.target_route_dsn.unwrap_or_default().contains(writer));
+    assert!(billing_target.target_read_dsn.unwrap_or_default().contains(reader));
     assert!(env.target_dsn("billing").contains(&via));
 
     // billing replicates natively into the stand-in: rows written after hydration arrive.
@@ -238,11 +241,12 @@ fn preflight_names_the_parameter_group_and_serverless_dms_goes_as_far_as_moto() 
         cluster(cs, "orders")["phase"] == "aborted" && cluster(cs, "events")["phase"] == "failed" && cluster(cs, "stock")["paused"] == true
     });
     // An Aurora source named by one of its instances: the cluster's parameter group decides.
-    assert_eq!(state(env, "stock", "aws_source,kind"), "cluster");
-    assert_eq!(state(env, "stock", "aws_source,identifier"), "stock");
-    assert_eq!(state(env, "stock", "aws_source,parameter_group"), "stock-params");
-    assert_eq!(state(env, "stock", "aws_source,logical_replication"), "1");
-    assert_eq!(state(env, "stock", "aws_source,engine"), "aurora-postgresql");
+    let stock = aws_source(env, "stock");
+    assert_eq!(stock.kind, "cluster");
+    assert_eq!(stock.identifier, "stock");
+    assert_eq!(stock.parameter_group.as_deref(), Some("stock-params"));
+    assert_eq!(stock.logical_replication.as_deref(), Some("1"));
+    assert_eq!(stock.engine, "aurora-postgresql");
     let cs = env.clusters();
     let orders = cluster(&cs, "orders");
     assert_eq!(orders["abort_reason"], "preflight_failed", "{orders}");
@@ -307,7 +311,7 @@ fn throttling_is_retried_and_a_permanent_error_fails_with_its_code_then_resume_a
     let retries = env.cp_query("SELECT string_agg(detail, ' | ') FROM dmf.events WHERE cluster = 'orders' AND kind = 'retry'");
     assert!(retries.contains("CreateDBCluster: ThrottlingException"), "{retries}");
     // "no source instance in this region" is a warning (the source is not on RDS)
-    assert!(state(&env, "orders", "preflight").contains("not an RDS instance or cluster"));
+    assert!(env.state("orders").preflight.findings.iter().any(|f| f.message.contains("not an RDS instance or cluster")));
 
     // Resume with the fault gone: the cluster made by the earlier attempt is adopted (no new
     // CreateDBCluster), the writer and a reader are made, and the migration moves on.

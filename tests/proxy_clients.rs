@@ -142,8 +142,13 @@ async fn tokio_postgres_prepared_binary_copy_transactions_errors_and_cancel() {
     // a cancel request reaches the backend through the proxy's key
     let token = client.cancel_token();
     let started = Instant::now();
-    let sleeper = tokio::spawn(async move { client.execute("SELECT pg_sleep(30)", &[]).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sleeper = tokio::spawn(async move { client.execute("SELECT pg_sleep(30) AS cancel_me", &[]).await });
+    // cancel once the backend runs the statement (a cancel that arrives first cancels nothing)
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%AS cancel_me' AND pid <> pg_backend_pid()";
+    while psql(&src.dsn("app"), running) != "1" {
+        assert!(started.elapsed() < Duration::from_secs(10), "pg_sleep never started through the proxy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
     let err = sleeper.await.expect("join").expect_err("cancelled");
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));

@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::hydrate::{drop_slot, subscription_exists};
 use crate::providers::aws;
 use crate::providers::local::LocalCluster;
+use crate::state::{LocalDir, LocalPort, TargetCreated};
 use crate::{pg, Context, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
 
@@ -21,13 +22,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         return Ok(Outcome::Watch(std::time::Duration::from_secs(2)));
     }
     // Target first: a subscription left enabled would recreate activity on the slot.
-    if let Some(target_dsn) = ctx.target_dsn().filter(|_| !crate::dms::uses_dms(ctx)) {
-        let reachable = if !provisioned_by_us(m) {
+    if let Some(target_dsn) = ctx.target_dsn()?.filter(|_| !crate::dms::uses_dms(ctx)) {
+        let reachable = if !provisioned_by_us(ctx)? {
             true
         } else if m.provider == "aws" {
-            !aws::teardown_started(ctx)
+            !aws::teardown_started(ctx)?
         } else {
-            local_target(ctx).map(|c| c.is_running()).unwrap_or(true)
+            local_target(ctx)?.map(|c| c.is_running()).unwrap_or(true)
         };
         if reachable {
             let target = pg::connect(&target_dsn, &format!("target of {cluster}")).await?;
@@ -46,12 +47,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     pg::exec(&source, "drop publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&names.publication))).await?;
     pg::exec(&source, "drop heartbeat schema", &format!("DROP SCHEMA IF EXISTS {} CASCADE", pg::ident(HEARTBEAT_SCHEMA))).await?;
     let teardown = m.settings.get("teardown_target").and_then(|v| v.as_bool()).unwrap_or(true);
-    if let Some(spec) = aws::provisioned(ctx).filter(|_| teardown && provisioned_by_us(m)) {
+    let spec = if teardown && provisioned_by_us(ctx)? { aws::provisioned(ctx)? } else { None };
+    if let Some(spec) = spec {
         if !aws::teardown(ctx, &spec).await? {
             return Ok(Outcome::Watch(std::time::Duration::from_secs(2)));
         }
     }
-    if let Some(c) = local_target(ctx) {
+    if let Some(c) = local_target(ctx)? {
         if teardown {
             tokio::task::spawn_blocking(move || c.destroy())
                 .await
@@ -64,17 +66,17 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
 }
 
 /// The local cluster this migration provisioned, if any.
-fn local_target(ctx: &Context) -> Option<LocalCluster> {
-    let m = &ctx.migration;
-    if !provisioned_by_us(m) {
-        return None;
+fn local_target(ctx: &Context) -> Result<Option<LocalCluster>, Error> {
+    if !provisioned_by_us(ctx)? {
+        return Ok(None);
     }
-    let dir = m.state_str("target_dir")?;
-    let port = m.state.get("target_port")?.as_u64()? as u16;
-    Some(LocalCluster { dir: dir.into(), port })
+    let (Some(dir), Some(port)) = (ctx.record::<LocalDir>()?.target_dir, ctx.record::<LocalPort>()?.target_port) else {
+        return Ok(None);
+    };
+    Ok(Some(LocalCluster { dir: dir.into(), port }))
 }
 
 /// Provisioned by us (not adopted): ours to tear down.
-fn provisioned_by_us(m: &dmf_db::MigrationRow) -> bool {
-    m.target_dsn.is_none() && m.state.get("target_created").and_then(|v| v.as_bool()).unwrap_or(false)
+fn provisioned_by_us(ctx: &Context) -> Result<bool, Error> {
+    Ok(ctx.migration.target_dsn.is_none() && ctx.record::<TargetCreated>()?.target_created)
 }

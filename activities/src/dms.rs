@@ -10,12 +10,12 @@ use std::time::Duration;
 use dmf_aws::dms::{Compute, EndpointSpec, Progress, ReplicationSpec};
 use dmf_aws::settings::ClusterSettings;
 use dmf_workflows::{AbortReason, Outcome};
-use serde_json::json;
 use tracing::Instrument;
 
 use crate::error::Error;
 use crate::providers::aws;
 use crate::replicate::Sample;
+use crate::state::{AwsSource, DmsProgress, DmsRemoved, DmsSpec, Patch};
 use crate::{hydrate, pg, replicate, Context, HEARTBEAT_SCHEMA};
 
 /// Whether this cluster replicates through DMS (else native logical replication).
@@ -42,9 +42,9 @@ fn endpoint(dsn: &str, engine: &str, ssl_mode: &str, what: &str) -> Result<Endpo
 /// by its writer endpoint (what the routes use, not `connect_via`); every schema with tables on the
 /// source is mapped, dmf's heartbeat schema included, so that lag is measured through DMS too.
 async fn spec(ctx: &Context, s: &ClusterSettings) -> Result<ReplicationSpec, Error> {
-    let target = ctx.route_target().ok_or_else(|| Error::NeedsOperator(format!("cluster {}: no target provisioned yet", ctx.cluster())))?;
-    let source_engine = match ctx.migration.state.pointer("/aws_source/engine").and_then(|v| v.as_str()) {
-        Some("aurora-postgresql") => "aurora-postgresql",
+    let target = ctx.route_target()?.ok_or_else(|| Error::NeedsOperator(format!("cluster {}: no target provisioned yet", ctx.cluster())))?;
+    let source_engine = match ctx.record::<AwsSource>()?.aws_source {
+        Some(s) if s.engine == "aurora-postgresql" => "aurora-postgresql",
         _ => "postgres",
     };
     let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
@@ -76,17 +76,16 @@ async fn spec(ctx: &Context, s: &ClusterSettings) -> Result<ReplicationSpec, Err
 
 /// The spec the hydration made durable (the tables' schemas are fixed by then), else a new one.
 async fn durable_spec(ctx: &Context, s: &ClusterSettings) -> Result<ReplicationSpec, Error> {
-    if let Some(spec) = ctx.migration.state.get("dms_spec").and_then(|v| serde_json::from_value(v.clone()).ok()) {
+    if let Some(spec) = ctx.record::<DmsSpec>()?.dms_spec {
         return Ok(spec);
     }
     let spec = spec(ctx, s).await?;
-    ctx.db.merge_state(ctx.migration.id, json!({ "dms_spec": spec })).await?;
+    ctx.save(Patch::of(&DmsSpec { dms_spec: Some(spec.clone()) })).await?;
     Ok(spec)
 }
 
 async fn record(ctx: &Context, p: &Progress) -> Result<(), Error> {
-    ctx.db.merge_state(ctx.migration.id, json!({ "dms": p, "dms_summary": p.summary() })).await?;
-    Ok(())
+    ctx.save(Patch::of(&DmsProgress { dms: Some(p.clone()), dms_summary: Some(p.summary()) })).await
 }
 
 /// Hydrating: create or adopt everything DMS needs and start the task; done once the full load is
@@ -142,17 +141,17 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
 /// Stop and delete the DMS replication (abort, or forward replication ending after the flip).
 /// Returns false while DMS is still stopping or deleting.
 pub async fn remove(ctx: &Context) -> Result<bool, Error> {
-    if ctx.migration.state.get("dms_removed").and_then(|v| v.as_bool()) == Some(true) {
+    if ctx.record::<DmsRemoved>()?.dms_removed {
         return Ok(true);
     }
-    let Some(spec) = ctx.migration.state.get("dms_spec").and_then(|v| serde_json::from_value::<ReplicationSpec>(v.clone()).ok()) else {
+    let Some(spec) = ctx.record::<DmsSpec>()?.dms_spec else {
         return Ok(true); // hydration never got as far as DMS
     };
     let s = aws::settings(ctx)?;
     let client = aws::clients(ctx, &s).await?;
     let done = client.teardown_replication(&spec).instrument(aws::span(ctx)).await.map_err(aws::aws_error(ctx))?;
     if done {
-        ctx.db.merge_state(ctx.migration.id, json!({ "dms_removed": true })).await?;
+        ctx.save(Patch::of(&DmsRemoved { dms_removed: true })).await?;
         tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, task = %spec.task_id(), "DMS replication removed");
     }
     Ok(done)

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::replconn::ReplConn;
+use crate::state::{Patch, SlotStart};
 use crate::schema::{dump_schema, run_program, run_program_with, tempdir};
 use crate::{pg, Context, Names, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
@@ -429,7 +429,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let mut repl = ReplConn::connect(ctx.source_dsn()).await?;
     let slot = repl.create_slot_with_snapshot(&names.slot).await?;
     tracing::info!(cluster = %cluster, migration = %id, slot = %slot.slot, lsn = %slot.consistent_point, snapshot = %slot.snapshot, "slot created with exported snapshot");
-    ctx.db.merge_state(id, json!({ "slot_lsn": slot.consistent_point })).await?;
+    ctx.db.merge_state(id, Patch::of(&SlotStart { slot_lsn: Some(slot.consistent_point.clone()) })).await?;
 
     let planner = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     begin_snapshot(&planner, &slot.snapshot).await?;

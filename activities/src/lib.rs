@@ -21,6 +21,7 @@ pub mod replicate;
 pub mod schema;
 pub mod shift_reads;
 pub mod soak;
+pub mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -145,25 +146,35 @@ impl Context {
         &self.migration.source_dsn
     }
 
+    /// The record `R` of this migration's durable state, as it was when this run began.
+    pub fn record<R: dmf_db::state::Record>(&self) -> Result<R, Error> {
+        Ok(self.migration.record::<R>()?)
+    }
+
     /// The target: adopted (from the manifest) or provisioned (from the durable state).
-    pub fn target_dsn(&self) -> Option<String> {
-        self.migration.target_dsn.clone().or_else(|| self.migration.state_str("target_dsn").map(str::to_string))
+    pub fn target_dsn(&self) -> Result<Option<String>, Error> {
+        Ok(self.migration.target_dsn.clone().or(self.record::<state::TargetDsns>()?.target_dsn))
     }
 
     /// Where the routes send traffic on the target: the writer endpoint of a provisioned Aurora
     /// cluster (dmf itself may reach it another way, `connect_via`), else the target.
-    pub fn route_target(&self) -> Option<String> {
-        self.migration.state_str("target_route_dsn").map(str::to_string).or_else(|| self.target_dsn())
+    pub fn route_target(&self) -> Result<Option<String>, Error> {
+        Ok(self.record::<state::TargetDsns>()?.target_route_dsn.or(self.target_dsn()?))
     }
 
     /// Where shadow reads go on the target: an Aurora cluster's reader endpoint, else the target.
-    pub fn route_read_target(&self) -> Option<String> {
-        self.migration.state_str("target_read_dsn").map(str::to_string).or_else(|| self.route_target())
+    pub fn route_read_target(&self) -> Result<Option<String>, Error> {
+        Ok(self.record::<state::TargetDsns>()?.target_read_dsn.or(self.route_target()?))
     }
 
     pub fn require_target(&self) -> Result<String, Error> {
-        self.target_dsn()
+        self.target_dsn()?
             .ok_or_else(|| Error::NeedsOperator(format!("cluster {}: no target provisioned yet", self.cluster())))
+    }
+
+    /// Write `patch` into this migration's durable state.
+    pub async fn save(&self, patch: state::Patch) -> Result<(), Error> {
+        Ok(self.db.merge_state(self.migration.id, patch).await?)
     }
 
     pub fn check_cancel(&self) -> Result<(), Error> {

@@ -1,14 +1,14 @@
 //! Preflight: everything that would make logical replication fail or lose data, checked before any
 //! object exists on either side. Errors block the migration; warnings are reported and do not.
 
-use serde::Serialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::state::Patch;
 use crate::{pg, providers, Context};
 use dmf_workflows::{AbortReason, Outcome};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Error,
@@ -17,15 +17,16 @@ pub enum Severity {
 }
 
 /// One finding: which check, about what (a table, a setting), and what to do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
     pub severity: Severity,
-    pub check: &'static str,
+    pub check: String,
     pub subject: Option<String>,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
 pub struct Report {
     pub findings: Vec<Finding>,
     pub source_bytes: i64,
@@ -34,10 +35,10 @@ pub struct Report {
 
 impl Report {
     pub(crate) fn error(&mut self, check: &'static str, subject: Option<String>, message: String) {
-        self.findings.push(Finding { severity: Severity::Error, check, subject, message });
+        self.findings.push(Finding { severity: Severity::Error, check: check.to_string(), subject, message });
     }
     pub(crate) fn warn(&mut self, check: &'static str, subject: Option<String>, message: String) {
-        self.findings.push(Finding { severity: Severity::Warning, check, subject, message });
+        self.findings.push(Finding { severity: Severity::Warning, check: check.to_string(), subject, message });
     }
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| f.severity == Severity::Error)
@@ -151,7 +152,7 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let report = check(ctx).await?;
-    ctx.db.merge_state(ctx.migration.id, json!({ "preflight": report })).await?;
+    ctx.save(Patch::of(&report)).await?;
     let errors: Vec<String> = report.errors().map(|f| f.message.clone()).collect();
     for f in &report.findings {
         tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, severity = ?f.severity, check = f.check, "{}", f.message);

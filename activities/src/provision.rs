@@ -2,10 +2,10 @@
 //! cluster, `providers::aws`) or check the adopted one; either way the target's connection string
 //! ends up in the migration's durable state.
 
-use serde_json::json;
 
 use crate::error::Error;
 use crate::providers::local::{self, LocalCluster, Options};
+use crate::state::{LocalDir, LocalPort, Patch, TargetCreated, TargetDsns};
 use crate::{pg, Context};
 use dmf_workflows::Outcome;
 
@@ -27,17 +27,17 @@ async fn provision_local(ctx: &Context) -> Result<Outcome, Error> {
     let m = &ctx.migration;
     // The port is chosen once and made durable before anything is created, so that a re-run finds
     // the same cluster.
-    let port = match m.state.get("target_port").and_then(|v| v.as_u64()) {
-        Some(p) => p as u16,
+    let port = match ctx.record::<LocalPort>()?.target_port {
+        Some(p) => p,
         None => {
             let p = local::free_port()?;
-            ctx.db.merge_state(m.id, json!({ "target_port": p })).await?;
+            ctx.save(Patch::of(&LocalPort { target_port: Some(p) })).await?;
             p
         }
     };
     let dir = ctx.config.local_base_dir.join(format!("{}-{}", m.cluster, &m.id.simple().to_string()[..12]));
     let opts = Options { dir: dir.clone(), port, fast: ctx.config.fast_local_targets, extra_conf: String::new() };
-    ctx.db.merge_state(m.id, json!({ "target_dir": dir.display().to_string(), "target_created": true })).await?;
+    ctx.save(Patch::of(&LocalDir { target_dir: Some(dir.display().to_string()) }).and(&TargetCreated { target_created: true })).await?;
     let c = tokio::task::spawn_blocking(move || -> Result<LocalCluster, Error> {
         let c = LocalCluster::create(&opts)?;
         c.start()?;
@@ -56,7 +56,7 @@ async fn provision_local(ctx: &Context) -> Result<Outcome, Error> {
         pg::exec(&admin, "create target database", &format!("CREATE DATABASE {}", pg::ident(&dbname))).await?;
     }
     let dsn = c.dsn(&dbname);
-    ctx.db.merge_state(m.id, json!({ "target_dsn": dsn })).await?;
+    ctx.save(Patch::of(&TargetDsns { target_dsn: Some(dsn), ..TargetDsns::default() })).await?;
     tracing::info!(cluster = %m.cluster, migration = %m.id, dir = %dir.display(), port, "local target ready");
     Ok(Outcome::Done)
 }

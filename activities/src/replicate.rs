@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::error::Error;
+use crate::state::{Patch, SlotWatch};
 use crate::{pg, Context, HEARTBEAT_SCHEMA};
 use dmf_workflows::{AbortReason, LagVerdict, Outcome};
 
@@ -90,17 +90,17 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     tracing::debug!(cluster = %m.cluster, migration = %m.id, lag_ms, lag_bytes = ?s.lag_bytes, active = s.slot_active, "replication sample");
 
     // Slot inactive: nobody consumes it, so it retains WAL on the source.
-    let inactive_since = m.state.get("slot_inactive_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+    let inactive_since = ctx.record::<SlotWatch>()?.slot_inactive_since;
     if s.slot_active {
         if inactive_since.is_some() {
-            ctx.db.merge_state(m.id, json!({ "slot_inactive_since": null })).await?;
+            ctx.save(Patch::of(&SlotWatch { slot_inactive_since: None })).await?;
         }
     } else {
         let since = match inactive_since {
             Some(t) => t,
             None => {
                 let now = chrono::Utc::now();
-                ctx.db.merge_state(m.id, json!({ "slot_inactive_since": now })).await?;
+                ctx.save(Patch::of(&SlotWatch { slot_inactive_since: Some(now) })).await?;
                 now
             }
         };

@@ -5,18 +5,17 @@
 
 use dmf_db::route::RouteChange;
 use dmf_workflows::Outcome;
-use serde_json::json;
-
 use crate::error::Error;
+use crate::state::{Patch, ShadowReads};
 use crate::{audit, Context};
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
     // an Aurora target's reader endpoint; else the target itself
-    let target = ctx.route_read_target().ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster}: no target provisioned yet")))?;
+    let target = ctx.route_read_target()?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster}: no target provisioned yet")))?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
-    let since = match m.state.pointer("/shadow_reads/since").and_then(|v| v.as_str()).and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+    let since = match ctx.record::<ShadowReads>()?.since {
         Some(since) if route.mode == "split_reads" && route.read_endpoint == target => since,
         _ => {
             let row = ctx
@@ -24,7 +23,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
                 .change_route(&cluster, &RouteChange { mode: Some("split_reads".into()), read: Some(target.clone()), ..Default::default() }, "dmf-worker shadow_reads")
                 .await?;
             let since = chrono::Utc::now();
-            ctx.db.merge_state(m.id, json!({ "shadow_reads": { "since": since, "epoch": row.route_epoch } })).await?;
+            ctx.save(Patch::of(&ShadowReads { since: Some(since), epoch: Some(row.route_epoch) })).await?;
             tracing::info!(cluster = %cluster, migration = %m.id, epoch = row.route_epoch, "reads go to the target; writes stay on the source");
             since
         }

@@ -4,11 +4,11 @@
 //! (read-only) until an operator drops it.
 
 use dmf_workflows::Outcome;
-use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::flip::reverse;
+use crate::state::{Flip, Patch, Reverse};
 use crate::{audit, pg, Context, Names};
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
@@ -16,7 +16,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let m = &ctx.migration;
     let target_dsn = ctx.require_target()?;
     let since_flip = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
-    if since_flip < ctx.config.flip.settle && m.state.pointer("/reverse/subscribed").is_none() {
+    if since_flip < ctx.config.flip.settle && ctx.record::<Reverse>()?.subscribed.is_none() {
         // the released traffic has the target to itself for a moment before the DDL below
         return Ok(Outcome::Watch(ctx.config.flip.settle - since_flip));
     }
@@ -28,7 +28,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         return Ok(Outcome::Watch(ctx.config.watch_interval));
     }
     // the source subscribes to the target by the address the routes use (an Aurora endpoint)
-    let target_route = ctx.route_target().unwrap_or_else(|| target_dsn.clone());
+    let target_route = ctx.route_target()?.unwrap_or_else(|| target_dsn.clone());
     replicate_back(ctx, &source, &target, &target_route).await?;
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
@@ -38,7 +38,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     if !kept {
         reverse::remove(&source, &target, &back).await?;
     }
-    ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": kept, "kept": kept, "soaked_s": soaked.as_secs() } })).await?;
+    ctx.save(Patch::of(&Reverse { subscribed: Some(kept), kept, soaked_s: Some(soaked.as_secs()) })).await?;
     tracing::info!(cluster = %cluster, migration = %m.id, kept_reverse_replication = kept, "soak over: completed; the source stays read-only until an operator drops it");
     Ok(Outcome::Done)
 }
@@ -48,14 +48,14 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
 /// their origin, so with both directions on, every change would go round in a loop.
 pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Client, target_dsn: &str) -> Result<(), Error> {
     let m = &ctx.migration;
-    if m.state.pointer("/reverse/subscribed").and_then(|v| v.as_bool()) == Some(true) {
+    if ctx.record::<Reverse>()?.subscribed == Some(true) {
         return Ok(());
     }
     reverse::remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
     // (a flip from before this position was recorded made its slot inside the hold: from the slot)
-    let start = m.state.pointer("/flip/reverse_start_lsn").and_then(|v| v.as_str());
-    reverse::subscribe(source, target_dsn, &Names::reverse_of(m.id), start).await?;
-    ctx.db.merge_state(m.id, json!({ "reverse": { "subscribed": true } })).await?;
+    let start = ctx.record::<Flip>()?.0.reverse_start_lsn;
+    reverse::subscribe(source, target_dsn, &Names::reverse_of(m.id), start.as_deref()).await?;
+    ctx.save(Patch::of(&Reverse { subscribed: Some(true), ..Reverse::default() })).await?;
     tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
     Ok(())
 }

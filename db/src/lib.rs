@@ -11,6 +11,7 @@ pub mod migration;
 pub mod progress;
 pub mod queue;
 pub mod route;
+pub mod state;
 pub mod status;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::queue::{self, ActivityJob};
+use crate::state::{Patch, Record, Reverse, State};
 use crate::lease::release_in;
 use crate::{Db, Error, Event};
 
@@ -26,7 +27,9 @@ pub struct MigrationRow {
     pub abort_reason: Option<String>,
     pub pause_before: Vec<String>,
     pub paused: bool,
-    pub state: serde_json::Value,
+    /// What the activities recorded; read it with [`MigrationRow::record`].
+    #[sqlx(json)]
+    pub state: State,
     pub lag_ms: Option<i64>,
     pub lag_bytes: Option<i64>,
     pub lag_over_since: Option<DateTime<Utc>>,
@@ -42,9 +45,9 @@ impl MigrationRow {
         self.phase.parse().map_err(|e| Error::Corrupt(format!("migration of {}: {e}", self.cluster)))
     }
 
-    /// A string the activities stored in `state` (target DSN, slot name...).
-    pub fn state_str(&self, key: &str) -> Option<&str> {
-        self.state.get(key).and_then(|v| v.as_str())
+    /// The record `R` of this migration's durable state (its default when none was written).
+    pub fn record<R: Record>(&self) -> Result<R, Error> {
+        self.state.get::<R>().map_err(|e| Error::Corrupt(format!("cluster {}: {e}", self.cluster)))
     }
 
     /// The refusal of an operator's request in this migration's phase.
@@ -234,11 +237,11 @@ impl Db {
         Ok(true)
     }
 
-    /// Merge `patch` (a JSON object) into the migration's durable activity state.
-    pub async fn merge_state(&self, id: Uuid, patch: serde_json::Value) -> Result<(), Error> {
+    /// Write the records in `patch` into the migration's durable activity state, each whole.
+    pub async fn merge_state(&self, id: Uuid, patch: Patch) -> Result<(), Error> {
         sqlx::query(include_str!("queries/merge_state.sql"))
             .bind(id)
-            .bind(patch)
+            .bind(patch.into_json())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -284,7 +287,7 @@ impl Db {
                     "rollback is only possible once traffic is on the target (flipped, or completed with reverse replication kept); before that, abort",
                 ));
             }
-            if phase == Phase::Completed && m.state.pointer("/reverse/kept").and_then(|v| v.as_bool()) != Some(true) {
+            if phase == Phase::Completed && !m.record::<Reverse>()?.kept {
                 return Err(m.wrong_phase(
                     "reverse replication was removed at completion (policy keep_reverse_replication = false): a rollback would lose the writes made on the target",
                 ));

@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use crate::state::{CopyClock, Patch};
 use crate::{Db, Error};
 
 impl Db {
@@ -18,12 +19,12 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
-            "UPDATE dmf.migrations SET state = state || jsonb_build_object('copy_started_at', now()) WHERE id = $1",
-        )
-        .bind(migration)
-        .execute(&mut *tx)
-        .await?;
+        let started = Patch::of(&CopyClock { copy_started_at: Some(chrono::Utc::now()) });
+        sqlx::query(include_str!("queries/merge_state.sql"))
+            .bind(migration)
+            .bind(started.into_json())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

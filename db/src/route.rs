@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::state::Patch;
 use crate::{Db, Error};
 
 /// The notification channel a route change is announced on (payload: the cluster name).
@@ -97,7 +98,7 @@ impl Db {
         cluster: &str,
         change: &RouteChange,
         actor: &str,
-        record: Option<(Uuid, &serde_json::Value)>,
+        record: Option<(Uuid, Patch)>,
     ) -> Result<RouteRow, Error> {
         if let Some(m) = &change.mode {
             if !matches!(m.as_str(), "primary" | "split_reads") {
@@ -138,7 +139,7 @@ impl Db {
         if let Some((migration, patch)) = record {
             sqlx::query(include_str!("queries/merge_state.sql"))
                 .bind(migration)
-                .bind(patch)
+                .bind(patch.into_json())
                 .execute(&mut *tx)
                 .await?;
         }

@@ -3,8 +3,11 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::state::{CopyClock, Record, State};
 use crate::{Db, Error};
 
+/// One cluster's row of `dmf status`. What the activities recorded is in `state`, for the CLI to
+/// read through their record types.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ClusterStatus {
     pub cluster: String,
@@ -22,13 +25,14 @@ pub struct ClusterStatus {
     pub tables_done: i64,
     pub tables_total: i64,
     /// Seconds since hydration started (for the rate), when it has.
+    #[sqlx(skip)]
     pub copy_seconds: Option<f64>,
+    #[serde(skip)]
+    copy_last_update: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub abort_reason: Option<String>,
     pub phase_started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// `open` once the auditor lets the cluster move on.
-    pub audit_gate: Option<String>,
     /// The newest full compare: running, clean, mismatch or unsettled.
     pub audit_status: Option<String>,
     pub audit_chunks_total: Option<i32>,
@@ -40,11 +44,10 @@ pub struct ClusterStatus {
     pub provider: String,
     /// `logical` (native) or `dms`.
     pub replication: String,
-    /// DMS replication: task status, full-load progress, per-table statistics with DMS validation.
-    pub dms: Option<serde_json::Value>,
-    pub dms_summary: Option<String>,
-    /// An Aurora target as AWS last reported it: cluster and instance statuses, endpoints.
-    pub aws_target: Option<serde_json::Value>,
+    /// The migration's durable activity state.
+    #[serde(skip)]
+    #[sqlx(json)]
+    pub state: State,
 }
 
 impl ClusterStatus {
@@ -56,16 +59,6 @@ impl ClusterStatus {
         }
     }
 
-    /// One line on an Aurora target still coming up: the cluster's and each instance's status.
-    pub fn aws_target_summary(&self) -> Option<String> {
-        let t = self.aws_target.as_ref()?;
-        let instances: Vec<String> = t["instances"]
-            .as_array()
-            .map(|a| a.iter().map(|i| format!("{} {}", i["id"].as_str().unwrap_or("?"), i["status"].as_str().unwrap_or("?"))).collect())
-            .unwrap_or_default();
-        Some(format!("aurora {}; {}", t["cluster_status"].as_str().unwrap_or("absent"), instances.join(", ")))
-    }
-
     /// Seconds left at the current rate, while hydration is running.
     pub fn eta_seconds(&self) -> Option<f64> {
         let rate = self.copy_rate()?;
@@ -74,11 +67,24 @@ impl ClusterStatus {
         }
         Some((self.bytes_total - self.bytes_copied) as f64 / rate)
     }
+
+    /// The record `R` of this cluster's durable state.
+    pub fn record<R: Record>(&self) -> Result<R, Error> {
+        self.state.get::<R>().map_err(|e| Error::Corrupt(format!("cluster {}: {e}", self.cluster)))
+    }
 }
 
 impl Db {
     /// Status of every cluster (or one), ordered by fleet, wave and name.
     pub async fn status(&self, cluster: Option<&str>) -> Result<Vec<ClusterStatus>, Error> {
-        Ok(sqlx::query_as(include_str!("queries/status.sql")).bind(cluster).fetch_all(&self.pool).await?)
+        let mut rows: Vec<ClusterStatus> = sqlx::query_as(include_str!("queries/status.sql")).bind(cluster).fetch_all(&self.pool).await?;
+        for r in &mut rows {
+            let started = r.record::<CopyClock>()?.copy_started_at;
+            r.copy_seconds = match (started, r.copy_last_update) {
+                (Some(s), Some(l)) => Some((l - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
+                _ => None,
+            };
+        }
+        Ok(rows)
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use dmf_activities::audit::{compare, AuditConfig};
+use dmf_activities::state;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ControlPlane;
@@ -45,7 +46,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let target = m
             .target_dsn
             .clone()
-            .or_else(|| m.state_str("target_dsn").map(str::to_string))
+            .or(m.record::<state::TargetDsns>()?.target_dsn)
             .ok_or_else(|| anyhow::anyhow!("cluster {}: no target yet (phase {}); a full compare needs a replicating target", m.cluster, m.phase))?;
         if !matches!(m.phase.as_str(), "replicating" | "validating" | "shadow_reads") {
             anyhow::bail!("cluster {} is in phase {}; a full compare needs it replicating, validating or in shadow reads", m.cluster, m.phase);
@@ -80,7 +81,7 @@ async fn report(db: &dmf_db::Db, m: &dmf_db::MigrationRow, limit: i64, json: boo
     let full = db.latest_audit_run(m.id).await?;
     let samples = db.sample_summary(m.id, None).await?;
     let differences = db.differences(m.id, limit).await?;
-    let gate = m.state.pointer("/audit/gate").and_then(|v| v.as_str()).unwrap_or("closed").to_string();
+    let gate = m.record::<state::AuditState>()?.gate.as_str();
     if json {
         return output::json(&serde_json::json!({
             "cluster": m.cluster, "phase": m.phase, "gate": gate,

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use dmf_activities::state::{Gate, MigrationState};
 use dmf_db::status::ClusterStatus;
+use serde::Serialize;
 
 use super::ControlPlane;
 use crate::output;
@@ -20,20 +22,62 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn render(rows: &[ClusterStatus], fleets: &[dmf_db::fleet::FleetRow]) -> String {
+/// One cluster as `dmf status` shows it: the control plane's row and the activities' records.
+#[derive(Serialize)]
+pub struct View {
+    #[serde(flatten)]
+    pub status: ClusterStatus,
+    pub copy_bytes_per_second: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    /// `open` once the auditor lets the cluster move on.
+    pub audit_gate: Gate,
+    /// DMS replication: task status, full-load progress, per-table statistics with DMS validation.
+    pub dms: Option<dmf_aws::dms::Progress>,
+    pub dms_summary: Option<String>,
+    /// An Aurora target as AWS last reported it: cluster and instance statuses, endpoints.
+    pub aws_target: Option<dmf_aws::rds::TargetState>,
+    /// Everything the activities recorded.
+    pub state: MigrationState,
+}
+
+impl View {
+    pub fn of(status: ClusterStatus) -> anyhow::Result<View> {
+        let state = MigrationState::of(&status.state).map_err(|e| anyhow::anyhow!("cluster {}: {e}", status.cluster))?;
+        Ok(View {
+            copy_bytes_per_second: status.copy_rate(),
+            eta_seconds: status.eta_seconds(),
+            audit_gate: state.audit.gate,
+            dms: state.dms.dms.clone(),
+            dms_summary: state.dms.dms_summary.clone(),
+            aws_target: state.aws_target.clone(),
+            status,
+            state,
+        })
+    }
+
+    /// One line on an Aurora target still coming up: the cluster's and each instance's status.
+    fn aws_target_summary(&self) -> Option<String> {
+        let t = self.aws_target.as_ref()?;
+        let instances: Vec<String> = t.instances.iter().map(|i| format!("{} {}", i.id, i.status)).collect();
+        Some(format!("aurora {}; {}", t.cluster_status.as_deref().unwrap_or("absent"), instances.join(", ")))
+    }
+}
+
+pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
     let mut out = String::new();
     for f in fleets.iter().filter(|f| f.breaker_open) {
         out.push_str(&format!("fleet {}: CIRCUIT BREAKER OPEN: {}\n", f.name, f.breaker_reason.as_deref().unwrap_or("")));
     }
     out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {:<36} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "HYDRATION", "AUDIT", "LAST ERROR"));
-    for r in rows {
+    for v in views {
+        let r = &v.status;
         let phase = if r.paused { format!("{} (paused)", r.phase) } else { r.phase.clone() };
         let lag = r.lag_ms.map(|l| format!("{l} ms")).unwrap_or_else(|| "-".into());
         let lag_bytes = r.lag_bytes.map(output::bytes).unwrap_or_else(|| "-".into());
-        let hydration = if let Some(dms) = &r.dms_summary {
+        let hydration = if let Some(dms) = &v.dms_summary {
             dms.clone()
         } else if r.tables_total == 0 {
-            match r.aws_target_summary() {
+            match v.aws_target_summary() {
                 Some(s) if r.phase == "provisioning" => s,
                 _ => "-".to_string(),
             }
@@ -57,7 +101,7 @@ pub fn render(rows: &[ClusterStatus], fleets: &[dmf_db::fleet::FleetRow]) -> Str
                 if let (Some(p50), Some(p99)) = (r.window_p50_ms, r.window_p99_ms) {
                     s.push_str(&format!(" win {p50:.0}/{p99:.0}ms"));
                 }
-                if r.audit_gate.as_deref() == Some("open") {
+                if v.audit_gate == Gate::Open {
                     s.push_str(" gate open");
                 }
                 s
@@ -75,23 +119,10 @@ pub fn render(rows: &[ClusterStatus], fleets: &[dmf_db::fleet::FleetRow]) -> Str
     out
 }
 
-fn json_rows(rows: &[ClusterStatus]) -> Vec<serde_json::Value> {
-    rows.iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("copy_bytes_per_second".into(), r.copy_rate().into());
-                o.insert("eta_seconds".into(), r.eta_seconds().into());
-            }
-            v
-        })
-        .collect()
-}
-
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
     loop {
-        let rows = db.status(a.cluster.as_deref()).await?;
+        let rows = db.status(a.cluster.as_deref()).await?.into_iter().map(View::of).collect::<anyhow::Result<Vec<_>>>()?;
         if let Some(c) = &a.cluster {
             if rows.is_empty() {
                 anyhow::bail!("no cluster named {c:?}");
@@ -99,7 +130,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         let fleets = db.fleets().await?;
         if a.json {
-            output::json(&serde_json::json!({ "fleets": fleets, "clusters": json_rows(&rows) }))?;
+            output::json(&serde_json::json!({ "fleets": fleets, "clusters": rows }))?;
         } else {
             if a.watch {
                 print!("\x1b[2J\x1b[H");

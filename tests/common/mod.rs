@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use dmf_activities::providers::local::{Guard, LocalCluster};
+pub use dmf_activities::state::MigrationState;
 
 pub struct Env {
     pub cp: Guard,
@@ -234,11 +235,16 @@ impl Env {
         psql(&self.url, sql)
     }
 
+    /// What the activities recorded for `cluster`, as `dmf status --json` shows it.
+    pub fn state(&self, cluster: &str) -> MigrationState {
+        let doc = self.dmf_json(&["status", cluster, "--json"]);
+        let state = doc["clusters"][0]["state"].clone();
+        serde_json::from_value(state).unwrap_or_else(|e| panic!("state of {cluster} in dmf status --json: {e}: {doc}"))
+    }
+
     /// The target connection string a migration provisioned.
     pub fn target_dsn(&self, cluster: &str) -> String {
-        self.cp_query(&format!(
-            "SELECT state->>'target_dsn' FROM dmf.migrations WHERE cluster = '{cluster}'"
-        ))
+        self.state(cluster).target.target_dsn.unwrap_or_default()
     }
 }
 
@@ -405,8 +411,30 @@ impl Drop for Bench {
 pub struct BenchResult {
     pub ok: bool,
     pub processed: i64,
+    /// Failed transactions plus clients pgbench aborted (it does not count those as failed).
     pub failed: i64,
     pub report: String,
+}
+
+impl BenchResult {
+    /// Read pgbench's summary strictly: a summary without its counts is an error, not a zero.
+    pub fn parse(ok: bool, stdout: &str, stderr: &str) -> Result<BenchResult, String> {
+        let report = format!("{stdout}{stderr}");
+        let number = |prefix: &str| -> Result<i64, String> {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.trim().split(['/', ' ']).next().and_then(|n| n.parse().ok()))
+                .ok_or_else(|| format!("pgbench printed no {prefix:?} line:\n{report}"))
+        };
+        let processed = number("number of transactions actually processed:")?;
+        let failed_transactions = number("number of failed transactions:")?;
+        // "client 3 script 0 aborted in command 4 query 0: ..." per client; "Run was aborted"
+        let aborted_clients = report.lines().filter(|l| l.contains("client ") && l.contains(" aborted")).count() as i64;
+        let run_aborted = report.contains("Run was aborted");
+        let failed = failed_transactions + aborted_clients.max(i64::from(run_aborted));
+        Ok(BenchResult { ok: ok && !run_aborted, processed, failed, report })
+    }
 }
 
 impl Bench {
@@ -426,17 +454,12 @@ impl Bench {
         Bench { child, out, err, log_prefix }
     }
 
+    /// Wait for pgbench to end and read its summary; panics when it printed none.
     pub fn wait(mut self) -> BenchResult {
         let ok = self.child.wait().map(|s| s.success()).unwrap_or(false);
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let report = format!("{text}{}", std::fs::read_to_string(&self.err).unwrap_or_default());
-        let number = |prefix: &str| -> i64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(prefix))
-                .and_then(|rest| rest.trim().split(['/', ' ']).next().and_then(|n| n.parse().ok()))
-                .unwrap_or(-1)
-        };
-        BenchResult { ok, processed: number("number of transactions actually processed:"), failed: number("number of failed transactions:"), report }
+        let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
+        BenchResult::parse(ok, &stdout, &stderr).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Every transaction pgbench logged: (completed at, in µs since the epoch; latency in µs).

@@ -13,10 +13,10 @@ pub mod table;
 
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::error::Error;
+use crate::state::{AuditState, Gate, Patch};
 use crate::{pg, replicate, Context};
 use dmf_workflows::{AbortReason, Outcome};
 
@@ -99,11 +99,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let names = ctx.names();
     let target_dsn = ctx.require_target()?;
     let slot = audit_slot(ctx);
-    let since = match m.state.pointer("/audit/sampling_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+    let since = match ctx.record::<AuditState>()?.sampling_since {
         Some(t) => t,
         None => {
             let now = chrono::Utc::now();
-            ctx.db.merge_state(m.id, json!({ "audit": { "sampling_since": now } })).await?;
+            ctx.save(Patch::of(&AuditState { sampling_since: Some(now), ..AuditState::default() })).await?;
             now
         }
     };
@@ -146,12 +146,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     tracing::debug!(cluster = %m.cluster, migration = %m.id, run, full_clean, window_done, seen = sampled.transactions_seen, sampled = sampled.sampled, skipped = sampled.skipped, "audit tick");
     // A mismatched sample would have left a difference above: none means the window is clean.
     let gate = full_clean && window_done;
-    ctx.db
-        .merge_state(
-            m.id,
-            json!({ "audit": { "sampling_since": since, "gate": if gate { "open" } else { "closed" }, "full_run": run } }),
-        )
-        .await?;
+    let gate_state = if gate { Gate::Open } else { Gate::Closed };
+    ctx.save(Patch::of(&AuditState { sampling_since: Some(since), gate: gate_state, full_run: Some(run) })).await?;
     if gate {
         tracing::info!(cluster = %m.cluster, migration = %m.id, run, "audit clean: the cluster may move on");
         return Ok(Outcome::Done);

@@ -28,12 +28,6 @@ pub struct Before {
     pub granted_self: bool,
 }
 
-impl Before {
-    pub fn from_value(v: Option<&serde_json::Value>) -> Before {
-        v.cloned().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
-    }
-}
-
 /// The database as the fence would find it now.
 pub async fn before(client: &Client) -> Result<Before, Error> {
     let row = client.query_one(include_str!("sql/fence_before.sql"), &[]).await.map_err(pg::err("read the database's settings and privileges"))?;

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use dmf_db::route::RouteChange;
 use dmf_workflows::{Outcome, Phase};
-use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use crate::error::Error;
+use crate::state::{AuditState, Flip, FlipRecord, Gate, Patch, Rollback, Undone};
 use crate::{hydrate, pg, replicate, Context, Names};
 
 /// Tunables of the flip and the rollback.
@@ -110,39 +110,39 @@ const SEQUENCES: &str = "sequences";
 const SWITCHED: &str = "replication_switched";
 const ROUTED: &str = "routed";
 
-/// Progress of one protocol run, written whole to `state.<key>` after each step.
+/// Progress of one protocol run, written whole to the way's record after each step.
 struct Progress {
-    key: &'static str,
-    value: Value,
+    way: Way,
+    record: FlipRecord,
 }
 
 impl Progress {
-    fn load(ctx: &Context, way: Way) -> Progress {
-        let value = ctx.migration.state.get(way.key()).cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
-        Progress { key: way.key(), value }
+    fn load(ctx: &Context, way: Way) -> Result<Progress, Error> {
+        let record = match way {
+            Way::Forward => ctx.record::<Flip>()?.0,
+            Way::Back => ctx.record::<Rollback>()?.0,
+        };
+        Ok(Progress { way, record })
     }
 
-    fn steps(&self) -> Vec<String> {
-        self.value["steps"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
-    }
-
-    fn in_progress(&self) -> bool {
-        self.value["in_progress"].as_bool().unwrap_or(false)
+    /// The record as a patch of the migration's state.
+    fn patch(&self) -> Patch {
+        match self.way {
+            Way::Forward => Patch::of(&Flip(self.record.clone())),
+            Way::Back => Patch::of(&Rollback(self.record.clone())),
+        }
     }
 
     async fn save(&self, ctx: &Context) -> Result<(), Error> {
-        ctx.db.merge_state(ctx.migration.id, json!({ self.key: self.value })).await?;
-        Ok(())
+        ctx.save(self.patch()).await
     }
 
     /// Record a finished step in memory; it becomes durable with the next `save`. Undo does not
     /// read the steps (it reads the flags saved before each action it must reverse), so a step
     /// that needs no undo of its own costs the hold no control-plane write.
     fn record(&mut self, ctx: &Context, step: &str, took: Duration) {
-        let mut steps = self.steps();
-        steps.push(step.to_string());
-        self.value["steps"] = json!(steps);
-        self.value["timings_ms"][step] = json!(took.as_secs_f64() * 1000.0);
+        self.record.steps.push(step.to_string());
+        self.record.timings_ms.insert(step.to_string(), took.as_secs_f64() * 1000.0);
         self.crash_point(ctx, step);
     }
 
@@ -168,7 +168,7 @@ impl Progress {
 pub async fn run_forward(ctx: &Context) -> Result<Outcome, Error> {
     let source_dsn = ctx.source_dsn().to_string();
     let target_dsn = ctx.require_target()?;
-    let target_route = ctx.route_target().unwrap_or_else(|| target_dsn.clone());
+    let target_route = ctx.route_target()?.unwrap_or_else(|| target_dsn.clone());
     run(ctx, Way::Forward, (source_dsn.clone(), source_dsn), (target_dsn, target_route)).await
 }
 
@@ -176,7 +176,7 @@ pub async fn run_forward(ctx: &Context) -> Result<Outcome, Error> {
 pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
     let source_dsn = ctx.source_dsn().to_string();
     let target_dsn = ctx.require_target()?;
-    let target_route = ctx.route_target().unwrap_or_else(|| target_dsn.clone());
+    let target_route = ctx.route_target()?.unwrap_or_else(|| target_dsn.clone());
     let outcome = run(ctx, Way::Back, (target_dsn.clone(), target_route), (source_dsn.clone(), source_dsn.clone())).await?;
     if outcome == Outcome::Done {
         // traffic is on the source with every write: replication back is no longer needed (once
@@ -197,26 +197,26 @@ pub async fn run_back(ctx: &Context) -> Result<Outcome, Error> {
 /// `from` and `to`: (the connection string dmf uses, the one routes use).
 async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), (to_dsn, to_route): (String, String)) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
-    let mut progress = Progress::load(ctx, way);
+    let mut progress = Progress::load(ctx, way)?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
     if route.primary_endpoint == to_route && !route.hold {
         // a previous run moved the route and released: nothing is left to do
-        progress.value["in_progress"] = json!(false);
+        progress.record.in_progress = false;
         progress.save(ctx).await?;
         return Ok(Outcome::Done);
     }
     let from = pg::connect_writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
     let to = pg::connect_writable(&to_dsn, &format!("{} of {cluster}", side_name(way, false))).await?;
     let sides = Sides { way, from_route, to_route, from, to };
-    if progress.in_progress() {
+    if progress.record.in_progress {
         // a run died half-way (its worker was lost): traffic goes back where it was first
-        let at = progress.steps().last().cloned().unwrap_or_else(|| "start".into());
+        let at = progress.record.steps.last().cloned().unwrap_or_else(|| "start".into());
         let reason = format!("a previous {} attempt stopped after step {at:?} (its worker was lost); traffic returned to {}", way.key(), side_name(way, true));
         return undo(ctx, &sides, &mut progress, reason).await;
     }
     if let Err(reason) = guards(ctx, &sides).await? {
         // not yet: no attempt is counted, nothing was touched
-        progress.value["last_reason"] = json!(reason);
+        progress.record.last_reason = Some(reason.clone());
         progress.save(ctx).await?;
         return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
@@ -230,17 +230,20 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
         hydrate::ensure_publication(&sides.to, &back).await?;
         reverse::prepare(&sides.to, &back).await?;
     }
-    let attempts = progress.value["attempts"].as_u64().unwrap_or(0) + 1;
-    let undone = progress.value["undone"].take();
-    progress.value = json!({
-        "attempts": attempts, "in_progress": true, "steps": [], "started_at": chrono::Utc::now(), "undone": undone,
-        "before": before, "fencing": true,
-    });
+    progress.record = FlipRecord {
+        attempts: progress.record.attempts + 1,
+        in_progress: true,
+        started_at: Some(chrono::Utc::now()),
+        undone: std::mem::take(&mut progress.record.undone),
+        before: Some(before),
+        fencing: true,
+        ..FlipRecord::default()
+    };
     progress.save(ctx).await?;
     progress.crash_point(ctx, "start");
     match protocol(ctx, &sides, &mut progress).await {
         Ok(()) => {
-            progress.value["in_progress"] = json!(false);
+            progress.record.in_progress = false;
             progress.save(ctx).await?;
             Ok(Outcome::Done)
         }
@@ -263,7 +266,7 @@ fn side_name(way: Way, from: bool) -> &'static str {
 async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Error> {
     let cfg = &ctx.config.flip;
     if sides.way == Way::Forward {
-        if ctx.migration.state.pointer("/audit/gate").and_then(Value::as_str) != Some("open") {
+        if ctx.record::<AuditState>()?.gate != Gate::Open {
             return Ok(Err("validation is not clean (the audit gate is closed)".into()));
         }
         if let Some(d) = ctx.db.differences(ctx.migration.id, 1).await?.first() {
@@ -289,7 +292,7 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
 async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Result<(), Error> {
     let cluster = ctx.cluster().to_string();
     let cfg = &ctx.config.flip;
-    let actor = format!("dmf-worker {}", progress.key);
+    let actor = format!("dmf-worker {}", sides.way.key());
     let back = Names::reverse_of(ctx.migration.id);
 
     // 0. forward: announce the target, so that every proxy opens and warms a backend there for
@@ -301,7 +304,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
             .change_route(&cluster, &RouteChange { next_primary: Some(Some(sides.to_route.clone())), ..Default::default() }, &actor)
             .await?;
         ctx.db.wait_route_applied(&cluster, announced.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
-        progress.value["timings_ms"]["backends_opened_ahead"] = json!(t.elapsed().as_secs_f64() * 1000.0);
+        progress.record.timings_ms.insert("backends_opened_ahead".into(), t.elapsed().as_secs_f64() * 1000.0);
     }
     let begun = Instant::now();
 
@@ -322,18 +325,18 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
             &actor,
         )
         .await?;
-    progress.value["hold_epoch"] = json!(held.route_epoch);
-    progress.value["held_at"] = json!(chrono::Utc::now());
+    progress.record.hold_epoch = Some(held.route_epoch);
+    progress.record.held_at = Some(chrono::Utc::now());
     let proxies = ctx.db.wait_route_applied(&cluster, held.route_epoch, cfg.hold_deadline + cfg.ack_timeout).await?;
     let spared: Vec<i32> = proxies.iter().flat_map(|p| p.backend_pids.iter().copied()).collect();
-    progress.value["proxies"] = json!(proxies.len());
+    progress.record.proxies = Some(proxies.len());
     progress.record(ctx, HELD, t.elapsed());
     ctx.check_cancel()?;
 
     // 2. fence the old primary against writes that bypass the proxies
     let t = Instant::now();
-    let ended = fence::fence(&sides.from, &fence::Before::from_value(progress.value.get("before")), &spared).await?;
-    progress.value["sessions_ended"] = json!(ended);
+    let ended = fence::fence(&sides.from, &progress.record.before.clone().unwrap_or_default(), &spared).await?;
+    progress.record.sessions_ended = Some(ended);
     progress.record(ctx, FENCED, t.elapsed());
 
     // 3. the final marker (once the new primary shows it, it has applied everything before it)
@@ -355,7 +358,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     );
     let final_lsn: String = final_lsn.map_err(pg::err("read the final LSN"))?.get(0);
     let start_back: String = start_back.map_err(pg::err("read the new primary's LSN"))?.get(0);
-    progress.value["final_lsn"] = json!(final_lsn);
+    progress.record.final_lsn = Some(final_lsn);
     progress.record(ctx, CAUGHT_UP, marker_took);
     progress.record(ctx, SEQUENCES, sequences_took);
     ctx.check_cancel()?;
@@ -364,16 +367,16 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         // replication back stops, and the source takes writes again (it was fenced by the flip)
         let t = Instant::now();
         reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
-        progress.value["to_unfenced"] = json!(true);
+        progress.record.to_unfenced = true;
         progress.save(ctx).await?;
-        fence::unfence(&sides.to, &fence::Before::from_value(ctx.migration.state.pointer("/flip/before"))).await?;
+        fence::unfence(&sides.to, &flip_before(ctx)?).await?;
         progress.record(ctx, SWITCHED, t.elapsed());
         ctx.check_cancel()?;
     } else {
         // Forward replication has nothing left to apply (the source is fenced and the target
         // showed the final marker); it is removed after the release, before replication back
         // starts from this position (`soak::replicate_back`).
-        progress.value["reverse_start_lsn"] = json!(start_back);
+        progress.record.reverse_start_lsn = Some(start_back);
     }
 
     // 4. the route points at the new primary and releases the held transactions, in one epoch,
@@ -394,16 +397,16 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
                 ..Default::default()
             },
             &actor,
-            Some((ctx.migration.id, &json!({ progress.key: progress.value }))),
+            Some((ctx.migration.id, progress.patch())),
         )
         .await?;
-    progress.value["routed_epoch"] = json!(routed.route_epoch);
+    progress.record.routed_epoch = Some(routed.route_epoch);
     let held_ms = begun.elapsed().as_secs_f64() * 1000.0;
-    progress.value["held_ms"] = json!(held_ms);
+    progress.record.held_ms = Some(held_ms);
     // saved by the caller with the end of the run
     progress.record(ctx, ROUTED, t.elapsed());
     match ctx.db.wait_route_applied(&cluster, routed.route_epoch, cfg.ack_timeout).await {
-        Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, held_ms, proxies = p.len(), sessions_ended = ended, "traffic moved to the {}", side_name(sides.way, false)),
+        Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = sides.way.key(), held_ms, proxies = p.len(), sessions_ended = ended, "traffic moved to the {}", side_name(sides.way, false)),
         Err(e) => tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "route moved; some proxies have not acknowledged it yet (they hold until they do)"),
     }
     Ok(())
@@ -419,19 +422,19 @@ async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
 async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: String) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let cfg = &ctx.config.flip;
-    tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, way = progress.key, steps = ?progress.steps(), %reason, "undoing");
+    tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, way = sides.way.key(), steps = ?progress.record.steps, %reason, "undoing");
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
     if route.primary_endpoint == sides.to_route {
         // the route moved: the protocol finished as far as traffic is concerned
-        progress.value["in_progress"] = json!(false);
+        progress.record.in_progress = false;
         progress.save(ctx).await?;
         return Ok(Outcome::Done);
     }
     let back = Names::reverse_of(ctx.migration.id);
-    if progress.value["to_unfenced"].as_bool() == Some(true) {
+    if progress.record.to_unfenced {
         // rollback: the source had been unfenced for the move; traffic stays on the target, so
         // the source is fenced again (what to restore there is still the flip's record)
-        fence::fence(&sides.to, &fence::Before::from_value(ctx.migration.state.pointer("/flip/before")), &[]).await?;
+        fence::fence(&sides.to, &flip_before(ctx)?, &[]).await?;
     }
     match sides.way {
         Way::Forward => {
@@ -441,27 +444,31 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         }
         Way::Back => reverse::enable(&sides.to, &back.subscription).await?,
     }
-    if progress.value["fencing"].as_bool() == Some(true) {
-        fence::unfence(&sides.from, &fence::Before::from_value(progress.value.get("before"))).await?;
+    if progress.record.fencing {
+        fence::unfence(&sides.from, &progress.record.before.clone().unwrap_or_default()).await?;
     }
     // release on the old primary (the route's primary never changed)
     let released = ctx
         .db
-        .change_route(&cluster, &RouteChange { hold: Some(false), next_primary: Some(None), ..Default::default() }, &format!("dmf-worker {} undo", progress.key))
+        .change_route(&cluster, &RouteChange { hold: Some(false), next_primary: Some(None), ..Default::default() }, &format!("dmf-worker {} undo", sides.way.key()))
         .await?;
     if let Err(e) = ctx.db.wait_route_applied(&cluster, released.route_epoch, cfg.ack_timeout).await {
         tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "released; some proxies have not acknowledged yet");
     }
-    let attempts = progress.value["attempts"].as_u64().unwrap_or(1);
-    progress.value["in_progress"] = json!(false);
-    progress.value["last_reason"] = json!(reason);
+    let attempts = progress.record.attempts.max(1);
+    progress.record.in_progress = false;
+    progress.record.last_reason = Some(reason.clone());
     // kept across attempts: the revert's transition event is lost if this worker dies before the
     // engine records it, and the next run then flips again straight from here
-    let mut undone = progress.value["undone"].as_array().cloned().unwrap_or_default();
-    undone.push(json!({ "reason": reason, "at": chrono::Utc::now() }));
-    progress.value["undone"] = json!(undone);
+    progress.record.undone.push(Undone { reason: reason.clone(), at: Some(chrono::Utc::now()) });
     progress.save(ctx).await?;
     Ok(revert_outcome(ctx, sides.way, attempts, reason))
+}
+
+/// What the flip's fence found on the source before it changed anything (the rollback fences and
+/// unfences the source by the flip's record).
+fn flip_before(ctx: &Context) -> Result<fence::Before, Error> {
+    Ok(ctx.record::<Flip>()?.0.before.unwrap_or_default())
 }
 
 fn revert_outcome(ctx: &Context, way: Way, attempts: u64, reason: String) -> Outcome {

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::preflight::Report;
+use crate::state::{AwsPassword, AwsSource, AwsTarget, AwsTargetPlan, AwsTeardown, Patch, TargetCreated, TargetDsns};
 use crate::{pg, Context};
 
 /// The cluster's `[cluster.aws]` table.
@@ -59,7 +60,7 @@ pub async fn check_source(ctx: &Context, report: &mut Report) -> Result<(), Erro
             for problem in source.problems() {
                 report.error("rds_logical_replication", source.parameter_group.clone(), problem);
             }
-            ctx.db.merge_state(ctx.migration.id, json!({ "aws_source": source })).await?;
+            ctx.save(Patch::of(&AwsSource { aws_source: Some(source) })).await?;
         }
         Ok(None) => report.warn(
             "rds_source",
@@ -119,11 +120,11 @@ async fn master_password(ctx: &Context, s: &ClusterSettings) -> Result<String, E
     if let Some(var) = &s.master_password_env {
         return std::env::var(var).map_err(|_| Error::NeedsOperator(format!("cluster {}: aws.master_password_env names {var}, which the worker's environment lacks", ctx.cluster())));
     }
-    if let Some(p) = ctx.migration.state.pointer("/aws_master_password").and_then(|v| v.as_str()) {
-        return Ok(p.to_string());
+    if let Some(p) = ctx.record::<AwsPassword>()?.aws_master_password {
+        return Ok(p);
     }
     let p = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    ctx.db.merge_state(ctx.migration.id, json!({ "aws_master_password": p })).await?;
+    ctx.save(Patch::of(&AwsPassword { aws_master_password: Some(p.clone()) })).await?;
     Ok(p)
 }
 
@@ -135,17 +136,18 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
     let s = settings(ctx)?;
     let client = clients(ctx, &s).await?;
     // the spec made durable by the first run, so that every run (and teardown) asks for the same
-    let spec = match provisioned(ctx) {
+    let spec = match provisioned(ctx)? {
         Some(spec) => spec,
         None => target_spec(ctx, &s).await?,
     };
     let password = master_password(ctx, &s).await?;
     // The spec is durable before anything is created: teardown removes what it names.
-    let since = match m.state.pointer("/aws_wait_since").and_then(|v| v.as_str()).and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+    let since = match ctx.record::<AwsTargetPlan>()?.aws_wait_since {
         Some(t) => t,
         None => {
             let now = chrono::Utc::now();
-            ctx.db.merge_state(m.id, json!({ "target_created": true, "aws_target_spec": spec, "aws_wait_since": now })).await?;
+            let plan = AwsTargetPlan { aws_target_spec: Some(spec.clone()), aws_wait_since: Some(now) };
+            ctx.save(Patch::of(&plan).and(&TargetCreated { target_created: true })).await?;
             now
         }
     };
@@ -153,7 +155,7 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
     for what in &state.created {
         tracing::info!(cluster = %m.cluster, migration = %m.id, region = %client.region, "created {what}");
     }
-    ctx.db.merge_state(m.id, json!({ "aws_target": state })).await?;
+    ctx.save(Patch::of(&AwsTarget { aws_target: Some(state.clone()) })).await?;
     let waited = (chrono::Utc::now() - since).to_std().unwrap_or_default();
     if !state.ready() {
         if waited > Duration::from_secs(s.provision_timeout_s) {
@@ -182,14 +184,14 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
     };
     // The target must answer dmf before the schema is copied into it.
     pg::connect(&own_dsn, &format!("target of {}", m.cluster)).await?;
-    ctx.db.merge_state(m.id, json!({ "target_dsn": own_dsn, "target_route_dsn": route_dsn, "target_read_dsn": read_dsn })).await?;
+    ctx.save(Patch::of(&TargetDsns { target_dsn: Some(own_dsn), target_route_dsn: Some(route_dsn), target_read_dsn: Some(read_dsn) })).await?;
     tracing::info!(cluster = %m.cluster, migration = %m.id, writer = %writer, reader = %reader, waited_s = waited.as_secs(), "Aurora target ready");
     Ok(Outcome::Done)
 }
 
 /// Whether this migration provisioned an Aurora target (and so may tear it down).
-pub fn provisioned(ctx: &Context) -> Option<TargetSpec> {
-    ctx.migration.state.pointer("/aws_target_spec").and_then(|v| serde_json::from_value(v.clone()).ok())
+pub fn provisioned(ctx: &Context) -> Result<Option<TargetSpec>, Error> {
+    Ok(ctx.record::<AwsTargetPlan>()?.aws_target_spec)
 }
 
 /// Abort: remove the Aurora target dmf provisioned, per the cluster's policy (`teardown_target`,
@@ -198,8 +200,8 @@ pub async fn teardown(ctx: &Context, spec: &TargetSpec) -> Result<bool, Error> {
     let s = settings(ctx)?;
     let client = clients(ctx, &s).await?;
     let snapshot = s.final_snapshot.then(|| format!("{}-final-{}", spec.cluster_id, &ctx.migration.id.simple().to_string()[..8]));
-    if ctx.migration.state.pointer("/aws_teardown_since").is_none() {
-        ctx.db.merge_state(ctx.migration.id, json!({ "aws_teardown_since": chrono::Utc::now() })).await?;
+    if !teardown_started(ctx)? {
+        ctx.save(Patch::of(&AwsTeardown { aws_teardown_since: Some(chrono::Utc::now()) })).await?;
     }
     let gone = client.teardown_target(spec, snapshot.as_deref(), true).instrument(span(ctx)).await.map_err(aws_error(ctx))?;
     if gone {
@@ -209,8 +211,8 @@ pub async fn teardown(ctx: &Context, spec: &TargetSpec) -> Result<bool, Error> {
 }
 
 /// Once its teardown has begun, the target may no longer answer.
-pub fn teardown_started(ctx: &Context) -> bool {
-    ctx.migration.state.pointer("/aws_teardown_since").is_some()
+pub fn teardown_started(ctx: &Context) -> Result<bool, Error> {
+    Ok(ctx.record::<AwsTeardown>()?.aws_teardown_since.is_some())
 }
 
 #[cfg(test)]

@@ -5,15 +5,13 @@ SELECT c.name AS cluster, c.fleet, c.wave, m.phase, m.epoch, m.paused, m.attempt
        COALESCE(p.bytes_total, 0)::bigint AS bytes_total,
        COALESCE(p.tables_done, 0)::bigint AS tables_done,
        COALESCE(p.tables_total, 0)::bigint AS tables_total,
-       EXTRACT(EPOCH FROM (p.last_update - p.first_update))::float8 AS copy_seconds,
+       p.last_update AS copy_last_update,
        m.last_error, m.abort_reason, m.phase_started_at, m.updated_at,
-       m.state #>> '{audit,gate}' AS audit_gate,
        a.status AS audit_status, a.chunks_total AS audit_chunks_total, COALESCE(a.chunks_done, 0)::bigint AS audit_chunks_done,
        (SELECT count(*) FROM dmf.audit_results d WHERE d.migration = m.id) AS audit_differences,
        w.p50 AS window_p50_ms, w.p99 AS window_p99_ms,
        c.provider, COALESCE(c.settings ->> 'replication', 'logical') AS replication,
-       m.state -> 'dms' AS dms, m.state ->> 'dms_summary' AS dms_summary,
-       m.state -> 'aws_target' AS aws_target
+       m.state
 FROM dmf.clusters c
 JOIN dmf.migrations m ON m.cluster = c.name
 LEFT JOIN LATERAL (
@@ -22,7 +20,6 @@ LEFT JOIN LATERAL (
            sum(bytes_total) AS bytes_total,
            count(DISTINCT table_name) FILTER (WHERE done) AS tables_done,
            count(DISTINCT table_name) AS tables_total,
-           (m.state ->> 'copy_started_at')::timestamptz AS first_update,
            max(updated_at) AS last_update
     FROM dmf.copy_progress cp
     WHERE cp.migration = m.id

@@ -19,7 +19,7 @@ use crate::{lock, Error};
 /// How long the reset of a backend may take before it is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 /// A backend parked for longer than this is asked a round trip before a client gets it.
-const CHECK_AFTER: Duration = Duration::from_secs(5);
+pub const CHECK_AFTER: Duration = Duration::from_secs(5);
 /// How long that round trip may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -2,6 +2,7 @@
 //! longest client stall), the workload's transactions and errors, the ledger where the writes
 //! went, and the auditor's verdict.
 
+use dmf_activities::state;
 use serde::Serialize;
 
 use super::workload::Stats;
@@ -86,21 +87,21 @@ pub async fn cluster(db: &dmf_db::Db, name: &str, stats: Stats, sessions_moved: 
     let entries = db.phase_entries(m.id).await?;
     let phase_seconds = entries.windows(2).map(|w| (w[0].0.clone(), (w[1].1 - w[0].1).num_milliseconds() as f64 / 1000.0)).collect();
 
-    let flip = m.state.get("flip").filter(|f| f.get("held_ms").is_some()).map(|f| {
-        let held_ms = f["held_ms"].as_f64().unwrap_or(0.0);
-        let held_at = f["held_at"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()).map(|t| t.timestamp_micros()).unwrap_or(0);
+    let record = m.record::<state::Flip>()?.0;
+    let flip = record.held_ms.map(|held_ms| {
+        let held_at = record.held_at.map(|t| t.timestamp_micros()).unwrap_or(0);
         let stall = stats.longest_overlapping(held_at, held_at + (held_ms * 1000.0) as i64).unwrap_or(0);
         Flip {
-            attempts: f["attempts"].as_i64().unwrap_or(0),
+            attempts: record.attempts as i64,
             held_ms,
             longest_stall_ms: stall as f64 / 1000.0,
             sessions_moved,
-            steps_ms: steps_ms(f),
+            steps_ms: steps_ms(&record),
         }
     });
 
     let route = db.route(name).await?.ok_or_else(|| anyhow::anyhow!("cluster {name} has no route"))?;
-    let on_target = m.state_str("target_dsn") == Some(route.primary_endpoint.as_str());
+    let on_target = m.record::<state::TargetDsns>()?.target_dsn.as_deref() == Some(route.primary_endpoint.as_str());
     let primary = connect(&route.primary_endpoint).await?;
     let row = primary.query_one(include_str!("ledger.sql"), &[]).await?;
     let history_rows: i64 = row.get("history_rows");
@@ -151,12 +152,11 @@ pub async fn cluster(db: &dmf_db::Db, name: &str, stats: Stats, sessions_moved: 
 }
 
 /// The protocol's steps in order, then the finer timings recorded inside them.
-fn steps_ms(flip: &serde_json::Value) -> Vec<(String, f64)> {
-    let steps: Vec<&str> = flip["steps"].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
-    let timings = flip["timings_ms"].as_object();
-    let mut out: Vec<(String, f64)> = steps.iter().map(|s| (s.to_string(), flip["timings_ms"][*s].as_f64().unwrap_or(0.0))).collect();
-    for (k, v) in timings.into_iter().flatten().filter(|(k, _)| !steps.contains(&k.as_str())) {
-        out.push((format!("({k})"), v.as_f64().unwrap_or(0.0)));
+/// Each step's time in order, then the timings of what is not a step (in parentheses).
+fn steps_ms(flip: &state::FlipRecord) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = flip.steps.iter().map(|s| (s.clone(), flip.timings_ms.get(s).copied().unwrap_or(0.0))).collect();
+    for (k, v) in flip.timings_ms.iter().filter(|(k, _)| !flip.steps.contains(k)) {
+        out.push((format!("({k})"), *v));
     }
     out
 }
