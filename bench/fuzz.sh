@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_build_tools
+ensure_cxx
 seconds="${FUZZ_SECONDS:-30}"
 if ! cargo +nightly --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || {

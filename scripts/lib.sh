@@ -61,9 +61,9 @@ libclang_dirs() {
         if [ -n "${LIBCLANG_PATH:-}" ]; then echo "$LIBCLANG_PATH"; return; fi
         prefix="$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null | head -n 1)" || true
         [ -n "$prefix" ] && printf '%s\n' "$prefix/bin" "$prefix/lib" "$prefix/lib64"
-        local IFS=:
-        for dir in ${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-}; do [ -n "$dir" ] && echo "$dir"; done
-        unset IFS
+        local -a paths=()
+        IFS=: read -r -a paths <<<"${LD_LIBRARY_PATH:-}:${LIBRARY_PATH:-}"
+        for dir in "${paths[@]}"; do [ -n "$dir" ] && echo "$dir"; done
     fi
     for dir in "$root"/usr/local/llvm*/lib* "$root"/usr/local/lib*/*/* "$root"/usr/local/lib*/* \
                "$root"/usr/local/lib* "$root"/usr/lib*/*/* "$root"/usr/lib*/* "$root"/usr/lib*; do
@@ -75,6 +75,15 @@ libclang_dirs() {
 # for, less `libclang-cpp`, 64-bit ELF), or fails.
 find_libclang() {
     local dir file
+    # LIBCLANG_PATH may name the library itself, which clang-sys accepts too
+    if [ -z "${1:-}" ] && [ -f "${LIBCLANG_PATH:-}" ]; then
+        case "${LIBCLANG_PATH##*/}" in
+            *-cpp.*) ;;
+            libclang.so|libclang-*.so|libclang.so.*|libclang-*.so.*)
+                if is_elf64 "$LIBCLANG_PATH"; then echo "$LIBCLANG_PATH"; return 0; fi ;;
+        esac
+        return 1
+    fi
     while IFS= read -r dir; do
         for file in "$dir"/libclang.so "$dir"/libclang-*.so "$dir"/libclang.so.* "$dir"/libclang-*.so.*; do
             case "${file##*/}" in *-cpp.*) continue ;; esac
@@ -103,14 +112,23 @@ find_clang_headers() {
     for dir in "${dirs[@]}"; do
         if [ -f "$dir/stddef.h" ]; then echo "$dir"; return 0; fi
     done
+    # the headers of the libclang's own LLVM version when it shows one (llvm-N in its real path,
+    # or libclang-N.so): another version's headers do not parse with it
+    local lib version="*"
+    if lib="$(find_libclang "$root")"; then
+        lib="$(readlink -f "$lib")"
+        if [[ "$lib" =~ /llvm-([0-9]+)/ ]] || [[ "${lib##*/}" =~ ^libclang-([0-9]+)[.] ]]; then
+            version="${BASH_REMATCH[1]}"
+        fi
+    fi
     dirs=()
     if [ -z "$root" ]; then
         prefix="$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null | head -n 1)" || true
         [ -n "$prefix" ] && dirs+=("$prefix/lib")
     fi
-    dirs+=("$root"/usr/lib/llvm-*/lib "$root"/usr/lib "$root"/usr/local/lib "$root"/usr/lib64)
+    dirs+=("$root"/usr/lib/llvm-$version/lib "$root"/usr/lib "$root"/usr/local/lib "$root"/usr/lib64)
     for dir in "${dirs[@]}"; do
-        for header in "$dir"/clang/*/include/stddef.h; do
+        for header in "$dir"/clang/$version*/include/stddef.h; do
             if [ -f "$header" ]; then dirname "$header"; return 0; fi
         done
     done
@@ -125,8 +143,9 @@ check_build_tools() {
     if headers="$(find_clang_headers "$root")"; then echo "ok: clang headers $headers"
     else echo "missing: clang's headers (stddef.h in clang's resource directory, or in a directory BINDGEN_EXTRA_CLANG_ARGS names with -isystem)"; fi
     if [ -z "$root" ]; then
-        if command -v "${CC:-cc}" >/dev/null; then echo "ok: C compiler"; else echo "missing: C compiler (cc)"; fi
-        if command -v "${CXX:-c++}" >/dev/null; then echo "ok: C++ compiler"; else echo "missing: C++ compiler (c++)"; fi
+        # (CC may carry a wrapper and flags, as in "ccache gcc": its first word is the program)
+        local cc="${CC:-cc}"
+        if command -v "${cc%% *}" >/dev/null; then echo "ok: C compiler"; else echo "missing: C compiler ($cc)"; fi
         if command -v cargo >/dev/null; then echo "ok: cargo"; else echo "missing: cargo (a Rust toolchain: rustup.rs)"; fi
     fi
 }
@@ -138,6 +157,12 @@ libclang_packages() {
     local n
     n="$(apt-cache depends libclang-dev 2>/dev/null | sed -n 's/.*Depends: libclang-\([0-9][0-9]*\)-dev$/\1/p' | head -n 1)"
     if [ -n "$n" ]; then echo "libclang1-$n libclang-common-$n-dev"; else echo "libclang-dev"; fi
+}
+
+# ensure_cxx: a C++ compiler (libfuzzer, for bench/fuzz.sh), installed when missing.
+ensure_cxx() {
+    local cxx="${CXX:-c++}"
+    command -v "${cxx%% *}" >/dev/null || apt_install g++
 }
 
 # ensure_build_tools: what `cargo build` needs besides the Rust toolchain, installed when missing
@@ -162,7 +187,7 @@ ensure_build_tools() {
     apt_update_once
     grep -q 'missing: libclang\|missing: clang' <<<"$missing" && packages="$(libclang_packages)"
     grep -q 'compiler' <<<"$missing" && packages="$packages build-essential"
-    echo "installing $packages (pg_query's bindgen loads libclang; ring and libfuzzer build C/C++)" >&2
+    echo "installing $packages (pg_query's bindgen loads libclang; pg_query and ring build C)" >&2
     # shellcheck disable=SC2086
     apt_install $packages
     missing="$(check_build_tools | grep '^missing' || true)"

@@ -54,6 +54,10 @@ mkdir -p "$root/usr/lib/llvm-14/lib/clang/14.0.6/include"
 touch "$root/usr/lib/llvm-14/lib/clang/14.0.6/include/stddef.h"
 expect clang_headers_are_found "ok: clang headers $root/usr/lib/llvm-14/lib/clang/14.0.6/include"
 
+# Another LLVM's libclang does not parse with clang 14's headers.
+mv "$root/usr/lib/x86_64-linux-gnu/libclang-14.so.14.0.6" "$root/usr/lib/x86_64-linux-gnu/libclang-15.so.15.0.7"
+expect other_versions_headers_are_missing "missing: clang's headers"
+
 # Cargo's summary format, so that scripts/test.sh counts these with the Rust tests.
 status=ok; [ "$failed" -gt 0 ] && status=FAILED
 echo "test result: $status. $passed passed; $failed failed"
