@@ -58,9 +58,10 @@ fn a_worker_killed_at_any_step_of_the_flip_leaves_traffic_on_one_side() {
             worker = start_worker(crashes);
         }
         // never split: a route on the target means the source is fenced
+        let states = env.states();
         for p in POINTS {
             let cluster = format!("app_{p}");
-            let target = env.state(&cluster).target.target_dsn;
+            let target = states.get(&cluster).and_then(|s| s.target.target_dsn.clone());
             let primary = env.cp_query(&format!("SELECT primary_endpoint FROM dmf.routes WHERE cluster = '{cluster}'"));
             if target.as_deref() == Some(primary.as_str()) {
                 assert_eq!(psql(&src.dsn(&cluster), "SHOW default_transaction_read_only"), "on", "{cluster}: routed to the target while the source takes writes");

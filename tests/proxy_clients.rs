@@ -149,6 +149,7 @@ async fn tokio_postgres_prepared_binary_copy_transactions_errors_and_cancel() {
         assert!(started.elapsed() < Duration::from_secs(10), "pg_sleep never started through the proxy");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let started = Instant::now();
     token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
     let err = sleeper.await.expect("join").expect_err("cancelled");
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));

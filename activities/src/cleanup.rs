@@ -8,7 +8,7 @@ use crate::hydrate::{drop_slot, subscription_exists};
 use crate::providers::aws;
 use crate::providers::local::LocalCluster;
 use crate::state::{LocalDir, LocalPort, TargetCreated};
-use crate::{pg, Context, HEARTBEAT_SCHEMA};
+use crate::{pg, Context, Provider, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
@@ -18,14 +18,14 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     // Traffic first: an abort from shadow_reads sends reads back to the source.
     crate::shift_reads::reads_back_to_source(ctx).await?;
     // DMS next: its task reads the source and writes the target.
-    if crate::dms::uses_dms(ctx) && !crate::dms::remove(ctx).await? {
+    if ctx.uses_dms() && !crate::dms::remove(ctx).await? {
         return Ok(Outcome::Watch(std::time::Duration::from_secs(2)));
     }
     // Target first: a subscription left enabled would recreate activity on the slot.
-    if let Some(target_dsn) = ctx.target_dsn()?.filter(|_| !crate::dms::uses_dms(ctx)) {
+    if let Some(target_dsn) = ctx.target_dsn()?.filter(|_| !ctx.uses_dms()) {
         let reachable = if !provisioned_by_us(ctx)? {
             true
-        } else if m.provider == "aws" {
+        } else if ctx.provider == Provider::Aws {
             !aws::teardown_started(ctx)?
         } else {
             local_target(ctx)?.map(|c| c.is_running()).unwrap_or(true)

@@ -18,11 +18,6 @@ use crate::replicate::Sample;
 use crate::state::{AwsSource, DmsProgress, DmsRemoved, DmsSpec, Patch};
 use crate::{hydrate, pg, replicate, Context, HEARTBEAT_SCHEMA};
 
-/// Whether this cluster replicates through DMS (else native logical replication).
-pub fn uses_dms(ctx: &Context) -> bool {
-    ctx.migration.settings.get("replication").and_then(|v| v.as_str()) == Some("dms")
-}
-
 /// One side as DMS reaches it, from a connection string.
 fn endpoint(dsn: &str, engine: &str, ssl_mode: &str, what: &str) -> Result<EndpointSpec, Error> {
     let c: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string for the {what}: {e}")))?;

@@ -403,7 +403,7 @@ pub(crate) async fn build_post_data(ctx: &Context, target_dsn: &str) -> Result<(
 }
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
-    if crate::dms::uses_dms(ctx) {
+    if ctx.uses_dms() {
         return crate::dms::hydrate(ctx).await;
     }
     let cluster = ctx.cluster().to_string();

@@ -89,6 +89,47 @@ impl Default for Config {
     }
 }
 
+/// Where a cluster's target comes from (the manifest's `provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// A PostgreSQL cluster made with initdb/pg_ctl, or a target the manifest names.
+    Local,
+    /// An Aurora cluster made through the RDS API.
+    Aws,
+}
+
+impl Provider {
+    pub fn parse(name: &str) -> Option<Provider> {
+        match name {
+            "local" => Some(Provider::Local),
+            "aws" => Some(Provider::Aws),
+            _ => None,
+        }
+    }
+}
+
+/// How the target is kept in sync with the source (the manifest's `replication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// Native logical replication: publication, slot, subscription.
+    Logical,
+    /// An AWS DMS full-load-and-cdc task.
+    Dms,
+}
+
+impl Replication {
+    /// The replication a cluster's settings name (logical when they name none); the unknown name
+    /// as the error.
+    pub fn of(settings: &serde_json::Value) -> Result<Replication, String> {
+        match settings.get("replication") {
+            None | Some(serde_json::Value::Null) => Ok(Replication::Logical),
+            Some(serde_json::Value::String(s)) if s == "logical" => Ok(Replication::Logical),
+            Some(serde_json::Value::String(s)) if s == "dms" => Ok(Replication::Dms),
+            Some(other) => Err(other.to_string()),
+        }
+    }
+}
+
 /// Everything an activity run needs.
 #[derive(Clone)]
 pub struct Context {
@@ -97,6 +138,8 @@ pub struct Context {
     /// Fired when the lease is lost, the migration moves on, or the worker stops.
     pub cancel: CancellationToken,
     pub config: Config,
+    pub provider: Provider,
+    pub replication: Replication,
 }
 
 /// The names of the replication objects a migration owns, derived from its id so that every
@@ -134,6 +177,21 @@ impl Names {
 pub const HEARTBEAT_SCHEMA: &str = "_dmf";
 
 impl Context {
+    /// A run of `migration`'s current phase; its provider and replication are read here, once.
+    pub fn new(db: Db, migration: MigrationRow, cancel: CancellationToken, config: Config) -> Result<Context, Error> {
+        let provider = Provider::parse(&migration.provider)
+            .ok_or_else(|| Error::NeedsOperator(format!("cluster {}: provider {:?} is not available in this build", migration.cluster, migration.provider)))?;
+        let replication = Replication::of(&migration.settings).map_err(|other| {
+            Error::NeedsOperator(format!("cluster {}: replication {other:?} is not available in this build", migration.cluster))
+        })?;
+        Ok(Context { db, migration, cancel, config, provider, replication })
+    }
+
+    /// Replication goes through AWS DMS (not native logical replication).
+    pub fn uses_dms(&self) -> bool {
+        self.replication == Replication::Dms
+    }
+
     pub fn names(&self) -> Names {
         Names::of(self.migration.id)
     }
@@ -147,24 +205,28 @@ impl Context {
     }
 
     /// The record `R` of this migration's durable state, as it was when this run began.
+    /// A record that does not parse needs an operator: retrying reads the same bytes.
     pub fn record<R: dmf_db::state::Record>(&self) -> Result<R, Error> {
-        Ok(self.migration.record::<R>()?)
+        self.migration.record::<R>().map_err(|e| match e {
+            dmf_db::Error::Corrupt(what) => Error::NeedsOperator(what),
+            other => Error::Db(other),
+        })
     }
 
     /// The target: adopted (from the manifest) or provisioned (from the durable state).
     pub fn target_dsn(&self) -> Result<Option<String>, Error> {
-        Ok(self.migration.target_dsn.clone().or(self.record::<state::TargetDsns>()?.target_dsn))
+        Ok(self.migration.target_dsn.clone().or(self.record::<state::TargetDsn>()?.target_dsn))
     }
 
     /// Where the routes send traffic on the target: the writer endpoint of a provisioned Aurora
     /// cluster (dmf itself may reach it another way, `connect_via`), else the target.
     pub fn route_target(&self) -> Result<Option<String>, Error> {
-        Ok(self.record::<state::TargetDsns>()?.target_route_dsn.or(self.target_dsn()?))
+        Ok(self.record::<state::TargetEndpoints>()?.target_route_dsn.or(self.target_dsn()?))
     }
 
     /// Where shadow reads go on the target: an Aurora cluster's reader endpoint, else the target.
     pub fn route_read_target(&self) -> Result<Option<String>, Error> {
-        Ok(self.record::<state::TargetDsns>()?.target_read_dsn.or(self.route_target()?))
+        Ok(self.record::<state::TargetEndpoints>()?.target_read_dsn.or(self.route_target()?))
     }
 
     pub fn require_target(&self) -> Result<String, Error> {
@@ -207,5 +269,21 @@ pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
     match result {
         Ok(outcome) => outcome,
         Err(e) => e.into_outcome(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_and_replication_are_read_from_what_the_manifest_stored() {
+        assert_eq!(Provider::parse("local"), Some(Provider::Local));
+        assert_eq!(Provider::parse("aws"), Some(Provider::Aws));
+        assert_eq!(Provider::parse("gcp"), None);
+        assert_eq!(Replication::of(&serde_json::json!({})), Ok(Replication::Logical));
+        assert_eq!(Replication::of(&serde_json::json!({ "replication": "logical" })), Ok(Replication::Logical));
+        assert_eq!(Replication::of(&serde_json::json!({ "replication": "dms" })), Ok(Replication::Dms));
+        assert_eq!(Replication::of(&serde_json::json!({ "replication": "bdr" })), Err("\"bdr\"".to_string()));
     }
 }

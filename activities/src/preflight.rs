@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::state::Patch;
-use crate::{pg, providers, Context};
+use crate::{pg, providers, Context, Provider};
 use dmf_workflows::{AbortReason, Outcome};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -137,7 +137,7 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
             let names = target.query("SELECT name FROM pg_available_extensions", &[]).await.map_err(pg::err("list target extensions"))?;
             Some(names.iter().map(|r| r.get::<_, String>(0)).collect())
         }
-        None if ctx.migration.provider == "aws" => {
+        None if ctx.provider == Provider::Aws => {
             providers::aws::check_source(ctx, &mut report).await?;
             // Aurora's extensions are known once it exists: the schema copy fails on a missing one.
             None

@@ -5,8 +5,8 @@
 
 use crate::error::Error;
 use crate::providers::local::{self, LocalCluster, Options};
-use crate::state::{LocalDir, LocalPort, Patch, TargetCreated, TargetDsns};
-use crate::{pg, Context};
+use crate::state::{LocalDir, LocalPort, Patch, TargetCreated, TargetDsn};
+use crate::{pg, Context, Provider};
 use dmf_workflows::Outcome;
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
@@ -16,10 +16,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         pg::connect(dsn, &format!("target of {cluster}")).await?;
         return Ok(Outcome::Done);
     }
-    match ctx.migration.provider.as_str() {
-        "local" => provision_local(ctx).await,
-        "aws" => crate::providers::aws::provision(ctx).await,
-        other => Err(Error::NeedsOperator(format!("cluster {cluster}: provider {other:?} is not available in this build"))),
+    match ctx.provider {
+        Provider::Local => provision_local(ctx).await,
+        Provider::Aws => crate::providers::aws::provision(ctx).await,
     }
 }
 
@@ -56,7 +55,7 @@ async fn provision_local(ctx: &Context) -> Result<Outcome, Error> {
         pg::exec(&admin, "create target database", &format!("CREATE DATABASE {}", pg::ident(&dbname))).await?;
     }
     let dsn = c.dsn(&dbname);
-    ctx.save(Patch::of(&TargetDsns { target_dsn: Some(dsn), ..TargetDsns::default() })).await?;
+    ctx.save(Patch::of(&TargetDsn { target_dsn: Some(dsn) })).await?;
     tracing::info!(cluster = %m.cluster, migration = %m.id, dir = %dir.display(), port, "local target ready");
     Ok(Outcome::Done)
 }

@@ -82,7 +82,7 @@ pub async fn fence(
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let m = &ctx.migration;
-    let s = if crate::dms::uses_dms(ctx) { crate::dms::sample(ctx).await? } else { sample(ctx).await? };
+    let s = if ctx.uses_dms() { crate::dms::sample(ctx).await? } else { sample(ctx).await? };
     let lag_ms = s.lag.as_millis() as i64;
     let verdict_input_over = s.lag > ctx.config.lag.limit;
     let over_since = ctx.db.record_lag(m.id, Some(lag_ms), s.lag_bytes, verdict_input_over).await?;
@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         if for_how_long > ctx.config.slot_inactive_window {
             return Ok(Outcome::Abort {
                 reason: AbortReason::SlotInactive,
-                detail: if crate::dms::uses_dms(ctx) {
+                detail: if ctx.uses_dms() {
                     format!("DMS task not running for {}s", for_how_long.as_secs())
                 } else {
                     format!("slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs())

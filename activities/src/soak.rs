@@ -23,7 +23,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let source = pg::connect_writable(ctx.source_dsn(), &format!("source of {cluster}")).await?;
     let target = pg::connect_writable(&target_dsn, &format!("target of {cluster}")).await?;
     let back = Names::reverse_of(m.id);
-    if crate::dms::uses_dms(ctx) && !crate::dms::remove(ctx).await? {
+    if ctx.uses_dms() && !crate::dms::remove(ctx).await? {
         // DMS stops and deletes its task before replication back starts
         return Ok(Outcome::Watch(ctx.config.watch_interval));
     }

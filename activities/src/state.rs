@@ -24,8 +24,25 @@ macro_rules! record {
     };
 }
 
-/// The target's connection strings: dmf's own, the routes' (an Aurora writer endpoint), the
-/// shadow reads' (an Aurora reader endpoint). Written by provisioning.
+/// The connection string dmf uses for a target it provisioned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TargetDsn {
+    pub target_dsn: Option<String>,
+}
+record!(TargetDsn, Place::Top);
+
+/// An Aurora target's endpoints as the routes use them: the writer's, and the reader's for shadow
+/// reads (dmf itself may reach the target another way, `connect_via`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TargetEndpoints {
+    pub target_route_dsn: Option<String>,
+    pub target_read_dsn: Option<String>,
+}
+record!(TargetEndpoints, Place::Top);
+
+/// The target's connection strings together, as status shows them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct TargetDsns {
@@ -33,7 +50,6 @@ pub struct TargetDsns {
     pub target_route_dsn: Option<String>,
     pub target_read_dsn: Option<String>,
 }
-record!(TargetDsns, Place::Top);
 
 /// dmf created the target (so abort may remove it); an adopted target is never removed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -275,7 +291,14 @@ impl MigrationState {
     /// Every record of `state` (the secret ones left out).
     pub fn of(state: &State) -> Result<MigrationState, dmf_db::Error> {
         Ok(MigrationState {
-            target: state.get()?,
+            target: {
+                let endpoints: TargetEndpoints = state.get()?;
+                TargetDsns {
+                    target_dsn: state.get::<TargetDsn>()?.target_dsn,
+                    target_route_dsn: endpoints.target_route_dsn,
+                    target_read_dsn: endpoints.target_read_dsn,
+                }
+            },
             target_created: state.get::<TargetCreated>()?.target_created,
             local_dir: state.get::<LocalDir>()?.target_dir,
             local_port: state.get::<LocalPort>()?.target_port,
@@ -321,7 +344,9 @@ mod tests {
                   "timings_ms": { "held": 5.4, "fenced": 5.0, "backends_opened_ahead": 49.7 },
                   "hold_epoch": 6, "held_at": "2026-12-01T10:03:01Z", "proxies": 2, "sessions_ended": 1,
                   "final_lsn": "0/1B00000", "reverse_start_lsn": "0/3000000", "routed_epoch": 7, "held_ms": 22.9 },
-        "rollback": { "attempts": 1, "in_progress": false, "steps": [], "to_unfenced": true, "last_reason": "lag" },
+        "rollback": { "attempts": 1, "in_progress": false, "steps": [], "started_at": "2026-12-02T09:00:00Z", "undone": null,
+                      "before": { "setting": "off", "connect": [], "granted_self": false }, "fencing": true,
+                      "to_unfenced": true, "last_reason": "lag" },
         "reverse": { "subscribed": true, "kept": true, "soaked_s": 3600 }
     }"#;
 
@@ -350,6 +375,7 @@ mod tests {
         assert_eq!((flip.proxies, flip.sessions_ended, flip.routed_epoch, flip.held_ms), (Some(2), Some(1), Some(7), Some(22.9)));
         assert_eq!(flip.reverse_start_lsn.as_deref(), Some("0/3000000"));
         assert!(m.rollback.to_unfenced && m.rollback.last_reason.as_deref() == Some("lag"));
+        assert!(m.rollback.undone.is_empty(), "the old code stored \"undone\": null on a first attempt");
         assert_eq!(m.reverse, Reverse { subscribed: Some(true), kept: true, soaked_s: Some(3600) });
         assert_eq!(m.aws_source, None);
         assert!(!m.dms_removed);

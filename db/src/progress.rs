@@ -19,8 +19,10 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        let started = Patch::of(&CopyClock { copy_started_at: Some(chrono::Utc::now()) });
-        sqlx::query(include_str!("queries/merge_state.sql"))
+        // the control plane's clock, as the progress rows' updated_at it is compared with
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+        let started = Patch::of(&CopyClock { copy_started_at: Some(now) });
+        sqlx::query(include_str!("queries/merge_state_only.sql"))
             .bind(migration)
             .bind(started.into_json())
             .execute(&mut *tx)

@@ -33,15 +33,22 @@ pub struct State(serde_json::Value);
 
 impl State {
     /// The record `R`: its default when the state has none, an error when what is stored does not
-    /// parse as `R`.
+    /// parse as `R`. A field stored as null reads as its default (older dmf wrote nulls for
+    /// absent lists, as in `"undone": null`).
     pub fn get<R: Record>(&self) -> Result<R, Error> {
         let value = match R::PLACE {
             Place::Key(key) => match self.0.get(key) {
                 None | Some(serde_json::Value::Null) => return Ok(R::default()),
-                Some(v) => v.clone(),
+                Some(v) => v,
             },
-            Place::Top if self.0.is_object() => self.0.clone(),
+            Place::Top if self.0.is_object() => &self.0,
             Place::Top => return Ok(R::default()),
+        };
+        let value = match value {
+            serde_json::Value::Object(fields) => {
+                serde_json::Value::Object(fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
+            other => other.clone(),
         };
         serde_json::from_value(value).map_err(|e| Error::Corrupt(format!("migration state {}: {e}", place_name::<R>())))
     }
@@ -157,6 +164,21 @@ mod tests {
         let merged = state.merged(&Patch::of(&Nested { a: None, b: 2 }));
         assert_eq!(merged.get::<Nested>().unwrap(), Nested { a: None, b: 2 });
         assert!(merged.get::<Reverse>().unwrap().kept);
+    }
+
+    #[test]
+    fn fields_stored_as_null_read_as_defaults() {
+        #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+        #[serde(default)]
+        struct WithList {
+            items: Vec<String>,
+            on: bool,
+        }
+        impl Record for WithList {
+            const PLACE: Place = Place::Key("with_list");
+        }
+        let state = State::from_json(serde_json::json!({ "with_list": { "items": null, "on": null } }));
+        assert_eq!(state.get::<WithList>().unwrap(), WithList::default());
     }
 
     #[test]

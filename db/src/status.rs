@@ -79,7 +79,8 @@ impl Db {
     pub async fn status(&self, cluster: Option<&str>) -> Result<Vec<ClusterStatus>, Error> {
         let mut rows: Vec<ClusterStatus> = sqlx::query_as(include_str!("queries/status.sql")).bind(cluster).fetch_all(&self.pool).await?;
         for r in &mut rows {
-            let started = r.record::<CopyClock>()?.copy_started_at;
+            // (a clock that does not parse only loses the rate; `dmf status` reports the state)
+            let started = r.record::<CopyClock>().ok().and_then(|c| c.copy_started_at);
             r.copy_seconds = match (started, r.copy_last_update) {
                 (Some(s), Some(l)) => Some((l - s).num_microseconds().unwrap_or(0) as f64 / 1e6),
                 _ => None,

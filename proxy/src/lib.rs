@@ -88,9 +88,15 @@ impl Options {
             idle_backends: 16,
             idle_backend_timeout: Duration::from_secs(60),
             idle_poll: Duration::from_micros(200),
-            threads: 1,
+            threads: default_threads(),
         }
     }
+}
+
+/// Relay threads unless told otherwise: one per CPU this process may use (its affinity and cgroup
+/// quota), at most 8.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 /// Where a client's CancelRequest must go: the backend the session is using right now.

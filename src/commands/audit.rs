@@ -27,10 +27,10 @@ pub struct Args {
     #[arg(long)]
     pub full: bool,
     /// Chunks compared at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = AuditConfig::default().jobs)]
     pub jobs: usize,
     /// Rows per chunk, about.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = AuditConfig::default().chunk_rows)]
     pub chunk_rows: i64,
     /// Differences listed.
     #[arg(long, default_value_t = 50)]
@@ -46,7 +46,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let target = m
             .target_dsn
             .clone()
-            .or(m.record::<state::TargetDsns>()?.target_dsn)
+            .or(m.record::<state::TargetDsn>()?.target_dsn)
             .ok_or_else(|| anyhow::anyhow!("cluster {}: no target yet (phase {}); a full compare needs a replicating target", m.cluster, m.phase))?;
         if !matches!(m.phase.as_str(), "replicating" | "validating" | "shadow_reads") {
             anyhow::bail!("cluster {} is in phase {}; a full compare needs it replicating, validating or in shadow reads", m.cluster, m.phase);

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::ControlPlane;
@@ -40,34 +41,34 @@ pub struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Without a heartbeat for this long, stop sending statements anywhere.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = D.lease.as_millis() as u64)]
     lease_ms: u64,
     /// How long a transaction may wait at a hold before its session is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = D.hold_timeout.as_secs())]
     hold_timeout_s: u64,
     /// On SIGTERM, how long to let transactions in flight finish.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = D.drain.as_secs())]
     drain_s: u64,
     /// Shadow traffic queue length; a full queue drops mirrors (counted), never slows clients.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = D.shadow_queue)]
     shadow_queue: usize,
     /// Connections that run mirrored statements.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = D.shadow_workers)]
     shadow_workers: usize,
     /// Backends kept after their client disconnects, reset with DISCARD ALL, for the next client
     /// that logs in with the same user, database and startup parameters: it skips connecting and
     /// authenticating, and gets a warm server connection. 0 closes each backend with its client.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = D.idle_backends)]
     idle_backends: usize,
     /// Seconds a kept backend waits for a client before it is closed.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = D.idle_backend_timeout.as_secs())]
     idle_backend_timeout_s: u64,
     /// After traffic, poll the sockets for up to this long instead of sleeping at once, so that
     /// the next message needs no wake-up (the window adapts: gaps longer than this turn polling
     /// off). Whenever a poll finds nothing, threads waiting for the CPU run first, but polling is
     /// CPU time all the same and counts against a CPU quota: 0 turns it off. Each relay thread
     /// polls on its own, only while its own sessions have traffic.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = D.idle_poll.as_micros() as u64)]
     idle_poll_us: u64,
     /// Relay threads, each an event loop of its own: a new client goes to the thread with the
     /// fewest connections and stays there. Default: the CPUs this process may use (its affinity
@@ -76,10 +77,9 @@ pub struct Args {
     threads: Option<usize>,
 }
 
-/// Relay threads when --threads is not given: one per CPU this process may use, at most 8.
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-}
+/// The proxy's defaults, which the flags show and start from: defaults live in dmf-proxy.
+static D: LazyLock<dmf_proxy::Options> =
+    LazyLock::new(|| dmf_proxy::Options::new("", SocketAddr::from(([127, 0, 0, 1], 6432)), ""));
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut opts = dmf_proxy::Options::new(&a.cluster, a.listen, &a.cp.database_url);
@@ -102,7 +102,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     opts.threads = match a.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
-        None => default_threads(),
+        None => opts.threads,
     };
     let proxy = dmf_proxy::Proxy::build(opts).await?;
     let handle = proxy.handle();

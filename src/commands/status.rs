@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use dmf_activities::state::{Gate, MigrationState};
 use dmf_db::status::ClusterStatus;
+use dmf_proxy::backend::endpoint::redact;
 use serde::Serialize;
 
 use super::ControlPlane;
@@ -36,14 +37,22 @@ pub struct View {
     pub dms_summary: Option<String>,
     /// An Aurora target as AWS last reported it: cluster and instance statuses, endpoints.
     pub aws_target: Option<dmf_aws::rds::TargetState>,
-    /// Everything the activities recorded.
+    /// Everything the activities recorded, passwords left out.
     pub state: MigrationState,
+    /// Why `state` is empty: what the activities recorded does not parse (an operator looks).
+    pub state_error: Option<String>,
 }
 
 impl View {
-    pub fn of(status: ClusterStatus) -> anyhow::Result<View> {
-        let state = MigrationState::of(&status.state).map_err(|e| anyhow::anyhow!("cluster {}: {e}", status.cluster))?;
-        Ok(View {
+    /// The view of one cluster; a state that does not parse is shown as such, not hidden with
+    /// the rest of the fleet.
+    pub fn of(status: ClusterStatus) -> View {
+        let (mut state, state_error) = match MigrationState::of(&status.state) {
+            Ok(s) => (s, None),
+            Err(e) => (MigrationState::default(), Some(format!("cluster {}: {e}", status.cluster))),
+        };
+        redact_secrets(&mut state);
+        View {
             copy_bytes_per_second: status.copy_rate(),
             eta_seconds: status.eta_seconds(),
             audit_gate: state.audit.gate,
@@ -52,7 +61,8 @@ impl View {
             aws_target: state.aws_target.clone(),
             status,
             state,
-        })
+            state_error,
+        }
     }
 
     /// One line on an Aurora target still coming up: the cluster's and each instance's status.
@@ -60,6 +70,19 @@ impl View {
         let t = self.aws_target.as_ref()?;
         let instances: Vec<String> = t.instances.iter().map(|i| format!("{} {}", i.id, i.status)).collect();
         Some(format!("aurora {}; {}", t.cluster_status.as_deref().unwrap_or("absent"), instances.join(", ")))
+    }
+}
+
+/// Passwords out of what status shows: the target's connection strings (an Aurora target's hold
+/// its master password) and the DMS endpoints' (the source's own).
+fn redact_secrets(state: &mut MigrationState) {
+    for dsn in [&mut state.target.target_dsn, &mut state.target.target_route_dsn, &mut state.target.target_read_dsn].into_iter().flatten() {
+        *dsn = redact(dsn);
+    }
+    if let Some(spec) = &mut state.dms_spec {
+        for endpoint in [&mut spec.source, &mut spec.target] {
+            endpoint.password = String::new();
+        }
     }
 }
 
@@ -108,11 +131,12 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
             }
             _ => "-".to_string(),
         };
-        let err = match (&r.abort_reason, &r.last_error) {
-            (Some(reason), Some(e)) => format!("[{reason}] {e}"),
-            (Some(reason), None) => format!("[{reason}]"),
-            (None, Some(e)) => e.clone(),
-            (None, None) => String::new(),
+        let err = match (&v.state_error, &r.abort_reason, &r.last_error) {
+            (Some(e), _, _) => format!("[state unreadable] {e}"),
+            (None, Some(reason), Some(e)) => format!("[{reason}] {e}"),
+            (None, Some(reason), None) => format!("[{reason}]"),
+            (None, None, Some(e)) => e.clone(),
+            (None, None, None) => String::new(),
         };
         out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {:<36} {}\n", r.cluster, r.wave, phase, lag, lag_bytes, hydration, audit, err.lines().next().unwrap_or("")));
     }
@@ -122,7 +146,7 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
     loop {
-        let rows = db.status(a.cluster.as_deref()).await?.into_iter().map(View::of).collect::<anyhow::Result<Vec<_>>>()?;
+        let rows = db.status(a.cluster.as_deref()).await?.into_iter().map(View::of).collect::<Vec<_>>();
         if let Some(c) = &a.cluster {
             if rows.is_empty() {
                 anyhow::bail!("no cluster named {c:?}");
@@ -144,5 +168,30 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_no_password_of_the_target_or_the_dms_endpoints() {
+        let endpoint = |pw: &str| serde_json::json!({ "engine": "postgres", "server": "h", "port": 5432, "database": "d", "username": "u", "password": pw, "ssl_mode": "require" });
+        let mut state: MigrationState = serde_json::from_value(serde_json::json!({
+            "target": {
+                "target_dsn": "postgres://dmf:master-pw@127.0.0.1:6000/d",
+                "target_route_dsn": "postgres://dmf:master-pw@writer.example:5432/d",
+                "target_read_dsn": "host=reader.example password=master-pw dbname=d"
+            },
+            "dms_spec": { "prefix": "p", "source": endpoint("source-pw"), "target": endpoint("master-pw"),
+                          "compute": { "serverless": { "max_capacity_units": 4 } }, "subnet_ids": [], "security_group_ids": [],
+                          "table_mappings": "{}", "task_settings": "{}", "tags": [] }
+        }))
+        .unwrap();
+        redact_secrets(&mut state);
+        let shown = serde_json::to_string(&state).unwrap();
+        assert!(!shown.contains("master-pw") && !shown.contains("source-pw"), "{shown}");
+        assert!(shown.contains("writer.example") && shown.contains("reader.example"), "the endpoints stay: {shown}");
     }
 }

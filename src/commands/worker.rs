@@ -1,8 +1,17 @@
 //! `dmf worker`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::ControlPlane;
+
+/// The libraries' defaults, which the flags show and start from: defaults live there, not here.
+struct Defaults {
+    worker: dmf_worker::Options,
+    aws: dmf_aws::Options,
+}
+
+static D: LazyLock<Defaults> = LazyLock::new(|| Defaults { worker: dmf_worker::Options::new(String::new()), aws: dmf_aws::Options::default() });
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -12,68 +21,68 @@ pub struct Args {
     #[arg(long)]
     pub name: Option<String>,
     /// Activities run at once by this process.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = D.worker.concurrency)]
     pub concurrency: usize,
     /// Where the local provider creates target clusters.
     #[arg(long, env = "DMF_LOCAL_DIR")]
     pub local_dir: Option<std::path::PathBuf>,
     /// Parallel COPY streams per hydration.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = D.worker.activities.hydrate_jobs)]
     pub hydrate_jobs: usize,
     /// Split tables larger than this many MiB into block ranges copied in parallel (smaller ones
     /// are copied whole, frozen, several at a time).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = D.worker.activities.split_bytes >> 20)]
     pub split_mib: u64,
     /// Replication lag limit (ms) of the lag guard.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = D.worker.activities.lag.limit.as_millis() as u64)]
     pub lag_limit_ms: u64,
     /// Abort when lag stays above the limit for this many seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = D.worker.activities.lag.window.as_secs())]
     pub lag_window_s: u64,
     /// Seconds between checks of a replicating cluster.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = D.worker.activities.watch_interval.as_secs_f64())]
     pub watch_interval: f64,
     /// Lease time-to-live in seconds.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = D.worker.lease_ttl.as_secs())]
     pub lease_ttl_s: u64,
     /// Seconds between the worker's heartbeats; a worker silent for three is presumed dead and
     /// its jobs go back to the queue.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = D.worker.heartbeat.as_secs())]
     pub heartbeat_s: u64,
     /// Seconds between passes of the reconciler (nudges migrations whose job was lost).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = D.worker.reconcile_interval.as_secs())]
     pub reconcile_s: u64,
     /// Attempts of one phase before the migration is marked failed (a crash counts).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = D.worker.policy.max_attempts)]
     pub max_attempts: u32,
     /// Share of committed source transactions the auditor re-checks while validating (0..1).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = D.worker.activities.audit.sample_rate)]
     pub audit_sample_rate: f64,
     /// Seconds of continuous validation without a confirmed mismatch before the audit gate opens.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = D.worker.activities.audit.window.as_secs_f64())]
     pub audit_window_s: f64,
     /// Rows per full-compare chunk, about.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = D.worker.activities.audit.chunk_rows)]
     pub audit_chunk_rows: i64,
     /// Full-compare chunks compared at once per migration.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = D.worker.activities.audit.jobs)]
     pub audit_jobs: usize,
     /// Seconds of shadow reads (reads on the target, every guard quiet) before the flip.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = D.worker.activities.shadow_reads_for.as_secs_f64())]
     pub shadow_reads_s: f64,
     /// The flip starts only when heartbeat lag is under this many milliseconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = D.worker.activities.flip.max_lag.as_millis() as u64)]
     pub flip_max_lag_ms: u64,
     /// Flips that began and had to be undone (traffic back on the source) before the migration
     /// fails for an operator to look at.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = D.worker.activities.flip.max_attempts)]
     pub flip_max_attempts: u32,
     /// During the flip, how long in-flight transactions may take to finish before they are ended.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = D.worker.activities.flip.hold_deadline.as_millis() as u64)]
     pub hold_deadline_ms: u64,
     /// Seconds traffic stays on the target, with replication back to the source, before the
     /// migration completes.
-    #[arg(long, default_value_t = 3600.0)]
+    #[arg(long, default_value_t = D.worker.activities.soak.as_secs_f64())]
     pub soak_s: f64,
     /// Keep replication back to the source after completion, so that a rollback stays lossless.
     #[arg(long)]
@@ -88,10 +97,10 @@ pub struct Args {
     pub aws_endpoint_url: Option<String>,
     /// Attempts per AWS call when AWS throttles or fails transiently (exponential backoff with
     /// jitter); what still fails is retried by the worker like any activity error.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = D.aws.max_attempts)]
     pub aws_max_attempts: u32,
     /// First backoff (ms) between those attempts; it doubles up to 20 s.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = D.aws.initial_backoff.as_millis() as u64)]
     pub aws_initial_backoff_ms: u64,
 }
 

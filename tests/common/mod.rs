@@ -242,6 +242,18 @@ impl Env {
         serde_json::from_value(state).unwrap_or_else(|e| panic!("state of {cluster} in dmf status --json: {e}: {doc}"))
     }
 
+    /// What the activities recorded for every cluster, by name, from one `dmf status --json`.
+    pub fn states(&self) -> std::collections::HashMap<String, MigrationState> {
+        self.clusters()
+            .into_iter()
+            .map(|c| {
+                let name = c["cluster"].as_str().unwrap_or_default().to_string();
+                let state = serde_json::from_value(c["state"].clone()).unwrap_or_else(|e| panic!("state of {name} in dmf status --json: {e}"));
+                (name, state)
+            })
+            .collect()
+    }
+
     /// The target connection string a migration provisioned.
     pub fn target_dsn(&self, cluster: &str) -> String {
         self.state(cluster).target.target_dsn.unwrap_or_default()
@@ -430,7 +442,7 @@ impl BenchResult {
         let processed = number("number of transactions actually processed:")?;
         let failed_transactions = number("number of failed transactions:")?;
         // "client 3 script 0 aborted in command 4 query 0: ..." per client; "Run was aborted"
-        let aborted_clients = report.lines().filter(|l| l.contains("client ") && l.contains(" aborted")).count() as i64;
+        let aborted_clients = report.lines().filter(|l| l.contains("client ") && l.contains(" script ") && l.contains(" aborted in command")).count() as i64;
         let run_aborted = report.contains("Run was aborted");
         let failed = failed_transactions + aborted_clients.max(i64::from(run_aborted));
         Ok(BenchResult { ok: ok && !run_aborted, processed, failed, report })

@@ -49,15 +49,17 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
     let elapsed = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     let deadline = shared.opts.phase_timeouts.get(&phase).copied();
     let started = Instant::now();
-    let ctx = Context { db: shared.db.clone(), migration: m.clone(), cancel: cancel.clone(), config: shared.opts.activities.clone() };
     tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, attempt, "activity started");
-    let outcome = match deadline {
-        Some(limit) if elapsed >= limit => timeout_outcome(phase, limit),
-        Some(limit) => tokio::select! {
-            o = dmf_activities::run(phase, &ctx) => o,
-            _ = tokio::time::sleep(limit - elapsed) => timeout_outcome(phase, limit),
+    let outcome = match Context::new(shared.db.clone(), m.clone(), cancel.clone(), shared.opts.activities.clone()) {
+        Err(e) => e.into_outcome(),
+        Ok(ctx) => match deadline {
+            Some(limit) if elapsed >= limit => timeout_outcome(phase, limit),
+            Some(limit) => tokio::select! {
+                o = dmf_activities::run(phase, &ctx) => o,
+                _ = tokio::time::sleep(limit - elapsed) => timeout_outcome(phase, limit),
+            },
+            None => dmf_activities::run(phase, &ctx).await,
         },
-        None => dmf_activities::run(phase, &ctx).await,
     };
     let cancelled = cancel.is_cancelled();
     renewer.abort();

@@ -51,8 +51,15 @@ const PIPELINE: &[Phase] = &[
     Phase::Completed,
 ];
 
-/// Where the flip sits in the pipeline: phases before it can abort.
-const FLIP_INDEX: usize = 8;
+/// Where the flip sits in the pipeline: phases before it can abort. Computed when compiling (a
+/// pipeline without the flip does not compile).
+const FLIP_INDEX: usize = {
+    let mut i = 0;
+    while PIPELINE[i] as u8 != Phase::Flipping as u8 {
+        i += 1;
+    }
+    i
+};
 
 impl Phase {
     pub const ALL: &'static [Phase] = &[

@@ -96,6 +96,9 @@ struct Sides {
     to_route: String,
     from: Client,
     to: Client,
+    /// What the flip's fence found on the source: a rollback unfences the source with it (and
+    /// fences it again when undone). Read before the hold, so that nothing inside it reads state.
+    flip_before: fence::Before,
 }
 
 /// How long proxies may take to open their backends on an announced next primary (they wait up to
@@ -207,7 +210,8 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
     }
     let from = pg::connect_writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
     let to = pg::connect_writable(&to_dsn, &format!("{} of {cluster}", side_name(way, false))).await?;
-    let sides = Sides { way, from_route, to_route, from, to };
+    let flip_before = ctx.record::<Flip>()?.0.before.unwrap_or_default();
+    let sides = Sides { way, from_route, to_route, from, to, flip_before };
     if progress.record.in_progress {
         // a run died half-way (its worker was lost): traffic goes back where it was first
         let at = progress.record.steps.last().cloned().unwrap_or_else(|| "start".into());
@@ -369,7 +373,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
         progress.record.to_unfenced = true;
         progress.save(ctx).await?;
-        fence::unfence(&sides.to, &flip_before(ctx)?).await?;
+        fence::unfence(&sides.to, &sides.flip_before).await?;
         progress.record(ctx, SWITCHED, t.elapsed());
         ctx.check_cancel()?;
     } else {
@@ -434,7 +438,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     if progress.record.to_unfenced {
         // rollback: the source had been unfenced for the move; traffic stays on the target, so
         // the source is fenced again (what to restore there is still the flip's record)
-        fence::fence(&sides.to, &flip_before(ctx)?, &[]).await?;
+        fence::fence(&sides.to, &sides.flip_before, &[]).await?;
     }
     match sides.way {
         Way::Forward => {
@@ -463,12 +467,6 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     progress.record.undone.push(Undone { reason: reason.clone(), at: Some(chrono::Utc::now()) });
     progress.save(ctx).await?;
     Ok(revert_outcome(ctx, sides.way, attempts, reason))
-}
-
-/// What the flip's fence found on the source before it changed anything (the rollback fences and
-/// unfences the source by the flip's record).
-fn flip_before(ctx: &Context) -> Result<fence::Before, Error> {
-    Ok(ctx.record::<Flip>()?.0.before.unwrap_or_default())
 }
 
 fn revert_outcome(ctx: &Context, way: Way, attempts: u64, reason: String) -> Outcome {

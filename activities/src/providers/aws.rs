@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::preflight::Report;
-use crate::state::{AwsPassword, AwsSource, AwsTarget, AwsTargetPlan, AwsTeardown, Patch, TargetCreated, TargetDsns};
+use crate::state::{AwsPassword, AwsSource, AwsTarget, AwsTargetPlan, AwsTeardown, Patch, TargetCreated, TargetDsn, TargetEndpoints};
 use crate::{pg, Context};
 
 /// The cluster's `[cluster.aws]` table.
@@ -184,7 +184,8 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
     };
     // The target must answer dmf before the schema is copied into it.
     pg::connect(&own_dsn, &format!("target of {}", m.cluster)).await?;
-    ctx.save(Patch::of(&TargetDsns { target_dsn: Some(own_dsn), target_route_dsn: Some(route_dsn), target_read_dsn: Some(read_dsn) })).await?;
+    let endpoints = TargetEndpoints { target_route_dsn: Some(route_dsn), target_read_dsn: Some(read_dsn) };
+    ctx.save(Patch::of(&TargetDsn { target_dsn: Some(own_dsn) }).and(&endpoints)).await?;
     tracing::info!(cluster = %m.cluster, migration = %m.id, writer = %writer, reader = %reader, waited_s = waited.as_secs(), "Aurora target ready");
     Ok(Outcome::Done)
 }
