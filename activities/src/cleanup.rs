@@ -4,7 +4,7 @@
 //! exactly as it was. Runs until it succeeds; AWS deletions are watched until they finish.
 
 use crate::error::Error;
-use crate::hydrate::{drop_slot, subscription_exists};
+use crate::objects::{drop_slot, subscription_exists};
 use crate::providers::aws;
 use crate::providers::local::LocalCluster;
 use crate::state::{LocalDir, LocalPort, TargetCreated};

@@ -14,9 +14,9 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::providers::aws;
-use crate::replicate::Sample;
+use crate::health::Sample;
 use crate::state::{AwsSource, DmsProgress, DmsRemoved, DmsSpec, Patch};
-use crate::{hydrate, pg, replicate, Context, HEARTBEAT_SCHEMA};
+use crate::{health, objects, pg, post_data, Context, HEARTBEAT_SCHEMA};
 
 /// One side as DMS reaches it, from a connection string.
 fn endpoint(dsn: &str, engine: &str, ssl_mode: &str, what: &str) -> Result<EndpointSpec, Error> {
@@ -89,7 +89,7 @@ pub async fn hydrate(ctx: &Context) -> Result<Outcome, Error> {
     let s = aws::settings(ctx)?;
     let client = aws::clients(ctx, &s).await?;
     let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
-    hydrate::ensure_publication(&source, &ctx.names()).await?;
+    objects::ensure_publication(&source, &ctx.names()).await?;
     let spec = durable_spec(ctx, &s).await?;
     let p = client.ensure_replication(&spec).instrument(aws::span(ctx)).await.map_err(aws::aws_error(ctx))?;
     record(ctx, &p).await?;
@@ -99,7 +99,7 @@ pub async fn hydrate(ctx: &Context) -> Result<Outcome, Error> {
     tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, "{}", p.summary());
     if p.full_load_done() {
         // Indexes and constraints after the load, as the native path builds them after its copy.
-        hydrate::build_post_data(ctx, &ctx.require_target()?).await?;
+        post_data::build_post_data(ctx, &ctx.require_target()?).await?;
         tracing::info!(cluster = %ctx.cluster(), migration = %ctx.migration.id, "DMS full load done; indexes and constraints built");
         return Ok(Outcome::Done);
     }
@@ -129,7 +129,7 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
         return Err(Error::Abort { reason: AbortReason::AuditMismatch, detail: format!("DMS validation found mismatched records in {}", mismatched.join(", ")) });
     }
     let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
-    let (lag, lag_timed_out) = replicate::heartbeat_lag(ctx, &source).await?;
+    let (lag, lag_timed_out) = health::heartbeat_lag(ctx, &source).await?;
     Ok(Sample { lag, lag_timed_out, lag_bytes: None, slot_active: p.status == "running" })
 }
 

@@ -6,18 +6,20 @@
 //! empties the target's tables and copies again. Once the subscription exists the phase is done.
 
 use std::collections::{HashSet, VecDeque};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use crate::error::Error;
+use crate::objects::{drop_slot, ensure_publication, subscription_exists};
 use crate::replconn::ReplConn;
+use crate::sequences::copy_sequences;
 use crate::state::{Patch, SlotStart};
-use crate::schema::{dump_schema, run_program, run_program_with, tempdir};
-use crate::{pg, Context, Names, HEARTBEAT_SCHEMA};
+use crate::post_data::restore_post_data;
+use crate::schema::{dump_schema, tempdir};
+use crate::{pg, Context};
 use dmf_workflows::Outcome;
 
 /// One unit of copy work: a table, or a key range of one.
@@ -224,68 +226,6 @@ async fn copy_worker(ctx: Context, snapshot: String, target_dsn: String, queue: 
     Ok(())
 }
 
-pub(crate) async fn subscription_exists(target: &Client, name: &str) -> Result<bool, Error> {
-    Ok(target
-        .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&name])
-        .await
-        .map_err(pg::err("look up subscription"))?
-        .is_some())
-}
-
-/// Create the publication (all tables when we may, else every user table by name).
-pub(crate) async fn ensure_publication(source: &Client, names: &Names) -> Result<(), Error> {
-    let exists = source
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&names.publication])
-        .await
-        .map_err(pg::err("look up publication"))?
-        .is_some();
-    if exists {
-        return Ok(());
-    }
-    let superuser: bool = source
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-        .await
-        .map_err(pg::err("check role"))?
-        .get(0);
-    let sql = if superuser {
-        format!("CREATE PUBLICATION {} FOR ALL TABLES", pg::ident(&names.publication))
-    } else {
-        let tables: Vec<String> = source
-            .query(include_str!("sql/copy_plan.sql"), &[])
-            .await
-            .map_err(pg::err("list tables"))?
-            .iter()
-            .map(|r| pg::qualified(r.get("schema"), r.get("name")))
-            .collect();
-        format!("CREATE PUBLICATION {} FOR TABLE {}", pg::ident(&names.publication), tables.join(", "))
-    };
-    pg::exec(source, "create publication", &sql).await
-}
-
-/// Drop a slot, ending the session that holds it first.
-pub(crate) async fn drop_slot(source: &Client, slot: &str) -> Result<bool, Error> {
-    for _ in 0..50 {
-        let row = source
-            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .map_err(pg::err("look up slot"))?;
-        let Some(row) = row else { return Ok(false) };
-        let pid: Option<i32> = row.get(0);
-        if let Some(pid) = pid {
-            source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.map_err(pg::err("end the slot's session"))?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        match source.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
-            Ok(_) => return Ok(true),
-            // Became active again in between, or already gone: look again.
-            Err(e) if e.code().is_some() => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => return Err(pg::err("drop slot")(e)),
-        }
-    }
-    Err(Error::Replication(format!("slot {slot} stayed active; could not drop it")))
-}
-
 /// Tables that a foreign key on the target points at (a re-run after post-data began): these
 /// cannot be emptied on their own, so they are loaded without FREEZE.
 async fn referenced_tables(target: &Client) -> Result<HashSet<String>, Error> {
@@ -299,67 +239,6 @@ async fn referenced_tables(target: &Client) -> Result<HashSet<String>, Error> {
         .await
         .map_err(pg::err("list tables that foreign keys reference on the target"))?;
     Ok(rows.iter().map(|r| pg::qualified(r.get(0), r.get(1))).collect())
-}
-
-/// Names of objects that already exist on the target, to skip them on a re-run of post-data.
-async fn existing_post_data(target: &Client) -> Result<HashSet<String>, Error> {
-    let rows = target
-        .query(
-            "SELECT relname::text FROM pg_class WHERE relkind IN ('i','I') \
-             UNION SELECT conname::text FROM pg_constraint \
-             UNION SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal \
-             UNION SELECT rulename::text FROM pg_rewrite \
-             UNION SELECT polname::text FROM pg_policy",
-            &[],
-        )
-        .await
-        .map_err(pg::err("list target indexes and constraints"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Restore the post-data section dumped in `file` (indexes, constraints, triggers), in parallel,
-/// skipping what an earlier attempt already built.
-async fn restore_post_data(ctx: &Context, target: &Client, target_dsn: &str, file: &Path) -> Result<(), Error> {
-    let cluster = ctx.cluster();
-    let list = file.with_extension("list");
-    let toc = run_program("pg_restore", &["--list", &file.display().to_string()], &format!("list post-data of {cluster}")).await?;
-    let existing = existing_post_data(target).await?;
-    let mut kept = String::new();
-    for line in toc.lines() {
-        if line.starts_with(';') || line.trim().is_empty() {
-            continue;
-        }
-        let tokens: Vec<&str> = line.split_whitespace().collect();
-        let name = tokens.len().checked_sub(2).and_then(|i| tokens.get(i)).copied().unwrap_or("");
-        if existing.contains(name) {
-            continue;
-        }
-        kept.push_str(line);
-        kept.push('\n');
-    }
-    std::fs::write(&list, kept).map_err(Error::io(format!("write {}", list.display())))?;
-    let jobs = ctx.config.hydrate_jobs.max(1).to_string();
-    run_program_with(
-        "pg_restore",
-        &[
-            "--section=post-data",
-            "--exit-on-error",
-            "--no-owner",
-            "--no-acl",
-            "--jobs",
-            &jobs,
-            "--use-list",
-            &list.display().to_string(),
-            "--dbname",
-            target_dsn,
-            &file.display().to_string(),
-        ],
-        // Index builds sort: give each restore session room (the copy is over by now).
-        &[("PGOPTIONS", "-c maintenance_work_mem=512MB")],
-        &format!("build indexes and constraints on the target of {cluster}"),
-    )
-    .await
-    .map(|_| ())
 }
 
 /// Run the copy streams to the end; the first failure stops the others.
@@ -386,26 +265,7 @@ async fn copy_all(ctx: &Context, snapshot: &str, target_dsn: &str, chunks: Vec<C
     failure.map_or(Ok(()), Err)
 }
 
-/// Build the indexes and constraints on a target that DMS loaded: dump post-data now and restore
-/// what the target lacks.
-pub(crate) async fn build_post_data(ctx: &Context, target_dsn: &str) -> Result<(), Error> {
-    let cluster = ctx.cluster();
-    let dir = tempdir(&ctx.config.local_base_dir, &format!("post-{}", ctx.migration.id))?;
-    let file = dir.join("post.dump");
-    let result = async {
-        let target = pg::connect(target_dsn, &format!("target of {cluster}")).await?;
-        dump_schema(ctx.source_dsn(), "post-data", &file, cluster, None).await?;
-        restore_post_data(ctx, &target, target_dsn, &file).await
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
-    if ctx.uses_dms() {
-        return crate::dms::hydrate(ctx).await;
-    }
     let cluster = ctx.cluster().to_string();
     let id = ctx.migration.id;
     let names = ctx.names();
@@ -470,29 +330,6 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     pg::exec(&target, "create subscription", &sql).await?;
     tracing::info!(cluster = %cluster, migration = %id, "hydrated; subscription started at the slot");
     Ok(Outcome::Done)
-}
-
-/// Set every sequence on the target to the source's current value (again at the flip).
-pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(), Error> {
-    let rows = source
-        .query(
-            "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value FROM pg_sequences \
-             WHERE schemaname <> $1 AND last_value IS NOT NULL",
-            &[&HEARTBEAT_SCHEMA],
-        )
-        .await
-        .map_err(pg::err("read sequences"))?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // one round trip for all of them: the flip does this inside its hold
-    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let values: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-    target
-        .execute("SELECT setval(s::regclass, v, true) FROM unnest($1::text[], $2::int8[]) AS t (s, v)", &[&names, &values])
-        .await
-        .map_err(pg::err(&format!("set sequences {}", names.join(", "))))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,15 +10,20 @@ pub mod audit;
 pub mod cleanup;
 pub mod dms;
 pub mod error;
+pub mod findings;
 pub mod flip;
+pub mod health;
 pub mod hydrate;
+pub mod objects;
 pub mod pg;
+pub mod post_data;
 pub mod preflight;
 pub mod provision;
 pub mod providers;
 pub mod replconn;
 pub mod replicate;
 pub mod schema;
+pub mod sequences;
 pub mod shift_reads;
 pub mod soak;
 pub mod state;
@@ -254,7 +259,10 @@ pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
         Phase::Preflight => preflight::run(ctx).await,
         Phase::Provisioning => provision::run(ctx).await,
         Phase::Schema => schema::run(ctx).await,
-        Phase::Hydrating => hydrate::run(ctx).await,
+        Phase::Hydrating => match ctx.replication {
+            Replication::Logical => hydrate::run(ctx).await,
+            Replication::Dms => dms::hydrate(ctx).await,
+        },
         Phase::Replicating => replicate::run(ctx).await,
         Phase::Validating => audit::run(ctx).await,
         Phase::ShadowReads => shift_reads::run(ctx).await,

@@ -1,49 +1,11 @@
 //! Preflight: everything that would make logical replication fail or lose data, checked before any
 //! object exists on either side. Errors block the migration; warnings are reported and do not.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::Error;
+pub use crate::findings::{Finding, Report, Severity};
 use crate::state::Patch;
 use crate::{pg, providers, Context, Provider};
 use dmf_workflows::{AbortReason, Outcome};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Error,
-    Warning,
-    Info,
-}
-
-/// One finding: which check, about what (a table, a setting), and what to do.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Finding {
-    pub severity: Severity,
-    pub check: String,
-    pub subject: Option<String>,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
-#[serde(default)]
-pub struct Report {
-    pub findings: Vec<Finding>,
-    pub source_bytes: i64,
-    pub tables: usize,
-}
-
-impl Report {
-    pub(crate) fn error(&mut self, check: &'static str, subject: Option<String>, message: String) {
-        self.findings.push(Finding { severity: Severity::Error, check: check.to_string(), subject, message });
-    }
-    pub(crate) fn warn(&mut self, check: &'static str, subject: Option<String>, message: String) {
-        self.findings.push(Finding { severity: Severity::Warning, check: check.to_string(), subject, message });
-    }
-    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Error)
-    }
-}
 
 /// Check a source (and the target, when one is adopted) and report.
 pub async fn check(ctx: &Context) -> Result<Report, Error> {

@@ -4,12 +4,11 @@
 //! (read-only) until an operator drops it.
 
 use dmf_workflows::Outcome;
-use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::flip::reverse;
-use crate::state::{Flip, Patch, Reverse};
-use crate::{audit, pg, Context, Names};
+use crate::state::{Patch, Reverse};
+use crate::{pg, Context, Names};
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
@@ -29,7 +28,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     }
     // the source subscribes to the target by the address the routes use (an Aurora endpoint)
     let target_route = ctx.route_target()?.unwrap_or_else(|| target_dsn.clone());
-    replicate_back(ctx, &source, &target, &target_route).await?;
+    reverse::replicate_back(ctx, &source, &target, &target_route).await?;
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
         return Ok(Outcome::Watch(ctx.config.watch_interval));
@@ -41,21 +40,4 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     ctx.save(Patch::of(&Reverse { subscribed: Some(kept), kept, soaked_s: Some(soaked.as_secs()) })).await?;
     tracing::info!(cluster = %cluster, migration = %m.id, kept_reverse_replication = kept, "soak over: completed; the source stays read-only until an operator drops it");
     Ok(Outcome::Done)
-}
-
-/// Once per flip: remove forward replication, then replicate back to the source from the position
-/// the flip recorded inside the hold. In this order: PostgreSQL 15 replicates changes whatever
-/// their origin, so with both directions on, every change would go round in a loop.
-pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Client, target_dsn: &str) -> Result<(), Error> {
-    let m = &ctx.migration;
-    if ctx.record::<Reverse>()?.subscribed == Some(true) {
-        return Ok(());
-    }
-    reverse::remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
-    // (a flip from before this position was recorded made its slot inside the hold: from the slot)
-    let start = ctx.record::<Flip>()?.0.reverse_start_lsn;
-    reverse::subscribe(source, target_dsn, &Names::reverse_of(m.id), start.as_deref()).await?;
-    ctx.save(Patch::of(&Reverse { subscribed: Some(true), ..Reverse::default() })).await?;
-    tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
-    Ok(())
 }

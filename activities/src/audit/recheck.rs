@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::table::{Key, TableInfo};
 use crate::error::Error;
-use crate::{pg, replicate};
+use crate::{health, pg};
 use dmf_db::audit::NewDifference;
 
 /// A difference is confirmed only when it shows in this many fenced rounds in a row. One round is
@@ -147,7 +147,7 @@ pub async fn recheck(
         }
         let lsn = current_lsn(source).await?;
         let s1 = read_rows(source, table, &pending).await?;
-        if replicate::fence(source, target, fence_timeout, cancel).await?.is_none() {
+        if health::write_and_wait(source, target, fence_timeout, cancel).await?.is_none() {
             // Replication is stalled: nothing can be concluded now.
             continue;
         }

@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::state::{AuditState, Flip, FlipRecord, Gate, Patch, Rollback, Undone};
-use crate::{hydrate, pg, replicate, Context, Names};
+use crate::{health, objects, pg, sequences, Context, Names};
 
 /// Tunables of the flip and the rollback.
 #[derive(Debug, Clone)]
@@ -231,7 +231,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
     let before = fence::before(&sides.from).await?;
     if way == Way::Forward {
         let back = Names::reverse_of(ctx.migration.id);
-        hydrate::ensure_publication(&sides.to, &back).await?;
+        objects::ensure_publication(&sides.to, &back).await?;
         reverse::prepare(&sides.to, &back).await?;
     }
     progress.record = FlipRecord {
@@ -276,7 +276,7 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
         if let Some(d) = ctx.db.differences(ctx.migration.id, 1).await?.first() {
             return Ok(Err(format!("the auditor has a confirmed difference in {}", d.table_name.as_deref().unwrap_or("?"))));
         }
-        let lag = replicate::fence(&sides.from, &sides.to, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
+        let lag = health::write_and_wait(&sides.from, &sides.to, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
         match lag {
             Some(l) if l <= cfg.max_lag => {}
             Some(l) => return Ok(Err(format!("replication lag {:.1} ms is over the flip limit {} ms", l.as_secs_f64() * 1000.0, cfg.max_lag.as_millis()))),
@@ -284,7 +284,7 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
         }
     } else {
         // replication back must exist: the flipped phase starts it, but may not have run yet
-        crate::soak::replicate_back(ctx, &sides.to, &sides.from, &sides.from_route).await?;
+        reverse::replicate_back(ctx, &sides.to, &sides.from, &sides.from_route).await?;
     }
     Ok(Ok(()))
 }
@@ -346,8 +346,8 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     // 3. the final marker (once the new primary shows it, it has applied everything before it)
     // and, at the same time, the sequences: the fence froze both
     let ((arrived, marker_took), (copied, sequences_took)) = tokio::join!(
-        timed(replicate::fence(&sides.from, &sides.to, cfg.catch_up_timeout, &ctx.cancel)),
-        timed(hydrate::copy_sequences(&sides.from, &sides.to))
+        timed(health::write_and_wait(&sides.from, &sides.to, cfg.catch_up_timeout, &ctx.cancel)),
+        timed(sequences::copy_sequences(&sides.from, &sides.to))
     );
     if arrived?.is_none() {
         return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
@@ -379,7 +379,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     } else {
         // Forward replication has nothing left to apply (the source is fenced and the target
         // showed the final marker); it is removed after the release, before replication back
-        // starts from this position (`soak::replicate_back`).
+        // starts from this position (`reverse::replicate_back`).
         progress.record.reverse_start_lsn = Some(start_back);
     }
 
@@ -444,7 +444,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         Way::Forward => {
             // made before the hold, if the run got that far; the route never moved, so it holds
             // no write anyone needs
-            hydrate::drop_slot(&sides.to, &back.slot).await?;
+            objects::drop_slot(&sides.to, &back.slot).await?;
         }
         Way::Back => reverse::enable(&sides.to, &back.subscription).await?,
     }

@@ -6,7 +6,7 @@
 //! fenced source, the flip records the target's position: everything before it came from the
 //! source, so the reverse subscription starts past it (its origin is advanced there before it is
 //! enabled). Forward replication is removed before that subscription starts
-//! (`soak::replicate_back`), or every change would go round in a loop. Sessions passed in are
+//! (`replicate_back`), or every change would go round in a loop. Sessions passed in are
 //! dmf's own, made writable (`pg::connect_writable`): the databases may be fenced.
 
 use std::time::{Duration, Instant};
@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::error::Error;
-use crate::hydrate::{drop_slot, subscription_exists};
-use crate::{pg, Names};
+use crate::objects::{drop_slot, subscription_exists};
+use crate::state::{Flip, Patch, Reverse};
+use crate::{audit, pg, Context, Names};
 
 /// Disable a subscription and wait until its apply worker has exited (nothing more is applied).
 pub async fn disable(client: &Client, subscription: &str, timeout: Duration) -> Result<(), Error> {
@@ -114,4 +115,21 @@ pub async fn remove_forward(source: &Client, target: &Client, forward: &Names, a
     drop_slot(source, &forward.slot).await?;
     drop_slot(source, audit_slot).await?;
     pg::exec(source, "drop the publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&forward.publication))).await
+}
+
+/// Once per flip: remove forward replication, then replicate back to the source from the position
+/// the flip recorded inside the hold. In this order: PostgreSQL 15 replicates changes whatever
+/// their origin, so with both directions on, every change would go round in a loop.
+pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Client, target_dsn: &str) -> Result<(), Error> {
+    let m = &ctx.migration;
+    if ctx.record::<Reverse>()?.subscribed == Some(true) {
+        return Ok(());
+    }
+    remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
+    // (a flip from before this position was recorded made its slot inside the hold: from the slot)
+    let start = ctx.record::<Flip>()?.0.reverse_start_lsn;
+    subscribe(source, target_dsn, &Names::reverse_of(m.id), start.as_deref()).await?;
+    ctx.save(Patch::of(&Reverse { subscribed: Some(true), ..Reverse::default() })).await?;
+    tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
+    Ok(())
 }

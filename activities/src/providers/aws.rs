@@ -17,7 +17,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::preflight::Report;
+use crate::findings::Report;
 use crate::state::{AwsPassword, AwsSource, AwsTarget, AwsTargetPlan, AwsTeardown, Patch, TargetCreated, TargetDsn, TargetEndpoints};
 use crate::{pg, Context};
 
