@@ -47,7 +47,7 @@ impl MigrationRow {
 
     /// The record `R` of this migration's durable state (its default when none was written).
     pub fn record<R: Record>(&self) -> Result<R, Error> {
-        self.state.get::<R>().map_err(|e| Error::Corrupt(format!("cluster {}: {e}", self.cluster)))
+        self.state.record_of::<R>(&self.cluster)
     }
 
     /// The refusal of an operator's request in this migration's phase.

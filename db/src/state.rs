@@ -53,6 +53,11 @@ impl State {
         serde_json::from_value(value).map_err(|e| Error::Corrupt(format!("migration state {}: {e}", place_name::<R>())))
     }
 
+    /// The record `R` of `cluster`'s state, an error naming the cluster when it does not parse.
+    pub fn record_of<R: Record>(&self, cluster: &str) -> Result<R, Error> {
+        self.get::<R>().map_err(|e| Error::Corrupt(format!("cluster {cluster}: {e}")))
+    }
+
     /// This state with `patch` merged in, as the control plane merges it.
     pub fn merged(&self, patch: &Patch) -> State {
         let mut out = match &self.0 {

@@ -70,7 +70,7 @@ impl ClusterStatus {
 
     /// The record `R` of this cluster's durable state.
     pub fn record<R: Record>(&self) -> Result<R, Error> {
-        self.state.get::<R>().map_err(|e| Error::Corrupt(format!("cluster {}: {e}", self.cluster)))
+        self.state.record_of::<R>(&self.cluster)
     }
 }
 
