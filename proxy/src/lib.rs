@@ -20,8 +20,8 @@ pub mod shadow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::Error;
 pub use frontend::auth::{ClientAuth, Users};
+use frontend::registry::Registry;
 use metrics::Metrics;
+use router::gate::Gate;
 use router::Route;
 
 /// Everything `dmf proxy` is told on its command line.
@@ -68,6 +70,9 @@ pub struct Options {
     pub threads: usize,
 }
 
+/// Where the proxy listens unless told otherwise: pgbouncer's port, on loopback.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 6432));
+
 impl Options {
     pub fn new(cluster: &str, listen: SocketAddr, database_url: &str) -> Options {
         Options {
@@ -99,67 +104,25 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
-/// Where a client's CancelRequest must go: the backend the session is using right now.
-#[derive(Clone, Debug)]
-pub struct CancelTarget {
-    pub host: String,
-    pub port: u16,
-    pub pid: i32,
-    pub secret: i32,
-}
-
-/// A session's current cancel target, updated by the session when it changes backend.
-pub type SharedCancelTarget = Arc<Mutex<Option<CancelTarget>>>;
-
-/// A backend opened ahead of a move (during a flip's hold), taken by the session when it moves.
-pub type SpareBackend = Arc<Mutex<Option<backend::Backend>>>;
-
-/// A live session as the rest of the proxy sees it.
-#[derive(Clone)]
-pub struct SessionEntry {
-    /// Raised to end the session (hold deadline, shutdown).
-    pub signal: Arc<frontend::signal::Signal>,
-    /// Inside a transaction (or a request not yet answered).
-    pub in_tx: Arc<AtomicBool>,
-    /// The backend the session uses now (its pid is reported to the control plane at each
-    /// acknowledgement, so that a fence spares it).
-    pub cancel: SharedCancelTarget,
-    /// The client's startup parameters (to log in to a new backend for it).
-    pub params: Arc<protocol::startup::Params>,
-    /// A backend on the next primary the route announced, opened (and warmed) ahead of the move.
-    pub spare: SpareBackend,
-    /// The relay thread the session runs on (`relay`).
-    pub thread: usize,
-}
+pub use frontend::registry::{CancelTarget, SessionEntry, SharedCancelTarget, SpareBackend};
 
 /// A new connection counted in `inflight` while it opens its backend (see [`Shared::admit`]).
 pub(crate) struct Admitted(Arc<Shared>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.0.gate.leave();
     }
 }
 
 /// State shared by every task of one proxy process.
 pub struct Shared {
     pub opts: Options,
-    route: RwLock<Arc<Route>>,
-    /// Bumped to the new epoch on every route change.
-    pub route_tx: tokio::sync::watch::Sender<u64>,
-    /// Set while a route asks to hold (read together with `inflight`: see `frontend::session`).
-    pub hold: AtomicBool,
-    /// When the lease runs out: milliseconds since `started`, pushed forward by each heartbeat.
-    lease_until_ms: AtomicU64,
-    started: std::time::Instant,
-    /// Sessions inside a transaction right now.
-    pub inflight: AtomicUsize,
-    pub read_applied_lsn: AtomicU64,
+    /// The route, the hold, sessions in flight, the lease.
+    pub gate: Gate,
+    /// The live sessions.
+    pub registry: Registry,
     pub metrics: Metrics,
-    /// Proxy-made cancel keys -> where each session's cancel goes now.
-    pub cancels: Mutex<HashMap<(i32, i32), SharedCancelTarget>>,
-    pub sessions: Mutex<HashMap<u64, SessionEntry>>,
-    pub next_session: AtomicU64,
     pub shadow: shadow::Shadow,
     classified: Mutex<HashMap<String, router::classify::Class>>,
     pub shutdown: CancellationToken,
@@ -174,34 +137,32 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A proxy's state on `route`, with no lease yet and no session.
+    fn new(opts: Options, route: Arc<Route>, tls: Option<tokio_rustls::TlsAcceptor>) -> Shared {
+        Shared {
+            gate: Gate::new(route, opts.lease),
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            shadow: shadow::Shadow::new(opts.shadow_queue),
+            classified: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tls,
+            idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
+            relays: (0..opts.threads.max(1)).map(|i| Arc::new(relay::RelayThread::new(i, opts.idle_poll))).collect(),
+            stopped: CancellationToken::new(),
+            opts,
+        }
+    }
+
     /// The route in force now.
     pub fn route(&self) -> Arc<Route> {
-        match self.route.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.gate.route()
     }
 
+    /// Publish a new route, and its epoch in the metrics.
     pub(crate) fn set_route(&self, route: Arc<Route>) {
-        let epoch = route.epoch;
-        match self.route.write() {
-            Ok(mut r) => *r = route,
-            Err(poisoned) => *poisoned.into_inner() = route,
-        }
-        self.metrics.route_epoch.store(epoch, Ordering::Relaxed);
-        self.route_tx.send_replace(epoch);
-    }
-
-    /// Whether the control plane answered a heartbeat within the lease: without it, nothing is
-    /// sent anywhere (a flip may go ahead without this proxy).
-    pub fn lease_ok(&self) -> bool {
-        (self.started.elapsed().as_millis() as u64) < self.lease_until_ms.load(Ordering::Acquire)
-    }
-
-    /// A heartbeat sent at `sent` succeeded: the lease runs until `sent + lease`.
-    pub(crate) fn extend_lease(&self, sent: std::time::Instant) {
-        let until = sent.saturating_duration_since(self.started) + self.opts.lease;
-        self.lease_until_ms.fetch_max(until.as_millis() as u64, Ordering::AcqRel);
+        self.metrics.route_epoch.store(route.epoch, Ordering::Relaxed);
+        self.gate.set_route(route);
     }
 
     /// Classify with a bounded cache: applications repeat the same statement texts.
@@ -219,21 +180,19 @@ impl Shared {
     }
 
     /// Let a new connection open its backend: refused without the lease, made to wait while a
-    /// hold is in force (up to `hold_timeout`), then counted in `inflight` until it is a
-    /// registered session. A hold therefore waits for connections being opened too, and the
-    /// backend pids it acknowledges include theirs.
+    /// hold is in force (up to `hold_timeout`), then counted in flight until it is a registered
+    /// session. A hold therefore waits for connections being opened too, and the backend pids it
+    /// acknowledges include theirs.
     pub(crate) async fn admit(self: &Arc<Self>) -> Result<Admitted, Error> {
         let deadline = std::time::Instant::now() + self.opts.hold_timeout;
-        let mut changes = self.route_tx.subscribe();
+        let mut changes = self.gate.subscribe();
         loop {
-            if !self.lease_ok() {
+            if !self.gate.lease_ok() {
                 return Err(Error::LeaseLost);
             }
-            self.inflight.fetch_add(1, Ordering::SeqCst);
-            if !self.hold.load(Ordering::SeqCst) {
+            if self.gate.try_enter() {
                 return Ok(Admitted(self.clone()));
             }
-            self.inflight.fetch_sub(1, Ordering::SeqCst);
             let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
                 return Err(Error::HeldTooLong(self.opts.hold_timeout));
             };
@@ -247,13 +206,7 @@ impl Shared {
     /// The backends this proxy's sessions hold on the route's primary.
     pub(crate) fn primary_backend_pids(&self) -> Vec<i32> {
         let route = self.route();
-        lock(&self.sessions)
-            .values()
-            .filter_map(|s| {
-                let t = lock(&s.cancel);
-                t.as_ref().filter(|t| t.host == route.primary.host && t.port == route.primary.port).map(|t| t.pid)
-            })
-            .collect()
+        self.registry.backend_pids_on(&route.primary.host, route.primary.port)
     }
 
     pub fn shadow_summary_metrics(&self) -> String {
@@ -330,30 +283,7 @@ impl Proxy {
             Some(a) => Some(TcpListener::bind(a).await.map_err(|e| Error::Config(format!("metrics on {a}: {e}")))?),
             None => None,
         };
-        let (route_tx, _) = tokio::sync::watch::channel(route.epoch);
-        let shutdown = CancellationToken::new();
-        let shadow = shadow::Shadow::new(opts.shadow_queue);
-        let shared = Arc::new(Shared {
-            hold: AtomicBool::new(route.hold),
-            route: RwLock::new(route),
-            route_tx,
-            lease_until_ms: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-            inflight: AtomicUsize::new(0),
-            read_applied_lsn: AtomicU64::new(0),
-            metrics: Metrics::default(),
-            cancels: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
-            shadow,
-            classified: Mutex::new(HashMap::new()),
-            shutdown,
-            tls,
-            idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
-            relays: (0..opts.threads.max(1)).map(|i| Arc::new(relay::RelayThread::new(i, opts.idle_poll))).collect(),
-            stopped: CancellationToken::new(),
-            opts,
-        });
+        let shared = Arc::new(Shared::new(opts, route, tls));
         shared.metrics.route_epoch.store(shared.route().epoch, Ordering::Relaxed);
         let id = uuid::Uuid::new_v4();
         Ok(Proxy { shared, listener, metrics_listener, db, id })
@@ -387,9 +317,7 @@ impl Proxy {
         spawn_named(&mut tasks, "proxy-idle-backends", reap_idle(shared.clone()));
         spawn_named(&mut tasks, "proxy-idle-poll", idle_poll::run(shared.clone(), 0));
         frontend::accept_loop(listener, shared.clone(), &relays).await;
-        for s in lock(&shared.sessions).values() {
-            s.signal.raise(frontend::signal::SHUTDOWN);
-        }
+        shared.registry.raise(frontend::signal::SHUTDOWN, false);
         // Drain: sessions close at their next transaction boundary; wait for them.
         let deadline = tokio::time::Instant::now() + shared.opts.drain;
         while shared.metrics.connections_active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
@@ -398,9 +326,7 @@ impl Proxy {
         let left = shared.metrics.connections_active.load(Ordering::Relaxed);
         if left > 0 {
             tracing::warn!(cluster = %cluster, sessions = left, "drain deadline passed; closing sessions still in a transaction");
-            for s in lock(&shared.sessions).values() {
-                s.signal.raise(frontend::signal::KILL);
-            }
+            shared.registry.raise(frontend::signal::KILL, false);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // the relay threads end with what is left of their sessions, then nothing can park a

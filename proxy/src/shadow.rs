@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::metrics::{add, Metrics};
 use crate::protocol::startup::Params;
-use crate::protocol::{build, Frame};
+use crate::protocol::build;
+use crate::protocol::tag::server;
 use crate::router::classify::Class;
 use crate::{lock, Shared};
 
@@ -38,7 +38,7 @@ impl MirrorSpec {
             (Some(p), Some(b)) => {
                 let mut m = unnamed(p, 1);
                 m.extend(unnamed(b, 2));
-                m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+                m.extend_from_slice(&[crate::protocol::tag::client::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
                 m.extend(build::sync());
                 m
             }
@@ -246,27 +246,27 @@ async fn run_mirrored(conn: &mut Backend, spec: &MirrorSpec) -> Result<(Outcome,
     let mut msgs = build::query("BEGIN");
     msgs.extend_from_slice(&spec.messages);
     msgs.extend(build::query("ROLLBACK"));
-    conn.stream.write_all(&msgs).await?;
+    conn.send(&msgs).await?;
     let mut ready = 0;
     let mut started = Instant::now();
     let mut latency = Duration::ZERO;
     let mut out = Outcome { hash: FNV_OFFSET, ..Default::default() };
     while ready < 3 {
-        let (tag, body) = conn.read_frame().await?;
-        let f = Frame { tag, body: &body };
+        let m = conn.read_message().await?;
+        let (tag, body, f) = (m.tag, &m.body[..], m.frame());
         match (tag, ready) {
-            (b'Z', 0) => {
+            (server::READY_FOR_QUERY, 0) => {
                 ready = 1;
                 started = Instant::now();
             }
-            (b'Z', 1) => {
+            (server::READY_FOR_QUERY, 1) => {
                 ready = 2;
                 latency = started.elapsed();
             }
-            (b'Z', _) => ready = 3,
-            (b'D', 1) => out.hash = fnv(out.hash, &body),
-            (b'C', 1) => out.rows = f.rows(),
-            (b'E', 1) => out.error = Some(f.field(b'C').unwrap_or("XX000").to_string()),
+            (server::READY_FOR_QUERY, _) => ready = 3,
+            (server::DATA_ROW, 1) => out.hash = fnv(out.hash, body),
+            (server::COMMAND_COMPLETE, 1) => out.rows = f.rows(),
+            (server::ERROR_RESPONSE, 1) => out.error = Some(f.field(b'C').unwrap_or("XX000").to_string()),
             _ => {}
         }
     }

@@ -11,4 +11,4 @@ mod run;
 
 pub use error::Error;
 pub use manifest::Manifest;
-pub use run::{enqueue, Scheduler};
+pub use run::{enqueue, Scheduler, DEFAULT_INTERVAL};

@@ -43,6 +43,9 @@ async fn probe(dsn: &str) -> Result<(), String> {
     r
 }
 
+/// Time between a scheduler's passes unless told otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The scheduler service: `run` ticks until cancelled. Several may run; one ticks at a time.
 pub struct Scheduler {
     db: Db,

@@ -23,13 +23,13 @@ pub struct Args {
     #[arg(long)]
     cluster: String,
     /// Address the applications connect to.
-    #[arg(long, default_value = "127.0.0.1:6432")]
+    #[arg(long, default_value_t = dmf_proxy::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// How clients authenticate: trust (loopback clients only), md5 or scram.
-    #[arg(long, default_value = "trust")]
+    #[arg(long, default_value_t = D.client_auth)]
     client_auth: dmf_proxy::ClientAuth,
     /// pgbouncer-style users file: `"user" "password"` per line; used for clients and backends.
     #[arg(long, env = "DMF_PROXY_USERS_FILE")]
@@ -79,7 +79,7 @@ pub struct Args {
 
 /// The proxy's defaults, which the flags show and start from: defaults live in dmf-proxy.
 static D: LazyLock<dmf_proxy::Options> =
-    LazyLock::new(|| dmf_proxy::Options::new("", SocketAddr::from(([127, 0, 0, 1], 6432)), ""));
+    LazyLock::new(|| dmf_proxy::Options::new("", dmf_proxy::DEFAULT_LISTEN, ""));
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut opts = dmf_proxy::Options::new(&a.cluster, a.listen, &a.cp.database_url);

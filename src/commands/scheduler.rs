@@ -9,7 +9,7 @@ pub struct Args {
     #[command(flatten)]
     cp: ControlPlane,
     /// Seconds between passes.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = dmf_scheduler::DEFAULT_INTERVAL.as_secs_f64())]
     pub interval: f64,
 }
 

@@ -1,19 +1,20 @@
 //! The final flip (source to target) and the rollback (the same protocol back), driven by the
 //! worker that holds the migration's lease.
 //!
-//! In this order: guards; every live proxy holds new transactions and acknowledges (in-flight ones
-//! finished); the old primary is fenced against writes that bypass the proxies; a marker written
-//! there after the fence reaches the new primary (everything before it has been applied); sequence
-//! values are copied; replication is switched around (forward: the forward subscription stops and
-//! the reverse slot is made on the target, so every write after the flip is kept for a rollback;
-//! rollback: the reverse subscription stops and the source is unfenced); the route points at the
-//! new primary and releases the held transactions in one epoch.
+//! The steps, in order:
+//! 1. guards: lag, audit, attempts;
+//! 2. hold: every live proxy holds new transactions and acknowledges once in-flight ones finished;
+//! 3. fence: the old primary refuses writes that bypass the proxies;
+//! 4. catch up: a marker written on the old primary after the fence shows on the new one, so
+//!    everything before it was applied; sequence values are copied meanwhile;
+//! 5. switch replication: a flip keeps every write after it for a rollback (the reverse slot on
+//!    the target); a rollback stops replication back and unfences the source;
+//! 6. move: the route points at the new primary and releases the held transactions, in one epoch.
 //!
-//! Every step is recorded in the migration's durable state before the next begins. Anything that
-//! fails before the route moves, including a worker that died half-way (found by the next run),
-//! undoes what was done, releases the hold on the old primary and returns to the phase before,
-//! with the reason. Proxies that stopped heartbeating are not waited for: their lease has run out
-//! and they send nothing anywhere.
+//! Every step is recorded in the migration's durable state before the next begins. A failure
+//! before the move undoes what was done, releases the hold on the old primary and returns to the
+//! phase before with the reason; so does the next run after a worker died half-way. Proxies that
+//! stopped heartbeating are not waited for: their lease ran out, so they send nothing anywhere.
 
 pub mod fence;
 pub mod reverse;
@@ -87,17 +88,19 @@ impl Way {
     }
 }
 
-/// The two sides for one run: traffic moves from `from` to `to`. Routes and the other side's
-/// subscription use `*_route` (an Aurora target's endpoint, which dmf's own connections may reach
-/// through `connect_via` instead).
+/// The two sides for one run: traffic moves from `from` to `to`.
+///
+/// `*_route` is the connection string that routes and subscriptions use. For an Aurora target it
+/// is the cluster endpoint, which dmf's own connections may reach another way (`connect_via`).
 struct Sides {
     way: Way,
     from_route: String,
     to_route: String,
     from: Client,
     to: Client,
-    /// What the flip's fence found on the source: a rollback unfences the source with it (and
-    /// fences it again when undone). Read before the hold, so that nothing inside it reads state.
+    /// What the flip's fence found on the source, read before the hold.
+    ///
+    /// A rollback unfences the source with it, and an undone rollback fences it again.
     flip_before: fence::Before,
 }
 
@@ -140,19 +143,20 @@ impl Progress {
         ctx.save(self.patch()).await
     }
 
-    /// Record a finished step in memory; it becomes durable with the next `save`. Undo does not
-    /// read the steps (it reads the flags saved before each action it must reverse), so a step
-    /// that needs no undo of its own costs the hold no control-plane write.
+    /// Record a finished step in memory; it becomes durable with the next `save`.
+    ///
+    /// Undo reads the flags saved before each action it must reverse, never the steps. So a step
+    /// that needs no undo costs the hold no control-plane write.
     fn record(&mut self, ctx: &Context, step: &str, took: Duration) {
         self.record.steps.push(step.to_string());
         self.record.timings_ms.insert(step.to_string(), took.as_secs_f64() * 1000.0);
         self.crash_point(ctx, step);
     }
 
-    /// Fault injection for the crash tests: `DMF_FAULT_FLIP=<cluster>:<step>,...` makes the
-    /// worker process die right after recording `step` (or at `start`, before the hold), as a
-    /// worker killed at that moment would; once per fault, remembered by a file in
-    /// `DMF_FAULT_DIR`.
+    /// Fault injection for the crash tests: the worker dies right after recording `step`.
+    ///
+    /// `DMF_FAULT_FLIP=<cluster>:<step>,...` names the faults (`start` is before the hold). Each
+    /// fires once: a file in `DMF_FAULT_DIR` remembers it.
     fn crash_point(&self, ctx: &Context, step: &str) {
         let (Ok(faults), Ok(dir)) = (std::env::var("DMF_FAULT_FLIP"), std::env::var("DMF_FAULT_DIR")) else { return };
         let wanted = format!("{}:{step}", ctx.cluster());
@@ -224,10 +228,10 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
         progress.save(ctx).await?;
         return Ok(Outcome::Revert { to: way.safe_phase(), reason });
     }
-    // before the hold, what needs no hold: what the fence changes (the setting and who may
-    // connect, saved with the start, so that undo restores exactly that whenever it runs), and the
-    // reverse publication and slot (replication back starts past the position recorded inside the hold, so what the slot
-    // sees before that is never sent; undo drops the slot)
+    // Work that needs no hold is done before it. What the fence will change is read and saved
+    // with the start, so that undo restores exactly that. The reverse publication and slot are
+    // made now: replication back starts past a position recorded inside the hold, so nothing the
+    // slot sees before then is ever sent. Undo drops the slot.
     let before = fence::before(&sides.from).await?;
     if way == Way::Forward {
         let back = Names::reverse_of(ctx.migration.id);
@@ -289,10 +293,11 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
     Ok(Ok(()))
 }
 
-/// The protocol, from announcing the next primary to the route move. Inside the hold the control
-/// plane is written only where correctness needs it: the hold, the move, and before the rollback
-/// unfences (undo reads the flags saved at the start; the steps are recorded as they finish and
-/// saved with the move).
+/// The protocol, from announcing the next primary to the route move.
+///
+/// Inside the hold the control plane is written only where correctness needs it: the hold, the
+/// move, and before a rollback unfences. Steps are recorded as they finish and saved with the
+/// move; undo reads the flags saved at the start.
 async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Result<(), Error> {
     let cluster = ctx.cluster().to_string();
     let cfg = &ctx.config.flip;
@@ -353,9 +358,9 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
     }
     copied?;
-    // the source's final position, and the target's: everything the target holds up to there came
-    // from the source (the insert position, past commits not yet written out: the apply worker
-    // commits asynchronously); replication back starts after it
+    // The source's final position, and the target's: everything the target holds up to its
+    // position came from the source, and replication back starts after it. The target's is the
+    // insert position, because the apply worker commits asynchronously.
     let (final_lsn, start_back) = tokio::join!(
         sides.from.query_one("SELECT pg_current_wal_lsn()::text", &[]),
         sides.to.query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
@@ -368,7 +373,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     ctx.check_cancel()?;
 
     if sides.way == Way::Back {
-        // replication back stops, and the source takes writes again (it was fenced by the flip)
+        // replication back stops; the source, fenced by the flip, takes writes again
         let t = Instant::now();
         reverse::disable(&sides.to, &back.subscription, cfg.catch_up_timeout).await?;
         progress.record.to_unfenced = true;
@@ -377,9 +382,9 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         progress.record(ctx, SWITCHED, t.elapsed());
         ctx.check_cancel()?;
     } else {
-        // Forward replication has nothing left to apply (the source is fenced and the target
-        // showed the final marker); it is removed after the release, before replication back
-        // starts from this position (`reverse::replicate_back`).
+        // Forward replication has nothing left to apply: the source is fenced and the target
+        // showed the final marker. It is removed after the release; then replication back starts
+        // from this position (`reverse::replicate_back`).
         progress.record.reverse_start_lsn = Some(start_back);
     }
 

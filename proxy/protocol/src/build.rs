@@ -81,6 +81,18 @@ pub fn sync() -> Vec<u8> {
     framed(b'S', |_| {})
 }
 
+pub fn copy_data(payload: &[u8]) -> Vec<u8> {
+    framed(b'd', |o| o.extend_from_slice(payload))
+}
+
+pub fn copy_done() -> Vec<u8> {
+    framed(b'c', |_| {})
+}
+
+pub fn copy_fail(reason: &str) -> Vec<u8> {
+    framed(b'f', |o| cstr(o, reason))
+}
+
 pub fn terminate() -> Vec<u8> {
     framed(b'X', |_| {})
 }

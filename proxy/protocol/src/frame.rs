@@ -180,6 +180,25 @@ impl<'a> Frame<'a> {
         None
     }
 
+    /// DataRow: each column in text form (NULL as None); None when the body is malformed.
+    pub fn data_row(&self) -> Option<Vec<Option<String>>> {
+        let (n, mut rest) = be_i16(self.body)?;
+        // each column takes at least its 4-byte length: a count the body cannot hold allocates nothing
+        let mut out = Vec::with_capacity((n.max(0) as usize).min(rest.len() / 4));
+        for _ in 0..n {
+            let (len, r) = be_i32(rest)?;
+            if len < 0 {
+                out.push(None);
+                rest = r;
+            } else {
+                let v = r.get(..len as usize)?;
+                out.push(Some(String::from_utf8_lossy(v).into_owned()));
+                rest = &r[len as usize..];
+            }
+        }
+        Some(out)
+    }
+
     /// CommandComplete: the rows a command reported (`SELECT 3`, `INSERT 0 3`, `UPDATE 3`).
     pub fn rows(&self) -> Option<u64> {
         let (tag, _) = cstr(self.body)?;
@@ -219,5 +238,8 @@ mod tests {
         let e = b"SERROR\0C42P01\0Mno such table\0\0";
         assert_eq!(Frame { tag: b'E', body: e }.field(b'C'), Some("42P01"));
         assert_eq!(Frame { tag: b'C', body: b"INSERT 0 3\0" }.rows(), Some(3));
+        let row = b"\x00\x02\x00\x00\x00\x02ab\xff\xff\xff\xff";
+        assert_eq!(Frame { tag: b'D', body: row }.data_row(), Some(vec![Some("ab".to_string()), None]));
+        assert_eq!(Frame { tag: b'D', body: &row[..5] }.data_row(), None);
     }
 }

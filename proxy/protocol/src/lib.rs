@@ -6,6 +6,7 @@ pub mod build;
 pub mod frame;
 pub mod lsn;
 pub mod startup;
+pub mod tag;
 
 pub use frame::{Frame, Header, Side};
 pub use startup::Startup;

@@ -115,7 +115,7 @@ impl Pool {
         }
         let reset = tokio::time::timeout(RESET_TIMEOUT, backend.reset())
             .await
-            .unwrap_or_else(|_| Err(Error::backend(&backend.endpoint.label(), format!("DISCARD ALL took longer than {RESET_TIMEOUT:?}"))));
+            .unwrap_or_else(|_| Err(Error::backend(&backend.endpoint().label(), format!("DISCARD ALL took longer than {RESET_TIMEOUT:?}"))));
         if let Err(e) = reset {
             backend.close();
             return Err(e);

@@ -23,6 +23,16 @@ pub enum ClientAuth {
     Scram,
 }
 
+impl std::fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientAuth::Trust => "trust",
+            ClientAuth::Md5 => "md5",
+            ClientAuth::Scram => "scram",
+        })
+    }
+}
+
 impl std::str::FromStr for ClientAuth {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -153,7 +163,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 async fn read_auth(client: &mut ClientStream, buf: &mut BytesMut) -> Result<BytesMut, Error> {
     loop {
         if let Some(h) = frame::header(buf, Side::ClientAuth)? {
-            if h.tag == b'X' {
+            if h.tag == crate::protocol::tag::client::TERMINATE {
                 return Err(Error::AuthFailed("(client gave up)".into()));
             }
             if buf.len() >= 5 + h.len {

@@ -2,13 +2,15 @@
 //! the first backend, then the session relay.
 
 pub mod auth;
+pub mod refusal;
+pub mod registry;
 pub mod session;
 pub mod signal;
 pub mod stream;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::backend::{Backend, Login};
 use crate::metrics::{add, sub};
 use crate::protocol::{self, build, startup, Startup};
-use crate::{lock, CancelTarget, Error, SessionEntry, Shared};
+use crate::{CancelTarget, Error, SessionEntry, Shared};
+use refusal::Refusal;
 use stream::ClientStream;
 
 /// Accept until shutdown; each connection runs in its own task, on the relay thread `relays`
@@ -58,7 +61,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             tracing::info!(cluster = %cluster, peer = %peer, error = %e, "connection refused before startup");
             if let Some(mut c) = c {
-                let _ = c.write_all(&build::error("FATAL", "08P01", &format!("dmf proxy: {e}"))).await;
+                let _ = c.write_all(&Refusal::protocol(&e).message()).await;
             }
             return;
         }
@@ -74,29 +77,26 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     match open(&mut client, &mut buf, peer, &params, &shared, slot.0.index).await {
         Ok((backend, admitted)) => {
             add(&shared.metrics.connections_active, 1);
-            let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
             let signal = Arc::new(signal::Signal::default());
             if shared.shutdown.is_cancelled() {
                 signal.raise(signal::SHUTDOWN);
             }
             let in_tx = Arc::new(AtomicBool::new(false));
-            let (pid, secret) = fresh_key(&shared);
-            let target = Arc::new(Mutex::new(Some(CancelTarget { host: backend.endpoint.host.clone(), port: backend.endpoint.port, pid: backend.pid, secret: backend.secret })));
-            let entry = SessionEntry { signal, in_tx, cancel: target.clone(), params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
-            lock(&shared.sessions).insert(id, entry.clone());
+            let target = Arc::new(Mutex::new(Some(CancelTarget::of(&backend))));
+            let entry = SessionEntry { signal, in_tx, cancel: target, params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
+            let (id, (pid, secret)) = shared.registry.insert(entry.clone());
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);
-            lock(&shared.cancels).insert((pid, secret), target.clone());
             let _registered = Registered { shared: shared.clone(), id, key: (pid, secret) };
             let mut hello = Vec::new();
-            for (k, v) in &backend.params {
+            for (k, v) in backend.params() {
                 hello.extend_from_slice(&build::parameter_status(k, v));
             }
             hello.extend_from_slice(&build::backend_key(pid, secret));
-            hello.extend_from_slice(&build::ready(b'I'));
+            hello.extend_from_slice(&build::ready(crate::protocol::tag::status::IDLE));
             if client.write_all(&hello).await.is_ok() {
                 let login = entry.params.clone();
-                let s = session::Session::new(shared.clone(), id, client, buf.to_vec(), params, backend, entry);
+                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, entry);
                 let (result, left) = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {
@@ -105,7 +105,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
                     tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "session ended");
                 }
                 if let Some((backend, epoch)) = left {
-                    let key = crate::backend::pool::Key::new(&backend.endpoint.dsn, &login);
+                    let key = crate::backend::pool::Key::new(&backend.endpoint().dsn, &login);
                     if let Err(e) = shared.idle.put(backend, key, epoch, slot.0.index, &shared.metrics).await {
                         tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
                     }
@@ -116,15 +116,8 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
         }
         Err(e) => {
             add(&shared.metrics.connections_refused, 1);
-            let code = match &e {
-                Error::AuthFailed(_) => "28P01",
-                Error::LeaseLost | Error::HeldTooLong(_) => "57P03",
-                Error::BackendRefused { code, .. } => code.as_str(),
-                Error::Protocol(_) => "08P01",
-                _ => "08006",
-            };
             tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "connection refused");
-            let _ = client.write_all(&build::error("FATAL", code, &format!("dmf proxy: {e}"))).await;
+            let _ = client.write_all(&Refusal::connection(&e).message()).await;
         }
     }
 }
@@ -139,8 +132,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        lock(&self.shared.cancels).remove(&self.key);
-        lock(&self.shared.sessions).remove(&self.id);
+        self.shared.registry.remove(self.id, self.key);
         sub(&self.shared.metrics.connections_active, 1);
     }
 }
@@ -203,7 +195,6 @@ async fn negotiate(mut client: ClientStream, buf: &mut BytesMut, shared: &Arc<Sh
     }
 }
 
-/// Authenticate the client and open its first backend on the route's primary.
 /// Authenticate the client, wait out a hold, and log in to the route's primary for it.
 async fn open(
     client: &mut ClientStream,
@@ -237,21 +228,9 @@ pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared
     Backend::connect(endpoint, &Login { user, password: password.as_deref(), params, read_only }).await
 }
 
-fn fresh_key(shared: &Shared) -> (i32, i32) {
-    loop {
-        let b = *uuid::Uuid::new_v4().as_bytes();
-        let pid = i32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]]).max(1);
-        let secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-        if !lock(&shared.cancels).contains_key(&(pid, secret)) {
-            return (pid, secret);
-        }
-    }
-}
-
 /// Forward a client's cancel request to the backend its session is using now.
 async fn cancel(shared: &Shared, pid: i32, secret: i32) {
-    let target = lock(&shared.cancels).get(&(pid, secret)).and_then(|t| lock(t).clone());
-    let Some(t) = target else {
+    let Some(t) = shared.registry.cancel_target((pid, secret)) else {
         tracing::info!(cluster = %shared.opts.cluster, "cancel request for an unknown session ignored");
         return;
     };

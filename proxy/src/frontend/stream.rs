@@ -10,6 +10,9 @@ use tokio_rustls::server::TlsStream;
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// One end of `tokio::io::duplex`, the other held by a test playing the client.
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
 }
 
 impl AsyncRead for ClientStream {
@@ -17,6 +20,8 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -26,6 +31,8 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -33,6 +40,8 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -40,6 +49,8 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(test)]
+            ClientStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -62,6 +73,8 @@ impl TryWrite for ClientStream {
             ClientStream::Plain(s) => s.try_write(buf),
             // rustls buffers and encrypts: always through its own writer
             ClientStream::Tls(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+            #[cfg(test)]
+            ClientStream::Memory(_) => Err(std::io::ErrorKind::WouldBlock.into()),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The proxy's side of the control plane: registration, heartbeats (the lease), route changes
 //! by LISTEN/NOTIFY with polling as the fallback, holds, and acknowledgements.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ impl Control {
         .await?;
         // A proxy that starts during a hold has nothing in flight: it is held as soon as it exists.
         db.proxy_applied(id, route.epoch as i64, route.hold, &shared.primary_backend_pids()).await?;
-        shared.extend_lease(Instant::now());
+        shared.gate.extend_lease(Instant::now());
         Ok(Control { db, id, acked: route.epoch, shared })
     }
 
@@ -47,7 +46,7 @@ impl Control {
         let mut was_ok = true;
         let mut poll = tokio::time::interval(self.shared.opts.poll);
         let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
-        // only logs lease transitions: sessions compute the lease themselves (Shared::lease_ok)
+        // only logs lease transitions: sessions compute the lease themselves (Gate::lease_ok)
         let mut watchdog = tokio::time::interval(Duration::from_millis(250));
         for t in [&mut poll, &mut beat, &mut watchdog] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,7 +75,7 @@ impl Control {
                     }
                 }
                 _ = watchdog.tick() => {
-                    let ok = self.shared.lease_ok();
+                    let ok = self.shared.gate.lease_ok();
                     if std::mem::replace(&mut was_ok, ok) != ok {
                         if ok {
                             tracing::info!(cluster = %cluster, "control plane reachable again: traffic flows");
@@ -91,7 +90,7 @@ impl Control {
 
     async fn heartbeat(&mut self) {
         let sent = Instant::now();
-        let state = if !self.shared.lease_ok() {
+        let state = if !self.shared.gate.lease_ok() {
             "fenced"
         } else if self.shared.route().hold {
             "held"
@@ -103,7 +102,7 @@ impl Control {
         // A heartbeat slower than the lease is no use: give up on it and try again.
         let beat = tokio::time::timeout(self.shared.opts.lease, self.db.proxy_heartbeat(self.id, state, &stats)).await;
         match beat.unwrap_or_else(|_| Err(dmf_db::Error::Conflict("heartbeat timed out".into()))) {
-            Ok(true) => self.shared.extend_lease(sent),
+            Ok(true) => self.shared.gate.extend_lease(sent),
             Ok(false) => {
                 tracing::warn!(cluster = %self.shared.opts.cluster, proxy = %self.id, "registration vanished from the control plane; registering again");
                 if let Ok(c) = Control::register(self.db.clone(), self.id, self.shared.clone()).await {
@@ -150,30 +149,26 @@ impl Control {
         if route.hold {
             // hold first, then publish: a session that got past the hold flag is counted in
             // `inflight` and is waited for below.
-            self.shared.hold.store(true, Ordering::SeqCst);
+            self.shared.gate.set_hold(true);
             self.shared.set_route(route.clone());
             let started = Instant::now();
             let deadline = started + route.hold_deadline;
             // keep heartbeating through a long drain: the lease must not lapse while we wait
             let beat_every = (self.shared.opts.lease / 3).max(Duration::from_millis(50));
             let mut last_beat = Instant::now();
-            while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            while self.shared.gate.in_flight() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_micros(500)).await;
                 if last_beat.elapsed() >= beat_every {
                     self.heartbeat().await;
                     last_beat = Instant::now();
                 }
             }
-            let left = self.shared.inflight.load(Ordering::SeqCst);
+            let left = self.shared.gate.in_flight();
             if left > 0 {
                 tracing::warn!(cluster = %cluster, epoch, sessions = left, deadline = ?route.hold_deadline, "hold deadline passed: ending the transactions still in flight");
-                for s in lock(&self.shared.sessions).values() {
-                    if s.in_tx.load(Ordering::SeqCst) {
-                        s.signal.raise(crate::frontend::signal::KILL);
-                    }
-                }
+                self.shared.registry.raise(crate::frontend::signal::KILL, true);
                 let grace = Instant::now() + Duration::from_secs(2);
-                while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < grace {
+                while self.shared.gate.in_flight() > 0 && Instant::now() < grace {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
@@ -184,13 +179,13 @@ impl Control {
             tracing::info!(cluster = %cluster, epoch, drained_in_ms = started.elapsed().as_millis() as u64, "holding new transactions");
         } else {
             // lift the hold, then publish: a session woken by the new epoch finds it lifted
-            self.shared.hold.store(false, Ordering::SeqCst);
+            self.shared.gate.set_hold(false);
             self.shared.set_route(route.clone());
             // backends opened ahead of a move that is not happening are closed
             let next = route.next_primary.as_ref().map(|n| n.dsn.clone());
-            for s in lock(&self.shared.sessions).values() {
+            for s in self.shared.registry.entries() {
                 let mut spare = lock(&s.spare);
-                if spare.as_ref().is_some_and(|b| b.endpoint.dsn != route.primary.dsn && Some(&b.endpoint.dsn) != next.as_ref()) {
+                if spare.as_ref().is_some_and(|b| b.endpoint().dsn != route.primary.dsn && Some(&b.endpoint().dsn) != next.as_ref()) {
                     *spare = None;
                 }
             }
@@ -209,10 +204,10 @@ impl Control {
     /// Open every session's backend on the primary the route is about to point at, warmed (see
     /// `warm.sql`): at release, sessions move without connecting.
     fn open_spares(&self, next: Arc<crate::backend::Endpoint>) -> tokio::task::JoinSet<()> {
-        let sessions: Vec<crate::SessionEntry> = lock(&self.shared.sessions).values().cloned().collect();
+        let sessions = self.shared.registry.entries();
         let mut opening = tokio::task::JoinSet::new();
         for s in sessions {
-            if lock(&s.spare).as_ref().is_some_and(|b| b.endpoint.dsn == next.dsn) {
+            if lock(&s.spare).as_ref().is_some_and(|b| b.endpoint().dsn == next.dsn) {
                 continue;
             }
             let (shared, next) = (self.shared.clone(), next.clone());

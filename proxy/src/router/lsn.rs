@@ -1,7 +1,6 @@
 //! How far the read endpoint has applied the primary's WAL, for read-your-writes: a physical
 //! standby's replay LSN, or a logical subscriber's replication-origin progress.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use crate::Shared;
 const APPLIED_SQL: &str = include_str!("read_applied_lsn.sql");
 
 /// Poll the read endpoint every `every` while the route splits reads; publish into
-/// `shared.read_applied_lsn` (0 when unknown, which sends every read-after-write to the primary).
+/// the gate's read-applied LSN (0 when unknown, which sends every read-after-write to the primary).
 pub async fn track(shared: Arc<Shared>, every: Duration) {
     let mut conn: Option<Backend> = None;
     let mut tick = tokio::time::interval(every);
@@ -24,11 +23,11 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
             _ = tick.tick() => {}
         }
         // subscribe before looking: a change made after this line wakes the wait below
-        let mut changed = shared.route_tx.subscribe();
+        let mut changed = shared.gate.subscribe();
         let route = shared.route();
         if route.mode != Mode::SplitReads {
             conn = None;
-            shared.read_applied_lsn.store(0, Ordering::Release);
+            shared.gate.set_read_applied_lsn(0);
             // nothing to track until the route changes
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
@@ -36,7 +35,7 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
             }
             continue;
         }
-        if conn.as_ref().is_some_and(|c| !Arc::ptr_eq(&c.endpoint, &route.read)) {
+        if conn.as_ref().is_some_and(|c| !Arc::ptr_eq(c.endpoint(), &route.read)) {
             conn = None;
         }
         if conn.is_none() {
@@ -48,7 +47,7 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: cannot track its applied LSN; reads after writes go to the primary");
-                    shared.read_applied_lsn.store(0, Ordering::Release);
+                    shared.gate.set_read_applied_lsn(0);
                     continue;
                 }
             }
@@ -57,11 +56,11 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
         match c.simple_query(APPLIED_SQL).await {
             Ok(rows) => {
                 let lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| crate::protocol::lsn::parse(&t)).unwrap_or(0);
-                shared.read_applied_lsn.store(lsn, Ordering::Release);
+                shared.gate.set_read_applied_lsn(lsn);
             }
             Err(e) => {
                 tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: applied LSN query failed");
-                shared.read_applied_lsn.store(0, Ordering::Release);
+                shared.gate.set_read_applied_lsn(0);
                 conn = None;
             }
         }

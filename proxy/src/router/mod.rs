@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod control;
+pub mod gate;
 pub mod lsn;
 
 use std::sync::Arc;

@@ -1,0 +1,120 @@
+//! Every error the proxy itself sends a client, with its SQLSTATE and its words, in one place.
+//! Errors from a server pass through untouched; these are the proxy's own.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use crate::protocol::build;
+use crate::Error;
+
+/// SQLSTATEs the proxy uses (PostgreSQL's errcodes).
+mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+}
+
+/// A FATAL ErrorResponse from the proxy: the client's connection ends after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    code: String,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: &str, message: impl Display) -> Refusal {
+        Refusal { code: code.to_string(), message: format!("dmf proxy: {message}") }
+    }
+
+    /// The client broke the protocol.
+    pub fn protocol(e: impl Display) -> Refusal {
+        Refusal::new(sqlstate::PROTOCOL_VIOLATION, e)
+    }
+
+    /// A connection could not be opened for the client: the code says why (authentication,
+    /// a hold or lost lease, the server's own refusal, or no server).
+    pub fn connection(e: &Error) -> Refusal {
+        let code = match e {
+            Error::AuthFailed(_) => sqlstate::INVALID_PASSWORD,
+            Error::LeaseLost | Error::HeldTooLong(_) => sqlstate::CANNOT_CONNECT_NOW,
+            Error::BackendRefused { code, .. } => code.as_str(),
+            Error::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
+            _ => sqlstate::CONNECTION_FAILURE,
+        };
+        Refusal::new(code, e)
+    }
+
+    /// The server the session was using closed its connection.
+    pub fn server_closed(server: &str) -> Refusal {
+        Refusal::new(sqlstate::CONNECTION_FAILURE, format_args!("the server {server} closed the connection"))
+    }
+
+    /// The proxy ended the session: a hold deadline passed, or shutdown found it in a transaction.
+    pub fn killed() -> Refusal {
+        Refusal::new(sqlstate::ADMIN_SHUTDOWN, "session ended (a hold deadline passed or the proxy is shutting down)")
+    }
+
+    /// The proxy is shutting down and the session is at a transaction boundary.
+    pub fn shutting_down() -> Refusal {
+        Refusal::new(sqlstate::ADMIN_SHUTDOWN, "shutting down; reconnect")
+    }
+
+    /// The lease ran out inside a transaction: nothing more of it is sent anywhere.
+    pub fn lease_lost() -> Refusal {
+        Refusal::new(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "the control plane has been unreachable for longer than the lease; the transaction was ended and nothing more is sent",
+        )
+    }
+
+    /// A transaction waited at a hold (or without the lease) for longer than `timeout`.
+    pub fn held_too_long(lease_ok: bool, timeout: Duration) -> Refusal {
+        let why = if lease_ok { "traffic is held" } else { "the control plane is unreachable" };
+        Refusal::new(sqlstate::CANNOT_CONNECT_NOW, format_args!("{why} for longer than {timeout:?}; reconnect later"))
+    }
+
+    /// The session holds state that cannot follow the database to `to`.
+    pub fn cannot_move(to: &str, what: &str) -> Refusal {
+        Refusal::new(
+            sqlstate::ADMIN_SHUTDOWN,
+            format_args!("the database moved to {to}; this session held state that cannot move ({what}) and was closed; reconnect"),
+        )
+    }
+
+    /// The new primary did not take the session's login.
+    pub fn new_primary_unreachable(to: &str, e: &Error) -> Refusal {
+        Refusal::new(sqlstate::CONNECTION_FAILURE, format_args!("cannot reach the new primary {to}: {e}"))
+    }
+
+    /// The session's settings could not be restored on the new primary.
+    pub fn not_restored(to: &str, e: &Error) -> Refusal {
+        Refusal::new(sqlstate::CONNECTION_FAILURE, format_args!("could not restore this session on {to}: {e}"))
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The ErrorResponse on the wire.
+    pub fn message(&self) -> Vec<u8> {
+        build::error("FATAL", &self.code, &self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_its_sqlstate_and_says_it_is_the_proxy() {
+        let r = Refusal::connection(&Error::BackendRefused { endpoint: "db:5432/x".into(), code: "28000".into(), message: "role \"app\" does not exist".into() });
+        assert_eq!(r.code(), "28000");
+        let bytes = r.message();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("dmf proxy: backend db:5432/x refused: role \"app\" does not exist"), "{text}");
+        assert_eq!(Refusal::connection(&Error::LeaseLost).code(), "57P03");
+        assert_eq!(Refusal::held_too_long(false, Duration::from_secs(30)).code(), "57P03");
+    }
+}

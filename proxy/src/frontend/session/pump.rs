@@ -1,0 +1,283 @@
+//! The relay of messages themselves: every complete client message to the backend in use, every
+//! server message back to the client. Bytes go out straight from the buffer they were read into;
+//! only when the proxy adds messages (a statement the backend lacks) or drops answers (to those)
+//! does a pump copy into `to_server` / `to_client`. A message too large to buffer streams through.
+
+use super::reads::{batch_len, Batch, BATCH_CAP};
+use super::unit::TxStatus;
+use super::{Refusal, Session};
+use super::in_use;
+use crate::frontend::stream::send_all;
+use crate::protocol::frame::{self, Target};
+use crate::protocol::tag::{client, server};
+use crate::protocol::{Frame, Side};
+use crate::Error;
+use dmf_pgconn::consume;
+
+/// What a pump of the client's messages ended with.
+pub(super) enum Pumped {
+    /// Everything complete was forwarded; read more from the client.
+    ReadMore,
+    /// The client said Terminate.
+    ClientLeft,
+}
+
+/// What one client message asks of the session.
+enum Action {
+    /// Nothing: forwarded as it is.
+    Pass,
+    /// Query or Sync: the end of a request, one more ReadyForQuery to come.
+    EndsRequest,
+    /// FunctionCall: one more ReadyForQuery to come.
+    FunctionCall,
+    Terminate,
+    /// A named Parse: the client makes statement `name` with text `sql`.
+    Prepare { name: String, sql: String },
+    /// Uses a named statement the backend in use may lack.
+    UsesStatement(String),
+    /// Closes a named statement.
+    CloseStatement(String),
+}
+
+impl Session {
+    /// What the complete client message `f` asks of the session.
+    fn action(&self, f: Frame<'_>) -> Result<Action, Error> {
+        Ok(match f.tag {
+            client::QUERY => {
+                // the server checks the text's encoding; the proxy only needs the frame
+                // one NUL, at the end (`contains` on bytes is core's word-at-a-time memchr)
+                if f.body.last() != Some(&0) || f.body[..f.body.len() - 1].contains(&0) {
+                    return Err(crate::protocol::Error::Malformed { what: "Query" }.into());
+                }
+                Action::EndsRequest
+            }
+            client::SYNC => Action::EndsRequest,
+            client::FUNCTION_CALL => Action::FunctionCall,
+            client::TERMINATE => Action::Terminate,
+            client::PARSE => match f.parse()? {
+                ("", _) => Action::Pass,
+                (name, sql) => Action::Prepare { name: name.to_string(), sql: sql.to_string() },
+            },
+            client::BIND => match f.bind()? {
+                (_, "") => Action::Pass,
+                (_, stmt) if self.prepared_here(stmt) => Action::Pass,
+                (_, stmt) => Action::UsesStatement(stmt.to_string()),
+            },
+            client::DESCRIBE => match f.target()? {
+                Target::Statement(n) if !n.is_empty() && !self.prepared_here(n) => Action::UsesStatement(n.to_string()),
+                _ => Action::Pass,
+            },
+            client::CLOSE => match f.target()? {
+                Target::Statement(n) if !n.is_empty() => Action::CloseStatement(n.to_string()),
+                _ => Action::Pass,
+            },
+            client::EXECUTE => {
+                f.execute()?;
+                Action::Pass
+            }
+            _ => Action::Pass,
+        })
+    }
+
+    /// Forward every complete client message; start a unit (the gate) at each transaction
+    /// boundary.
+    pub(super) async fn pump_client(&mut self) -> Result<Pumped, Error> {
+        self.to_server.clear();
+        // once something is injected, `to_server` holds everything to send
+        let mut copy = false;
+        let mut pos = 0;
+        let mut result = Pumped::ReadMore;
+        let mut lease_checked = false;
+        loop {
+            if self.client_body_left > 0 {
+                if !pass_streamed(&self.client_buf, &mut pos, &mut self.client_body_left, copy, &mut self.to_server) {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = frame::header(&self.client_buf[pos..], Side::Client)? else { break };
+            if !self.unit.is_open() {
+                // a unit only ends in pump_server: here nothing of this call was consumed yet
+                if h.tag == client::TERMINATE {
+                    result = Pumped::ClientLeft;
+                    break;
+                }
+                let batch = match self.batch_needed() {
+                    false => None,
+                    true => match batch_len(&self.client_buf)? {
+                        Batch::Complete(n) => Some(n),
+                        Batch::Incomplete if self.client_buf.len() < BATCH_CAP => break,
+                        Batch::Incomplete | Batch::Unroutable => None,
+                    },
+                };
+                self.begin_unit(batch).await?;
+                lease_checked = true;
+            } else if self.unit.is_sealed() && (self.unit.on_read() || self.batch_needed()) {
+                break;
+            } else if !lease_checked {
+                lease_checked = true;
+                if !self.shared.gate.lease_ok() {
+                    self.refuse(Refusal::lease_lost()).await;
+                    return Err(Error::LeaseLost);
+                }
+            }
+            let total = 5 + h.len;
+            let avail = self.client_buf.len() - pos;
+            if avail < total {
+                if matches!(h.tag, client::COPY_DATA | client::FUNCTION_CALL) {
+                    // large COPY data or a function call: stream it through
+                    if h.tag == client::FUNCTION_CALL {
+                        self.outstanding += 1;
+                    }
+                    if copy {
+                        self.to_server.extend_from_slice(&self.client_buf[pos..pos + 5]);
+                    }
+                    pos += 5;
+                    self.client_body_left = h.len;
+                    continue;
+                }
+                self.client_buf.reserve(total - avail);
+                break;
+            }
+            let action = self.action(Frame { tag: h.tag, body: &self.client_buf[pos + 5..pos + total] })?;
+            match action {
+                Action::Pass => {}
+                Action::EndsRequest => {
+                    self.outstanding += 1;
+                    self.unit.seal();
+                }
+                Action::FunctionCall => self.outstanding += 1,
+                Action::Terminate => {
+                    result = Pumped::ClientLeft;
+                    break;
+                }
+                Action::Prepare { name, sql } => {
+                    let whole = self.client_buf[pos..pos + total].to_vec();
+                    if !copy {
+                        self.to_server.extend_from_slice(&self.client_buf[..pos]);
+                        copy = true;
+                    }
+                    self.client_parse(&name, &sql, &whole);
+                }
+                Action::UsesStatement(name) => {
+                    if !copy {
+                        self.to_server.extend_from_slice(&self.client_buf[..pos]);
+                        copy = true;
+                    }
+                    self.ensure_prepared(&name);
+                }
+                Action::CloseStatement(name) => self.client_close(&name),
+            }
+            if copy {
+                self.to_server.extend_from_slice(&self.client_buf[pos..pos + total]);
+            }
+            pos += total;
+        }
+        if pos > 0 || !self.to_server.is_empty() {
+            let stream = in_use(&mut self.primary, &mut self.read, self.unit.on_read()).parts_mut().0;
+            let written = if copy { send_all(stream, &self.to_server).await } else { send_all(stream, &self.client_buf[..pos]).await };
+            consume(&mut self.client_buf, pos);
+            written?;
+        }
+        Ok(result)
+    }
+
+    /// Forward backend messages to the client; track ReadyForQuery, drop answers to injected
+    /// messages, and capture the outcome of a mirrored statement.
+    pub(super) async fn pump_server(&mut self) -> Result<(), Error> {
+        self.to_client.clear();
+        let on_read = self.unit.on_read();
+        let mut copy = false;
+        let mut pos = 0;
+        loop {
+            let rbuf = in_use(&mut self.primary, &mut self.read, on_read).parts_mut().1;
+            if self.server_body_left > 0 {
+                if !pass_streamed(rbuf, &mut pos, &mut self.server_body_left, copy, &mut self.to_client) {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = frame::header(&rbuf[pos..], Side::Server)? else { break };
+            let total = 5 + h.len;
+            let avail = rbuf.len() - pos;
+            if avail < total {
+                let needed = matches!(h.tag, server::READY_FOR_QUERY | server::ERROR_RESPONSE | server::PARSE_COMPLETE | server::CLOSE_COMPLETE)
+                    || (self.capture.is_some() && matches!(h.tag, server::DATA_ROW | server::COMMAND_COMPLETE));
+                if needed {
+                    rbuf.reserve(total - avail);
+                    break;
+                }
+                if copy {
+                    self.to_client.extend_from_slice(&rbuf[pos..pos + 5]);
+                }
+                pos += 5;
+                self.server_body_left = h.len;
+                continue;
+            }
+            let body = &rbuf[pos + 5..pos + total];
+            let mut unit_done = false;
+            match h.tag {
+                server::READY_FOR_QUERY => {
+                    let status = TxStatus::of(body);
+                    unit_done = self.ready_for_query(status);
+                }
+                server::PARSE_COMPLETE | server::CLOSE_COMPLETE if self.injected_answers > 0 => {
+                    self.injected_answers -= 1;
+                    if !copy {
+                        self.to_client.extend_from_slice(&rbuf[..pos]);
+                        copy = true;
+                    }
+                    pos += total;
+                    continue;
+                }
+                server::ERROR_RESPONSE => {
+                    self.injected_answers = 0;
+                    if let Some(c) = self.capture.as_mut() {
+                        c.error(Frame { tag: h.tag, body }.field(b'C').unwrap_or("XX000"));
+                    }
+                }
+                server::COMMAND_COMPLETE => {
+                    if let Some(c) = self.capture.as_mut() {
+                        c.complete(Frame { tag: h.tag, body }.rows());
+                    }
+                }
+                server::DATA_ROW => {
+                    if let Some(c) = self.capture.as_mut() {
+                        c.row(body);
+                    }
+                }
+                _ => {}
+            }
+            if copy {
+                let rbuf = in_use(&mut self.primary, &mut self.read, on_read).parts_mut().1;
+                self.to_client.extend_from_slice(&rbuf[pos..pos + total]);
+                if self.to_client.len() >= 256 * 1024 {
+                    send_all(&mut self.client, &self.to_client).await?;
+                    self.to_client.clear();
+                }
+            }
+            pos += total;
+            if unit_done {
+                break;
+            }
+        }
+        let rbuf = in_use(&mut self.primary, &mut self.read, on_read).parts_mut().1;
+        let written = if copy { send_all(&mut self.client, &self.to_client).await } else { send_all(&mut self.client, &rbuf[..pos]).await };
+        consume(rbuf, pos);
+        written?;
+        Ok(())
+    }
+}
+
+/// Pass what `buf` holds of a message body being streamed through (`left` bytes still to come):
+/// it is forwarded from `buf` itself, or copied to `out` once the pump is copying. False when
+/// `buf` has nothing more.
+fn pass_streamed(buf: &[u8], pos: &mut usize, left: &mut usize, copy: bool, out: &mut Vec<u8>) -> bool {
+    let n = (*left).min(buf.len() - *pos);
+    if copy {
+        out.extend_from_slice(&buf[*pos..*pos + n]);
+    }
+    *pos += n;
+    *left -= n;
+    n > 0
+}
