@@ -159,10 +159,11 @@ impl Shared {
         self.gate.route()
     }
 
-    /// Publish a new route, and its epoch in the metrics.
+    /// Publish a new route (its hold first: `Gate::publish`), then its epoch in the metrics.
     pub(crate) fn set_route(&self, route: Arc<Route>) {
-        self.metrics.route_epoch.store(route.epoch, Ordering::Relaxed);
-        self.gate.set_route(route);
+        let epoch = route.epoch;
+        self.gate.publish(route);
+        self.metrics.route_epoch.store(epoch, Ordering::Relaxed);
     }
 
     /// Classify with a bounded cache: applications repeat the same statement texts.

@@ -45,7 +45,8 @@ fn conn_error(endpoint: &Endpoint, e: dmf_pgconn::Error) -> Error {
     match e {
         dmf_pgconn::Error::Server(s) => Error::BackendRefused { endpoint: label, code: s.code, message: s.message },
         dmf_pgconn::Error::Io(e) => Error::Io(e),
-        dmf_pgconn::Error::Protocol(e) => Error::Protocol(e),
+        // the server's bytes are not the protocol: the server's fault, not the client's
+        dmf_pgconn::Error::Protocol(e) => Error::backend(&label, format!("malformed message: {e}")),
         dmf_pgconn::Error::NoPassword(user) => Error::backend(&label, format!("asks a password for user \"{user}\" and the proxy holds none (users file)")),
         dmf_pgconn::Error::Closed => Error::backend(&label, "closed the connection"),
         dmf_pgconn::Error::Malformed(what) => Error::backend(&label, format!("malformed {what}")),

@@ -51,6 +51,11 @@ impl Refusal {
         Refusal::new(sqlstate::CONNECTION_FAILURE, format_args!("the server {server} closed the connection"))
     }
 
+    /// The server the session was using sent bytes that are not the protocol.
+    pub fn server_malformed(server: &str, e: impl Display) -> Refusal {
+        Refusal::new(sqlstate::CONNECTION_FAILURE, format_args!("the server {server} sent a malformed message ({e}); the session is closed"))
+    }
+
     /// The proxy ended the session: a hold deadline passed, or shutdown found it in a transaction.
     pub fn killed() -> Refusal {
         Refusal::new(sqlstate::ADMIN_SHUTDOWN, "session ended (a hold deadline passed or the proxy is shutting down)")

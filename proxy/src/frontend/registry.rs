@@ -114,3 +114,49 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::signal::KILL;
+
+    fn entry(in_tx: bool) -> SessionEntry {
+        SessionEntry {
+            signal: Arc::new(Signal::default()),
+            in_tx: Arc::new(AtomicBool::new(in_tx)),
+            cancel: Arc::new(Mutex::new(Some(CancelTarget { host: "db".into(), port: 5432, pid: 42, secret: 7 }))),
+            params: Arc::new(Params::default()),
+            spare: Arc::new(Mutex::new(None)),
+            thread: 0,
+        }
+    }
+
+    #[test]
+    fn each_session_gets_its_own_key_and_a_removed_one_cancels_nothing() {
+        let r = Registry::default();
+        let (a, ka) = r.insert(entry(false));
+        let (b, kb) = r.insert(entry(true));
+        assert_ne!(a, b);
+        assert_ne!(ka, kb);
+        assert!(ka.0 > 0 && kb.0 > 0, "a pid is positive");
+        assert_eq!(r.cancel_target(ka).map(|t| t.pid), Some(42));
+        r.remove(a, ka);
+        assert!(r.cancel_target(ka).is_none());
+        assert_eq!(r.entries().len(), 1);
+        assert_eq!(r.backend_pids_on("db", 5432), vec![42]);
+        assert!(r.backend_pids_on("db", 5433).is_empty());
+    }
+
+    #[test]
+    fn a_kill_for_transactions_spares_sessions_at_a_boundary() {
+        let r = Registry::default();
+        let idle = entry(false);
+        let busy = entry(true);
+        r.insert(idle.clone());
+        r.insert(busy.clone());
+        r.raise(KILL, true);
+        assert_eq!((idle.signal.raised(), busy.signal.raised()), (0, KILL));
+        r.raise(KILL, false);
+        assert_eq!(idle.signal.raised(), KILL);
+    }
+}

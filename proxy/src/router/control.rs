@@ -147,9 +147,8 @@ impl Control {
         let cluster = self.shared.opts.cluster.clone();
         let epoch = route.epoch;
         if route.hold {
-            // hold first, then publish: a session that got past the hold flag is counted in
-            // `inflight` and is waited for below.
-            self.shared.gate.set_hold(true);
+            // the hold is set before the route is published (Gate::publish): a session that got
+            // past it is counted in flight and is waited for below
             self.shared.set_route(route.clone());
             let started = Instant::now();
             let deadline = started + route.hold_deadline;
@@ -178,8 +177,8 @@ impl Control {
             // for those, in the middle of the hold.
             tracing::info!(cluster = %cluster, epoch, drained_in_ms = started.elapsed().as_millis() as u64, "holding new transactions");
         } else {
-            // lift the hold, then publish: a session woken by the new epoch finds it lifted
-            self.shared.gate.set_hold(false);
+            // the hold is lifted before the route is published: a session woken by the new epoch
+            // finds it lifted
             self.shared.set_route(route.clone());
             // backends opened ahead of a move that is not happening are closed
             let next = route.next_primary.as_ref().map(|n| n.dsn.clone());

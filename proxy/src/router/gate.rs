@@ -49,8 +49,10 @@ impl Gate {
         }
     }
 
-    /// Publish a new route (after setting the hold it asks for: see `router::control`).
-    pub(crate) fn set_route(&self, route: Arc<Route>) {
+    /// Publish a new route. Its hold is set first: a hold is in force before any session sees
+    /// the route that asks for it, and lifted before any session wakes to the route that lifts it.
+    pub(crate) fn publish(&self, route: Arc<Route>) {
+        self.hold.store(route.hold, Ordering::SeqCst);
         let epoch = route.epoch;
         match self.route.write() {
             Ok(mut r) => *r = route,
@@ -79,7 +81,7 @@ impl Gate {
     /// Count one more in flight unless traffic is held; true when counted. Counting first and
     /// then looking at the hold flag means a hold that starts now either sees this one in flight
     /// or is seen here.
-    pub fn try_enter(&self) -> bool {
+    pub(crate) fn try_enter(&self) -> bool {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         if !self.hold.load(Ordering::SeqCst) {
             return true;
@@ -89,18 +91,13 @@ impl Gate {
     }
 
     /// One fewer in flight (after a successful [`Gate::try_enter`]).
-    pub fn leave(&self) {
+    pub(crate) fn leave(&self) {
         self.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// How many are in flight: a hold waits for zero.
     pub fn in_flight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
-    }
-
-    /// Start or lift a hold: units wait at the gate while it is on.
-    pub(crate) fn set_hold(&self, on: bool) {
-        self.hold.store(on, Ordering::SeqCst);
     }
 
     pub fn read_applied_lsn(&self) -> u64 {

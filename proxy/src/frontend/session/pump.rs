@@ -197,7 +197,11 @@ impl Session {
                 }
                 continue;
             }
-            let Some(h) = frame::header(&rbuf[pos..], Side::Server)? else { break };
+            let h = match frame::header(&rbuf[pos..], Side::Server) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return Err(self.malformed_server(on_read, e).await),
+            };
             let total = 5 + h.len;
             let avail = rbuf.len() - pos;
             if avail < total {
@@ -266,6 +270,17 @@ impl Session {
         consume(rbuf, pos);
         written?;
         Ok(())
+    }
+}
+
+impl Session {
+    /// The backend in use sent bytes that are not the protocol: the session ends as when a server
+    /// hangs up (08006 to the client), not as a client's protocol violation.
+    async fn malformed_server(&mut self, on_read: bool, e: crate::protocol::Error) -> Error {
+        let be = if on_read { self.read.as_ref().unwrap_or(&self.primary) } else { &self.primary };
+        let label = be.endpoint().label();
+        self.refuse(Refusal::server_malformed(&label, &e)).await;
+        Error::backend(&label, format!("malformed message: {e}"))
     }
 }
 

@@ -25,7 +25,6 @@ const WAIT: Duration = Duration::from_secs(5);
 
 struct Harness {
     shared: Arc<Shared>,
-    signal: Arc<Signal>,
     /// The test's end of the client connection.
     client: DuplexStream,
     /// The test's end of the backend connection.
@@ -52,32 +51,36 @@ fn route(epoch: u64, hold: bool) -> Route {
 impl Harness {
     /// A session on a route to the scripted server, started at a transaction boundary.
     fn start(hold: bool) -> Harness {
+        Harness::start_with(hold, WAIT)
+    }
+
+    /// The same, with transactions held for at most `hold_timeout`.
+    fn start_with(hold: bool, hold_timeout: Duration) -> Harness {
         let mut opts = Options::new("harness", "127.0.0.1:0".parse().expect("addr"), "postgres://unused.invalid/dmf");
         opts.threads = 1;
-        opts.hold_timeout = WAIT;
+        opts.hold_timeout = hold_timeout;
         let shared = Arc::new(Shared::new(opts, Arc::new(route(1, hold)), None));
         shared.gate.extend_lease(std::time::Instant::now() + Duration::from_secs(600));
-        shared.gate.set_hold(hold);
         let (client, proxy_client) = tokio::io::duplex(64 * 1024);
         let (server, proxy_server) = tokio::io::duplex(64 * 1024);
         let backend = Backend::over(BackendStream::Memory(proxy_server), shared.route().primary.clone());
-        let signal = Arc::new(Signal::default());
         let mut params = Params::default();
         params.set("user", "app");
         let entry = SessionEntry {
-            signal: signal.clone(),
+            signal: Arc::new(Signal::default()),
             in_tx: Arc::new(AtomicBool::new(false)),
             cancel: Arc::new(Mutex::new(None)),
             params: Arc::new(params.clone()),
             spare: Arc::new(Mutex::new(None)),
             thread: 0,
         };
-        let session = Session::new(shared.clone(), 1, ClientStream::Memory(proxy_client), BytesMut::new(), params, backend, entry);
+        let (id, _) = shared.registry.insert(entry.clone());
+        let session = Session::new(shared.clone(), id, ClientStream::Memory(proxy_client), BytesMut::new(), params, backend, entry);
         let done = tokio::spawn(async move {
             let (result, kept) = session.run().await;
             (result, kept.is_some())
         });
-        Harness { shared, signal, client, server, done }
+        Harness { shared, client, server, done }
     }
 
     async fn finish(self) -> (Result<(), Error>, bool) {
@@ -166,18 +169,29 @@ async fn a_message_larger_than_the_buffers_streams_through_whole() {
     reply.extend_from_slice(&(value.len() as i32).to_be_bytes());
     reply.extend_from_slice(&value);
     reply.extend_from_slice(&answer(0, b'I'));
+    // the start of the message reaches the client while the server still holds back the rest:
+    // streamed, not buffered whole (the pipes hold 64 KiB, the message 1 MiB)
+    let half = reply.len() / 2;
+    let (go_on, rest_may_go) = tokio::sync::oneshot::channel::<()>();
     let mut server = h.server;
     let sending = tokio::spawn(async move {
-        server.write_all(&reply).await.expect("write");
-        (server, reply)
+        server.write_all(&reply[..half]).await.expect("write");
+        rest_may_go.await.expect("the test lets the rest go");
+        server.write_all(&reply[half..]).await.expect("write");
+        server
     });
-    let (tag, body) = next(&mut h.client, Side::Server).await;
-    assert_eq!((tag, body.len()), (server::DATA_ROW, 4 + 2 + value.len()));
+    let mut first = vec![0u8; 5 + 6 + 1000];
+    tokio::time::timeout(WAIT, h.client.read_exact(&mut first)).await.expect("the start of the message before its end was sent").expect("read");
+    assert_eq!(first[0], server::DATA_ROW);
+    go_on.send(()).expect("the server waits");
+    let mut body = first[5..].to_vec();
+    let mut more = vec![0u8; 4 + 2 + value.len() - body.len()];
+    tokio::time::timeout(WAIT, h.client.read_exact(&mut more)).await.expect("in time").expect("read");
+    body.extend_from_slice(&more);
     assert!(body[6..].iter().all(|&b| b == b'x'));
     assert_eq!(next(&mut h.client, Side::Server).await.0, server::COMMAND_COMPLETE);
     assert_eq!(next(&mut h.client, Side::Server).await.0, server::READY_FOR_QUERY);
-    let (server, _) = sending.await.expect("sent");
-    h.server = server;
+    h.server = sending.await.expect("sent");
     assert_eq!(h.shared.gate.in_flight(), 0, "the unit ended at its ReadyForQuery");
 }
 
@@ -191,6 +205,7 @@ async fn a_server_that_goes_away_is_reported_to_the_client_as_a_connection_failu
     assert_eq!(code(tag, &body), "08006");
     let (result, kept) = tokio::time::timeout(WAIT, h.done).await.expect("ends").expect("no panic");
     assert!(result.is_err() && !kept);
+    assert_eq!(h.shared.gate.in_flight(), 0, "a session that failed is not left in flight");
 }
 
 #[tokio::test]
@@ -204,6 +219,7 @@ async fn a_query_with_a_nul_inside_is_a_protocol_violation_and_reaches_no_server
     let mut server = h.server;
     let (result, _) = tokio::time::timeout(WAIT, h.done).await.expect("ends").expect("no panic");
     assert!(matches!(result, Err(Error::Protocol(_))), "{result:?}");
+    assert_eq!(h.shared.gate.in_flight(), 0, "the unit opened for the message is let go");
     // the session sent the server only its Terminate
     assert_eq!(next(&mut server, Side::Client).await.0, client::TERMINATE);
 }
@@ -214,7 +230,6 @@ async fn a_transaction_waits_at_a_hold_and_goes_on_when_it_is_lifted() {
     h.client.write_all(&build::query("select 1")).await.expect("write");
     quiet(&mut h.server).await;
     assert_eq!(h.shared.gate.in_flight(), 0, "a held transaction is not in flight");
-    h.shared.gate.set_hold(false);
     h.shared.set_route(Arc::new(route(2, false)));
     let (tag, _) = next(&mut h.server, Side::Client).await;
     assert_eq!(tag, client::QUERY);
@@ -229,9 +244,45 @@ async fn a_kill_inside_a_transaction_ends_the_session_with_57p01() {
     next(&mut h.server, Side::Client).await;
     h.server.write_all(&build::ready(b'T')).await.expect("write");
     next(&mut h.client, Side::Server).await;
-    h.signal.raise(KILL);
+    // as a hold deadline does: every session inside a transaction
+    h.shared.registry.raise(KILL, true);
     let (tag, body) = next(&mut h.client, Side::Server).await;
     assert_eq!(code(tag, &body), "57P01");
     let (result, kept) = h.finish().await;
     assert!(result.is_ok() && !kept);
+}
+
+#[tokio::test]
+async fn a_transaction_held_past_the_hold_timeout_is_refused_with_57p03_and_reaches_no_server() {
+    let mut h = Harness::start_with(true, Duration::from_millis(300));
+    h.client.write_all(&build::query("select 1")).await.expect("write");
+    let (tag, body) = next(&mut h.client, Side::Server).await;
+    assert_eq!(code(tag, &body), "57P03");
+    let (result, kept) = h.finish().await;
+    assert!(matches!(result, Err(Error::HeldTooLong(_))) && !kept, "{result:?}");
+}
+
+#[tokio::test]
+async fn a_status_byte_the_protocol_does_not_define_is_not_a_transaction_boundary() {
+    let mut h = Harness::start(false);
+    h.client.write_all(&build::query("select 1")).await.expect("write");
+    next(&mut h.server, Side::Client).await;
+    h.server.write_all(&build::ready(b'?')).await.expect("write");
+    assert_eq!(next(&mut h.client, Side::Server).await.0, server::READY_FOR_QUERY);
+    assert_eq!(h.shared.gate.in_flight(), 1, "still in flight: a hold waits for it");
+}
+
+#[tokio::test]
+async fn a_server_that_breaks_the_protocol_is_a_connection_failure_not_the_clients_fault() {
+    let mut h = Harness::start(false);
+    h.client.write_all(&build::query("select 1")).await.expect("write");
+    next(&mut h.server, Side::Client).await;
+    h.server.write_all(&[1, 0, 0, 0, 4]).await.expect("write");
+    let (tag, body) = next(&mut h.client, Side::Server).await;
+    assert_eq!(code(tag, &body), "08006");
+    let shared = h.shared.clone();
+    let (result, kept) = h.finish().await;
+    // a Backend error, not Protocol: the connection does not count it among clients' protocol errors
+    assert!(matches!(result, Err(Error::Backend { .. })) && !kept, "{result:?}");
+    assert_eq!(shared.gate.in_flight(), 0);
 }
