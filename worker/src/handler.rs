@@ -14,6 +14,12 @@ pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Erro
     let key = job.idempotency_key();
     let _permit = shared.permits.acquire().await.map_err(|e| Error::Job { key: key.clone(), message: e.to_string() })?;
     let phase: Phase = job.phase.parse().map_err(|e| Error::Job { key: key.clone(), message: format!("{e}") })?;
+    if !phase.runs_activity() {
+        // a finished (or waiting) migration is never moved by a job: it would fail a completed
+        // migration whose databases now take the writes
+        tracing::warn!(cluster = %job.cluster, migration = %job.migration, %key, phase = %phase, "job for a phase without an activity ignored");
+        return Ok(());
+    }
     let m = shared.db.migration(job.migration).await?;
     if m.phase != job.phase || m.epoch != job.epoch || m.paused {
         tracing::debug!(cluster = %job.cluster, migration = %job.migration, %key, now = %m.phase, "stale job: nothing to do");

@@ -1,4 +1,4 @@
- WHERE m.phase NOT IN ('pending', 'aborted', 'failed')
+ WHERE m.phase NOT IN ('pending', 'aborted', 'failed', 'completed', 'rolled_back')
    AND NOT m.paused
    AND m.updated_at < now() - make_interval(secs => $2)
    AND NOT EXISTS (
