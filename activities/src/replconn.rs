@@ -317,13 +317,10 @@ impl ReplConn {
         self.conn.send(&build::copy_data(&body)).await.map_err(cerr)
     }
 
-    /// Read and drop messages up to the next ReadyForQuery.
+    /// Read and drop messages up to the next ReadyForQuery (the error, if any, was reported by
+    /// the caller already).
     async fn drain_until_ready(&mut self) {
-        while let Ok(m) = self.conn.read().await {
-            if m.tag == server::READY_FOR_QUERY {
-                break;
-            }
-        }
+        let _ = self.conn.finish_request().await;
     }
 
     pub async fn close(self) {
