@@ -27,6 +27,12 @@ fn worker(env: &Env, moto: &Moto, name: &str, extra: &[&str]) -> common::Proc {
 fn aurora_stand_in(env: &Env, dbs: &[&str]) -> common::Guard {
     let c = env.source("aurora");
     c.psql("postgres", "CREATE ROLE dmf LOGIN SUPERUSER").expect("master user");
+    // the emulator never sees this server, so the master password dmf generates was never set
+    // here: the stand-in lets the master user in without it (first matching line wins)
+    let hba = c.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("hba");
+    std::fs::write(&hba, format!("host all dmf 127.0.0.1/32 trust\nhost replication dmf 127.0.0.1/32 trust\n{rules}")).expect("hba");
+    c.psql("postgres", "SELECT pg_reload_conf()").expect("reload");
     for db in dbs {
         c.psql("postgres", &format!("CREATE DATABASE {db} OWNER dmf")).expect("database");
     }

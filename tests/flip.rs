@@ -27,16 +27,15 @@ fn consistent(sums: &str) -> bool {
     v.len() == 4 && v.iter().all(|x| *x == v[0])
 }
 
-/// Start 8 TPC-B clients, 4 through each proxy.
-/// TPC-B through both proxies, 4 clients each, for `seconds`. Each pgbench is held to 300 tps:
+/// TPC-B as the application role `app_user` (not a superuser), through both proxies, 4 clients each, for `seconds`. Each pgbench is held to 300 tps:
 /// the worker flips only once the target's lag is under `--flip-max-lag-ms`, and unbounded load
 /// on a machine shared with the rest of the suite can keep it above that until the load is over.
 fn load(env: &Env, name: &str, proxies: [&ProxyProc; 2], seconds: u32) -> [Bench; 2] {
     let t = seconds.to_string();
     let args = ["-c", "4", "-j", "1", "-T", t.as_str(), "-R", "300", "-P", "5"];
     [
-        Bench::start(env.path(), &format!("{name}-a"), &proxies[0].dsn("app"), &args),
-        Bench::start(env.path(), &format!("{name}-b"), &proxies[1].dsn("app"), &args),
+        Bench::start(env.path(), &format!("{name}-a"), &proxies[0].dsn_as("app_user", "app"), &args),
+        Bench::start(env.path(), &format!("{name}-b"), &proxies[1].dsn_as("app_user", "app"), &args),
     ]
 }
 
@@ -62,13 +61,17 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     // pgbench_history has no key: preflight insists on a replica identity before publishing it
     psql(&source, "ALTER TABLE pgbench_history REPLICA IDENTITY FULL");
     // an application role that is not a superuser: the fence must keep it out of the source
-    psql(&source, "CREATE ROLE app_user LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO app_user");
-    let as_app = source.replacen("postgres://postgres@", "postgres://app_user@", 1);
+    psql(&source, "CREATE ROLE app_user LOGIN PASSWORD 'app-pw'; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO app_user");
+    let as_app = source.replacen("postgres://postgres@", "postgres://app_user:app-pw@", 1);
     assert_eq!(try_psql(&as_app, "SELECT current_user"), Ok("app_user".to_string()));
     let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{source}\"\n"));
     assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
-    let p1 = env.proxy("proxy-1", "app", &[]);
-    let p2 = env.proxy("proxy-2", "app", &[]);
+    // the proxies log app_user in to backends with the password of their users file
+    let users = env.path().join("users.txt");
+    std::fs::write(&users, "\"app_user\" \"app-pw\"\n").expect("users file");
+    let users = ["--users-file", users.to_str().expect("path")];
+    let p1 = env.proxy("proxy-1", "app", &users);
+    let p2 = env.proxy("proxy-2", "app", &users);
     let _scheduler = env.scheduler();
     let worker = env.worker(
         "w1",
@@ -80,7 +83,7 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     // --- the flip, under load; one more session keeps a setting and a prepared statement and asks
     // for them all through the flip (it is parked at the hold, so it moves on the backend prepared
     // there)
-    let watcher = session_watcher(p1.dsn("app"));
+    let watcher = session_watcher(p1.dsn_as("app_user", "app"));
     let benches = load(&env, "flip", [&p1, &p2], 45);
     env.wait_for("flipped", Duration::from_secs(120), |cs| {
         cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed" | "aborted" | "aborting")))

@@ -16,6 +16,10 @@ pub enum Error {
     Replication(String),
     #[error("cancelled")]
     Cancelled,
+    /// Something the next step needs is not there yet (a proxy cannot log in to the target, a
+    /// proxy did not drain): the step is undone and tried again later.
+    #[error("{0}")]
+    NotReady(String),
     /// A guard tripped: abort the migration with this reason.
     #[error("{reason}: {detail}")]
     Abort { reason: AbortReason, detail: String },

@@ -22,6 +22,7 @@ pub mod provision;
 pub mod providers;
 pub mod replconn;
 pub mod replicate;
+pub mod roles;
 pub mod schema;
 pub mod sequences;
 pub mod shift_reads;

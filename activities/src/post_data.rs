@@ -53,8 +53,6 @@ pub(crate) async fn restore_post_data(ctx: &Context, target: &Client, target_dsn
         &[
             "--section=post-data",
             "--exit-on-error",
-            "--no-owner",
-            "--no-acl",
             "--jobs",
             &jobs,
             "--use-list",

@@ -4,7 +4,7 @@
 use crate::error::Error;
 pub use crate::findings::{Finding, Report, Severity};
 use crate::state::Patch;
-use crate::{pg, providers, Context, Provider};
+use crate::{pg, providers, roles, Context, Provider};
 use dmf_workflows::{AbortReason, Outcome};
 
 /// Check a source (and the target, when one is adopted) and report.
@@ -37,6 +37,7 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
         report.error("large_objects", None, format!("{large_objects} large objects: logical replication does not carry them"));
     }
     report.source_bytes = s.get("db_bytes");
+    roles(ctx, &source, &mut report).await?;
 
     let tables = source.query(include_str!("sql/user_tables.sql"), &[]).await.map_err(pg::err("list source tables"))?;
     report.tables = tables.len();
@@ -110,6 +111,40 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
         report.error("extension_missing", Some(ext.clone()), format!("extension {ext} is installed on the source but not available on the target"));
     }
     Ok(report)
+}
+
+/// Every login role the database needs must get its password on the target: read from the source,
+/// or resolved from the manifest's reference by this worker.
+async fn roles(ctx: &Context, source: &tokio_postgres::Client, report: &mut Report) -> Result<(), Error> {
+    let cluster = ctx.cluster();
+    let refs = match roles::references(&ctx.migration.settings) {
+        Ok(r) => r,
+        Err(m) => {
+            report.error("role_passwords", None, m);
+            return Ok(());
+        }
+    };
+    let needed = roles::read(source).await?;
+    let missing = needed.without_password(&refs);
+    if !missing.is_empty() {
+        report.error(
+            "role_passwords",
+            Some(missing.join(", ")),
+            format!(
+                "dmf's source role cannot read the source's passwords (pg_authid) and the manifest gives none for the login roles {}: add [cluster.roles.<name>] with password_env or password_file for each",
+                missing.join(", ")
+            ),
+        );
+    }
+    for (name, r) in &refs {
+        if let Err(e) = r.resolve(cluster, name) {
+            report.error("role_passwords", Some(name.clone()), e.to_string());
+        }
+        if !needed.roles.iter().any(|n| &n.name == name) {
+            report.warn("role_passwords", Some(name.clone()), format!("the manifest gives a password for role {name}, which nothing in the source database names"));
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {

@@ -1,5 +1,6 @@
-//! Schema copy: the heartbeat table on the source, then the source's tables, types and functions
-//! (pg_dump's pre-data section) on the target in one transaction. Indexes and constraints
+//! Schema copy: the heartbeat table on the source, the roles the database names (see `roles`), then
+//! the source's tables, types and functions (pg_dump's pre-data section) with their owners, grants
+//! and default privileges on the target in one transaction. Indexes and constraints
 //! (post-data) are built after the data copy, in parallel (see `hydrate`).
 
 use std::path::Path;
@@ -8,7 +9,7 @@ use tokio::process::Command;
 
 use crate::error::Error;
 use crate::providers::local;
-use crate::{pg, Context, HEARTBEAT_SCHEMA};
+use crate::{pg, roles, Context, HEARTBEAT_SCHEMA};
 use dmf_workflows::Outcome;
 
 /// Run a PostgreSQL client program; its stderr becomes the error.
@@ -95,13 +96,18 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             "cluster {cluster}: the target has {on_target} tables and the source {on_source}; something else wrote to the target"
         )));
     }
+    // the owners and grantees of what is restored must exist first
+    let refs = roles::references(&ctx.migration.settings).map_err(|m| Error::NeedsOperator(format!("cluster {cluster}: {m}")))?;
+    let needed = roles::read(&source).await?;
+    let made = roles::copy(cluster, &needed, &refs, &target).await?;
+    tracing::info!(cluster = %cluster, migration = %ctx.migration.id, roles = needed.roles.len(), made, "roles on the target");
     let dir = tempdir(&ctx.config.local_base_dir, &format!("schema-{}", ctx.migration.id))?;
     let file = dir.join("pre.dump");
     let result = async {
         dump_schema(ctx.source_dsn(), "pre-data", &file, cluster, None).await?;
         run_program(
             "pg_restore",
-            &["--section=pre-data", "--single-transaction", "--exit-on-error", "--no-owner", "--no-acl", "--dbname", &target_dsn, &file.display().to_string()],
+            &["--section=pre-data", "--single-transaction", "--exit-on-error", "--dbname", &target_dsn, &file.display().to_string()],
             &format!("pg_restore pre-data into the target of {cluster}"),
         )
         .await

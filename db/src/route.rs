@@ -60,7 +60,24 @@ pub struct ProxyRow {
     pub stats: serde_json::Value,
     /// Backends (on the primary) of this proxy's sessions when it last acknowledged an epoch.
     pub backend_pids: Vec<i32>,
+    /// Whether its last acknowledgement of a hold came with no transaction in flight.
+    pub drained: bool,
+    /// Users it could not log in as on the announced next primary (with the server's reason).
+    pub cannot_login: Vec<String>,
     pub alive: bool,
+}
+
+/// What a proxy acknowledges with an epoch.
+#[derive(Debug, Clone, Default)]
+pub struct Ack {
+    pub epoch: i64,
+    pub held: bool,
+    /// Backends (on the primary) of its sessions: the fence spares these.
+    pub backend_pids: Vec<i32>,
+    /// For a hold: no transaction was in flight when it acknowledged.
+    pub drained: bool,
+    /// For an announced next primary: the users it could not log in as there, with why.
+    pub cannot_login: Vec<String>,
 }
 
 /// What a proxy tells the control plane when it starts.
@@ -175,14 +192,17 @@ impl Db {
 
     /// The proxy has applied `epoch` (for a hold: every in-flight transaction has finished);
     /// `backend_pids` are its sessions' backends on the primary, which a fence must spare.
-    pub async fn proxy_applied(&self, id: Uuid, epoch: i64, held: bool, backend_pids: &[i32]) -> Result<(), Error> {
+    pub async fn proxy_applied(&self, id: Uuid, ack: &Ack) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE dmf.proxies SET applied_epoch = GREATEST(applied_epoch, $2), held = $3, backend_pids = $4, heartbeat_at = now() WHERE id = $1",
+            "UPDATE dmf.proxies SET applied_epoch = GREATEST(applied_epoch, $2), held = $3, backend_pids = $4, \
+             drained = $5, cannot_login = $6, heartbeat_at = now() WHERE id = $1",
         )
         .bind(id)
-        .bind(epoch)
-        .bind(held)
-        .bind(backend_pids)
+        .bind(ack.epoch)
+        .bind(ack.held)
+        .bind(&ack.backend_pids)
+        .bind(ack.drained)
+        .bind(&ack.cannot_login)
         .execute(&self.pool)
         .await?;
         Ok(())

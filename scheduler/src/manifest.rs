@@ -57,6 +57,19 @@ struct RawCluster {
     replication: Option<Spanned<String>>,
     #[serde(default)]
     aws: Option<Spanned<toml::Value>>,
+    /// Where each role's password is when dmf cannot read it on the source (RDS, Aurora).
+    #[serde(default)]
+    roles: Option<Spanned<std::collections::BTreeMap<String, RawRole>>>,
+}
+
+/// One role's password, by reference: the worker resolves it when it makes the role.
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_file: Option<String>,
 }
 
 /// A validated manifest.
@@ -199,6 +212,14 @@ impl Manifest {
             if let Some(a) = aws {
                 settings.insert("aws".into(), serde_json::to_value(a).map_err(|e| err(&c.name.span(), format!("cluster {cname}: aws: {e}")))?);
             }
+            if let Some(roles) = &c.roles {
+                for (role, r) in roles.get_ref() {
+                    if role.is_empty() || r.password_env.is_some() == r.password_file.is_some() {
+                        return Err(err(&roles.span(), format!("cluster {cname}: roles.{role}: give exactly one of password_env and password_file")));
+                    }
+                }
+                settings.insert("roles".into(), serde_json::to_value(roles.get_ref()).map_err(|e| err(&roles.span(), format!("cluster {cname}: roles: {e}")))?);
+            }
             lines.insert(cname.clone(), line);
             clusters.push(dmf_db::fleet::NewCluster {
                 name: cname,
@@ -294,6 +315,17 @@ pause_before = ["hydrating"]
         assert!(e.contains("cluster billing2: aws: target cluster \"dmf-billing\" is also the target of cluster billing"), "{e}");
         let e = error_of(&text.replace("[cluster.aws]", "[cluster.notaws]"));
         assert!(e.contains("needs a [cluster.aws] table") || e.contains("notaws"), "{e}");
+    }
+
+    #[test]
+    fn role_passwords_are_references_with_exactly_one_source() {
+        let text = format!("{GOOD}\n[cluster.roles.app]\npassword_env = \"APP_PW\"\n[cluster.roles.ro]\npassword_file = \"/run/secrets/ro\"\n");
+        let m = Manifest::parse("fleet.toml", &text).expect("valid");
+        assert_eq!(m.fleet.clusters[1].settings["roles"], serde_json::json!({ "app": { "password_env": "APP_PW" }, "ro": { "password_file": "/run/secrets/ro" } }));
+        let e = error_of(&text.replace("password_env = \"APP_PW\"", "password_env = \"APP_PW\"\npassword_file = \"/x\""));
+        assert!(e.contains("cluster ledger: roles.app: give exactly one of password_env and password_file"), "{e}");
+        let e = error_of(&text.replace("password_env", "password"));
+        assert!(e.contains("password"), "{e}");
     }
 
     #[test]

@@ -348,6 +348,12 @@ impl ProxyProc {
         format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
     }
 
+    /// A connection string through this proxy as `user` (its backend password comes from the
+    /// proxy's users file).
+    pub fn dsn_as(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
     /// One counter from the proxy's Prometheus endpoint.
     pub fn metric(&self, name: &str) -> f64 {
         self.metric_labelled(name, "")

@@ -312,8 +312,18 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
             .db
             .change_route(&cluster, &RouteChange { next_primary: Some(Some(sides.to_route.clone())), ..Default::default() }, &actor)
             .await?;
-        ctx.db.wait_route_applied(&cluster, announced.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
+        let proxies = ctx.db.wait_route_applied(&cluster, announced.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
         progress.record.timings_ms.insert("backends_opened_ahead".into(), t.elapsed().as_secs_f64() * 1000.0);
+        // clients moved to a primary that refuses them are cut off: every proxy must have
+        // logged in there as every user it has sessions for
+        let refused: Vec<String> = proxies
+            .iter()
+            .filter(|p| !p.cannot_login.is_empty())
+            .map(|p| format!("proxy {} on {} cannot log in to the target as {}", p.listen, p.host, p.cannot_login.join(", ")))
+            .collect();
+        if !refused.is_empty() {
+            return Err(Error::NotReady(refused.join("; ")));
+        }
     }
     let begun = Instant::now();
 

@@ -25,6 +25,17 @@ logging_collector = off
 wal_sender_timeout = 30s
 ";
 
+/// Who may log in, as in production: the superuser `postgres` (dmf's own connections, the tests'
+/// set-up) without a password over loopback and the Unix socket, every other role with its
+/// password (SCRAM), so that an application role without its password on a target cannot log in.
+const HBA: &str = "\
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host replication postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+";
+
 /// Written after initdb and configuration have completed.
 const READY_MARKER: &str = "dmf-cluster-ready";
 
@@ -199,11 +210,8 @@ impl LocalCluster {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).map_err(|e| Error::Local(format!("write {}: {e}", conf_path.display())))?;
-        // Let replication connections in over loopback.
         let hba = data.join("pg_hba.conf");
-        let mut rules = std::fs::read_to_string(&hba).unwrap_or_default();
-        rules.push_str("\nhost replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n");
-        std::fs::write(&hba, rules).map_err(|e| Error::Local(format!("write {}: {e}", hba.display())))?;
+        std::fs::write(&hba, HBA).map_err(|e| Error::Local(format!("write {}: {e}", hba.display())))?;
         prepare_dir(&c.dir)?;
         let marker = c.dir.join(READY_MARKER);
         std::fs::write(&marker, format!("port {}\n", opts.port)).map_err(|e| Error::Local(format!("write {}: {e}", marker.display())))?;

@@ -1,10 +1,11 @@
 //! The proxy's side of the control plane: registration, heartbeats (the lease), route changes
 //! by LISTEN/NOTIFY with polling as the fallback, holds, and acknowledgements.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmf_db::route::{ProxyRegistration, CHANNEL};
+use dmf_db::route::{Ack, ProxyRegistration, CHANNEL};
 use dmf_db::Db;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
@@ -18,6 +19,8 @@ pub struct Control {
     shared: Arc<Shared>,
     /// Newest epoch acknowledged in the control plane (an ack that failed is retried).
     acked: u64,
+    /// Users this proxy could not log in as on the announced next primary, with why.
+    cannot_login: Vec<String>,
 }
 
 impl Control {
@@ -35,9 +38,10 @@ impl Control {
         })
         .await?;
         // A proxy that starts during a hold has nothing in flight: it is held as soon as it exists.
-        db.proxy_applied(id, route.epoch as i64, route.hold, &shared.primary_backend_pids()).await?;
+        let ack = Ack { epoch: route.epoch as i64, held: route.hold, backend_pids: shared.primary_backend_pids(), drained: true, cannot_login: Vec::new() };
+        db.proxy_applied(id, &ack).await?;
         shared.gate.extend_lease(Instant::now());
-        Ok(Control { db, id, acked: route.epoch, shared })
+        Ok(Control { db, id, acked: route.epoch, shared, cannot_login: Vec::new() })
     }
 
     pub async fn run(mut self) {
@@ -191,43 +195,81 @@ impl Control {
             tracing::info!(cluster = %cluster, epoch, primary = %route.primary.label(), read = %route.read.label(), mode = ?route.mode, "route applied");
             // a flip announces the next primary before its hold: open and warm a backend there for
             // every session now, and acknowledge once they are ready (or the wait is over), so
-            // that the hold costs no connection and the first transactions there find warm caches
-            if let Some(next) = route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
-                let mut opening = self.open_spares(next);
-                let _ = tokio::time::timeout(SPARES_WAIT, async { while opening.join_next().await.is_some() {} }).await;
+            // that the hold costs no connection and the first transactions there find warm caches.
+            // The acknowledgement names every user this proxy could not log in as there: the flip
+            // does not move clients to a primary that would refuse them.
+            self.cannot_login = match route.next_primary.clone().filter(|n| n.dsn != route.primary.dsn) {
+                Some(next) => self.prove_logins(next).await,
+                None => Vec::new(),
+            };
+            if !self.cannot_login.is_empty() {
+                tracing::warn!(cluster = %cluster, epoch, users = ?self.cannot_login, "cannot log in to the announced next primary as every user with sessions here");
             }
         }
         self.ack().await;
     }
 
     /// Open every session's backend on the primary the route is about to point at, warmed (see
-    /// `warm.sql`): at release, sessions move without connecting.
-    fn open_spares(&self, next: Arc<crate::backend::Endpoint>) -> tokio::task::JoinSet<()> {
+    /// `warm.sql`): at release, sessions move without connecting. Returns the users with sessions
+    /// here that no backend could log in as there within `SPARES_WAIT`, each with the reason.
+    async fn prove_logins(&self, next: Arc<crate::backend::Endpoint>) -> Vec<String> {
         let sessions = self.shared.registry.entries();
+        let mut users: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut opening = tokio::task::JoinSet::new();
         for s in sessions {
+            let user = s.params.get("user").unwrap_or_default().to_string();
             if lock(&s.spare).as_ref().is_some_and(|b| b.endpoint().dsn == next.dsn) {
+                users.insert(user, None);
                 continue;
             }
+            users.entry(user.clone()).or_insert_with(|| Some(format!("user \"{user}\": no login finished within {SPARES_WAIT:?}")));
             let (shared, next) = (self.shared.clone(), next.clone());
             opening.spawn(async move {
-                match crate::frontend::connect_as(next.clone(), &shared, &s.params, false).await {
+                let opened = match crate::frontend::connect_as(next.clone(), &shared, &s.params, false).await {
                     Ok(mut b) => {
                         if let Err(e) = b.simple_query(WARM_SQL).await {
                             tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not warm a backend opened ahead of the move");
                         }
                         *lock(&s.spare) = Some(b);
+                        Ok(())
                     }
-                    Err(e) => tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not open a backend ahead of the move"),
-                }
+                    Err(e) => {
+                        tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not open a backend ahead of the move");
+                        Err(e.to_string())
+                    }
+                };
+                (user, opened)
             });
         }
-        opening
+        let _ = tokio::time::timeout(SPARES_WAIT, async {
+            while let Some(done) = opening.join_next().await {
+                match done {
+                    Ok((user, Ok(()))) => {
+                        users.insert(user, None);
+                    }
+                    Ok((user, Err(e))) => {
+                        if let Some(Some(why)) = users.get_mut(&user) {
+                            *why = format!("user \"{user}\": {e}");
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+        .await;
+        users.into_values().flatten().collect()
     }
 
     async fn ack(&mut self) {
         let route = self.shared.route();
-        match self.db.proxy_applied(self.id, route.epoch as i64, route.hold, &self.shared.primary_backend_pids()).await {
+        let ack = Ack {
+            epoch: route.epoch as i64,
+            held: route.hold,
+            backend_pids: self.shared.primary_backend_pids(),
+            drained: self.shared.gate.in_flight() == 0,
+            cannot_login: self.cannot_login.clone(),
+        };
+        match self.db.proxy_applied(self.id, &ack).await {
             Ok(()) => self.acked = route.epoch,
             Err(e) => tracing::warn!(cluster = %self.shared.opts.cluster, epoch = route.epoch, error = %e, "acknowledgement failed; retried with the next heartbeat"),
         }

@@ -43,6 +43,9 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The role the demo's application logs in as (not a superuser).
+const APP_ROLE: &str = "bank";
+
 fn pgbench_init(c: &LocalCluster, scale: u32) -> anyhow::Result<()> {
     let out = std::process::Command::new(local::program("pgbench")?)
         .args(["-i", "-q", "-s", &scale.to_string(), "-d"])
@@ -98,6 +101,8 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
     let db = dmf_db::Db::connect(&url).await?;
     db.init().await?;
     let mut sources = Vec::new();
+    // a fresh password per demo: the proxies hold it (their users file) to log the clients in
+    let app_password = uuid::Uuid::new_v4().simple().to_string();
     let mut manifest = String::from("[fleet]\nname = \"demo\"\nmax_concurrent = 4\nmax_per_source_host = 2\n");
     for i in 1..=a.clusters.max(1) {
         let g = LocalCluster::ephemeral(base, &format!("source-{i}"), "")?;
@@ -106,6 +111,16 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
         // pgbench_history has no key; preflight would (rightly) refuse to publish it. A serial key
         // also shows the flip copying sequences: after it, the target hands out the next values.
         g.psql("app", "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")?;
+        // the application logs in as its own role, with only the grants it needs, as in
+        // production: dmf makes it on the target with its password and privileges
+        g.psql(
+            "app",
+            &format!(
+                "CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{app_password}'; \
+                 GRANT SELECT, UPDATE ON pgbench_accounts, pgbench_tellers, pgbench_branches TO {APP_ROLE}; \
+                 GRANT INSERT ON pgbench_history TO {APP_ROLE}; GRANT USAGE ON SEQUENCE pgbench_history_hid_seq TO {APP_ROLE}"
+            ),
+        )?;
         let wave = if i <= a.clusters.div_ceil(2) { 1 } else { 2 };
         manifest.push_str(&format!("\n[[cluster]]\nname = \"demo-{i}\"\nsource = \"{}\"\nwave = {wave}\n", g.dsn("app")));
         sources.push(g);
@@ -119,7 +134,9 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
     for (i, source) in sources.into_iter().enumerate() {
         let name = format!("demo-{}", i + 1);
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let proxy = dmf_proxy::Proxy::build(dmf_proxy::Options::new(&name, listen, &url)).await.with_context(|| format!("start the proxy of {name}"))?;
+        let mut options = dmf_proxy::Options::new(&name, listen, &url);
+        options.users.insert(APP_ROLE, &app_password);
+        let proxy = dmf_proxy::Proxy::build(options).await.with_context(|| format!("start the proxy of {name}"))?;
         let addr = proxy.local_addr()?;
         let handle = proxy.handle();
         let span = tracing::info_span!("task", name = %format!("demo-proxy-{name}"));
@@ -132,7 +149,7 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
             }
             .instrument(span),
         );
-        let dsn = format!("postgres://postgres@{addr}/app?sslmode=disable");
+        let dsn = format!("postgres://{APP_ROLE}@{addr}/app?sslmode=disable");
         let clients = (0..a.clients.max(1))
             .map(|c| {
                 let seed = (i * 1000 + c + 1) as u64;

@@ -1,0 +1,326 @@
+//! Roles: the source's roles that the database's objects, ACLs, policies and default privileges
+//! name, made on the target with the same attributes, memberships and passwords before the schema
+//! is restored with its owners and grants (see `schema`).
+//!
+//! Passwords: where dmf's source role can read `pg_authid` (a self-managed source), each role's
+//! verifier is copied as it is. Where it cannot (RDS, Aurora), the manifest gives each login
+//! role's password by reference (`[cluster.roles.<name>] password_env` or `password_file`),
+//! resolved here, by the process that connects, and sent to the target only as a SCRAM verifier
+//! made here. The control plane keeps the references, never a password.
+//!
+//! A role that already exists on the target with other attributes, or without one of the source's
+//! memberships, is reported and left alone: dmf never changes a role it did not make.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use tokio_postgres::{Client, Row};
+
+use crate::error::Error;
+use crate::pg;
+
+/// A role's attributes, as `pg_roles` has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub superuser: bool,
+    pub inherit: bool,
+    pub createrole: bool,
+    pub createdb: bool,
+    pub login: bool,
+    pub replication: bool,
+    pub bypassrls: bool,
+    pub connlimit: i32,
+    pub valid_until: Option<String>,
+}
+
+impl Role {
+    fn from_row(r: &Row) -> Role {
+        Role {
+            name: r.get("name"),
+            superuser: r.get("superuser"),
+            inherit: r.get("inherit"),
+            createrole: r.get("createrole"),
+            createdb: r.get("createdb"),
+            login: r.get("login"),
+            replication: r.get("replication"),
+            bypassrls: r.get("bypassrls"),
+            connlimit: r.get("connlimit"),
+            valid_until: r.get("valid_until"),
+        }
+    }
+
+    /// A predefined role (`pg_read_all_data`, ...): every server has it; only memberships count.
+    pub fn predefined(name: &str) -> bool {
+        name.starts_with("pg_")
+    }
+
+    fn flags(&self) -> [(&'static str, bool); 7] {
+        [
+            ("SUPERUSER", self.superuser),
+            ("INHERIT", self.inherit),
+            ("CREATEROLE", self.createrole),
+            ("CREATEDB", self.createdb),
+            ("LOGIN", self.login),
+            ("REPLICATION", self.replication),
+            ("BYPASSRLS", self.bypassrls),
+        ]
+    }
+
+    /// `CREATE ROLE` options for these attributes.
+    fn options(&self) -> String {
+        let mut out: Vec<String> = self.flags().iter().map(|(f, on)| if *on { f.to_string() } else { format!("NO{f}") }).collect();
+        out.push(format!("CONNECTION LIMIT {}", self.connlimit));
+        if let Some(v) = &self.valid_until {
+            out.push(format!("VALID UNTIL {}", pg::literal(v)));
+        }
+        out.join(" ")
+    }
+
+    /// How `other` (the same role elsewhere) differs, attribute by attribute.
+    pub fn differences(&self, other: &Role) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .flags()
+            .iter()
+            .zip(other.flags())
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((f, a), (_, b))| format!("{f} is {a} on the source, {b} on the target"))
+            .collect();
+        if self.connlimit != other.connlimit {
+            out.push(format!("CONNECTION LIMIT is {} on the source, {} on the target", self.connlimit, other.connlimit));
+        }
+        if self.valid_until != other.valid_until {
+            out.push(format!("VALID UNTIL is {:?} on the source, {:?} on the target", self.valid_until, other.valid_until));
+        }
+        out
+    }
+}
+
+/// `member` belongs to `group`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Membership {
+    pub group: String,
+    pub member: String,
+    pub admin: bool,
+}
+
+/// Where a role's password comes from when the source's verifiers cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordRef {
+    /// An environment variable of the process that connects.
+    Env(String),
+    /// A file (its first line) readable by the process that connects.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for PasswordRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordRef::Env(v) => write!(f, "password_env {v}"),
+            PasswordRef::File(p) => write!(f, "password_file {}", p.display()),
+        }
+    }
+}
+
+impl PasswordRef {
+    /// The password itself; the error names the reference, never a value.
+    pub fn resolve(&self, cluster: &str, role: &str) -> Result<String, Error> {
+        let missing = |why: String| Error::NeedsOperator(format!("cluster {cluster}: role {role}: {self}: {why}"));
+        let value = match self {
+            PasswordRef::Env(var) => std::env::var(var).map_err(|_| missing("the worker's environment has no such variable".into()))?,
+            PasswordRef::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| missing(format!("cannot be read ({})", e.kind())))?;
+                text.lines().next().unwrap_or("").to_string()
+            }
+        };
+        if value.is_empty() {
+            return Err(missing("it is empty".into()));
+        }
+        Ok(value)
+    }
+}
+
+/// The password references of a cluster's settings (`settings.roles`, written by the manifest).
+pub fn references(settings: &serde_json::Value) -> Result<BTreeMap<String, PasswordRef>, String> {
+    let mut out = BTreeMap::new();
+    let Some(roles) = settings.get("roles").and_then(|r| r.as_object()) else { return Ok(out) };
+    for (name, spec) in roles {
+        let env = spec.get("password_env").and_then(|v| v.as_str());
+        let file = spec.get("password_file").and_then(|v| v.as_str());
+        let r = match (env, file) {
+            (Some(e), None) => PasswordRef::Env(e.to_string()),
+            (None, Some(f)) => PasswordRef::File(PathBuf::from(f)),
+            _ => return Err(format!("role {name}: give exactly one of password_env and password_file")),
+        };
+        out.insert(name.clone(), r);
+    }
+    Ok(out)
+}
+
+/// What the source has: the roles the database needs, their memberships, and their verifiers
+/// (`None` when dmf's role cannot read `pg_authid`).
+#[derive(Debug, Clone)]
+pub struct SourceRoles {
+    pub roles: Vec<Role>,
+    pub memberships: Vec<Membership>,
+    pub verifiers: Option<BTreeMap<String, Option<String>>>,
+}
+
+impl SourceRoles {
+    /// The roles to make or check on the target (predefined ones exist everywhere).
+    fn own(&self) -> impl Iterator<Item = &Role> {
+        self.roles.iter().filter(|r| !Role::predefined(&r.name))
+    }
+
+    /// Login roles whose password dmf can neither read nor resolve from a reference.
+    pub fn without_password(&self, refs: &BTreeMap<String, PasswordRef>) -> Vec<String> {
+        if self.verifiers.is_some() {
+            return Vec::new();
+        }
+        self.own().filter(|r| r.login && !refs.contains_key(&r.name)).map(|r| r.name.clone()).collect()
+    }
+}
+
+/// Read the roles the source database needs.
+pub async fn read(source: &Client) -> Result<SourceRoles, Error> {
+    let roles: Vec<Role> =
+        source.query(include_str!("sql/roles_named.sql"), &[]).await.map_err(pg::err("list the roles the source database names"))?.iter().map(Role::from_row).collect();
+    let names: Vec<String> = roles.iter().map(|r| r.name.clone()).collect();
+    let memberships = memberships(source, &names, "read the source's role memberships").await?;
+    // pg_authid is readable by superusers only; RDS and Aurora never allow it
+    let verifiers = match source.query("SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname = ANY ($1)", &[&names]).await {
+        Ok(rows) => Some(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1))).collect()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => None,
+        Err(e) => return Err(pg::err("read the source's role passwords")(e)),
+    };
+    Ok(SourceRoles { roles, memberships, verifiers })
+}
+
+async fn memberships(client: &Client, names: &[String], what: &str) -> Result<Vec<Membership>, Error> {
+    let rows = client.query(include_str!("sql/role_memberships.sql"), &[&names]).await.map_err(pg::err(what))?;
+    let names: HashSet<&String> = names.iter().collect();
+    Ok(rows
+        .iter()
+        .map(|r| Membership { group: r.get("group"), member: r.get("member"), admin: r.get("admin") })
+        .filter(|m| names.contains(&m.group) || Role::predefined(&m.group))
+        .collect())
+}
+
+/// Make on the target every role the source database needs, with its attributes, memberships and
+/// password, in one transaction. Roles that exist already must agree with the source; what does
+/// not is the error, and nothing is changed. Returns how many roles were made.
+pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, PasswordRef>, target: &Client) -> Result<usize, Error> {
+    let names: Vec<String> = source.own().map(|r| r.name.clone()).collect();
+    let existing: BTreeMap<String, Role> = target
+        .query(include_str!("sql/roles_of.sql"), &[&names])
+        .await
+        .map_err(pg::err("read the target's roles"))?
+        .iter()
+        .map(|r| {
+            let role = Role::from_row(r);
+            (role.name.clone(), role)
+        })
+        .collect();
+    let existing_memberships: HashSet<(String, String)> =
+        memberships(target, &names, "read the target's role memberships").await?.into_iter().map(|m| (m.group, m.member)).collect();
+    let mut problems = Vec::new();
+    let mut sql = String::new();
+    let mut made = 0;
+    for role in source.own() {
+        match existing.get(&role.name) {
+            Some(there) => problems.extend(role.differences(there).into_iter().map(|d| format!("role {}: {d}", role.name))),
+            None => {
+                sql.push_str(&format!("CREATE ROLE {} WITH {}", pg::ident(&role.name), role.options()));
+                if let Some(verifier) = password(cluster, role, source, refs)? {
+                    sql.push_str(&format!(" PASSWORD {}", pg::literal(&verifier)));
+                }
+                sql.push_str(";\n");
+                made += 1;
+            }
+        }
+    }
+    for m in &source.memberships {
+        if existing_memberships.contains(&(m.group.clone(), m.member.clone())) {
+            continue;
+        }
+        if existing.contains_key(&m.member) {
+            problems.push(format!("role {} exists on the target but is not a member of {} as on the source", m.member, m.group));
+            continue;
+        }
+        let admin = if m.admin { " WITH ADMIN OPTION" } else { "" };
+        sql.push_str(&format!("GRANT {} TO {}{admin};\n", pg::ident(&m.group), pg::ident(&m.member)));
+    }
+    if !problems.is_empty() {
+        return Err(Error::NeedsOperator(format!(
+            "cluster {cluster}: roles on the target disagree with the source, and dmf does not change roles it did not make: {}",
+            problems.join("; ")
+        )));
+    }
+    if !sql.is_empty() {
+        // one simple query: one implicit transaction, so a retry finds all of these or none
+        target.batch_execute(&sql).await.map_err(|e| {
+            Error::NeedsOperator(format!("cluster {cluster}: make the source's roles on the target: {}", crate::error::describe(&e)))
+        })?;
+    }
+    Ok(made)
+}
+
+/// The verifier to give `role` on the target: from its reference (made into a SCRAM verifier
+/// here), else the source's own verifier, else none (the role has no password on the source).
+fn password(cluster: &str, role: &Role, source: &SourceRoles, refs: &BTreeMap<String, PasswordRef>) -> Result<Option<String>, Error> {
+    if let Some(r) = refs.get(&role.name) {
+        let clear = r.resolve(cluster, &role.name)?;
+        return Ok(Some(postgres_protocol::password::scram_sha_256(clear.as_bytes())));
+    }
+    match &source.verifiers {
+        Some(v) => Ok(v.get(&role.name).cloned().flatten()),
+        None if role.login => Err(Error::NeedsOperator(format!(
+            "cluster {cluster}: role {} logs in, dmf cannot read its password on the source, and the manifest has no [cluster.roles.{}] password_env or password_file",
+            role.name, role.name
+        ))),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(name: &str) -> Role {
+        Role {
+            name: name.into(),
+            superuser: false,
+            inherit: true,
+            createrole: false,
+            createdb: false,
+            login: true,
+            replication: false,
+            bypassrls: false,
+            connlimit: -1,
+            valid_until: None,
+        }
+    }
+
+    #[test]
+    fn options_and_differences_name_every_attribute() {
+        let a = role("app");
+        assert_eq!(a.options(), "NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1");
+        let mut b = a.clone();
+        b.login = false;
+        b.connlimit = 5;
+        assert_eq!(a.differences(&b), vec!["LOGIN is true on the source, false on the target", "CONNECTION LIMIT is -1 on the source, 5 on the target"]);
+        assert!(a.differences(&a).is_empty());
+    }
+
+    #[test]
+    fn references_are_read_from_settings_and_never_show_a_value() {
+        let settings = serde_json::json!({ "roles": { "app": { "password_env": "DMF_TEST_ROLES_PW" }, "ro": { "password_file": "/nonexistent/pw" } } });
+        let refs = references(&settings).expect("valid");
+        assert_eq!(refs["app"], PasswordRef::Env("DMF_TEST_ROLES_PW".into()));
+        let e = refs["ro"].resolve("orders", "ro").expect_err("no file").to_string();
+        assert!(e.contains("cluster orders: role ro: password_file /nonexistent/pw: cannot be read"), "{e}");
+        assert!(references(&serde_json::json!({ "roles": { "x": {} } })).is_err());
+        let src = SourceRoles { roles: vec![role("app"), role("other")], memberships: vec![], verifiers: None };
+        assert_eq!(src.without_password(&refs), vec!["other".to_string()]);
+    }
+}
