@@ -79,3 +79,40 @@ fn abort_from_every_phase_leaves_nothing_behind() {
     let out = env.dmf(&["resume", "at-schema"]);
     assert!(!out.status.success());
 }
+
+/// Once traffic may have moved, the target holds writes nobody else has: a migration that failed
+/// after the flip cannot be aborted (which would tear the target down), only resumed or rolled
+/// back.
+#[test]
+fn a_migration_that_failed_after_the_flip_refuses_abort_and_completes_on_resume() {
+    let env = Env::new("abort-after-flip");
+    let src = env.source("src");
+    let source = env.enqueue_app(&src, SAMPLE_SCHEMA);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "20", "--flip-max-lag-ms", "200", "--max-attempts", "2"]);
+    env.wait_for("flipped", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed" | "aborted"))));
+    assert_eq!(env.phase_of("app"), "flipped", "{}", worker.log_tail());
+    let target = env.target_dsn("app");
+    let dir = env.state("app").local_dir.unwrap_or_default();
+    // writes land on the target, then the source becomes unreachable: the soak fails
+    psql(&target, "INSERT INTO items (payload, n) SELECT 'after the flip', g FROM generate_series(1, 500) g");
+    src.stop().expect("stop the source");
+    env.wait_for("failed in flipped", Duration::from_secs(120), |cs| cs.first().is_some_and(|c| c["phase"] == "failed"));
+
+    let out = env.dmf(&["abort", "app"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "abort after the flip must be refused: {err}");
+    assert!(err.contains("dmf rollback") && err.contains("dmf resume"), "the refusal says what to do instead: {err}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(env.phase_of("app"), "failed");
+    assert!(std::path::Path::new(&dir).exists(), "the target's cluster is still at {dir}");
+    assert_eq!(psql(&target, "SELECT count(*) FROM items WHERE payload = 'after the flip'"), "500", "the writes on the target are kept");
+
+    // the source is back: resume re-enters flipped and completes
+    src.start().expect("start the source");
+    let out = env.dmf(&["resume", "app"]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("completed", Duration::from_secs(120), |cs| cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("completed" | "aborted"))));
+    assert_eq!(env.phase_of("app"), "completed", "{}", worker.log_tail());
+    assert_eq!(psql(&source, "SELECT count(*) FROM items WHERE payload = 'after the flip'"), "500", "replication back brought the target's writes to the source");
+}

@@ -15,6 +15,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
     let names = ctx.names();
+    // Never tear down the primary traffic writes to (an abort that slipped past the request's
+    // check, or a route moved by hand): an operator decides.
+    if ctx.db.route(&cluster).await?.is_some_and(|r| r.primary_endpoint != m.source_dsn) {
+        return Err(Error::NeedsOperator(format!(
+            "cluster {cluster}: the route's primary is not the source, so the target takes writes; cleanup tears nothing down (use dmf rollback first)"
+        )));
+    }
     // Traffic first: an abort from shadow_reads sends reads back to the source.
     crate::shift_reads::reads_back_to_source(ctx).await?;
     // DMS next: its task reads the source and writes the target.

@@ -51,6 +51,14 @@ impl MigrationRow {
     }
 
     /// The refusal of an operator's request in this migration's phase.
+    /// The phase a failed migration failed in (None when it is not failed or did not say).
+    pub fn failed_in(&self) -> Result<Option<Phase>, Error> {
+        if self.phase != Phase::Failed.as_str() {
+            return Ok(None);
+        }
+        self.failed_phase.as_deref().map(|p| p.parse::<Phase>().map_err(|e| Error::Corrupt(format!("cluster {}: failed_phase: {e}", self.cluster)))).transpose()
+    }
+
     fn wrong_phase(&self, what: &str) -> Error {
         Error::WrongPhase { cluster: self.cluster.clone(), phase: self.phase.clone(), what: what.into() }
     }
@@ -266,9 +274,23 @@ impl Db {
 
     /// `dmf abort`: move a cluster to `aborting` from any phase that allows it.
     pub async fn request_abort(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
+        // A route whose primary is no longer the source sends writes to the target: tearing it
+        // down would lose them, whatever the phase says.
+        let route = self.route(cluster).await?;
         self.request(cluster, [Phase::Aborting, Phase::Aborted], |m, phase| {
-            if !phase.can_abort() {
-                return Err(m.wrong_phase("abort is only possible before traffic moves"));
+            let failed_in = m.failed_in()?;
+            if route.as_ref().is_some_and(|r| r.primary_endpoint != m.source_dsn) {
+                return Err(m.wrong_phase(
+                    "the route's primary is no longer the source, so writes go to the target and abort would tear down the database that has them; `dmf rollback` moves traffic back to the source with every write, `dmf resume` retries",
+                ));
+            }
+            if !phase.can_abort(failed_in) {
+                return Err(m.wrong_phase(&match failed_in {
+                    Some(p) if phase == Phase::Failed => format!(
+                        "it failed in {p}, so writes may be on the target and abort would tear down the database that has them; `dmf rollback` moves traffic back to the source with every write, `dmf resume` retries {p}"
+                    ),
+                    _ => "abort is only possible before traffic moves; after the flip, `dmf rollback` moves traffic back to the source with every write, `dmf resume` retries a failed phase".into(),
+                }));
             }
             Ok(TransitionRequest {
                 abort_reason: Some(AbortReason::Operator),
@@ -282,7 +304,7 @@ impl Db {
     /// `rolling_back`. A cluster already rolling back or rolled back is returned as it is.
     pub async fn request_rollback(&self, cluster: &str, actor: &str) -> Result<MigrationRow, Error> {
         self.request(cluster, [Phase::RollingBack, Phase::RolledBack], |m, phase| {
-            if !phase.can_roll_back() {
+            if !phase.can_roll_back(m.failed_in()?) {
                 return Err(m.wrong_phase(
                     "rollback is only possible once traffic is on the target (flipped, or completed with reverse replication kept); before that, abort",
                 ));

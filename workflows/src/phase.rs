@@ -139,15 +139,30 @@ impl Phase {
         !matches!(self, Phase::Pending | Phase::Failed | Phase::Aborted | Phase::Completed | Phase::RolledBack)
     }
 
-    /// Abort is allowed from every phase before the flip (and from `failed`): writes never left the
-    /// source. The flip itself returns to `shadow_reads` on failure instead.
-    pub fn can_abort(self) -> bool {
-        self.pipeline_index().is_some_and(|i| i < FLIP_INDEX) || self == Phase::Failed
+    /// Whether writes may have reached the target once this phase ran: from the flip on (its route
+    /// move may have happened before it failed).
+    pub fn may_have_moved_writes(self) -> bool {
+        self.pipeline_index().is_some_and(|i| i >= FLIP_INDEX) || matches!(self, Phase::RollingBack | Phase::RolledBack)
     }
 
-    /// Rollback is the flip in reverse, possible once traffic is on the target.
-    pub fn can_roll_back(self) -> bool {
-        matches!(self, Phase::Flipped | Phase::Completed)
+    /// Abort tears the target down, so it is allowed only while writes never left the source: from
+    /// every phase before the flip, and from `failed` when it failed before the flip (`failed_in`).
+    /// The flip itself returns to `shadow_reads` on failure instead.
+    pub fn can_abort(self, failed_in: Option<Phase>) -> bool {
+        match self {
+            Phase::Failed => !failed_in.is_some_and(Phase::may_have_moved_writes),
+            p => p.pipeline_index().is_some_and(|i| i < FLIP_INDEX),
+        }
+    }
+
+    /// Rollback is the flip in reverse, possible once traffic may be on the target: flipped,
+    /// completed, or failed at or after the flip.
+    pub fn can_roll_back(self, failed_in: Option<Phase>) -> bool {
+        match self {
+            Phase::Flipped | Phase::Completed => true,
+            Phase::Failed => failed_in.is_some_and(Phase::may_have_moved_writes),
+            _ => false,
+        }
     }
 
     /// Heavy phases count against the scheduler's concurrency limits.
@@ -252,7 +267,7 @@ impl Policy {
                 note: format!("{phase} failed after {attempt} attempts: {error}"),
             },
             Outcome::Retry { error } => Decision::Retry { after: self.backoff(attempt), error },
-            Outcome::Abort { reason, detail } if phase.can_abort() => {
+            Outcome::Abort { reason, detail } if phase.can_abort(None) => {
                 Decision::Transition { to: Phase::Aborting, abort_reason: Some(reason), note: detail }
             }
             Outcome::Abort { reason, detail } => Decision::Transition {
@@ -312,16 +327,26 @@ mod tests {
 
     #[test]
     fn abort_allowed_before_the_flip_and_rollback_after_it() {
-        for p in [Phase::Pending, Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating, Phase::ShadowReads, Phase::Failed] {
-            assert!(p.can_abort(), "{p}");
-            assert!(!p.can_roll_back(), "{p}");
+        let before = [Phase::Preflight, Phase::Provisioning, Phase::Schema, Phase::Hydrating, Phase::Replicating, Phase::Validating, Phase::ShadowReads];
+        for p in before.iter().copied().chain([Phase::Pending]) {
+            assert!(p.can_abort(None), "{p}");
+            assert!(!p.can_roll_back(None), "{p}");
         }
         for p in [Phase::Flipping, Phase::Flipped, Phase::Completed, Phase::RollingBack, Phase::RolledBack, Phase::Aborting, Phase::Aborted] {
-            assert!(!p.can_abort(), "{p}");
+            assert!(!p.can_abort(None), "{p}");
         }
-        assert!(Phase::Flipped.can_roll_back());
-        assert!(Phase::Completed.can_roll_back());
-        assert!(!Phase::Flipping.can_roll_back());
+        assert!(Phase::Flipped.can_roll_back(None));
+        assert!(Phase::Completed.can_roll_back(None));
+        assert!(!Phase::Flipping.can_roll_back(None));
+        // failed: abort only when it failed before the flip, rollback only when at or after it
+        for p in before {
+            assert!(Phase::Failed.can_abort(Some(p)), "failed in {p}");
+            assert!(!Phase::Failed.can_roll_back(Some(p)), "failed in {p}");
+        }
+        for p in [Phase::Flipping, Phase::Flipped, Phase::RollingBack] {
+            assert!(!Phase::Failed.can_abort(Some(p)), "failed in {p}");
+            assert!(Phase::Failed.can_roll_back(Some(p)), "failed in {p}");
+        }
     }
 
     #[test]
