@@ -293,3 +293,99 @@ async fn a_proxy_cut_off_from_the_control_plane_during_the_flip_writes_nowhere()
     }
     assert_eq!(psql(&target, "SELECT count(*) FROM notes WHERE id = 4"), "1");
 }
+
+/// A raw protocol client that can stop reading: tokio-postgres always drains its socket.
+struct RawClient {
+    s: std::net::TcpStream,
+}
+
+impl RawClient {
+    fn connect(port: u16, user: &str, db: &str) -> RawClient {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for kv in ["user", user, "database", db] {
+            body.extend_from_slice(kv.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        s.write_all(&msg).expect("startup");
+        let mut c = RawClient { s };
+        c.until_ready().expect("login");
+        c
+    }
+
+    fn query(&mut self, sql: &str) {
+        use std::io::Write;
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        msg.extend_from_slice(sql.as_bytes());
+        msg.push(0);
+        self.s.write_all(&msg).expect("send a query");
+    }
+
+    /// Read messages until ReadyForQuery; Err with the first error's text, or with how the
+    /// connection ended.
+    fn until_ready(&mut self) -> Result<(), String> {
+        use std::io::Read;
+        let mut error = None;
+        loop {
+            let mut head = [0u8; 5];
+            if let Err(e) = self.s.read_exact(&mut head) {
+                return Err(error.unwrap_or_else(|| format!("connection ended: {e}")));
+            }
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            if let Err(e) = self.s.read_exact(&mut body) {
+                return Err(error.unwrap_or_else(|| format!("connection ended: {e}")));
+            }
+            match head[0] {
+                b'E' => error = Some(String::from_utf8_lossy(&body).replace('\0', " ")),
+                b'Z' => return error.map_or(Ok(()), Err),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn a_transaction_stuck_on_a_client_that_stopped_reading_never_commits_behind_the_flip() {
+    let env = Env::new("flip-stuck");
+    let src = env.source("src");
+    let source = env.enqueue_app(&src, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    // pause before the flip so that the stuck transaction is in place when the hold comes
+    psql(&env.url, "UPDATE dmf.migrations SET pause_before = '{flipping}'");
+    let proxy = env.proxy("proxy", "app", &[]);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "600", "--flip-max-lag-ms", "200", "--hold-deadline-ms", "1000"]);
+    env.wait_for("paused before the flip", Duration::from_secs(180), |cs| {
+        cs.first().is_some_and(|c| (c["phase"] == "flipping" && c["paused"] == true) || c["phase"] == "aborted")
+    });
+    assert_eq!(env.phase_of("app"), "flipping", "{}", worker.log_tail());
+
+    // a transaction writes, then asks for a result far larger than the sockets hold, then
+    // commits, all in one query; the client stops reading the result: the proxy's session is
+    // blocked writing to this client, and the server waits to send the rest before its COMMIT
+    let mut stuck = RawClient::connect(proxy.port, "postgres", "app");
+    stuck.query("BEGIN; INSERT INTO notes VALUES (42, 'in flight'); SELECT repeat('x', 2000) FROM generate_series(1, 20000); COMMIT");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = env.dmf(&["resume", "app"]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("flipped, or the flip undone", Duration::from_secs(60), |cs| {
+        cs.first().is_some_and(|c| c["phase"] == "flipped") || !env.state("app").flip.undone.is_empty()
+    });
+    // the client wakes up and reads everything
+    let committed = stuck.until_ready();
+    let flip = env.state("app").flip;
+    eprintln!("stuck session: {committed:?}; flip: sessions ended {:?}, steps {:?}, undone {:?}", flip.sessions_ended, flip.steps, flip.undone);
+    env.wait_for("flipped", Duration::from_secs(60), |cs| cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed"))));
+    assert_eq!(env.phase_of("app"), "flipped", "{}", worker.log_tail());
+    let target = env.target_dsn("app");
+    let on_source = psql(&source, "SELECT count(*) FROM notes WHERE id = 42");
+    let on_target = psql(&target, "SELECT count(*) FROM notes WHERE id = 42");
+    assert_eq!(on_source, on_target, "a write committed on one side only (source {on_source}, target {on_target}): lost behind the flip");
+    assert!(committed.is_err(), "the stuck session was ended at the hold deadline, so its COMMIT cannot succeed");
+    assert_eq!(on_target, "0");
+}

@@ -347,6 +347,12 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     progress.record.hold_epoch = Some(held.route_epoch);
     progress.record.held_at = Some(chrono::Utc::now());
     let proxies = ctx.db.wait_route_applied(&cluster, held.route_epoch, cfg.hold_deadline + cfg.ack_timeout).await?;
+    // a proxy that acknowledged with a transaction still open (a session it could not end) would
+    // have the fence spare that transaction, and its COMMIT could land after the final marker
+    let undrained: Vec<String> = proxies.iter().filter(|p| !p.drained).map(|p| format!("proxy {} on {}", p.listen, p.host)).collect();
+    if !undrained.is_empty() {
+        return Err(Error::NotReady(format!("{} acknowledged the hold with a transaction still open", undrained.join(", "))));
+    }
     let spared: Vec<i32> = proxies.iter().flat_map(|p| p.backend_pids.iter().copied()).collect();
     progress.record.proxies = Some(proxies.len());
     progress.record(ctx, HELD, t.elapsed());

@@ -173,7 +173,7 @@ impl Session {
     async fn relay(&mut self) -> Result<(), Error> {
         let signal = self.signal.clone();
         loop {
-            if let Pumped::ClientLeft = self.pump_client().await? {
+            if let Pumped::ClientLeft = unless_killed(&signal, self.pump_client()).await? {
                 return Ok(());
             }
             // a read unit takes nothing more from the client until it is answered; while reads
@@ -201,7 +201,7 @@ impl Session {
                         self.refuse(Refusal::server_closed(&label)).await;
                         return Err(Error::backend(&label, "closed the connection"));
                     }
-                    self.pump_server().await?;
+                    unless_killed(&signal, self.pump_server()).await?;
                 }
                 r = self.client.read_buf(&mut self.client_buf), if !blocked => {
                     self.relay.poll.touch();
@@ -233,6 +233,18 @@ impl Session {
             (true, Some(r)) => r,
             _ => &self.primary,
         }
+    }
+}
+
+/// Run a pump unless a kill comes while it waits on a socket: a client that stopped reading (or a
+/// backend that stopped taking) must not keep a transaction open past the hold deadline. A message
+/// written in part cannot be finished, so the session ends without a word: the client sees its
+/// connection closed, and the backend's transaction is rolled back when its connection closes.
+async fn unless_killed<T>(signal: &Signal, pump: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::select! {
+        biased;
+        r = pump => r,
+        _ = signal.wait(KILL) => Err(Error::Closed("ended at the hold deadline while blocked on a socket".into())),
     }
 }
 
