@@ -3,7 +3,7 @@
 #   dmf: a source (pgbench scale $SCALE, default 10) migrated by a worker to a local target while
 #        pgbench TPC-B runs with 8 clients through two `dmf proxy` sidecars (4 each), from the start
 #        of shadow reads (5 s); the worker flips, then `dmf rollback` moves traffic back, under the
-#        same load.
+#        same load. Both loads log in as the application role `bank`, not a superuser.
 #   peer: the same source, replicated by a native subscription to a second cluster, with pgbench
 #        TPC-B (8 clients) through pgbouncer in transaction mode; the switchover is PAUSE, wait
 #        until the subscriber's slot has confirmed the source's current LSN, copy sequences,
@@ -35,6 +35,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 pgbench_source "$SCALE"
+# the application logs in as its own role (not a superuser), as production applications do: dmf
+# makes it on the target with its password and grants; the proxies hold its password
+APP_PW="bench-app-$RANDOM$RANDOM"
+psql -q -X "$SRC" <<SQL
+CREATE ROLE bank LOGIN PASSWORD '$APP_PW';
+GRANT SELECT, UPDATE ON pgbench_accounts, pgbench_tellers, pgbench_branches TO bank;
+GRANT INSERT ON pgbench_history TO bank;
+GRANT USAGE ON SEQUENCE pgbench_history_hid_seq TO bank;
+SQL
+printf '"bank" "%s"\n' "$APP_PW" > "$BASE/users.txt"
 CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
 export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
 export DMF_LOG="${DMF_LOG:-warn}"
@@ -51,8 +61,8 @@ start scheduler scheduler --interval 0.3
 start worker worker --local-dir "$BASE/targets" --fast-local-targets --watch-interval 0.5 \
     --audit-window-s 2 --shadow-reads-s 5 --soak-s 3600 --hold-deadline-ms 2000
 P1=$(free_port); P2=$(free_port)
-start proxy1 proxy --cluster bench --listen "127.0.0.1:$P1"
-start proxy2 proxy --cluster bench --listen "127.0.0.1:$P2"
+start proxy1 proxy --cluster bench --listen "127.0.0.1:$P1" --users-file "$BASE/users.txt"
+start proxy2 proxy --cluster bench --listen "127.0.0.1:$P2" --users-file "$BASE/users.txt"
 
 phase() { "$DMF" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clusters"][0]["phase"])'; }
 wait_phase() {  # wait_phase SECONDS PHASE...: until the cluster is in one of them
@@ -123,7 +133,7 @@ PY
 # the flip is measured under the clients' load, not under the auditor's
 wait_phase 300 shadow_reads
 echo "dmf: hydrated and audited; 8 TPC-B clients through two proxies for ${LOAD_S} s"
-load dmf "postgres://postgres@127.0.0.1:$P1/bench?sslmode=disable" "postgres://postgres@127.0.0.1:$P2/bench?sslmode=disable" "$LOAD_S"
+load dmf "postgres://bank@127.0.0.1:$P1/bench?sslmode=disable" "postgres://bank@127.0.0.1:$P2/bench?sslmode=disable" "$LOAD_S"
 wait_phase 120 flipped
 sleep 3
 "$DMF" rollback bench >/dev/null
@@ -154,12 +164,14 @@ for _ in $(seq 1 600); do
 done
 BP="$BASE/pgbouncer"; BOUNCER_PORT=$(free_port); mkdir -p "$BP"
 pgbouncer_ini "$BP" "$BOUNCER_PORT" "$SRC_PORT"
+# the same application role; pgbouncer logs in to the servers as the user its ini names
+echo '"bank" ""' >> "$BP/userlist.txt"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BP"
 as_pg "$PGBOUNCER" -d -q "$BP/pgbouncer.ini"
 ADMIN="postgres://postgres@127.0.0.1:$BOUNCER_PORT/pgbouncer"
 sleep 1
 echo "peer: subscriber in sync; 8 TPC-B clients through pgbouncer for 20 s"
-load peer "postgres://postgres@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable" "postgres://postgres@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable" 20
+load peer "postgres://bank@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable" "postgres://bank@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable" 20
 sleep 8
 now_us() { python3 -c 'import time; print(int(time.time() * 1e6))'; }
 PEER_FROM=$(now_us)
@@ -168,6 +180,7 @@ LSN=$(psql -X -A -t "$SRC" -c "SELECT pg_current_wal_lsn()")
 until [ "$(psql -X -A -t "$SRC" -c "SELECT confirmed_flush_lsn >= '$LSN' FROM pg_replication_slots WHERE slot_name = 'peer_sub'")" = t ]; do sleep 0.002; done
 psql -X -A -t "$SRC" -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value) FROM pg_sequences WHERE last_value IS NOT NULL AND schemaname <> '_dmf'" | psql -X -q "$PEER" >/dev/null
 pgbouncer_ini "$BP" "$BOUNCER_PORT" "$PEER_PORT"
+echo '"bank" ""' >> "$BP/userlist.txt"
 psql -X -q "$ADMIN" -c "RELOAD" >/dev/null
 psql -X -q "$ADMIN" -c "RESUME bench" >/dev/null
 PEER_TO=$(now_us)

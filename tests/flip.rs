@@ -389,3 +389,60 @@ fn a_transaction_stuck_on_a_client_that_stopped_reading_never_commits_behind_the
     assert!(committed.is_err(), "the stuck session was ended at the hold deadline, so its COMMIT cannot succeed");
     assert_eq!(on_target, "0");
 }
+
+/// The fence's gaps: a prepared transaction on the source keeps the flip on the source until it
+/// is resolved (it could commit after the final marker), and a superuser's session, which the
+/// fence cannot keep out, is warned about in preflight and ended at the fence.
+#[test]
+fn prepared_transactions_hold_the_flip_back_and_superuser_sessions_are_ended() {
+    let env = Env::new("flip-fence-gaps");
+    let src = env.source_conf("src", "max_prepared_transactions = 4\n");
+    src.psql("postgres", "CREATE DATABASE app").expect("create app");
+    let source = src.dsn("app");
+    psql(&source, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    // a superuser's session on the source, there from before preflight
+    let psql_bin = dmf_activities::providers::local::program("psql").expect("psql");
+    let superuser = std::process::Command::new(&psql_bin)
+        .args(["-X", "-q", "-d", &source, "-c", "SELECT pg_sleep(300)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("a superuser session");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{source}\"\npause_before = [\"flipping\"]\n"));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _proxy = env.proxy("proxy", "app", &[]);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "600", "--flip-max-lag-ms", "200"]);
+    env.wait_for("paused before the flip", Duration::from_secs(180), |cs| {
+        cs.first().is_some_and(|c| (c["phase"] == "flipping" && c["paused"] == true) || c["phase"] == "aborted")
+    });
+    assert_eq!(env.phase_of("app"), "flipping", "{}", worker.log_tail());
+    let findings = env.state("app").preflight.findings;
+    assert!(
+        findings.iter().any(|f| f.check == "superuser_sessions" && f.subject.as_deref() == Some("postgres")),
+        "preflight warns about the superuser's sessions: {findings:?}"
+    );
+
+    // a prepared transaction: the flip goes back to shadow reads and names it
+    psql(&source, "BEGIN; INSERT INTO notes VALUES (7, 'prepared'); PREPARE TRANSACTION 'pay-7'");
+    let out = env.dmf(&["resume", "app"]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("the flip held back", Duration::from_secs(60), |cs| {
+        cs.first().is_some_and(|c| c["phase"] == "flipped") || env.state("app").flip.last_reason.is_some_and(|r| r.contains("pay-7"))
+    });
+    assert_ne!(env.phase_of("app"), "flipped", "the flip went on with a prepared transaction on the source");
+    let reason = env.state("app").flip.last_reason.unwrap_or_default();
+    assert!(reason.contains("prepared transactions") && reason.contains("COMMIT PREPARED"), "{reason}");
+
+    // resolved: the next attempt flips, ending the superuser's session on the way
+    psql(&source, "COMMIT PREPARED 'pay-7'");
+    env.wait_for("paused before the next flip", Duration::from_secs(60), |cs| cs.first().is_some_and(|c| c["phase"] == "flipping" && c["paused"] == true));
+    let out = env.dmf(&["resume", "app"]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    env.wait_for("flipped", Duration::from_secs(60), |cs| cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed"))));
+    assert_eq!(env.phase_of("app"), "flipped", "{}", worker.log_tail());
+    let ended = superuser.wait_with_output().expect("superuser session");
+    assert!(!ended.status.success() && String::from_utf8_lossy(&ended.stderr).contains("terminat"), "the superuser's session was ended by the fence: {}", String::from_utf8_lossy(&ended.stderr));
+    assert_eq!(psql(&env.target_dsn("app"), "SELECT body FROM notes WHERE id = 7"), "prepared", "the prepared transaction's write is on the target");
+}

@@ -117,3 +117,49 @@ fn a_worker_killed_at_any_step_of_the_flip_leaves_traffic_on_one_side() {
         eprintln!("{cluster}: flip attempts {attempts}, traffic held {:?} ms on the flip that finished, {} transactions, 0 failed", flip.held_ms, r.processed);
     }
 }
+
+/// A worker stopped (SIGSTOP) inside the flip, after the hold and the fence, just before it moves
+/// the route, until its lease expires: a second worker takes over and undoes the flip. When the
+/// first wakes up, none of its writes land: traffic stays on the source, which takes writes.
+#[test]
+fn a_worker_stalled_past_its_lease_inside_the_flip_cannot_move_the_route_when_it_wakes() {
+    let env = Env::new("flip-stall");
+    let src = env.source("src");
+    let source = env.enqueue_app(&src, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    let _proxy = env.proxy("proxy", "app", &[]);
+    let _scheduler = env.scheduler();
+    let fault_dir = env.path().join("faults");
+    std::fs::create_dir_all(&fault_dir).expect("fault dir");
+    let lease = ["--lease-ttl-s", "3", "--reconcile-s", "1", "--flip-max-attempts", "5", "--soak-s", "600", "--flip-max-lag-ms", "200"];
+    let mut flags_a = vec!["--audit-window-s", "1", "--shadow-reads-s", "1"];
+    flags_a.extend_from_slice(&lease);
+    let mut stalled = env.worker_env("w-stalled", &flags_a, &[("DMF_FAULT_FLIP", "app:sequences:stop"), ("DMF_FAULT_DIR", fault_dir.to_str().expect("path"))]);
+    let marker = fault_dir.join("app-sequences");
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline && stalled.is_alive(), "the flip never reached the fault:\n{}", stalled.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // the second worker waits long in shadow_reads, so the flip it undoes stays undone
+    let mut flags_b = vec!["--audit-window-s", "1", "--shadow-reads-s", "120"];
+    flags_b.extend_from_slice(&lease);
+    let taker = env.worker("w-taker", &flags_b);
+    env.wait_for("the flip undone by the second worker", Duration::from_secs(60), |cs| {
+        cs.first().is_some_and(|c| c["phase"] == "shadow_reads") && !env.state("app").flip.undone.is_empty()
+    });
+    assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "off", "the undo lifted the fence");
+
+    // the stalled worker wakes up right where it stopped: its route move must not land
+    let pid = stalled.child.id().to_string();
+    run_ok(std::process::Command::new("kill").args(["-CONT", &pid]));
+    std::thread::sleep(Duration::from_secs(5));
+    let route = env.cp_query("SELECT (primary_endpoint = (SELECT source_dsn FROM dmf.clusters WHERE name = 'app')) || ' ' || hold FROM dmf.routes");
+    assert_eq!(route, "true false", "traffic stays on the source, released\n{}\n{}", stalled.log_tail(), taker.log_tail());
+    assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "off", "the source still takes writes");
+    assert_eq!(env.phase_of("app"), "shadow_reads");
+    psql(&source, "INSERT INTO notes VALUES (1, 'after the stall')");
+    let log = std::fs::read_to_string(&stalled.log).unwrap_or_default();
+    assert!(log.contains("lease ran out") || log.contains("the lease was lost") || log.contains("no longer holds its lease"), "the stalled worker stopped acting:\n{}", stalled.log_tail());
+    let _ = stalled.kill9();
+}

@@ -38,3 +38,55 @@ fn a_lost_slot_aborts_with_slot_lost_and_cleans_up() {
     assert_eq!(leftovers(&dsn), CLEAN);
     assert!(!std::path::Path::new(&target_dir).exists(), "target left at {target_dir}");
 }
+
+/// A slot that keeps more WAL on the source than allowed aborts the migration before the flip
+/// (`slot_retained_wal`) and cleans up; status shows what each slot keeps until then.
+#[test]
+fn a_slot_keeping_too_much_wal_aborts_before_the_flip() {
+    let env = Env::new("slot-wal");
+    let src = env.source("src");
+    let dsn = env.enqueue_app(&src, SAMPLE_SCHEMA);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--max-slot-wal-mb", "16", "--lag-limit-ms", "600000", "--lag-window-s", "600", "--audit-window-s", "600"]);
+    env.wait_for("replicating, its slots reported", Duration::from_secs(120), |c| c.first().is_some_and(common::in_sync) && !env.state("app").slots.is_empty());
+    let slots = env.state("app").slots;
+    assert!(slots.iter().any(|s| s.side == "source" && s.name.starts_with("dmf_slot_") && s.retained_bytes.is_some()), "{slots:?}");
+    let out = env.dmf(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SLOT WAL"), "status shows the slots' WAL");
+
+    // the target stops consuming and the source keeps writing: WAL piles up behind the slot
+    let target = env.target_dsn("app");
+    let sub = psql(&target, "SELECT subname FROM pg_subscription");
+    psql(&target, &format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    psql(&dsn, "INSERT INTO items (payload, n) SELECT repeat(md5(g::text), 30), g FROM generate_series(1, 40000) g");
+    env.wait_for("aborted", Duration::from_secs(120), |c| c.first().is_some_and(|c| c["phase"] == "aborted"));
+    let c = &env.clusters()[0];
+    assert_eq!(c["abort_reason"], "slot_retained_wal", "{c}\n{}", worker.log_tail());
+    assert!(c["last_error"].as_str().unwrap_or_default().contains("over the 16 MiB limit"), "{c}");
+    assert_eq!(leftovers(&dsn), CLEAN);
+}
+
+/// A migration left in `failed` before the flip stops pinning WAL on the source after a while:
+/// its slots are dropped, and the state, the event log and status say why.
+#[test]
+fn the_slots_of_a_migration_failed_before_the_flip_are_dropped_after_a_while() {
+    let env = Env::new("slot-drop");
+    let src = env.source("src");
+    let dsn = env.enqueue_app(&src, SAMPLE_SCHEMA);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--drop-slots-after-failed-s", "3", "--max-attempts", "2", "--audit-window-s", "600"]);
+    env.wait_for("replicating", Duration::from_secs(120), |c| c.first().is_some_and(common::in_sync));
+    // the target goes away: every check fails until the migration is failed
+    let st = env.state("app");
+    let target = dmf_activities::providers::local::LocalCluster { dir: st.local_dir.expect("target dir").into(), port: st.local_port.expect("target port") };
+    target.stop().expect("stop the target");
+    env.wait_for("failed", Duration::from_secs(120), |c| c.first().is_some_and(|c| c["phase"] == "failed"));
+    assert_ne!(psql(&dsn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'dmf_%'"), "0", "the slots stay at first");
+    env.wait_for("slots dropped", Duration::from_secs(60), |_| env.state("app").slots_dropped.is_some());
+    assert_eq!(psql(&dsn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'dmf_%'"), "0", "{}", worker.log_tail());
+    let dropped = env.state("app").slots_dropped.expect("recorded");
+    assert!(dropped.reason.contains("before the flip") && dropped.slots.iter().any(|s| s.starts_with("dmf_slot_")), "{dropped:?}");
+    assert_eq!(env.cp_query("SELECT count(*) FROM dmf.events WHERE kind = 'slots_dropped'"), "1");
+    assert!(String::from_utf8_lossy(&env.dmf(&["status"]).stdout).contains("dropped"));
+    assert_eq!(env.phase_of("app"), "failed");
+}

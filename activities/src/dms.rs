@@ -130,7 +130,7 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
     }
     let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
     let (lag, lag_timed_out) = health::heartbeat_lag(ctx, &source).await?;
-    Ok(Sample { lag, lag_timed_out, lag_bytes: None, slot_active: p.status == "running" })
+    Ok(Sample { lag, lag_timed_out, lag_bytes: None, slot_active: p.status == "running", slots: Vec::new() })
 }
 
 /// Stop and delete the DMS replication (abort, or forward replication ending after the flip).

@@ -18,6 +18,8 @@ pub struct Sample {
     pub lag_timed_out: bool,
     pub lag_bytes: Option<i64>,
     pub slot_active: bool,
+    /// The migration's slots on the source (none with DMS).
+    pub slots: Vec<crate::state::SlotReport>,
 }
 
 /// How long a heartbeat written on the source takes to show on the target, and whether it timed

@@ -10,10 +10,12 @@ pub mod audit;
 pub mod cleanup;
 pub mod dms;
 pub mod error;
+mod fault;
 pub mod findings;
 pub mod flip;
 pub mod health;
 pub mod hydrate;
+pub mod lease;
 pub mod objects;
 pub mod pg;
 pub mod post_data;
@@ -26,6 +28,7 @@ pub mod roles;
 pub mod schema;
 pub mod sequences;
 pub mod shift_reads;
+pub mod slots;
 pub mod soak;
 pub mod state;
 
@@ -72,6 +75,11 @@ pub struct Config {
     pub keep_reverse_replication: bool,
     /// AWS clients (the `aws` provider and DMS), per region, made on first use.
     pub aws: dmf_aws::Clients,
+    /// Abort before the flip when a slot keeps more WAL than this on the source (None: no limit).
+    pub max_slot_wal: Option<u64>,
+    /// Drop the slots of a migration that has been `failed` before the flip for longer than this
+    /// (None: never).
+    pub drop_slots_after_failed: Option<Duration>,
 }
 
 impl Default for Config {
@@ -91,6 +99,8 @@ impl Default for Config {
             soak: Duration::from_secs(3600),
             keep_reverse_replication: false,
             aws: dmf_aws::Clients::default(),
+            max_slot_wal: Some(20 << 30),
+            drop_slots_after_failed: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -146,6 +156,8 @@ pub struct Context {
     pub config: Config,
     pub provider: Provider,
     pub replication: Replication,
+    /// The worker's own bound on its lease (`check_cancel` stops the run once it has passed).
+    pub lease: Option<lease::LeaseClock>,
 }
 
 /// The names of the replication objects a migration owns, derived from its id so that every
@@ -190,7 +202,7 @@ impl Context {
         let replication = Replication::of(&migration.settings).map_err(|other| {
             Error::NeedsOperator(format!("cluster {}: replication {other:?} is not available in this build", migration.cluster))
         })?;
-        Ok(Context { db, migration, cancel, config, provider, replication })
+        Ok(Context { db, migration, cancel, config, provider, replication, lease: None })
     }
 
     /// Replication goes through AWS DMS (not native logical replication).
@@ -245,7 +257,13 @@ impl Context {
         Ok(self.db.merge_state(self.migration.id, patch).await?)
     }
 
+    /// Stop here when the run was cancelled, or when this worker's lease may have run out (it
+    /// stalled): another worker may run the migration now, so this one must not act on it.
     pub fn check_cancel(&self) -> Result<(), Error> {
+        if self.lease.as_ref().is_some_and(|l| !l.valid()) {
+            tracing::warn!(cluster = %self.cluster(), migration = %self.migration.id, "this worker's lease ran out while it ran (it stalled): it stops acting");
+            self.cancel.cancel();
+        }
         if self.cancel.is_cancelled() {
             Err(Error::Cancelled)
         } else {
@@ -256,6 +274,10 @@ impl Context {
 
 /// Run the activity of `phase`, and turn whatever happened into an outcome for the state machine.
 pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
+    // `DMF_FAULT_PANIC=<cluster>:<phase>`: the activity panics once (the worker's panic tests)
+    if fault::fires("DMF_FAULT_PANIC", &format!("{}:{phase}", ctx.cluster())).is_some() {
+        panic!("DMF_FAULT_PANIC: the {phase} activity of {} panics", ctx.cluster());
+    }
     let result = match phase {
         Phase::Preflight => preflight::run(ctx).await,
         Phase::Provisioning => provision::run(ctx).await,

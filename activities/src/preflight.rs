@@ -38,6 +38,14 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
     }
     report.source_bytes = s.get("db_bytes");
     roles(ctx, &source, &mut report).await?;
+    let supers = source.query(include_str!("sql/superuser_sessions.sql"), &[]).await.map_err(pg::err("list superuser sessions"))?;
+    for user in supers.iter().map(|r| r.get::<_, String>(0)) {
+        report.warn(
+            "superuser_sessions",
+            Some(user.clone()),
+            format!("superuser {user} has sessions on the source: the flip ends them, but a superuser can reconnect past its fence (REVOKE CONNECT) and override its read-only default; keep it from writing during the flip"),
+        );
+    }
 
     let tables = source.query(include_str!("sql/user_tables.sql"), &[]).await.map_err(pg::err("list source tables"))?;
     report.tables = tables.len();

@@ -1,11 +1,12 @@
 //! Replicating, the steady state: measure lag (milliseconds by heartbeat, bytes from the slot) and
-//! check the guards (slot lost, slot inactive, lag above the limit for longer than the window).
+//! check the guards (slot lost, slots keeping too much WAL, slot inactive, lag above the limit for
+//! longer than the window).
 //! With DMS, the task's state stands in for the slot's (`dms::sample`).
 
 use crate::error::Error;
 use crate::health::{heartbeat_lag, Sample};
-use crate::state::{Patch, SlotWatch};
-use crate::{pg, Context};
+use crate::state::{Patch, SlotWatch, Slots};
+use crate::{pg, slots, Context};
 use dmf_workflows::{AbortReason, LagVerdict, Outcome};
 
 /// Write a heartbeat on the source and time how long the target takes to show it.
@@ -13,18 +14,13 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
     let cluster = ctx.cluster();
     let names = ctx.names();
     let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
-    let slot = source
-        .query_opt(
-            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&names.slot],
-        )
-        .await
-        .map_err(pg::err("read the slot"))?;
-    let Some(slot) = slot else {
+    let slots = slots::report(&source, &[names.slot.clone(), crate::audit::audit_slot(ctx)], "source").await?;
+    let Some(slot) = slots.iter().find(|s| s.name == names.slot) else {
         return Err(Error::Abort { reason: AbortReason::SlotLost, detail: format!("replication slot {} no longer exists on the source of {cluster}", names.slot) });
     };
+    let (lag_bytes, slot_active) = (slot.behind_bytes, slot.active);
     let (lag, lag_timed_out) = heartbeat_lag(ctx, &source).await?;
-    Ok(Sample { lag, lag_timed_out, lag_bytes: slot.get(1), slot_active: slot.get(0) })
+    Ok(Sample { lag, lag_timed_out, lag_bytes, slot_active, slots })
 }
 
 
@@ -36,6 +32,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let over_since = ctx.db.record_lag(m.id, Some(lag_ms), s.lag_bytes, verdict_input_over).await?;
     let over_for = over_since.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
     tracing::debug!(cluster = %m.cluster, migration = %m.id, lag_ms, lag_bytes = ?s.lag_bytes, active = s.slot_active, "replication sample");
+    if !s.slots.is_empty() {
+        ctx.save(Patch::of(&Slots { slots: s.slots.clone() })).await?;
+    }
+    // Slots that keep too much WAL fill the production source's disk: give up before that.
+    if let Some(detail) = slots::beyond_limit(&s.slots, ctx.config.max_slot_wal) {
+        return Ok(Outcome::Abort { reason: AbortReason::SlotRetainedWal, detail });
+    }
 
     // Slot inactive: nobody consumes it, so it retains WAL on the source.
     let inactive_since = ctx.record::<SlotWatch>()?.slot_inactive_since;

@@ -183,9 +183,9 @@ impl SourceRoles {
 
 /// Read the roles the source database needs.
 pub async fn read(source: &Client) -> Result<SourceRoles, Error> {
-    let roles: Vec<Role> =
-        source.query(include_str!("sql/roles_named.sql"), &[]).await.map_err(pg::err("list the roles the source database names"))?.iter().map(Role::from_row).collect();
-    let names: Vec<String> = roles.iter().map(|r| r.name.clone()).collect();
+    let names: Vec<String> =
+        source.query(include_str!("sql/roles_named.sql"), &[]).await.map_err(pg::err("list the roles the source database names"))?.iter().map(|r| r.get(0)).collect();
+    let roles = attributes(source, &names, "read the source's roles").await?;
     let memberships = memberships(source, &names, "read the source's role memberships").await?;
     // pg_authid is readable by superusers only; RDS and Aurora never allow it
     let verifiers = match source.query("SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname = ANY ($1)", &[&names]).await {
@@ -194,6 +194,11 @@ pub async fn read(source: &Client) -> Result<SourceRoles, Error> {
         Err(e) => return Err(pg::err("read the source's role passwords")(e)),
     };
     Ok(SourceRoles { roles, memberships, verifiers })
+}
+
+/// The attributes of the roles named in `names` that exist where `client` is connected.
+async fn attributes(client: &Client, names: &[String], what: &str) -> Result<Vec<Role>, Error> {
+    Ok(client.query(include_str!("sql/roles_of.sql"), &[&names]).await.map_err(pg::err(what))?.iter().map(Role::from_row).collect())
 }
 
 async fn memberships(client: &Client, names: &[String], what: &str) -> Result<Vec<Membership>, Error> {
@@ -211,34 +216,35 @@ async fn memberships(client: &Client, names: &[String], what: &str) -> Result<Ve
 /// not is the error, and nothing is changed. Returns how many roles were made.
 pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, PasswordRef>, target: &Client) -> Result<usize, Error> {
     let names: Vec<String> = source.own().map(|r| r.name.clone()).collect();
-    let existing: BTreeMap<String, Role> = target
-        .query(include_str!("sql/roles_of.sql"), &[&names])
-        .await
-        .map_err(pg::err("read the target's roles"))?
-        .iter()
-        .map(|r| {
-            let role = Role::from_row(r);
-            (role.name.clone(), role)
-        })
-        .collect();
+    let existing: BTreeMap<String, Role> = attributes(target, &names, "read the target's roles").await?.into_iter().map(|r| (r.name.clone(), r)).collect();
     let existing_memberships: HashSet<(String, String)> =
         memberships(target, &names, "read the target's role memberships").await?.into_iter().map(|m| (m.group, m.member)).collect();
+    // dmf's role on a target where it is not a superuser (Aurora) can give a role objects, and use
+    // them afterwards, only as a member of that role
+    let superuser: bool = target
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(pg::err("read dmf's role on the target"))?
+        .get(0);
     let mut problems = Vec::new();
-    let mut sql = String::new();
-    let mut made = 0;
+    // one statement per role, so that a server that logs a failing statement logs one verifier
+    let mut statements = Vec::new();
     for role in source.own() {
         match existing.get(&role.name) {
             Some(there) => problems.extend(role.differences(there).into_iter().map(|d| format!("role {}: {d}", role.name))),
             None => {
-                sql.push_str(&format!("CREATE ROLE {} WITH {}", pg::ident(&role.name), role.options()));
+                let mut create = format!("CREATE ROLE {} WITH {}", pg::ident(&role.name), role.options());
                 if let Some(verifier) = password(cluster, role, source, refs)? {
-                    sql.push_str(&format!(" PASSWORD {}", pg::literal(&verifier)));
+                    create.push_str(&format!(" PASSWORD {}", pg::literal(&verifier)));
                 }
-                sql.push_str(";\n");
-                made += 1;
+                statements.push(create);
+                if !superuser {
+                    statements.push(format!("GRANT {} TO CURRENT_USER", pg::ident(&role.name)));
+                }
             }
         }
     }
+    let made = statements.iter().filter(|s| s.starts_with("CREATE ROLE")).count();
     for m in &source.memberships {
         if existing_memberships.contains(&(m.group.clone(), m.member.clone())) {
             continue;
@@ -248,7 +254,7 @@ pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, P
             continue;
         }
         let admin = if m.admin { " WITH ADMIN OPTION" } else { "" };
-        sql.push_str(&format!("GRANT {} TO {}{admin};\n", pg::ident(&m.group), pg::ident(&m.member)));
+        statements.push(format!("GRANT {} TO {}{admin}", pg::ident(&m.group), pg::ident(&m.member)));
     }
     if !problems.is_empty() {
         return Err(Error::NeedsOperator(format!(
@@ -256,11 +262,17 @@ pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, P
             problems.join("; ")
         )));
     }
-    if !sql.is_empty() {
-        // one simple query: one implicit transaction, so a retry finds all of these or none
-        target.batch_execute(&sql).await.map_err(|e| {
-            Error::NeedsOperator(format!("cluster {cluster}: make the source's roles on the target: {}", crate::error::describe(&e)))
-        })?;
+    if !statements.is_empty() {
+        // one transaction: a retry finds all of these or none
+        let failed = |e: tokio_postgres::Error| Error::NeedsOperator(format!("cluster {cluster}: make the source's roles on the target: {}", crate::error::describe(&e)));
+        target.batch_execute("BEGIN").await.map_err(failed)?;
+        for statement in &statements {
+            if let Err(e) = target.batch_execute(statement).await {
+                let _ = target.batch_execute("ROLLBACK").await;
+                return Err(failed(e));
+            }
+        }
+        target.batch_execute("COMMIT").await.map_err(failed)?;
     }
     Ok(made)
 }

@@ -7,8 +7,8 @@ use dmf_workflows::Outcome;
 
 use crate::error::Error;
 use crate::flip::reverse;
-use crate::state::{Patch, Reverse};
-use crate::{pg, Context, Names};
+use crate::state::{Patch, Reverse, Slots};
+use crate::{pg, slots, Context, Names};
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
@@ -29,6 +29,12 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     // the source subscribes to the target by the address the routes use (an Aurora endpoint)
     let target_route = ctx.route_target()?.unwrap_or_else(|| target_dsn.clone());
     reverse::replicate_back(ctx, &source, &target, &target_route).await?;
+    // the reverse slot makes a rollback lossless: reported and warned about, never dropped here
+    let reverse_slots = slots::report(&target, std::slice::from_ref(&back.slot), "target").await?;
+    if let Some(detail) = slots::beyond_limit(&reverse_slots, ctx.config.max_slot_wal) {
+        tracing::warn!(cluster = %cluster, migration = %m.id, %detail, "the reverse slot keeps much WAL on the target; it stays (a rollback needs it)");
+    }
+    ctx.save(Patch::of(&Slots { slots: reverse_slots })).await?;
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
         return Ok(Outcome::Watch(ctx.config.watch_interval));

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::flip::fence;
 use crate::preflight;
 
-pub use dmf_db::state::{CopyClock, Patch, Reverse, State};
+pub use dmf_db::state::{CopyClock, DroppedSlots, Patch, Reverse, SlotsDropped, State};
 
 macro_rules! record {
     ($ty:ty, $place:expr) => {
@@ -92,6 +92,32 @@ pub struct SlotWatch {
     pub slot_inactive_since: Option<DateTime<Utc>>,
 }
 record!(SlotWatch, Place::Top);
+
+/// One replication slot of the migration, as the last check found it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SlotReport {
+    pub name: String,
+    /// Where it is: "source" (forward replication, the auditor's) or "target" (replication back
+    /// after the flip).
+    pub side: String,
+    pub active: bool,
+    /// WAL the slot keeps on its server (from its restart position to the current one).
+    pub retained_bytes: Option<i64>,
+    /// WAL its consumer has not confirmed yet.
+    pub behind_bytes: Option<i64>,
+    /// `pg_replication_slots.wal_status`: reserved, extended, unreserved, lost.
+    pub wal_status: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// The migration's slots as the last check found them (`slots::report`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Slots {
+    pub slots: Vec<SlotReport>,
+}
+record!(Slots, Place::Top);
 
 /// Whether validation lets the cluster move on.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -272,6 +298,9 @@ pub struct MigrationState {
     pub preflight: preflight::Report,
     pub slot_lsn: Option<String>,
     pub slot_inactive_since: Option<DateTime<Utc>>,
+    /// The migration's slots and the WAL each keeps, as the last check found them.
+    pub slots: Vec<SlotReport>,
+    pub slots_dropped: Option<DroppedSlots>,
     pub copy_started_at: Option<DateTime<Utc>>,
     pub audit: AuditState,
     pub shadow_reads: ShadowReads,
@@ -305,6 +334,8 @@ impl MigrationState {
             preflight: state.get()?,
             slot_lsn: state.get::<SlotStart>()?.slot_lsn,
             slot_inactive_since: state.get::<SlotWatch>()?.slot_inactive_since,
+            slots: state.get::<Slots>()?.slots,
+            slots_dropped: state.get::<SlotsDropped>()?.slots_dropped,
             copy_started_at: state.get::<CopyClock>()?.copy_started_at,
             audit: state.get()?,
             shadow_reads: state.get()?,

@@ -94,7 +94,7 @@ impl Db {
 
     /// Store a planned full compare: the run and all of its chunks, in one transaction.
     pub async fn create_audit_run(&self, migration: Uuid, source_lsn: &str, chunks: &[PlannedChunk], requested_by: &str) -> Result<i64, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let run: i64 = sqlx::query_scalar(
             "INSERT INTO dmf.audit_runs (migration, source_lsn, chunks_total, requested_by) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -143,7 +143,7 @@ impl Db {
         target_rows: i64,
         differences: &[NewDifference],
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE dmf.audit_chunks SET status = $4, attempts = attempts + 1, source_rows = $5, target_rows = $6, done_at = now() \
              WHERE run = $1 AND table_name = $2 AND chunk = $3",
@@ -165,7 +165,8 @@ impl Db {
 
     /// Close a run: clean when every chunk is clean, mismatch when any differed.
     pub async fn finish_audit_run(&self, run: i64) -> Result<String, Error> {
-        Ok(sqlx::query_scalar(
+        let mut tx = self.begin().await?;
+        let status = sqlx::query_scalar(
             "UPDATE dmf.audit_runs r SET finished_at = now(), status = CASE \
                WHEN EXISTS (SELECT 1 FROM dmf.audit_chunks c WHERE c.run = r.id AND c.status = 'mismatch') THEN 'mismatch' \
                WHEN EXISTS (SELECT 1 FROM dmf.audit_chunks c WHERE c.run = r.id AND c.status <> 'clean') THEN 'unsettled' \
@@ -173,8 +174,10 @@ impl Db {
              WHERE id = $1 RETURNING status",
         )
         .bind(run)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(status)
     }
 
     /// Record one checked sample of the change stream, and what it found.
@@ -187,7 +190,7 @@ impl Db {
         commit_lsn: &str,
         differences: &[NewDifference],
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO dmf.audit_samples (migration, window_ms, rows_checked, status, commit_lsn) VALUES ($1, $2, $3, $4, $5)")
             .bind(migration)
             .bind(window_ms)

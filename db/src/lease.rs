@@ -11,6 +11,26 @@ use uuid::Uuid;
 
 use crate::{Db, Error};
 
+/// Who holds a migration's lease, for which epoch: every write an activity makes carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseToken {
+    pub migration: Uuid,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Check in the caller's transaction that `token`'s lease still holds, and keep it held (the lease
+/// row is locked) until that transaction ends; `Error::LeaseLost` when it does not.
+pub(crate) async fn hold(conn: &mut sqlx::PgConnection, token: &LeaseToken) -> Result<(), Error> {
+    let held: Option<i32> = sqlx::query_scalar(include_str!("queries/hold_lease.sql"))
+        .bind(token.migration)
+        .bind(&token.holder)
+        .bind(token.epoch)
+        .fetch_optional(conn)
+        .await?;
+    held.map(|_| ()).ok_or_else(|| Error::LeaseLost { migration: token.migration, holder: token.holder.clone(), epoch: token.epoch })
+}
+
 /// Release `holder`'s lease in the caller's connection or transaction.
 pub(crate) async fn release_in(conn: &mut sqlx::PgConnection, migration: Uuid, holder: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM dmf.leases WHERE migration = $1 AND holder = $2")
@@ -59,13 +79,25 @@ impl Db {
 }
 
 impl Db {
-    /// Migrations that run activities but have neither a queued or running job nor a live lease,
-    /// and have not changed for `quiet_for`: nothing will move them unless they are nudged (their
-    /// worker died after apalis gave up on the job).
+    /// Migrations that run activities but have neither a queued job nor a live lease, and have not
+    /// changed for `quiet_for`: nothing will move them unless they are nudged (their worker died,
+    /// or stalled past its lease: a job apalis still counts as running is no one's once its lease
+    /// has expired; the lease, not the job, says who runs a migration).
     pub async fn stranded_migrations(&self, quiet_for: std::time::Duration) -> Result<Vec<crate::MigrationRow>, Error> {
         Ok(sqlx::query_as(concat!(include_str!("queries/select_migration.sql"), include_str!("queries/stranded.sql")))
             .bind(crate::QUEUE)
             .bind(quiet_for.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Migrations that failed before the flip longer than `after` ago and still have their
+    /// replication slots (`slots_dropped` not recorded): the reconciler drops those.
+    pub async fn failed_before_flip(&self, after: std::time::Duration) -> Result<Vec<crate::MigrationRow>, Error> {
+        let before_flip: Vec<&str> = dmf_workflows::Phase::ALL.iter().filter(|p| dmf_workflows::Phase::Failed.can_abort(Some(**p)) && p.runs_activity()).map(|p| p.as_str()).collect();
+        Ok(sqlx::query_as(concat!(include_str!("queries/select_migration.sql"), include_str!("queries/failed_before_flip.sql")))
+            .bind(&before_flip)
+            .bind(after.as_secs_f64())
             .fetch_all(&self.pool)
             .await?)
     }

@@ -24,23 +24,46 @@ pub use migration::{Again, FollowUp, MigrationRow, TransitionRequest};
 pub use queue::{ActivityJob, QUEUE};
 
 /// A handle on the control plane. Cheap to clone.
+///
+/// A handle made by `leased` writes only while its lease holds: each of its writes checks the
+/// lease in the same transaction (see `lease::hold`).
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: PgPool,
+    lease: Option<std::sync::Arc<lease::LeaseToken>>,
 }
+
+/// How long any control-plane statement may run; a hung one (a lock, a stalled server) fails
+/// instead of holding a worker, a renewal or a flip.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Db {
     /// Connect without waiting for the control plane to come up: the first query will connect.
     pub fn connect_lazy(url: &str) -> Result<Db, Error> {
         let opts: PgConnectOptions = url.parse().map_err(|e| Error::BadUrl(format!("{e}")))?;
-        let opts = opts.application_name("dmf");
+        let timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
+        let opts = opts.application_name("dmf").options([("statement_timeout", timeout.as_str()), ("lock_timeout", timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy_with(opts);
-        Ok(Db { pool })
+        Ok(Db { pool, lease: None })
+    }
+
+    /// This handle, writing only while `token`'s lease holds: what an activity gets.
+    pub fn leased(&self, token: lease::LeaseToken) -> Db {
+        Db { pool: self.pool.clone(), lease: Some(std::sync::Arc::new(token)) }
+    }
+
+    /// Begin a transaction; on a leased handle, one that goes on only while the lease holds.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(token) = &self.lease {
+            lease::hold(&mut tx, token).await?;
+        }
+        Ok(tx)
     }
 
     /// Connect and check that the control plane answers.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::queue::{self, ActivityJob};
 use crate::state::{Patch, Record, Reverse, State};
-use crate::lease::release_in;
+use crate::lease::{hold, release_in, LeaseToken};
 use crate::{Db, Error, Event};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -150,7 +150,11 @@ impl Db {
     /// `Ok(Some(job))`: moved; `job` is what was enqueued for the new phase (None when the new phase
     /// runs no activity or is paused).
     pub async fn transition(&self, id: Uuid, req: &TransitionRequest) -> Result<Option<Option<ActivityJob>>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        if let Some(holder) = &req.release_lease {
+            // a worker that lost its lease (it stalled past it) decides nothing
+            hold(&mut tx, &LeaseToken { migration: id, holder: holder.clone(), epoch: req.epoch }).await?;
+        }
         let moved: Option<Moved> = sqlx::query_as(include_str!("queries/transition.sql"))
             .bind(id)
             .bind(req.from.as_str())
@@ -218,7 +222,11 @@ impl Db {
             Again::Healthy => (None, true),
             Again::Failed(error) => (Some(error), false),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        if let Some(holder) = release_lease {
+            // a worker that lost its lease (it stalled past it) decides nothing
+            hold(&mut tx, &LeaseToken { migration: id, holder: holder.to_string(), epoch }).await?;
+        }
         let row: Option<(String, i64)> = sqlx::query_as(include_str!("queries/follow_up.sql"))
             .bind(id)
             .bind(phase.as_str())
@@ -247,11 +255,9 @@ impl Db {
 
     /// Write the records in `patch` into the migration's durable activity state, each whole.
     pub async fn merge_state(&self, id: Uuid, patch: Patch) -> Result<(), Error> {
-        sqlx::query(include_str!("queries/merge_state.sql"))
-            .bind(id)
-            .bind(patch.into_json())
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin().await?;
+        sqlx::query(include_str!("queries/merge_state.sql")).bind(id).bind(patch.into_json()).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -263,13 +269,16 @@ impl Db {
         lag_bytes: Option<i64>,
         over_limit: bool,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        Ok(sqlx::query_scalar(include_str!("queries/record_lag.sql"))
+        let mut tx = self.begin().await?;
+        let since = sqlx::query_scalar(include_str!("queries/record_lag.sql"))
             .bind(id)
             .bind(lag_ms)
             .bind(lag_bytes)
             .bind(over_limit)
-            .fetch_one(&self.pool)
-            .await?)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(since)
     }
 
     /// `dmf abort`: move a cluster to `aborting` from any phase that allows it.
@@ -345,6 +354,12 @@ impl Db {
         let m = self.migration_by_cluster(cluster).await?;
         let phase = m.phase()?;
         if phase == Phase::Failed {
+            if let Some(d) = m.state.record_of::<crate::state::SlotsDropped>(&m.cluster)?.slots_dropped {
+                return Err(m.wrong_phase(&format!(
+                    "its replication slots were dropped ({}); it cannot go on: `dmf abort {cluster}` and enqueue it again",
+                    d.reason
+                )));
+            }
             let to: Phase = m
                 .failed_phase
                 .as_deref()

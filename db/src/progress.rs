@@ -8,7 +8,7 @@ use crate::{Db, Error};
 impl Db {
     /// Forget the progress of an earlier hydration attempt (its snapshot is gone; it starts over).
     pub async fn reset_copy_progress(&self, migration: Uuid, planned: &[(String, i32, i64)]) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM dmf.copy_progress WHERE migration = $1").bind(migration).execute(&mut *tx).await?;
         for (table, chunk, total) in planned {
             sqlx::query("INSERT INTO dmf.copy_progress (migration, table_name, chunk, bytes_total) VALUES ($1, $2, $3, $4)")
@@ -40,6 +40,7 @@ impl Db {
         bytes: i64,
         done: bool,
     ) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
         sqlx::query(include_str!("queries/copy_progress.sql"))
             .bind(migration)
             .bind(table)
@@ -47,8 +48,9 @@ impl Db {
             .bind(rows)
             .bind(bytes)
             .bind(done)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

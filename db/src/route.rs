@@ -122,7 +122,7 @@ impl Db {
                 return Err(Error::Conflict(format!("route mode {m:?} is not one of primary, split_reads")));
             }
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let row: Option<RouteRow> = sqlx::query_as(include_str!("queries/change_route.sql"))
             .bind(cluster)
             .bind(&change.primary)

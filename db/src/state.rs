@@ -114,6 +114,26 @@ impl Patch {
     }
 }
 
+/// Slots dropped because the migration sat in `failed` before the flip for too long (written by
+/// the worker's reconciler, read by `resume`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DroppedSlots {
+    pub at: Option<DateTime<Utc>>,
+    pub slots: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SlotsDropped {
+    pub slots_dropped: Option<DroppedSlots>,
+}
+
+impl Record for SlotsDropped {
+    const PLACE: Place = Place::Top;
+}
+
 /// Replication back to the source after the flip (written by the soak, read by the rollback rule).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]

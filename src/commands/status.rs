@@ -65,6 +65,20 @@ impl View {
         }
     }
 
+    /// The most WAL one of the migration's slots keeps, as the last check found it ("!" when a
+    /// slot's server may drop WAL it needs; "dropped" once a long failure dropped them).
+    fn slot_wal(&self) -> String {
+        if self.state.slots_dropped.is_some() {
+            return "dropped".into();
+        }
+        let most = self.state.slots.iter().filter_map(|s| s.retained_bytes).max();
+        let warn = self.state.slots.iter().any(|s| matches!(s.wal_status.as_deref(), Some("unreserved" | "lost")));
+        match most {
+            Some(b) => format!("{}{}", output::bytes(b), if warn { "!" } else { "" }),
+            None => "-".into(),
+        }
+    }
+
     /// One line on an Aurora target still coming up: the cluster's and each instance's status.
     fn aws_target_summary(&self) -> Option<String> {
         let t = self.aws_target.as_ref()?;
@@ -91,12 +105,13 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
     for f in fleets.iter().filter(|f| f.breaker_open) {
         out.push_str(&format!("fleet {}: CIRCUIT BREAKER OPEN: {}\n", f.name, f.breaker_reason.as_deref().unwrap_or("")));
     }
-    out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {:<36} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "HYDRATION", "AUDIT", "LAST ERROR"));
+    out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:>10} {:<44} {:<36} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "SLOT WAL", "HYDRATION", "AUDIT", "LAST ERROR"));
     for v in views {
         let r = &v.status;
         let phase = if r.paused { format!("{} (paused)", r.phase) } else { r.phase.clone() };
         let lag = r.lag_ms.map(|l| format!("{l} ms")).unwrap_or_else(|| "-".into());
         let lag_bytes = r.lag_bytes.map(output::bytes).unwrap_or_else(|| "-".into());
+        let slot_wal = v.slot_wal();
         let hydration = if let Some(dms) = &v.dms_summary {
             dms.clone()
         } else if r.tables_total == 0 {
@@ -138,7 +153,18 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
             (None, None, Some(e)) => e.clone(),
             (None, None, None) => String::new(),
         };
-        out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:<44} {:<36} {}\n", r.cluster, r.wave, phase, lag, lag_bytes, hydration, audit, err.lines().next().unwrap_or("")));
+        out.push_str(&format!(
+            "{:<20} {:>4} {:<13} {:>9} {:>10} {:>10} {:<44} {:<36} {}\n",
+            r.cluster,
+            r.wave,
+            phase,
+            lag,
+            lag_bytes,
+            slot_wal,
+            hydration,
+            audit,
+            err.lines().next().unwrap_or("")
+        ));
     }
     out
 }

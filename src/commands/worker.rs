@@ -52,6 +52,15 @@ pub struct Args {
     /// Seconds between passes of the reconciler (nudges migrations whose job was lost).
     #[arg(long, default_value_t = D.worker.reconcile_interval.as_secs())]
     pub reconcile_s: u64,
+    /// Abort before the flip when one of the migration's slots keeps more than this many MiB of
+    /// WAL on the source (0: no limit); a slot whose wal_status is unreserved or lost always aborts.
+    #[arg(long, default_value_t = D.worker.activities.max_slot_wal.map_or(0, |b| b >> 20))]
+    pub max_slot_wal_mb: u64,
+    /// Drop the replication slots of a migration left in `failed` before the flip for this many
+    /// seconds, so that they stop keeping WAL on the source (0: never). The reverse slot (after
+    /// the flip) is never dropped automatically.
+    #[arg(long, default_value_t = D.worker.activities.drop_slots_after_failed.map_or(0, |d| d.as_secs()))]
+    pub drop_slots_after_failed_s: u64,
     /// Attempts of one phase before the migration is marked failed (a crash counts).
     #[arg(long, default_value_t = D.worker.policy.max_attempts)]
     pub max_attempts: u32,
@@ -134,6 +143,8 @@ impl Args {
         o.heartbeat = Duration::from_secs(self.heartbeat_s.max(1));
         o.reconcile_interval = Duration::from_secs(self.reconcile_s.max(1));
         o.policy.max_attempts = self.max_attempts.max(1);
+        o.activities.max_slot_wal = (self.max_slot_wal_mb > 0).then(|| self.max_slot_wal_mb << 20);
+        o.activities.drop_slots_after_failed = (self.drop_slots_after_failed_s > 0).then(|| Duration::from_secs(self.drop_slots_after_failed_s));
         o.activities.aws = dmf_aws::Clients::new(dmf_aws::Options {
             endpoint_url: self.aws_endpoint_url.clone(),
             max_attempts: self.aws_max_attempts.max(1),

@@ -95,7 +95,12 @@ impl Env {
 
     /// A fresh source cluster for this test.
     pub fn source(&self, name: &str) -> Guard {
-        LocalCluster::ephemeral(self.path(), name, "").expect("source cluster")
+        self.source_conf(name, "")
+    }
+
+    /// A fresh source cluster with extra postgresql.conf lines.
+    pub fn source_conf(&self, name: &str, conf: &str) -> Guard {
+        LocalCluster::ephemeral(self.path(), name, conf).expect("source cluster")
     }
 
     pub fn dmf(&self, args: &[&str]) -> Output {
@@ -153,22 +158,12 @@ impl Env {
     /// `worker` with extra environment variables (fault injection).
     pub fn worker_env(&self, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let dir = self.targets_dir();
-        let mut args = vec![
-            "worker",
-            "--name",
-            name,
-            "--local-dir",
-            dir.to_str().expect("utf-8 path"),
-            "--fast-local-targets",
-            "--watch-interval",
-            "0.5",
-            "--lease-ttl-s",
-            "6",
-            "--heartbeat-s",
-            "1",
-            "--reconcile-s",
-            "2",
-        ];
+        let mut args = vec!["worker", "--name", name, "--local-dir", dir.to_str().expect("utf-8 path"), "--fast-local-targets"];
+        for (flag, value) in [("--watch-interval", "0.5"), ("--lease-ttl-s", "6"), ("--heartbeat-s", "1"), ("--reconcile-s", "2")] {
+            if !extra.contains(&flag) {
+                args.extend_from_slice(&[flag, value]);
+            }
+        }
         args.extend_from_slice(extra);
         self.spawn_env(name, &args, envs)
     }

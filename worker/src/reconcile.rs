@@ -22,6 +22,15 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
+    // slots of a migration left in failed before the flip pin WAL on the production source
+    if let Some(after) = shared.opts.activities.drop_slots_after_failed {
+        for m in shared.db.failed_before_flip(after).await? {
+            match dmf_activities::slots::drop_after_failure(&shared.db, &m, after).await {
+                Ok(dropped) => tracing::warn!(cluster = %m.cluster, migration = %m.id, slots = ?dropped, "failed before the flip too long ago: its replication slots were dropped"),
+                Err(e) => tracing::warn!(cluster = %m.cluster, migration = %m.id, error = %e, "could not drop the slots of a long-failed migration; next tick retries"),
+            }
+        }
+    }
     let quiet_for = shared.opts.reconcile_interval.max(Duration::from_secs(5));
     for m in shared.db.stranded_migrations(quiet_for).await? {
         let Ok(phase) = m.phase() else { continue };

@@ -21,6 +21,8 @@ pub enum AbortReason {
     SchemaDrift,
     /// DMS replication failed, stopped or vanished.
     ReplicationStopped,
+    /// A slot keeps more WAL on the source than allowed, or its server may drop WAL it needs.
+    SlotRetainedWal,
 }
 
 impl AbortReason {
@@ -35,6 +37,7 @@ impl AbortReason {
             AbortReason::AuditMismatch => "audit_mismatch",
             AbortReason::SchemaDrift => "schema_drift",
             AbortReason::ReplicationStopped => "replication_stopped",
+            AbortReason::SlotRetainedWal => "slot_retained_wal",
         }
     }
 }
@@ -49,7 +52,7 @@ impl FromStr for AbortReason {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use AbortReason::*;
-        [Operator, PreflightFailed, SlotLost, SlotInactive, ReplicationLag, PhaseTimeout, AuditMismatch, SchemaDrift, ReplicationStopped]
+        [Operator, PreflightFailed, SlotLost, SlotInactive, ReplicationLag, PhaseTimeout, AuditMismatch, SchemaDrift, ReplicationStopped, SlotRetainedWal]
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| format!("unknown abort reason {s:?}"))

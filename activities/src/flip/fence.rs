@@ -42,9 +42,9 @@ fn grantee(g: &str) -> String {
     }
 }
 
-/// Fence the database `client` is connected to, sparing the sessions `spared`; returns how many
-/// client sessions were ended, once they are all gone.
-pub async fn fence(client: &Client, before: &Before, spared: &[i32]) -> Result<i64, Error> {
+/// Fence the database `client` is connected to, sparing the sessions `spared`; returns, once the
+/// ended sessions are gone, how many there were and which ones could not be ended.
+pub async fn fence(client: &Client, before: &Before, spared: &[i32]) -> Result<Fenced, Error> {
     let db = database(client).await?;
     let ident = pg::ident(&db);
     let mut sql = format!("ALTER DATABASE {ident} SET default_transaction_read_only = on;\n");
@@ -56,11 +56,8 @@ pub async fn fence(client: &Client, before: &Before, spared: &[i32]) -> Result<i
     }
     // one implicit transaction: the database is fenced whole or not at all
     pg::exec(client, "fence the database", &sql).await?;
-    let ended: Vec<i32> = client
-        .query_one(include_str!("sql/terminate_others.sql"), &[&spared])
-        .await
-        .map_err(pg::err("end the sessions that bypass the proxies"))?
-        .get(0);
+    let row = client.query_one(include_str!("sql/terminate_others.sql"), &[&spared]).await.map_err(pg::err("end the sessions that bypass the proxies"))?;
+    let (ended, unendable): (Vec<i32>, Vec<String>) = (row.get("ended"), row.get("unendable"));
     // pg_terminate_backend's own wait looks only every 100 ms: polling here is faster
     let started = Instant::now();
     while !ended.is_empty() {
@@ -77,7 +74,40 @@ pub async fn fence(client: &Client, before: &Before, spared: &[i32]) -> Result<i
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(ended.len() as i64)
+    Ok(Fenced { ended: ended.len() as i64, unendable })
+}
+
+/// What the fence did to the sessions it found.
+#[derive(Debug, Clone, Default)]
+pub struct Fenced {
+    /// Client sessions ended (and gone).
+    pub ended: i64,
+    /// Superuser sessions dmf's role could not end ("user (pid)"): they can write past the fence.
+    pub unendable: Vec<String>,
+}
+
+impl Fenced {
+    /// Err(why) when something can still write on `db` past this fence (`prepared`: the database's
+    /// prepared transactions, which survive their sessions and commit whenever asked to).
+    pub fn holds(&self, db: &str, prepared: &[String]) -> Result<(), String> {
+        if !self.unendable.is_empty() {
+            return Err(format!("superuser sessions on the {db} that dmf's role cannot end: {}; they could write past the fence", self.unendable.join(", ")));
+        }
+        if !prepared.is_empty() {
+            return Err(prepared_reason(db, prepared));
+        }
+        Ok(())
+    }
+}
+
+/// The database's prepared (two-phase) transactions, described.
+pub async fn prepared_transactions(client: &Client) -> Result<Vec<String>, Error> {
+    Ok(client.query_one(include_str!("sql/prepared_xacts.sql"), &[]).await.map_err(pg::err("list prepared transactions"))?.get(0))
+}
+
+/// Why a flip cannot go on with prepared transactions on `db`.
+pub fn prepared_reason(db: &str, prepared: &[String]) -> String {
+    format!("{db} has prepared transactions, which could commit after the final marker: {}; COMMIT PREPARED or ROLLBACK PREPARED them", prepared.join(", "))
 }
 
 /// How long the fence waits for the sessions it ended to be gone.

@@ -153,18 +153,18 @@ impl Progress {
         self.crash_point(ctx, step);
     }
 
-    /// Fault injection for the crash tests: the worker dies right after recording `step`.
+    /// Fault injection for the crash tests: the worker dies (or, with `:stop`, stops itself with
+    /// SIGSTOP until someone sends SIGCONT) right after recording `step`.
     ///
-    /// `DMF_FAULT_FLIP=<cluster>:<step>,...` names the faults (`start` is before the hold). Each
-    /// fires once: a file in `DMF_FAULT_DIR` remembers it.
+    /// `DMF_FAULT_FLIP=<cluster>:<step>[:stop],...` names the faults (`start` is before the hold).
+    /// Each fires once: a file in `DMF_FAULT_DIR` remembers it.
     fn crash_point(&self, ctx: &Context, step: &str) {
-        let (Ok(faults), Ok(dir)) = (std::env::var("DMF_FAULT_FLIP"), std::env::var("DMF_FAULT_DIR")) else { return };
-        let wanted = format!("{}:{step}", ctx.cluster());
-        if !faults.split(',').any(|f| f.trim() == wanted) {
-            return;
-        }
-        let marker = std::path::Path::new(&dir).join(wanted.replace(':', "-"));
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
+        let Some(fault) = crate::fault::fires("DMF_FAULT_FLIP", &format!("{}:{step}", ctx.cluster())) else { return };
+        if fault.ends_with(":stop") {
+            tracing::error!(cluster = %ctx.cluster(), migration = %ctx.migration.id, step, pid = std::process::id(), "DMF_FAULT_FLIP: the worker stops here");
+            let _ = std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status();
+            tracing::error!(cluster = %ctx.cluster(), migration = %ctx.migration.id, step, "DMF_FAULT_FLIP: the worker goes on");
+        } else {
             tracing::error!(cluster = %ctx.cluster(), migration = %ctx.migration.id, step, "DMF_FAULT_FLIP: the worker dies here");
             std::process::abort();
         }
@@ -255,7 +255,9 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
             progress.save(ctx).await?;
             Ok(Outcome::Done)
         }
-        Err(e) if matches!(e, Error::Cancelled) => Err(e),
+        // cancelled, or the lease is gone (this worker stalled and another may run the migration
+        // now): undoing here could undo that worker's flip
+        Err(e) if matches!(e, Error::Cancelled | Error::Db(dmf_db::Error::LeaseLost { .. })) => Err(e),
         Err(e) => {
             let reason = format!("{} failed: {e}; traffic returned to {}", way.key(), side_name(way, true));
             undo(ctx, &sides, &mut progress, reason).await
@@ -273,6 +275,10 @@ fn side_name(way: Way, from: bool) -> &'static str {
 /// `Err(reason)` when the flip must not start now.
 async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Error> {
     let cfg = &ctx.config.flip;
+    let prepared = fence::prepared_transactions(&sides.from).await?;
+    if !prepared.is_empty() {
+        return Ok(Err(fence::prepared_reason(side_name(sides.way, true), &prepared)));
+    }
     if sides.way == Way::Forward {
         if ctx.record::<AuditState>()?.gate != Gate::Open {
             return Ok(Err("validation is not clean (the audit gate is closed)".into()));
@@ -360,9 +366,13 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
 
     // 2. fence the old primary against writes that bypass the proxies
     let t = Instant::now();
-    let ended = fence::fence(&sides.from, &progress.record.before.clone().unwrap_or_default(), &spared).await?;
+    let fenced = fence::fence(&sides.from, &progress.record.before.clone().unwrap_or_default(), &spared).await?;
+    let prepared = fence::prepared_transactions(&sides.from).await?;
+    fenced.holds(side_name(sides.way, true), &prepared).map_err(Error::NotReady)?;
+    let ended = fenced.ended;
     progress.record.sessions_ended = Some(ended);
     progress.record(ctx, FENCED, t.elapsed());
+    ctx.check_cancel()?;
 
     // 3. the final marker (once the new primary shows it, it has applied everything before it)
     // and, at the same time, the sequences: the fence froze both
@@ -405,7 +415,9 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     }
 
     // 4. the route points at the new primary and releases the held transactions, in one epoch,
-    // with this run's record in the same control-plane transaction
+    // with this run's record in the same control-plane transaction (refused unless this worker
+    // still holds the lease)
+    ctx.check_cancel()?;
     let t = Instant::now();
     let routed = ctx
         .db
@@ -447,6 +459,8 @@ async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
 async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: String) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let cfg = &ctx.config.flip;
+    // a worker whose lease ran out must not undo: another may have flipped meanwhile
+    ctx.check_cancel()?;
     tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, way = sides.way.key(), steps = ?progress.record.steps, %reason, "undoing");
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
     if route.primary_endpoint == sides.to_route {
@@ -459,7 +473,10 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     if progress.record.to_unfenced {
         // rollback: the source had been unfenced for the move; traffic stays on the target, so
         // the source is fenced again (what to restore there is still the flip's record)
-        fence::fence(&sides.to, &sides.flip_before, &[]).await?;
+        let fenced = fence::fence(&sides.to, &sides.flip_before, &[]).await?;
+        if !fenced.unendable.is_empty() {
+            tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, sessions = ?fenced.unendable, "fenced the target again; superuser sessions there could not be ended");
+        }
     }
     match sides.way {
         Way::Forward => {

@@ -30,6 +30,7 @@ wal_sender_timeout = 30s
 /// password (SCRAM), so that an application role without its password on a target cannot log in.
 const HBA: &str = "\
 local all all trust
+local replication all trust
 host all postgres 127.0.0.1/32 trust
 host replication postgres 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256

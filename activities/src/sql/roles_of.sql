@@ -1,4 +1,5 @@
--- The attributes of the roles named in $1 (those that exist), as roles_named.sql reads them.
+-- The attributes of the roles named in $1 (those that exist). Expiry times are in UTC, so that
+-- two servers in different time zones compare equal.
 SELECT r.rolname::text AS name,
        r.rolsuper AS superuser,
        r.rolinherit AS inherit,
@@ -8,7 +9,8 @@ SELECT r.rolname::text AS name,
        r.rolreplication AS replication,
        r.rolbypassrls AS bypassrls,
        r.rolconnlimit AS connlimit,
-       r.rolvaliduntil::text AS valid_until
+       CASE WHEN isfinite(r.rolvaliduntil) THEN to_char(r.rolvaliduntil AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            ELSE r.rolvaliduntil::text END AS valid_until
 FROM pg_roles r
 WHERE r.rolname = ANY ($1)
 ORDER BY 1

@@ -5,6 +5,6 @@
            SELECT 1 FROM apalis.jobs j
            WHERE j.job_type = $1
              AND j.idempotency_key LIKE m.id::text || '/%'
-             AND j.status IN ('Pending', 'Queued', 'Running'))
+             AND j.status IN ('Pending', 'Queued'))
    AND NOT EXISTS (
            SELECT 1 FROM dmf.leases l WHERE l.migration = m.id AND l.expires_at >= now())

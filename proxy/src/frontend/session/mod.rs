@@ -138,9 +138,6 @@ impl Session {
             self.refuse(Refusal::protocol(e)).await;
         }
         let reusable = result.is_ok() && self.left_idle();
-        if self.unit.is_open() {
-            self.leave_unit();
-        }
         if let Some(r) = self.read.take() {
             r.terminate(Duration::from_millis(200)).await;
         }
@@ -150,7 +147,15 @@ impl Session {
         if reusable {
             return (result, Some((self.primary, self.route.epoch)));
         }
+        // the unit is left only once its backend is closed: a hold that counts this session
+        // drained must not find that backend still able to commit (a reusable session left no
+        // unit open)
+        let (open, shared, in_tx) = (self.unit.is_open(), self.shared.clone(), self.in_tx.clone());
         self.primary.terminate(Duration::from_millis(200)).await;
+        if open {
+            in_tx.store(false, std::sync::atomic::Ordering::SeqCst);
+            shared.gate.leave();
+        }
         (result, None)
     }
 
