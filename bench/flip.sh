@@ -155,6 +155,8 @@ echo "dmf rollback steps (ms): $(state rollback,timings_ms)"
 PEER_PORT=$(free_port); make_cluster "$BASE/peer" "$PEER_PORT"
 PEER="postgres://postgres@127.0.0.1:$PEER_PORT/bench"
 psql -q -X "postgres://postgres@127.0.0.1:$PEER_PORT/postgres" -c "CREATE DATABASE bench"
+# the classic switchover makes the application's role on the new server by hand
+psql -q -X "$PEER" -c "CREATE ROLE bank LOGIN"
 pg_dump --schema-only --no-publications --no-subscriptions "$SRC" | psql -q -X "$PEER" >/dev/null
 psql -q -X "$SRC" -c "CREATE PUBLICATION peer_pub FOR ALL TABLES"
 psql -q -X "$PEER" -c "CREATE SUBSCRIPTION peer_sub CONNECTION 'host=127.0.0.1 port=$SRC_PORT dbname=bench user=postgres' PUBLICATION peer_pub"

@@ -106,7 +106,8 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
 /// recorded with the phase, never a worker that keeps the lease without running anything. Returns
 /// whether it panicked.
 async fn unwound(phase: Phase, ctx: &Context) -> (Outcome, bool) {
-    match std::panic::AssertUnwindSafe(dmf_activities::run(phase, ctx)).catch_unwind().await {
+    // boxed: the activities' futures nest deep, and the handler's future type with them
+    match std::panic::AssertUnwindSafe(Box::pin(dmf_activities::run(phase, ctx))).catch_unwind().await {
         Ok(outcome) => (outcome, false),
         Err(payload) => {
             let what = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
