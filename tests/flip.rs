@@ -354,10 +354,15 @@ impl RawClient {
 fn a_transaction_stuck_on_a_client_that_stopped_reading_never_commits_behind_the_flip() {
     let env = Env::new("flip-stuck");
     let src = env.source("src");
-    let source = env.enqueue_app(&src, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    let source = env.enqueue_app(
+        &src,
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); CREATE ROLE app_user LOGIN PASSWORD 'app-pw'; GRANT SELECT, INSERT ON notes TO app_user",
+    );
     // pause before the flip so that the stuck transaction is in place when the hold comes
     psql(&env.url, "UPDATE dmf.migrations SET pause_before = '{flipping}'");
-    let proxy = env.proxy("proxy", "app", &[]);
+    let users = env.path().join("users.txt");
+    std::fs::write(&users, "\"app_user\" \"app-pw\"\n").expect("users file");
+    let proxy = env.proxy("proxy", "app", &["--users-file", users.to_str().expect("path")]);
     let _scheduler = env.scheduler();
     let worker = env.worker("w1", &["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "600", "--flip-max-lag-ms", "200", "--hold-deadline-ms", "1000"]);
     env.wait_for("paused before the flip", Duration::from_secs(180), |cs| {
@@ -368,7 +373,7 @@ fn a_transaction_stuck_on_a_client_that_stopped_reading_never_commits_behind_the
     // a transaction writes, then asks for a result far larger than the sockets hold, then
     // commits, all in one query; the client stops reading the result: the proxy's session is
     // blocked writing to this client, and the server waits to send the rest before its COMMIT
-    let mut stuck = RawClient::connect(proxy.port, "postgres", "app");
+    let mut stuck = RawClient::connect(proxy.port, "app_user", "app");
     stuck.query("BEGIN; INSERT INTO notes VALUES (42, 'in flight'); SELECT repeat('x', 2000) FROM generate_series(1, 20000); COMMIT");
     std::thread::sleep(Duration::from_secs(1));
     let out = env.dmf(&["resume", "app"]);

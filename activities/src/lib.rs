@@ -179,6 +179,11 @@ impl Names {
         }
     }
 
+    /// The auditor's own slot on the source (forward migrations only).
+    pub fn audit_slot(&self) -> String {
+        self.slot.replacen("dmf_slot_", "dmf_audit_", 1)
+    }
+
     /// Replication back from the target to the source after the flip (publication and slot on
     /// the target, subscription on the source).
     pub fn reverse_of(id: Uuid) -> Names {

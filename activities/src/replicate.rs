@@ -14,7 +14,7 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
     let cluster = ctx.cluster();
     let names = ctx.names();
     let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
-    let slots = slots::report(&source, &[names.slot.clone(), crate::audit::audit_slot(ctx)], "source").await?;
+    let slots = slots::report(&source, &[names.slot.clone(), names.audit_slot()], "source").await?;
     let Some(slot) = slots.iter().find(|s| s.name == names.slot) else {
         return Err(Error::Abort { reason: AbortReason::SlotLost, detail: format!("replication slot {} no longer exists on the source of {cluster}", names.slot) });
     };

@@ -90,9 +90,8 @@ pub async fn drop_after_failure(db: &Db, m: &MigrationRow, after: Duration) -> R
         }
     }
     let source = pg::connect(&m.source_dsn, &format!("source of {cluster}")).await?;
-    let audit = names.slot.replacen("dmf_slot_", "dmf_audit_", 1);
     let mut dropped = Vec::new();
-    for slot in [names.slot.clone(), audit] {
+    for slot in [names.slot.clone(), names.audit_slot()] {
         if objects::drop_slot(&source, &slot).await? {
             dropped.push(slot);
         }

@@ -84,7 +84,7 @@ impl Default for AuditConfig {
 
 /// Names of the auditor's own objects on the source.
 pub fn audit_slot(ctx: &Context) -> String {
-    ctx.names().slot.replacen("dmf_slot_", "dmf_audit_", 1)
+    ctx.names().audit_slot()
 }
 
 /// One tick of `validating`: the replication guards, a slice of continuous sampling and of the

@@ -153,8 +153,7 @@ impl Session {
         let (open, shared, in_tx) = (self.unit.is_open(), self.shared.clone(), self.in_tx.clone());
         self.primary.terminate(Duration::from_millis(200)).await;
         if open {
-            in_tx.store(false, std::sync::atomic::Ordering::SeqCst);
-            shared.gate.leave();
+            unit::left(&in_tx, &shared);
         }
         (result, None)
     }

@@ -159,8 +159,7 @@ impl Session {
     /// Back at a boundary: no longer counted in flight.
     pub(super) fn leave_unit(&mut self) {
         self.unit = Unit::Boundary;
-        self.in_tx.store(false, Ordering::SeqCst);
-        self.shared.gate.leave();
+        left(&self.in_tx, &self.shared);
     }
 
     /// A ReadyForQuery arrived with `status`: the request is answered once nothing is outstanding,
@@ -188,6 +187,13 @@ impl Session {
         add(&self.shared.metrics.transactions_total, 1);
         on_read
     }
+}
+
+/// What leaving a unit tells the rest of the proxy: the session is out of its transaction, and the
+/// gate counts one unit fewer in flight (a hold waits for that count).
+pub(super) fn left(in_tx: &std::sync::atomic::AtomicBool, shared: &crate::Shared) {
+    in_tx.store(false, Ordering::SeqCst);
+    shared.gate.leave();
 }
 
 #[cfg(test)]
