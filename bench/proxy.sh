@@ -101,9 +101,12 @@ if [ -z "$SKIP_DMF" ]; then
     # with sched_autogroup the kernel shares CPU between sessions first, so a proxy left in this
     # script's session would compete with pgbench's threads for one session's share while
     # pgbouncer has a share of its own.
+    # The application logs in as its own role (the proxy never admits dmf's own, the route's user).
+    psql -X -q "$SRC" -c "CREATE ROLE bench_app LOGIN PASSWORD 'bench-app-pw'; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO bench_app; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO bench_app"
+    echo '"bench_app" "bench-app-pw"' > "$BASE/users.txt"
     setsid "$DMF" proxy --cluster bench --listen "127.0.0.1:$PROXY_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
-        >"$BASE/proxy.log" 2>&1 & PROXY_PID=$!
-    URL[dmf]="postgres://postgres@127.0.0.1:$PROXY_PORT/bench?sslmode=disable"
+        --users-file "$BASE/users.txt" >"$BASE/proxy.log" 2>&1 & PROXY_PID=$!
+    URL[dmf]="postgres://bench_app@127.0.0.1:$PROXY_PORT/bench?sslmode=disable"
     wait_ready dmf "$BASE/proxy.log" "$PROXY_PID"
     TARGETS+=(dmf)
 fi

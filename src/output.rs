@@ -1,30 +1,49 @@
-//! The CLI's output layer: the only place that prints. Logs go to stderr through tracing.
+//! The CLI's output layer: the only place that prints. Logs go to stderr through tracing. Every
+//! line printed and every log line goes through `dmf_db::secret::redact` first.
 
+use std::io::Write;
+
+use dmf_db::secret::redact;
 use serde::Serialize;
 
 pub fn init_tracing(quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DMF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,tokio_postgres=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactedStderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).try_init();
+}
+
+/// Standard error with passwords taken out of what is written (tracing writes a whole event per
+/// write, so a connection string is never split between two).
+struct RedactedStderr;
+
+impl Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write_all(redact(&String::from_utf8_lossy(buf)).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Print one JSON document on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!("{}", redact(&serde_json::to_string_pretty(value)?));
     Ok(())
 }
 
 pub fn line(text: &str) {
-    println!("{text}");
+    println!("{}", redact(text));
 }
 
 pub fn error(json: bool, e: &anyhow::Error) {
+    let text = redact(&format!("{e:#}"));
     if json {
-        let doc = serde_json::json!({ "error": format!("{e:#}") });
+        let doc = serde_json::json!({ "error": text });
         println!("{doc}");
     }
-    eprintln!("error: {e:#}");
+    eprintln!("error: {text}");
 }
 
 pub fn bytes(n: i64) -> String {

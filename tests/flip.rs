@@ -238,6 +238,7 @@ async fn a_proxy_cut_off_from_the_control_plane_during_the_flip_writes_nowhere()
     src.psql("postgres", "CREATE DATABASE app").expect("create app");
     let source = src.dsn("app");
     psql(&source, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    psql(&source, APP_CLIENT_GRANTS);
     let out = env.enqueue(
         "fleet.toml",
         &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{source}\"\npause_before = [\"flipping\"]\n"),

@@ -21,6 +21,7 @@ fn a_worker_killed_at_any_step_of_the_flip_leaves_traffic_on_one_side() {
         src.psql("postgres", &format!("CREATE DATABASE {db}")).expect("create database");
         run_ok(std::process::Command::new(pgbench_bin()).args(["-i", "-s", "1", "-q", "-d"]).arg(src.dsn(&db)));
         psql(&src.dsn(&db), "ALTER TABLE pgbench_history REPLICA IDENTITY FULL");
+        psql(&src.dsn(&db), APP_CLIENT_GRANTS);
         manifest.push_str(&format!("\n[[cluster]]\nname = \"{db}\"\nsource = \"{}\"\n", src.dsn(&db)));
     }
     let out = env.enqueue("fleet.toml", &manifest);

@@ -39,7 +39,7 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
          \\conninfo\n",
     )
     .expect("script");
-    let tls_dsn = format!("host=127.0.0.1 port={} dbname=app user=postgres sslmode=require", proxy.port);
+    let tls_dsn = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=require", proxy.port);
     let out = Command::new(psql_bin()).args(["-X", "-A", "-t", "-d", &tls_dsn, "-f"]).arg(&script).output().expect("psql");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -54,9 +54,9 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
     // Without a certificate the proxy answers SSLRequest with 'N': sslmode=prefer goes on in
     // clear text, sslmode=require is refused by the client.
     let plain = env.proxy("plain", "app", &[]);
-    let prefer = format!("host=127.0.0.1 port={} dbname=app user=postgres sslmode=prefer", plain.port);
+    let prefer = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=prefer", plain.port);
     assert_eq!(psql(&prefer, "SELECT count(*) FROM t"), "3");
-    let require = format!("host=127.0.0.1 port={} dbname=app user=postgres sslmode=require", plain.port);
+    let require = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=require", plain.port);
     let out = Command::new(psql_bin()).args(["-X", "-d", &require, "-c", "SELECT 1"]).output().expect("psql");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server does not support SSL"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -83,7 +83,7 @@ fn pgbench_simple_extended_prepared_and_tpcb_pass_through() {
     env.enqueue_app(&src, "SELECT 1");
     let proxy = env.proxy("proxy", "app", &[]);
     let p = proxy.port.to_string();
-    let base = ["-h", "127.0.0.1", "-p", p.as_str(), "-U", "postgres"];
+    let base = ["-h", "127.0.0.1", "-p", p.as_str(), "-U", APP_CLIENT];
     // pgbench -i loads its tables with COPY FROM STDIN through the proxy
     let mut init = base.to_vec();
     init.extend(["-i", "-s", "1", "-q", "app"]);
@@ -293,7 +293,7 @@ fn startup(user: &str, db: &str) -> Vec<u8> {
 /// Log in and read up to the first ReadyForQuery.
 fn logged_in(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.write_all(&startup("postgres", "app")).expect("startup");
+    s.write_all(&startup(APP_CLIENT, "app")).expect("startup");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];

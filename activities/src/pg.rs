@@ -47,9 +47,16 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))
 }
 
-/// Quote a string literal for SQL.
+/// Quote a string literal for SQL, whatever the session's `standard_conforming_strings`: a value
+/// with a backslash becomes an escape string (`E'...'`, backslashes doubled), which every setting
+/// reads the same way (as PostgreSQL's own `quote_literal` does).
 pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let quoted = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// Map a tokio-postgres error to ours, with the server's message and what we were doing.
@@ -75,4 +82,17 @@ pub fn dbname(dsn: &str) -> Result<String, Error> {
     let config: tokio_postgres::Config =
         dsn.parse().map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string: {e}")))?;
     Ok(config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal;
+
+    #[test]
+    fn literals_read_the_same_whatever_standard_conforming_strings_is() {
+        assert_eq!(literal("plain"), "'plain'");
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\'b"), r"E'a\\''b'");
+        assert_eq!(literal(r"ends\"), r"E'ends\\'");
+    }
 }

@@ -57,10 +57,9 @@ pub(crate) async fn restore_post_data(ctx: &Context, target: &Client, target_dsn
             &jobs,
             "--use-list",
             &list.display().to_string(),
-            "--dbname",
-            target_dsn,
             &file.display().to_string(),
         ],
+        Some(target_dsn),
         // Index builds sort: give each restore session room (the copy is over by now).
         &[("PGOPTIONS", "-c maintenance_work_mem=512MB")],
         &format!("build indexes and constraints on the target of {cluster}"),

@@ -14,12 +14,24 @@ use dmf_workflows::Outcome;
 
 /// Run a PostgreSQL client program; its stderr becomes the error.
 pub(crate) async fn run_program(name: &str, args: &[&str], what: &str) -> Result<String, Error> {
-    run_program_with(name, args, &[], what).await
+    run_program_with(name, args, None, &[], what).await
 }
 
-/// `run_program` with extra environment (e.g. PGOPTIONS for the sessions it opens).
-pub(crate) async fn run_program_with(name: &str, args: &[&str], env: &[(&str, &str)], what: &str) -> Result<String, Error> {
-    let out = Command::new(local::program(name)?)
+/// `run_program` logged in to `login` (a connection string, given as `--dbname` without its
+/// password: the password goes in the program's environment as `PGPASSWORD`, which other users
+/// cannot read, never on its command line), with extra environment (e.g. PGOPTIONS).
+pub(crate) async fn run_program_with(name: &str, args: &[&str], login: Option<&str>, env: &[(&str, &str)], what: &str) -> Result<String, Error> {
+    let mut cmd = Command::new(local::program(name)?);
+    if let Some(dsn) = login {
+        let config: tokio_postgres::Config =
+            dsn.parse().map_err(|e| Error::NeedsOperator(format!("{what}: bad connection string {}: {e}", dmf_db::secret::redact(dsn))))?;
+        cmd.arg("--dbname").arg(dmf_db::secret::redact(dsn));
+        match config.get_password() {
+            Some(pw) => cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref()),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+    }
+    let out = cmd
         .args(args)
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
@@ -31,7 +43,7 @@ pub(crate) async fn run_program_with(name: &str, args: &[&str], env: &[(&str, &s
         return Err(Error::Command {
             command: what.to_string(),
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: dmf_db::secret::redact(String::from_utf8_lossy(&out.stderr).trim()),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -48,8 +60,7 @@ pub(crate) async fn dump_schema(source_dsn: &str, section: &str, file: &Path, cl
     if let Some(s) = &snapshot {
         args.push(s);
     }
-    args.extend(["--dbname", source_dsn]);
-    run_program("pg_dump", &args, &format!("pg_dump {section} of {cluster}")).await.map(|_| ())
+    run_program_with("pg_dump", &args, Some(source_dsn), &[], &format!("pg_dump {section} of {cluster}")).await.map(|_| ())
 }
 
 pub(crate) async fn ensure_heartbeat(source: &tokio_postgres::Client) -> Result<(), Error> {
@@ -105,9 +116,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let file = dir.join("pre.dump");
     let result = async {
         dump_schema(ctx.source_dsn(), "pre-data", &file, cluster, None).await?;
-        run_program(
+        run_program_with(
             "pg_restore",
-            &["--section=pre-data", "--single-transaction", "--exit-on-error", "--dbname", &target_dsn, &file.display().to_string()],
+            &["--section=pre-data", "--single-transaction", "--exit-on-error", &file.display().to_string()],
+            Some(&target_dsn),
+            &[],
             &format!("pg_restore pre-data into the target of {cluster}"),
         )
         .await

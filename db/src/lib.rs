@@ -11,6 +11,7 @@ pub mod migration;
 pub mod progress;
 pub mod queue;
 pub mod route;
+pub mod secret;
 pub mod state;
 pub mod status;
 
@@ -144,7 +145,7 @@ impl Event<'_> {
             .bind(self.to)
             .bind(self.epoch)
             .bind(self.actor)
-            .bind(self.detail)
+            .bind(secret::redact(self.detail))
             .execute(conn)
             .await?;
         Ok(())

@@ -161,7 +161,7 @@ impl Db {
             .bind(req.epoch)
             .bind(req.to.as_str())
             .bind(req.abort_reason.map(|r| r.as_str()))
-            .bind(req.last_error.as_deref())
+            .bind(req.last_error.as_deref().map(|e| crate::secret::redact(e)))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(moved) = moved else {
@@ -231,7 +231,7 @@ impl Db {
             .bind(id)
             .bind(phase.as_str())
             .bind(epoch)
-            .bind(error)
+            .bind(error.map(|e| crate::secret::redact(e)))
             .bind(healthy)
             .fetch_optional(&mut *tx)
             .await?;

@@ -17,6 +17,9 @@ pub enum Error {
     BackendRefused { endpoint: String, code: String, message: String },
     #[error("authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// `--client-auth trust` does not admit this client.
+    #[error("trust does not admit user \"{user}\": {why}")]
+    TrustRefused { user: String, why: &'static str },
     #[error("tls: {0}")]
     Tls(String),
     #[error("bad endpoint {0:?}: {1}")]

@@ -12,8 +12,10 @@ use super::ControlPlane;
 database; the proxy follows the cluster's route in the control plane (primary, read endpoint, holds, \
 shadow traffic), registers itself and heartbeats. If it cannot reach the control plane for longer than \
 --lease-ms it sends nothing anywhere until it can again.\n\n\
-Clients on loopback are trusted by default; give --client-auth scram (or md5) and a --users-file to \
-require passwords. The users file also holds the passwords the proxy uses to log in to the backends:\n\n\
+On a loopback listener clients on loopback are trusted by default (never as dmf's own role, the \
+route's user); on any other listener the default is --client-auth scram, which needs a --users-file. \
+The users file also holds the passwords the proxy uses to log in to the backends as each client's \
+user (the route's credentials never serve a client):\n\n\
     \"app\" \"app-password\"\n\n\
 Example: dmf proxy --cluster orders --listen 127.0.0.1:6432 --metrics 127.0.0.1:9187")]
 pub struct Args {
@@ -28,9 +30,10 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// How clients authenticate: trust (loopback clients only), md5 or scram.
-    #[arg(long, default_value_t = D.client_auth)]
-    client_auth: dmf_proxy::ClientAuth,
+    /// How clients authenticate: trust (loopback clients only, never dmf's own role), md5 or
+    /// scram. Default: trust on a loopback listener, scram on any other.
+    #[arg(long)]
+    client_auth: Option<dmf_proxy::ClientAuth>,
     /// pgbouncer-style users file: `"user" "password"` per line; used for clients and backends.
     #[arg(long, env = "DMF_PROXY_USERS_FILE")]
     users_file: Option<PathBuf>,
@@ -84,11 +87,16 @@ static D: LazyLock<dmf_proxy::Options> =
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut opts = dmf_proxy::Options::new(&a.cluster, a.listen, &a.cp.database_url);
     opts.metrics = a.metrics;
-    opts.client_auth = a.client_auth;
+    opts.client_auth = match a.client_auth {
+        Some(mode) => mode,
+        None if a.listen.ip().is_loopback() => dmf_proxy::ClientAuth::Trust,
+        None => dmf_proxy::ClientAuth::Scram,
+    };
     if let Some(path) = &a.users_file {
         opts.users = dmf_proxy::Users::load(path)?;
-    } else if a.client_auth != dmf_proxy::ClientAuth::Trust {
-        anyhow::bail!("--client-auth {:?} needs --users-file with the users' passwords", a.client_auth);
+    } else if opts.client_auth != dmf_proxy::ClientAuth::Trust {
+        let why = if a.client_auth.is_none() { format!(" (the default on {}, which is not a loopback address)", a.listen) } else { String::new() };
+        anyhow::bail!("--client-auth {}{why} needs --users-file with the users' passwords; --client-auth trust admits loopback clients only", opts.client_auth);
     }
     opts.tls = a.tls_cert.zip(a.tls_key);
     opts.lease = Duration::from_millis(a.lease_ms.max(100));

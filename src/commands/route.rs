@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dmf_proxy::backend::endpoint::redact;
+use dmf_db::secret::redact;
 
 use super::ControlPlane;
 

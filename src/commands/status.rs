@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dmf_activities::state::{Gate, MigrationState};
 use dmf_db::status::ClusterStatus;
-use dmf_proxy::backend::endpoint::redact;
+use dmf_db::secret::redact;
 use serde::Serialize;
 
 use super::ControlPlane;

@@ -19,6 +19,21 @@ pub struct Env {
     pub base: tempfile::TempDir,
 }
 
+/// The application role every test source has, and its password (see [`Env::source_conf`]).
+pub const APP_CLIENT: &str = "app_client";
+pub const APP_CLIENT_PW: &str = "app-client-pw";
+
+/// Grants that name [`APP_CLIENT`] in a database, so that a migration copies the role (with its
+/// password) to the target and the proxies' sessions can log in there after a flip.
+pub const APP_CLIENT_GRANTS: &str = "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_client; \
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO app_client";
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A `dmf` process that is killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -98,9 +113,27 @@ impl Env {
         self.source_conf(name, "")
     }
 
-    /// A fresh source cluster with extra postgresql.conf lines.
+    /// A fresh source cluster with extra postgresql.conf lines. It has the application role
+    /// [`APP_CLIENT`] that [`ProxyProc::dsn`] logs in as: it reads and writes every table and may
+    /// create objects in `public` of every database made after it, but is no superuser, and no
+    /// object names it (so a migration does not copy it to a target: flip tests make their own).
     pub fn source_conf(&self, name: &str, conf: &str) -> Guard {
-        LocalCluster::ephemeral(self.path(), name, conf).expect("source cluster")
+        let c = LocalCluster::ephemeral(self.path(), name, conf).expect("source cluster");
+        c.psql("postgres", &format!("CREATE ROLE {APP_CLIENT} LOGIN PASSWORD '{APP_CLIENT_PW}' IN ROLE pg_read_all_data, pg_write_all_data"))
+            .expect("application role");
+        c.psql("template1", &format!("GRANT CREATE ON SCHEMA public TO {APP_CLIENT}")).expect("application role's grant");
+        c
+    }
+
+    /// A users file for a proxy with [`APP_CLIENT`]'s password and `more` (user, password) pairs.
+    pub fn users_file(&self, more: &[(&str, &str)]) -> PathBuf {
+        let path = self.path().join(format!("users-{}.txt", unique()));
+        let mut text = format!("\"{APP_CLIENT}\" \"{APP_CLIENT_PW}\"\n");
+        for (u, p) in more {
+            text.push_str(&format!("\"{u}\" \"{p}\"\n"));
+        }
+        std::fs::write(&path, text).expect("users file");
+        path
     }
 
     pub fn dmf(&self, args: &[&str]) -> Output {
@@ -127,6 +160,11 @@ impl Env {
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_env(name, args, &[])
+    }
+
+    /// Any `dmf` command as a background process (its output in `<name>.log`).
+    pub fn spawn_dmf(&self, name: &str, args: &[&str]) -> Proc {
         self.spawn_env(name, args, &[])
     }
 
@@ -306,6 +344,7 @@ pub struct ProxyProc {
 
 impl Env {
     /// Start `dmf proxy` for `cluster` on free ports and wait until it accepts connections.
+    /// Unless `extra` names a `--users-file`, the proxy gets one with [`APP_CLIENT`]'s password.
     pub fn proxy(&self, name: &str, cluster: &str, extra: &[&str]) -> ProxyProc {
         self.proxy_env(name, cluster, extra, &[])
     }
@@ -317,6 +356,10 @@ impl Env {
         let listen = format!("127.0.0.1:{port}");
         let metrics = format!("127.0.0.1:{metrics_port}");
         let mut args = vec!["proxy", "--cluster", cluster, "--listen", &listen, "--metrics", &metrics];
+        let users = self.users_file(&[]);
+        if !extra.contains(&"--users-file") {
+            args.extend_from_slice(&["--users-file", users.to_str().expect("utf-8 path")]);
+        }
         args.extend_from_slice(extra);
         let mut proc = self.spawn_env(name, &args, envs);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -339,8 +382,9 @@ impl Env {
 }
 
 impl ProxyProc {
+    /// A connection string through this proxy as the application role [`APP_CLIENT`].
     pub fn dsn(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+        self.dsn_as(APP_CLIENT, db)
     }
 
     /// A connection string through this proxy as `user` (its backend password comes from the
@@ -652,5 +696,54 @@ impl Moto {
     /// What exists in the emulator (RDS clusters, instances, groups; DMS endpoints, instances, tasks).
     pub fn inventory(&self) -> serde_json::Value {
         self.aws_py(&["inventory"])
+    }
+}
+
+/// Where a secret was found by [`Env::assert_no_secret`].
+fn secret_in(secrets: &[&str], text: &str) -> Option<String> {
+    secrets.iter().find(|s| text.contains(**s)).map(|s| s.to_string())
+}
+
+impl Env {
+    /// No password in `secrets` shows anywhere a user or another process can read it: the command
+    /// line of any process on this machine, the logs of this test's dmf processes, the `--json`
+    /// outputs of `dmf status` and `dmf route show` (and `outputs`, other texts the test kept),
+    /// and, with `control_plane`, every table of the control plane.
+    pub fn assert_no_secret(&self, secrets: &[&str], outputs: &[&str], control_plane: bool) {
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if let Some(s) = secret_in(secrets, &cmdline) {
+                panic!("password {s:?} on the command line of process {:?}: {cmdline}", entry.file_name());
+            }
+        }
+        for entry in std::fs::read_dir(self.path()).expect("test dir").flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if let Some(s) = secret_in(secrets, &text) {
+                    panic!("password {s:?} in {}", path.display());
+                }
+            }
+        }
+        let mut texts: Vec<(String, String)> = outputs.iter().enumerate().map(|(i, t)| (format!("output {i}"), t.to_string())).collect();
+        for args in [&["status", "--json"][..], &["route", "show", "--json"][..]] {
+            let out = self.dmf(args);
+            texts.push((format!("dmf {args:?}"), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))));
+        }
+        for (what, text) in texts {
+            if let Some(s) = secret_in(secrets, &text) {
+                panic!("password {s:?} in {what}: {text}");
+            }
+        }
+        if control_plane {
+            let tables = psql(&self.url, "SELECT string_agg(format('%I.%I', schemaname, tablename), ' ') FROM pg_tables WHERE schemaname IN ('dmf', 'apalis')");
+            for table in tables.split_whitespace() {
+                for s in secrets {
+                    let n = psql(&self.url, &format!("SELECT count(*) FROM {table} t WHERE strpos(t::text, '{s}') > 0"));
+                    assert_eq!(n, "0", "password {s:?} in {n} rows of the control plane's {table}");
+                }
+            }
+        }
     }
 }

@@ -20,8 +20,10 @@ use crate::state::{AuditState, Gate, Patch};
 use crate::{pg, replicate, Context};
 use dmf_workflows::{AbortReason, Outcome};
 
-/// Session settings that change a row's text form, pinned on every connection the auditor opens.
+/// Session settings that change a row's text form or how the auditor's literals read, pinned on
+/// every connection the auditor opens.
 const PINNED: &[(&str, &str)] = &[
+    ("standard_conforming_strings", "on"),
     ("TimeZone", "UTC"),
     ("DateStyle", "ISO, YMD"),
     ("IntervalStyle", "postgres"),
@@ -161,7 +163,7 @@ mod tests {
     fn pinned_options_escape_spaces_for_the_startup_packet() {
         assert_eq!(
             super::pinned_options(),
-            "-c TimeZone=UTC -c DateStyle=ISO,\\ YMD -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex"
+            "-c standard_conforming_strings=on -c TimeZone=UTC -c DateStyle=ISO,\\ YMD -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex"
         );
     }
 }

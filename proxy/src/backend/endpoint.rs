@@ -13,13 +13,12 @@ pub struct Endpoint {
     pub port: u16,
     pub dbname: Option<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
 }
 
 impl Endpoint {
     /// Parse a URL (`postgres://user@host:port/db`) or key=value connection string.
     pub fn parse(dsn: &str) -> Result<Endpoint, Error> {
-        let bad = |m: &str| Error::BadEndpoint(redact(dsn), m.to_string());
+        let bad = |m: &str| Error::BadEndpoint(dmf_db::secret::redact(dsn), m.to_string());
         let cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| bad(&e.to_string()))?;
         let host = match cfg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
@@ -32,25 +31,12 @@ impl Endpoint {
             port: cfg.get_ports().first().copied().unwrap_or(5432),
             dbname: cfg.get_dbname().map(str::to_string),
             user: cfg.get_user().map(str::to_string),
-            password: cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
         })
     }
 
     /// `host:port/db`, without credentials: for logs, errors and metrics.
     pub fn label(&self) -> String {
         format!("{}:{}/{}", self.host, self.port, self.dbname.as_deref().unwrap_or(""))
-    }
-}
-
-/// A connection string with any password removed, for error messages.
-pub fn redact(dsn: &str) -> String {
-    match (dsn.find("://"), dsn.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &dsn[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{}@{}", &dsn[..s + 3], user, &dsn[at + 1..])
-        }
-        _ => dsn.split_whitespace().filter(|kv| !kv.starts_with("password=")).collect::<Vec<_>>().join(" "),
     }
 }
 
@@ -62,12 +48,9 @@ mod tests {
     fn urls_and_key_value_strings_parse_and_passwords_never_show() {
         let e = Endpoint::parse("postgres://app:s3cret@10.0.0.5:6432/orders").expect("url");
         assert_eq!((e.host.as_str(), e.port, e.dbname.as_deref(), e.user.as_deref()), ("10.0.0.5", 6432, Some("orders"), Some("app")));
-        assert_eq!(e.password.as_deref(), Some("s3cret"));
         assert_eq!(e.label(), "10.0.0.5:6432/orders");
         let k = Endpoint::parse("host=db1 port=5433 dbname=x user=u password=p").expect("kv");
         assert_eq!((k.host.as_str(), k.port), ("db1", 5433));
-        assert_eq!(redact("postgres://app:s3cret@h/db"), "postgres://app@h/db");
-        assert_eq!(redact("host=h password=p dbname=d"), "host=h dbname=d");
         assert!(Endpoint::parse("host=/var/run/postgresql").is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Client authentication: trust on loopback, or MD5 / SCRAM-SHA-256 against the users file.
+//! Client authentication: trust on loopback (never for dmf's own role), or MD5 / SCRAM-SHA-256
+//! against the users file.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +18,7 @@ use crate::Error;
 /// How clients prove who they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
-    /// Loopback clients only, no password.
+    /// Loopback clients only, no password, and never dmf's own role (the route's user).
     Trust,
     Md5,
     Scram,
@@ -46,11 +47,29 @@ impl std::str::FromStr for ClientAuth {
 }
 
 /// Passwords the proxy holds, per user: checked against clients, used towards backends.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct Users {
     passwords: HashMap<String, String>,
     /// SCRAM secrets derived once per user (salt, iterations, StoredKey, ServerKey).
     scram: HashMap<String, ScramSecret>,
+    /// A random key of this process: an unknown user's mock salt is derived from it and the
+    /// name, so that it is the same at every attempt, as a real user's is (PostgreSQL's mock
+    /// authentication does the same).
+    mock_key: [u8; 32],
+}
+
+impl Default for Users {
+    fn default() -> Users {
+        Users { passwords: HashMap::new(), scram: HashMap::new(), mock_key: random_bytes::<32>() }
+    }
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.passwords.keys().collect();
+        names.sort();
+        f.debug_struct("Users").field("users", &names).finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -177,18 +196,26 @@ async fn read_auth(client: &mut ClientStream, buf: &mut BytesMut) -> Result<Byte
     }
 }
 
-/// Authenticate a client as `user`; on success AuthenticationOk has been sent.
-pub async fn authenticate(
-    client: &mut ClientStream,
-    buf: &mut BytesMut,
-    mode: ClientAuth,
-    loopback: bool,
-    users: &Users,
-    user: &str,
-) -> Result<(), Error> {
+/// Who is asking: the client's address and the roles trust never admits.
+pub struct Asking<'a> {
+    pub user: &'a str,
+    pub loopback: bool,
+    /// dmf's own roles (the route's users): a client must prove it is one with a password.
+    pub dmf_roles: &'a [&'a str],
+}
+
+/// Authenticate a client; on success AuthenticationOk has been sent.
+pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: ClientAuth, users: &Users, asking: Asking<'_>) -> Result<(), Error> {
+    let user = asking.user;
+    let refuse = |why| Error::TrustRefused { user: user.to_string(), why };
     match mode {
-        ClientAuth::Trust if loopback => {}
-        ClientAuth::Trust => return Err(Error::AuthFailed(format!("{user}\" from a remote address: trust is for loopback clients only; run the proxy with --client-auth scram (user \"{user}"))),
+        ClientAuth::Trust if !asking.loopback => {
+            return Err(refuse("trust is for loopback clients only; run the proxy with --client-auth scram and a --users-file"))
+        }
+        ClientAuth::Trust if asking.dmf_roles.contains(&user) => {
+            return Err(refuse("it is dmf's own role; applications log in as their own roles (run the proxy with --client-auth scram to require passwords)"))
+        }
+        ClientAuth::Trust => {}
         ClientAuth::Md5 => {
             let salt = random_bytes::<4>();
             client.write_all(&build::auth(5, &salt)).await?;
@@ -224,10 +251,11 @@ async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, use
         _ => return Err(fail()),
     };
     let client_nonce = bare.split(',').find_map(|a| a.strip_prefix("r=")).ok_or_else(fail)?;
-    // A user without a password still goes through the exchange (with a throwaway secret), so
+    // A user without a password still goes through the exchange, with a salt that is the same
+    // at every attempt (derived from the process's mock key and the name) and throwaway keys, so
     // a client cannot tell unknown users from wrong passwords.
     let secret = users.scram.get(user).cloned().unwrap_or_else(|| ScramSecret {
-        salt: random_bytes::<16>().to_vec(),
+        salt: hmac(&users.mock_key, user.as_bytes())[..16].to_vec(),
         iterations: 4096,
         stored_key: random_bytes::<32>().to_vec(),
         server_key: random_bytes::<32>().to_vec(),

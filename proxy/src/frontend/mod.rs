@@ -205,7 +205,10 @@ async fn open(
     thread: usize,
 ) -> Result<(Backend, crate::Admitted), Error> {
     let user = params.get("user").unwrap_or_default();
-    auth::authenticate(client, buf, shared.opts.client_auth, peer.ip().is_loopback(), &shared.opts.users, user).await?;
+    let route = shared.route();
+    let dmf_roles: Vec<&str> = [&route.primary, &route.read].iter().filter_map(|e| e.user.as_deref()).collect();
+    let asking = auth::Asking { user, loopback: peer.ip().is_loopback(), dmf_roles: &dmf_roles };
+    auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking).await?;
     let admitted = shared.admit().await?;
     let route = shared.route();
     let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
@@ -216,16 +219,12 @@ async fn open(
     Ok((backend, admitted))
 }
 
-/// Log in to `endpoint` as the client's user with the password the proxy holds.
+/// Log in to `endpoint` as the client's user with the password the users file holds for it: the
+/// route's own credentials serve dmf's connections only, never a client's.
 pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params, read_only: bool) -> Result<Backend, Error> {
     let user = params.get("user").unwrap_or_default();
-    let password = shared
-        .opts
-        .users
-        .password(user)
-        .map(str::to_string)
-        .or_else(|| endpoint.password.clone().filter(|_| endpoint.user.as_deref() == Some(user)));
-    Backend::connect(endpoint, &Login { user, password: password.as_deref(), params, read_only }).await
+    let password = shared.opts.users.password(user);
+    Backend::connect(endpoint, &Login { user, password, params, read_only }).await
 }
 
 /// Forward a client's cancel request to the backend its session is using now.

@@ -11,6 +11,7 @@ use crate::Error;
 mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const CONNECTION_FAILURE: &str = "08006";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
@@ -38,6 +39,7 @@ impl Refusal {
     pub fn connection(e: &Error) -> Refusal {
         let code = match e {
             Error::AuthFailed(_) => sqlstate::INVALID_PASSWORD,
+            Error::TrustRefused { .. } => sqlstate::INVALID_AUTHORIZATION,
             Error::LeaseLost | Error::HeldTooLong(_) => sqlstate::CANNOT_CONNECT_NOW,
             Error::BackendRefused { code, .. } => code.as_str(),
             Error::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,

@@ -9,12 +9,17 @@ use crate::protocol::startup::Params;
 use crate::router::Mode;
 use crate::Shared;
 
+const REPLAYED_SQL: &str = include_str!("standby_replay_lsn.sql");
 const APPLIED_SQL: &str = include_str!("read_applied_lsn.sql");
 
 /// Poll the read endpoint every `every` while the route splits reads; publish into
 /// the gate's read-applied LSN (0 when unknown, which sends every read-after-write to the primary).
 pub async fn track(shared: Arc<Shared>, every: Duration) {
     let mut conn: Option<Backend> = None;
+    // Whether the endpoint is a logical subscriber (not in recovery), learned once per connection.
+    let mut logical = false;
+    // One warning per endpoint, not one per poll.
+    let mut warned: Option<Arc<crate::backend::Endpoint>> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -39,30 +44,58 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
             conn = None;
         }
         if conn.is_none() {
-            let user = route.read.user.clone().or_else(|| shared.opts.users.first_user()).unwrap_or_else(|| "postgres".into());
-            let password = route.read.password.clone().or_else(|| shared.opts.users.password(&user).map(str::to_string));
+            // The route's user when the users file holds its password (the route's own password
+            // never reaches a proxy), else the first user the users file holds.
+            let user = route.read.user.clone().filter(|u| shared.opts.users.password(u).is_some()).or_else(|| shared.opts.users.first_user());
+            let user = user.or_else(|| route.read.user.clone()).unwrap_or_else(|| "postgres".into());
             let params = Params(vec![("application_name".into(), "dmf-proxy-lsn".into())]);
-            let login = Login { user: &user, password: password.as_deref(), params: &params, read_only: true };
-            match Backend::connect(route.read.clone(), &login).await {
+            let login = Login { user: &user, password: shared.opts.users.password(&user), params: &params, read_only: true };
+            let opened = match Backend::connect(route.read.clone(), &login).await {
+                Ok(mut c) => match c.simple_query(REPLAYED_SQL).await {
+                    Ok(rows) => {
+                        logical = rows.first().and_then(|r| r.first().cloned().flatten()).is_none();
+                        Ok(c)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: cannot track its applied LSN; reads after writes go to the primary");
+                    if warned.as_ref().is_none_or(|w| !Arc::ptr_eq(w, &route.read)) {
+                        tracing::warn!(cluster = %shared.opts.cluster, user = %user, error = %e, "read endpoint: cannot track its applied LSN; reads after writes go to the primary");
+                        warned = Some(route.read.clone());
+                    }
                     shared.gate.set_read_applied_lsn(0);
+                    back_off(&shared).await;
                     continue;
                 }
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        match c.simple_query(APPLIED_SQL).await {
+        match c.simple_query(if logical { APPLIED_SQL } else { REPLAYED_SQL }).await {
             Ok(rows) => {
                 let lsn = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|t| crate::protocol::lsn::parse(&t)).unwrap_or(0);
                 shared.gate.set_read_applied_lsn(lsn);
             }
             Err(e) => {
-                tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: applied LSN query failed");
+                if warned.as_ref().is_none_or(|w| !Arc::ptr_eq(w, &route.read)) {
+                    tracing::warn!(cluster = %shared.opts.cluster, error = %e, "read endpoint: applied LSN query failed (a logical subscriber needs SELECT on pg_replication_origin_status for the proxy's user); reads after writes go to the primary");
+                    warned = Some(route.read.clone());
+                }
                 shared.gate.set_read_applied_lsn(0);
                 conn = None;
+                back_off(&shared).await;
             }
         }
+    }
+}
+
+/// After a failed connect or query, wait a second (or for shutdown) before trying again.
+async fn back_off(shared: &Shared) {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
 }

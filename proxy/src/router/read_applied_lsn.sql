@@ -1,4 +1,3 @@
--- The primary's WAL position the read endpoint has applied: replay position on a physical
--- standby, the newest remote commit applied by a logical subscription otherwise.
-SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-            ELSE (SELECT max(remote_lsn) FROM pg_replication_origin_status) END::text
+-- The primary's WAL position a logical subscriber has applied: the newest remote commit of its
+-- replication origins. Readable by superusers, or a role granted SELECT on the view.
+SELECT max(remote_lsn)::text FROM pg_replication_origin_status

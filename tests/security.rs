@@ -1,0 +1,190 @@
+//! Security (issue 19): who the proxy lets in and as whom, secrets kept out of argv, outputs and
+//! logs, quoting that does not depend on the server's settings, and SCRAM that does not reveal
+//! which users exist.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A source whose database `shop` is reached by dmf as `migrator` (a superuser with a password,
+/// as in the issue) and by the application as `shop_app`.
+fn shop(env: &Env) -> (Guard, String) {
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE shop").expect("database");
+    src.psql("postgres", "CREATE ROLE migrator LOGIN SUPERUSER PASSWORD 'migrator-pw'; CREATE ROLE shop_app LOGIN PASSWORD 'shop-pw'")
+        .expect("roles");
+    psql(&src.dsn("shop"), "CREATE TABLE orders (id int PRIMARY KEY, v text); INSERT INTO orders VALUES (1, 'a'); GRANT SELECT, INSERT ON orders TO shop_app");
+    let dsn = src.dsn("shop").replacen("postgres://postgres@", "postgres://migrator:migrator-pw@", 1);
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"shop\"\nsource = \"{dsn}\"\n"));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    (src, dsn)
+}
+
+/// Item 1: a client that only names dmf's role never gets a backend logged in with the route's
+/// password; trust never admits dmf's role; trust is the default only on a loopback listener.
+#[test]
+fn the_proxy_never_logs_a_client_in_with_dmfs_credentials() {
+    let env = Env::new("sec-proxy-login");
+    let (_src, _) = shop(&env);
+    let proxy = env.proxy("proxy", "shop", &[]);
+    let err = try_psql(&proxy.dsn_as("migrator", "shop"), "SELECT current_user").expect_err("dmf's role through a trusting proxy");
+    assert!(err.contains("migrator"), "the refusal names the user: {err}");
+    assert!(!err.contains("migrator-pw"), "{err}");
+    // The application's own role, with its password from the users file, works.
+    let users = env.path().join("users.txt");
+    std::fs::write(&users, "\"shop_app\" \"shop-pw\"\n\"migrator\" \"migrator-pw\"\n").expect("users file");
+    let with_users = env.proxy("proxy-users", "shop", &["--users-file", users.to_str().expect("path")]);
+    assert_eq!(psql(&with_users.dsn_as("shop_app", "shop"), "SELECT current_user || ':' || count(*) FROM orders"), "shop_app:1");
+    // Even with its password in the users file, trust does not admit dmf's role.
+    let err = try_psql(&with_users.dsn_as("migrator", "shop"), "SELECT 1").expect_err("trust for dmf's role");
+    assert!(err.contains("dmf's own role"), "{err}");
+    // A proxy listening beyond loopback does not default to trust.
+    let port = dmf_activities::providers::local::free_port().expect("port");
+    let listen = format!("0.0.0.0:{port}");
+    let mut open = env.spawn_dmf("proxy-open", &["proxy", "--cluster", "shop", "--listen", &listen]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open.is_alive() {
+        assert!(Instant::now() < deadline, "a proxy on 0.0.0.0 without --client-auth started:\n{}", open.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(open.log_tail().contains("--client-auth"), "{}", open.log_tail());
+}
+
+/// The server-first message a SCRAM login as `user` gets from `port` (the salt is in it).
+fn scram_server_first(port: u16, user: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [("user", user), ("database", "shop")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend(body);
+    s.write_all(&startup).expect("startup");
+    let read_message = |s: &mut std::net::TcpStream| -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).expect("message header");
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).expect("message body");
+        (head[0], body)
+    };
+    let (tag, body) = read_message(&mut s);
+    assert_eq!((tag, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "AuthenticationSASL");
+    let first = b"n,,n=,r=abcdefghijklmnopqrstuvwx";
+    let mut msg = b"SCRAM-SHA-256\0".to_vec();
+    msg.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    msg.extend_from_slice(first);
+    let mut out = vec![b'p'];
+    out.extend_from_slice(&((msg.len() + 4) as i32).to_be_bytes());
+    out.extend(msg);
+    s.write_all(&out).expect("SASLInitialResponse");
+    let (tag, body) = read_message(&mut s);
+    assert_eq!((tag, &body[..4]), (b'R', &11i32.to_be_bytes()[..]), "AuthenticationSASLContinue");
+    String::from_utf8_lossy(&body[4..]).into_owned()
+}
+
+/// Item 8: a user the proxy does not know gets the same salt on every attempt, as a known user
+/// does (PostgreSQL's mock authentication), so that the salt does not tell who exists.
+#[test]
+fn scram_does_not_reveal_which_users_exist() {
+    let env = Env::new("sec-scram-mock");
+    let (_src, _) = shop(&env);
+    let users = env.users_file(&[("shop_app", "shop-pw")]);
+    let proxy = env.proxy("proxy", "shop", &["--client-auth", "scram", "--users-file", users.to_str().expect("path")]);
+    let salt = |user: &str| {
+        let first = scram_server_first(proxy.port, user);
+        first.split(',').find_map(|a| a.strip_prefix("s=")).map(str::to_string).unwrap_or_else(|| panic!("no salt in {first}"))
+    };
+    assert_eq!(salt("shop_app"), salt("shop_app"), "a known user's salt is its verifier's");
+    let unknown = salt("nobody");
+    assert_eq!(unknown, salt("nobody"), "an unknown user's salt is as stable as a known user's");
+    assert_ne!(unknown, salt("nobody_else"), "and differs between users, as real salts do");
+}
+
+/// Item 7: keys with a backslash and a quote are compared and named right on a source where
+/// `standard_conforming_strings` is off (backslashes in plain literals are escapes there).
+#[test]
+fn keys_with_backslashes_and_quotes_audit_right_without_standard_conforming_strings() {
+    let env = Env::new("sec-quoting");
+    let src = env.source_conf("src", "standard_conforming_strings = off\nescape_string_warning = off");
+    src.psql("postgres", "CREATE DATABASE app").expect("db");
+    let dsn = src.dsn("app");
+    // every key has a backslash before a quote, so that chunk bounds and re-checked keys do too
+    psql(&dsn, r"CREATE TABLE odd (k text PRIMARY KEY, v int); INSERT INTO odd SELECT E'k\\''' || lpad(g::text, 5, '0') || E'\\', g FROM generate_series(1, 3000) g");
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\npause_before = [\"validating\"]\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let _worker = env.worker("w1", &[]);
+    env.wait_for("validating (paused)", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| c["phase"] == "validating" && c["paused"] == true));
+    let clean = env.dmf_json(&["audit", "app", "--full", "--chunk-rows", "300", "--json"]);
+    assert_eq!(clean["full_compare"]["status"], "clean", "{clean}");
+    assert_eq!(clean["full_compare"]["rows_compared"], 3000, "{clean}");
+    psql(&env.target_dsn("app"), r"UPDATE odd SET v = -1 WHERE k = E'k\\''01234\\'");
+    let found = env.dmf_json(&["audit", "app", "--full", "--chunk-rows", "300", "--json"]);
+    let text = found.to_string();
+    assert!(text.contains(r#"k\\'01234\\"#), "the changed row is named by its exact key: {found}");
+}
+
+/// Item 2: a migration from a source that wants passwords never puts one on a command line (the
+/// schema and post-data dumps and restores run while this test watches every process), in the
+/// `--json` outputs or in the logs.
+#[test]
+fn no_password_on_a_command_line_in_an_output_or_in_a_log() {
+    let env = Env::new("sec-no-leak");
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE shop").expect("database");
+    src.psql("postgres", "CREATE ROLE migrator LOGIN SUPERUSER PASSWORD 'migrator-pw'").expect("role");
+    // enough tables that pg_dump and pg_restore run for a while
+    let tables: String = (0..150).map(|i| format!("CREATE TABLE t{i} (id int PRIMARY KEY, v text); CREATE INDEX t{i}_v ON t{i} (v);")).collect();
+    psql(&src.dsn("shop"), &tables);
+    let dsn = src.dsn("shop").replacen("postgres://postgres@", "postgres://migrator:migrator-pw@", 1);
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"shop\"\nsource = \"{dsn}\"\npause_before = [\"validating\"]\n"));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let enqueued = String::from_utf8_lossy(&out.stdout).into_owned();
+    // watch every process's command line while the migration hydrates
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut seen, mut leaked) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+                    let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    if cmdline.contains("pg_dump") || cmdline.contains("pg_restore") {
+                        seen += 1;
+                        if cmdline.contains("migrator-pw") {
+                            leaked.push(cmdline);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (seen, leaked)
+        })
+    };
+    let _scheduler = env.scheduler();
+    let _worker = env.worker("w1", &[]);
+    env.wait_for("validating (paused)", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| c["phase"] == "validating" && c["paused"] == true));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, leaked) = watcher.join().expect("watcher");
+    assert!(seen > 0, "the watcher saw pg_dump or pg_restore run");
+    assert!(leaked.is_empty(), "a password on {} command lines, the first: {:?}", leaked.len(), leaked.first());
+    let route = env.dmf(&["route", "show", "shop", "--json"]);
+    assert!(route.status.success(), "{}", String::from_utf8_lossy(&route.stderr));
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    assert!(route.contains("postgres://migrator@"), "the route still names its user: {route}");
+    // a manifest error that quotes the line with the password
+    let bad = env.enqueue("bad.toml", &format!("[fleet]\nname = \"g\"\n\n[[cluster]]\nname = \"x\"\nsource = \"{dsn}\"\nbogus = \n"));
+    assert!(!bad.status.success());
+    let bad = format!("{}{}", String::from_utf8_lossy(&bad.stdout), String::from_utf8_lossy(&bad.stderr));
+    env.assert_no_secret(&["migrator-pw"], &[&enqueued, &route, &bad], false);
+}
