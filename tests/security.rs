@@ -188,3 +188,55 @@ fn no_password_on_a_command_line_in_an_output_or_in_a_log() {
     let bad = format!("{}{}", String::from_utf8_lossy(&bad.stdout), String::from_utf8_lossy(&bad.stderr));
     env.assert_no_secret(&["migrator-pw"], &[&enqueued, &route, &bad], false);
 }
+
+/// Item 3: the source's password by reference (a file only the worker and `dmf enqueue` read):
+/// the control plane never holds it, routes carry none, the subscription logs in as a replication
+/// role of its own, a proxy follows its route logged in to the control plane as a role that can
+/// only read routes and keep its own row, and an inline password still works but is warned of.
+#[test]
+fn secrets_by_reference_never_reach_the_control_plane_routes_or_proxies() {
+    let env = Env::new("sec-by-ref");
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE shop").expect("database");
+    src.psql("postgres", "CREATE ROLE migrator LOGIN SUPERUSER PASSWORD 'migrator-pw'").expect("role");
+    psql(&src.dsn("shop"), &format!("CREATE TABLE orders (id int PRIMARY KEY, v text); INSERT INTO orders SELECT g, 'v' FROM generate_series(1, 500) g; {APP_CLIENT_GRANTS}"));
+    let pw_file = env.path().join("source.pw");
+    std::fs::write(&pw_file, "migrator-pw\n").expect("password file");
+    let dsn = src.dsn("shop").replacen("postgres://postgres@", "postgres://migrator@", 1);
+    // an inline password is refused next to a reference, and warned of alone
+    let both = env.enqueue("both.toml", &format!("[fleet]\nname = \"g\"\n\n[[cluster]]\nname = \"x\"\nsource = \"{}\"\nsource_password_env = \"X\"\n", dsn.replacen("migrator@", "migrator:migrator-pw@", 1)));
+    assert!(!both.status.success());
+    let both = String::from_utf8_lossy(&both.stderr).into_owned();
+    assert!(both.contains("keep one") && !both.contains("migrator-pw"), "{both}");
+    let manifest = format!(
+        "[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"shop\"\nsource = \"{dsn}\"\nsource_password_file = \"{}\"\npause_before = [\"validating\"]\n",
+        pw_file.display()
+    );
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let enqueued = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(enqueued.contains("\"warnings\": []"), "no warning for a reference: {enqueued}");
+    let _scheduler = env.scheduler();
+    let _worker = env.worker("w1", &[]);
+    env.wait_for("validating (paused)", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| c["phase"] == "validating" && c["paused"] == true));
+    // the subscription on the target logs in as the migration's replication role
+    let target = env.target_dsn("shop");
+    let conninfo = psql(&target, "SELECT subconninfo FROM pg_subscription");
+    assert!(conninfo.contains("user='dmf_repl_") && !conninfo.contains("migrator"), "{conninfo}");
+    // a proxy logged in to the control plane as a member of dmf_proxy follows the route
+    env.cp_query("CREATE ROLE shop_proxy LOGIN PASSWORD 'proxy-pw' IN ROLE dmf_proxy");
+    let cp_url = env.url.replacen("postgres://postgres@", "postgres://shop_proxy@", 1);
+    let proxy = env.proxy_env("proxy", "shop", &[], &[("DMF_DATABASE_URL", cp_url.as_str()), ("PGPASSWORD", "proxy-pw")]);
+    assert_eq!(psql(&proxy.dsn("shop"), "SELECT count(*) FROM orders"), "500");
+    env.route_set("shop", &["--hold"]);
+    env.route_set("shop", &["--release"]);
+    assert_eq!(psql(&proxy.dsn("shop"), "SELECT count(*) FROM orders"), "500");
+    let denied = try_psql(&cp_url.replacen("shop_proxy@", "shop_proxy:proxy-pw@", 1), "SELECT count(*) FROM dmf.clusters").expect_err("a proxy reads routes only");
+    assert!(denied.contains("permission denied"), "{denied}");
+    env.assert_no_secret(&["migrator-pw", "proxy-pw"], &[&enqueued, &both], true);
+    // an inline password still works, with a warning that says where it is kept
+    let inline = env.enqueue("inline.toml", &format!("[fleet]\nname = \"h\"\n\n[[cluster]]\nname = \"y\"\nsource = \"{}\"\n", dsn.replacen("migrator@", "migrator:migrator-pw@", 1)));
+    assert!(inline.status.success(), "{}", String::from_utf8_lossy(&inline.stderr));
+    let warned = String::from_utf8_lossy(&inline.stdout);
+    assert!(warned.contains("inline.toml:6: cluster y: the source's password is inline: the control plane keeps it in dmf.clusters"), "{warned}");
+}

@@ -17,7 +17,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let names = ctx.names();
     // Never tear down the primary traffic writes to (an abort that slipped past the request's
     // check, or a route moved by hand): an operator decides.
-    if ctx.db.route(&cluster).await?.is_some_and(|r| r.primary_endpoint != m.source_dsn) {
+    if ctx.db.route(&cluster).await?.is_some_and(|r| r.primary_endpoint != dmf_db::route::endpoint(&m.source_dsn)) {
         return Err(Error::NeedsOperator(format!(
             "cluster {cluster}: the route's primary is not the source, so the target takes writes; cleanup tears nothing down (use dmf rollback first)"
         )));
@@ -53,6 +53,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     drop_slot(&source, &crate::audit::audit_slot(ctx)).await?;
     pg::exec(&source, "drop publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&names.publication))).await?;
     pg::exec(&source, "drop heartbeat schema", &format!("DROP SCHEMA IF EXISTS {} CASCADE", pg::ident(HEARTBEAT_SCHEMA))).await?;
+    crate::repl_role::drop(&source, &crate::repl_role::name(&names)).await?;
     let teardown = m.settings.get("teardown_target").and_then(|v| v.as_bool()).unwrap_or(true);
     let spec = if teardown && provisioned_by_us(ctx)? { aws::provisioned(ctx)? } else { None };
     if let Some(spec) = spec {
@@ -68,7 +69,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             tracing::info!(cluster = %cluster, migration = %m.id, "local target removed");
         }
     }
-    tracing::info!(cluster = %cluster, migration = %m.id, "cleanup done: no slot, publication or subscription left");
+    tracing::info!(cluster = %cluster, migration = %m.id, "cleanup done: no slot, publication, subscription or replication role left");
     Ok(Outcome::Done)
 }
 

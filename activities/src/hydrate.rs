@@ -19,7 +19,7 @@ use crate::sequences::copy_sequences;
 use crate::state::{Patch, SlotStart};
 use crate::post_data::restore_post_data;
 use crate::schema::{dump_schema, tempdir};
-use crate::{pg, Context};
+use crate::{pg, repl_role, Context};
 use dmf_workflows::Outcome;
 
 /// One unit of copy work: a table, or a key range of one.
@@ -320,10 +320,13 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     ctx.check_cancel()?;
+    // the subscription logs in as a replication role of its own, never as dmf's role
+    let source_writable = pg::connect_writable(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    let conninfo = repl_role::ensure(&source_writable, &repl_role::name(&names), ctx.source_dsn()).await?;
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = true)",
         pg::ident(&names.subscription),
-        pg::literal(ctx.source_dsn()),
+        pg::literal(&conninfo),
         pg::ident(&names.publication),
         pg::literal(&names.slot),
     );

@@ -23,6 +23,7 @@ pub mod preflight;
 pub mod provision;
 pub mod providers;
 pub mod replconn;
+pub mod repl_role;
 pub mod replicate;
 pub mod roles;
 pub mod schema;
@@ -201,7 +202,10 @@ pub const HEARTBEAT_SCHEMA: &str = "_dmf";
 
 impl Context {
     /// A run of `migration`'s current phase; its provider and replication are read here, once.
-    pub fn new(db: Db, migration: MigrationRow, cancel: CancellationToken, config: Config) -> Result<Context, Error> {
+    /// The source's and an adopted target's passwords are resolved from their references here,
+    /// by this worker, for this run only.
+    pub fn new(db: Db, mut migration: MigrationRow, cancel: CancellationToken, config: Config) -> Result<Context, Error> {
+        migration.resolve_logins("worker").map_err(|e| Error::NeedsOperator(e.to_string()))?;
         let provider = Provider::parse(&migration.provider)
             .ok_or_else(|| Error::NeedsOperator(format!("cluster {}: provider {:?} is not available in this build", migration.cluster, migration.provider)))?;
         let replication = Replication::of(&migration.settings).map_err(|other| {

@@ -145,7 +145,7 @@ async fn roles(ctx: &Context, source: &tokio_postgres::Client, report: &mut Repo
         );
     }
     for (name, r) in &refs {
-        if let Err(e) = r.resolve(cluster, name) {
+        if let Err(e) = roles::resolve(r, cluster, name) {
             report.error("role_passwords", Some(name.clone()), e.to_string());
         }
         if !needed.roles.iter().any(|n| &n.name == name) {

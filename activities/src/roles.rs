@@ -12,7 +12,6 @@
 //! memberships, is reported and left alone: dmf never changes a role it did not make.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 
 use tokio_postgres::{Client, Row};
 
@@ -104,40 +103,12 @@ pub struct Membership {
     pub admin: bool,
 }
 
-/// Where a role's password comes from when the source's verifiers cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordRef {
-    /// An environment variable of the process that connects.
-    Env(String),
-    /// A file (its first line) readable by the process that connects.
-    File(PathBuf),
-}
+pub use dmf_db::secret::PasswordRef;
 
-impl std::fmt::Display for PasswordRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PasswordRef::Env(v) => write!(f, "password_env {v}"),
-            PasswordRef::File(p) => write!(f, "password_file {}", p.display()),
-        }
-    }
-}
-
-impl PasswordRef {
-    /// The password itself; the error names the reference, never a value.
-    pub fn resolve(&self, cluster: &str, role: &str) -> Result<String, Error> {
-        let missing = |why: String| Error::NeedsOperator(format!("cluster {cluster}: role {role}: {self}: {why}"));
-        let value = match self {
-            PasswordRef::Env(var) => std::env::var(var).map_err(|_| missing("the worker's environment has no such variable".into()))?,
-            PasswordRef::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| missing(format!("cannot be read ({})", e.kind())))?;
-                text.lines().next().unwrap_or("").to_string()
-            }
-        };
-        if value.is_empty() {
-            return Err(missing("it is empty".into()));
-        }
-        Ok(value)
-    }
+/// A role's password, resolved by this worker from its reference; the error names the cluster,
+/// the role and the reference, never a value.
+pub fn resolve(reference: &PasswordRef, cluster: &str, role: &str) -> Result<String, Error> {
+    reference.resolve("worker").map_err(|why| Error::NeedsOperator(format!("cluster {cluster}: role {role}: {why}")))
 }
 
 /// The password references of a cluster's settings (`settings.roles`, written by the manifest).
@@ -145,14 +116,10 @@ pub fn references(settings: &serde_json::Value) -> Result<BTreeMap<String, Passw
     let mut out = BTreeMap::new();
     let Some(roles) = settings.get("roles").and_then(|r| r.as_object()) else { return Ok(out) };
     for (name, spec) in roles {
-        let env = spec.get("password_env").and_then(|v| v.as_str());
-        let file = spec.get("password_file").and_then(|v| v.as_str());
-        let r = match (env, file) {
-            (Some(e), None) => PasswordRef::Env(e.to_string()),
-            (None, Some(f)) => PasswordRef::File(PathBuf::from(f)),
-            _ => return Err(format!("role {name}: give exactly one of password_env and password_file")),
-        };
-        out.insert(name.clone(), r);
+        let r = PasswordRef::from_json(Some(spec)).map_err(|why| format!("role {name}: {why}"))?;
+        if let Some(r) = r {
+            out.insert(name.clone(), r);
+        }
     }
     Ok(out)
 }
@@ -281,7 +248,7 @@ pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, P
 /// here), else the source's own verifier, else none (the role has no password on the source).
 fn password(cluster: &str, role: &Role, source: &SourceRoles, refs: &BTreeMap<String, PasswordRef>) -> Result<Option<String>, Error> {
     if let Some(r) = refs.get(&role.name) {
-        let clear = r.resolve(cluster, &role.name)?;
+        let clear = resolve(r, cluster, &role.name)?;
         return Ok(Some(postgres_protocol::password::scram_sha_256(clear.as_bytes())));
     }
     match &source.verifiers {
@@ -329,7 +296,7 @@ mod tests {
         let settings = serde_json::json!({ "roles": { "app": { "password_env": "DMF_TEST_ROLES_PW" }, "ro": { "password_file": "/nonexistent/pw" } } });
         let refs = references(&settings).expect("valid");
         assert_eq!(refs["app"], PasswordRef::Env("DMF_TEST_ROLES_PW".into()));
-        let e = refs["ro"].resolve("orders", "ro").expect_err("no file").to_string();
+        let e = resolve(&refs["ro"], "orders", "ro").expect_err("no file").to_string();
         assert!(e.contains("cluster orders: role ro: password_file /nonexistent/pw: cannot be read"), "{e}");
         assert!(references(&serde_json::json!({ "roles": { "x": {} } })).is_err());
         let src = SourceRoles { roles: vec![role("app"), role("other")], memberships: vec![], verifiers: None };

@@ -59,13 +59,17 @@ pub fn beyond_limit(slots: &[SlotReport], limit: Option<u64>) -> Option<String> 
 /// record why. The target's subscription is disabled first when the target answers (it would only
 /// retry against a slot that is gone). Returns the slots dropped.
 pub async fn drop_after_failure(db: &Db, m: &MigrationRow, after: Duration) -> Result<Vec<String>, Error> {
+    let mut m = m.clone();
+    m.resolve_logins("worker").map_err(|e| Error::NeedsOperator(e.to_string()))?;
+    let m = &m;
     let names = Names::of(m.id);
     let cluster = &m.cluster;
     // reads may still go to the target (failed in shadow_reads): with replication gone they would
     // grow stale, so they go back to the source first
     if let Some(route) = db.route(cluster).await? {
-        if route.read_endpoint != m.source_dsn || route.mode != "primary" {
-            if route.primary_endpoint != m.source_dsn || route.hold {
+        let source = dmf_db::route::endpoint(&m.source_dsn);
+        if route.read_endpoint != source || route.mode != "primary" {
+            if route.primary_endpoint != source || route.hold {
                 return Err(Error::NeedsOperator(format!("cluster {cluster}: its route does not point at the source; its slots stay")));
             }
             let back = RouteChange { read: Some(m.source_dsn.clone()), mode: Some("primary".into()), ..Default::default() };

@@ -18,6 +18,9 @@ pub enum Error {
     Corrupt(String),
     #[error("{0}")]
     Conflict(String),
+    /// A password reference this process cannot resolve (named, never a value).
+    #[error("{0}")]
+    Secret(String),
     /// The write was refused: its writer no longer holds the migration's lease for that epoch
     /// (it stalled past it, and another worker may have taken over).
     #[error("migration {migration}: {holder} no longer holds its lease for epoch {epoch}; the write was refused")]

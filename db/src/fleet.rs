@@ -111,7 +111,7 @@ impl Db {
                 "INSERT INTO dmf.routes (cluster, primary_endpoint, read_endpoint) VALUES ($1, $2, $2)",
             )
             .bind(&c.name)
-            .bind(&c.source_dsn)
+            .bind(crate::route::endpoint(&c.source_dsn))
             .execute(&mut *tx)
             .await?;
             let detail = format!("fleet {} wave {}", fleet.name, c.wave);

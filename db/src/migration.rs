@@ -9,6 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::queue::{self, ActivityJob};
+use crate::secret::{login, PasswordRef};
 use crate::state::{Patch, Record, Reverse, State};
 use crate::lease::{hold, release_in, LeaseToken};
 use crate::{Db, Error, Event};
@@ -50,7 +51,21 @@ impl MigrationRow {
         self.state.record_of::<R>(&self.cluster)
     }
 
-    /// The refusal of an operator's request in this migration's phase.
+    /// Put into `source_dsn` and an adopted `target_dsn` the passwords their references in the
+    /// settings (`source_password`, `target_password`) point at, resolved now by this process
+    /// (`who`: "worker"). A row read from the control plane holds only the references; a
+    /// resolved row is for connecting and is never written back.
+    pub fn resolve_logins(&mut self, who: &str) -> Result<(), Error> {
+        let bad = |side: &str, why: String| Error::Secret(format!("cluster {}: {side}: {why}", self.cluster));
+        let source = PasswordRef::from_json(self.settings.get("source_password")).map_err(|w| bad("source_password", w))?;
+        self.source_dsn = login(&self.source_dsn, source.as_ref(), who).map_err(|w| bad("source", w))?;
+        let target = PasswordRef::from_json(self.settings.get("target_password")).map_err(|w| bad("target_password", w))?;
+        if let Some(t) = &self.target_dsn {
+            self.target_dsn = Some(login(t, target.as_ref(), who).map_err(|w| bad("target", w))?);
+        }
+        Ok(())
+    }
+
     /// The phase a failed migration failed in (None when it is not failed or did not say).
     pub fn failed_in(&self) -> Result<Option<Phase>, Error> {
         if self.phase != Phase::Failed.as_str() {
@@ -288,7 +303,7 @@ impl Db {
         let route = self.route(cluster).await?;
         self.request(cluster, [Phase::Aborting, Phase::Aborted], |m, phase| {
             let failed_in = m.failed_in()?;
-            if route.as_ref().is_some_and(|r| r.primary_endpoint != m.source_dsn) {
+            if route.as_ref().is_some_and(|r| r.primary_endpoint != crate::route::endpoint(&m.source_dsn)) {
                 return Err(m.wrong_phase(
                     "the route's primary is no longer the source, so writes go to the target and abort would tear down the database that has them; `dmf rollback` moves traffic back to the source with every write, `dmf resume` retries",
                 ));

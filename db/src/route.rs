@@ -13,6 +13,14 @@ use crate::{Db, Error};
 /// The notification channel a route change is announced on (payload: the cluster name).
 pub const CHANNEL: &str = "dmf_routes";
 
+/// A connection string as a route holds it: without any password. A route tells proxies where
+/// to send traffic; they log in as each client's user with their own users file, so dmf's own
+/// credentials never reach an application host. Compare a route's endpoints with a
+/// migration's connection strings through this.
+pub fn endpoint(dsn: &str) -> String {
+    crate::secret::redact(dsn)
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RouteRow {
     pub cluster: String,
@@ -125,16 +133,16 @@ impl Db {
         let mut tx = self.begin().await?;
         let row: Option<RouteRow> = sqlx::query_as(include_str!("queries/change_route.sql"))
             .bind(cluster)
-            .bind(&change.primary)
-            .bind(&change.read)
+            .bind(change.primary.as_deref().map(endpoint))
+            .bind(change.read.as_deref().map(endpoint))
             .bind(&change.mode)
             .bind(change.hold)
             .bind(change.hold_deadline_ms)
             .bind(matches!(change.shadow_endpoint, Some(None)))
-            .bind(change.shadow_endpoint.clone().flatten())
+            .bind(change.shadow_endpoint.clone().flatten().as_deref().map(endpoint))
             .bind(change.shadow_fraction)
             .bind(matches!(change.next_primary, Some(None)))
-            .bind(change.next_primary.clone().flatten())
+            .bind(change.next_primary.clone().flatten().as_deref().map(endpoint))
             .fetch_optional(&mut *tx)
             .await?;
         let row = row.ok_or_else(|| Error::UnknownCluster(cluster.to_string()))?;

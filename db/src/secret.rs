@@ -1,5 +1,105 @@
 //! Passwords kept out of everything dmf shows, logs or stores as text: [`redact`] is the one
-//! function that takes them out of connection strings and of any text that contains them.
+//! function that takes them out of connection strings and of any text that contains them; a
+//! [`PasswordRef`] is how the control plane holds a password (where it is, never what it is),
+//! resolved by the process that connects, when it connects ([`login`]).
+
+use std::path::PathBuf;
+
+/// Where a password is: what the manifest's `password_env` / `password_file` say, and what the
+/// control plane stores in their place.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PasswordRef {
+    /// An environment variable of the process that connects.
+    #[serde(rename = "password_env")]
+    Env(String),
+    /// A file (its first line) readable by the process that connects.
+    #[serde(rename = "password_file")]
+    File(PathBuf),
+}
+
+impl std::fmt::Display for PasswordRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordRef::Env(v) => write!(f, "password_env {v}"),
+            PasswordRef::File(p) => write!(f, "password_file {}", p.display()),
+        }
+    }
+}
+
+impl PasswordRef {
+    /// `{"password_env": ..}` or `{"password_file": ..}` (exactly one), as the manifest writes
+    /// them into a cluster's settings; `None` when `value` is absent.
+    pub fn from_json(value: Option<&serde_json::Value>) -> Result<Option<PasswordRef>, String> {
+        let Some(v) = value else { return Ok(None) };
+        let env = v.get("password_env").and_then(|v| v.as_str());
+        let file = v.get("password_file").and_then(|v| v.as_str());
+        match (env, file) {
+            (Some(e), None) => Ok(Some(PasswordRef::Env(e.to_string()))),
+            (None, Some(f)) => Ok(Some(PasswordRef::File(PathBuf::from(f)))),
+            _ => Err("give exactly one of password_env and password_file".into()),
+        }
+    }
+
+    /// The password itself, read now by this process (`who` names it in the error: "worker"). The
+    /// error names the reference, never a value.
+    pub fn resolve(&self, who: &str) -> Result<String, String> {
+        let value = match self {
+            PasswordRef::Env(var) => std::env::var(var).map_err(|_| format!("{self}: the {who}'s environment has no such variable"))?,
+            PasswordRef::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{self}: cannot be read by the {who} ({})", e.kind()))?;
+                text.lines().next().unwrap_or("").to_string()
+            }
+        };
+        if value.is_empty() {
+            return Err(format!("{self}: it is empty"));
+        }
+        Ok(value)
+    }
+}
+
+/// Whether a connection string carries a password of its own (inline, in the manifest).
+pub fn has_password(dsn: &str) -> bool {
+    redact(dsn) != dsn
+}
+
+/// A connection string that logs in with `password`: `dsn` without any password of its own, and
+/// `password` added (percent-encoded in a URL's user info, quoted in key=value form).
+pub fn with_password(dsn: &str, password: &str) -> String {
+    let bare = redact(dsn);
+    let url = ["postgres://", "postgresql://"].iter().find_map(|p| bare.strip_prefix(p).map(|rest| (*p, rest)));
+    match url {
+        Some((scheme, rest)) => {
+            let end = rest.find(authority_end).unwrap_or(rest.len());
+            let encoded = percent_encode(password);
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}{}:{encoded}{}", &rest[..at], &rest[at..]),
+                None => format!("{scheme}:{encoded}@{rest}"),
+            }
+        }
+        None => format!("{bare} password='{}'", password.replace('\\', "\\\\").replace('\'', "\\'")),
+    }
+}
+
+/// `dsn` with the password `reference` points at, resolved now by this process (`who`); `dsn`
+/// itself when there is no reference (a password inline, or none).
+pub fn login(dsn: &str, reference: Option<&PasswordRef>, who: &str) -> Result<String, String> {
+    match reference {
+        Some(r) => Ok(with_password(dsn, &r.resolve(who)?)),
+        None => Ok(dsn.to_string()),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 /// `text` with every password removed: from URLs (`scheme://user:password@host` keeps
 /// `user@host`; a `password=` query parameter is dropped) and from key=value connection strings
@@ -127,6 +227,22 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn a_resolved_password_goes_into_either_form_and_parses_back() {
+        use super::with_password;
+        for (dsn, want) in [
+            ("postgres://migrator@h:5432/db?sslmode=require", "postgres://migrator:p%40ss%20w%27rd@h:5432/db?sslmode=require"),
+            ("postgres://migrator:old@h/db", "postgres://migrator:p%40ss%20w%27rd@h/db"),
+            ("postgresql://h/db", "postgresql://:p%40ss%20w%27rd@h/db"),
+            ("host=h user=migrator dbname=db", "host=h user=migrator dbname=db password='p@ss w\\'rd'"),
+        ] {
+            let got = with_password(dsn, "p@ss w'rd");
+            assert_eq!(got, want);
+            let config: tokio_postgres::Config = got.parse().expect("parses");
+            assert_eq!(config.get_password(), Some(&b"p@ss w'rd"[..]), "{got}");
+        }
+    }
 
     #[test]
     fn urls_lose_the_password_and_keep_the_rest() {

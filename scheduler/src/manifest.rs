@@ -6,6 +6,8 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use dmf_db::secret::PasswordRef;
+
 use crate::Error;
 
 #[derive(Debug, Deserialize)]
@@ -43,8 +45,17 @@ fn default_breaker() -> Spanned<f64> {
 struct RawCluster {
     name: Spanned<String>,
     source: Spanned<String>,
+    /// The source's password by reference (instead of inline in `source`).
+    #[serde(default)]
+    source_password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    source_password_file: Option<Spanned<String>>,
     #[serde(default)]
     target: Option<Spanned<String>>,
+    #[serde(default)]
+    target_password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    target_password_file: Option<Spanned<String>>,
     #[serde(default)]
     wave: Option<Spanned<i64>>,
     #[serde(default)]
@@ -78,6 +89,28 @@ pub struct Manifest {
     pub fleet: dmf_db::fleet::NewFleet,
     /// Manifest line of each cluster, for error messages.
     pub lines: HashMap<String, usize>,
+    /// What works but should not be so (a password inline in a connection string), by line.
+    pub warnings: Vec<String>,
+}
+
+/// One side's password reference from `<side>_password_env` / `<side>_password_file`, checked
+/// against a password inline in the side's connection string.
+fn password_ref(
+    side: &str,
+    dsn: &Spanned<String>,
+    env: &Option<Spanned<String>>,
+    file: &Option<Spanned<String>>,
+) -> Result<Option<PasswordRef>, (Range<usize>, String)> {
+    let r = match (env, file) {
+        (Some(e), None) => PasswordRef::Env(e.get_ref().clone()),
+        (None, Some(f)) => PasswordRef::File(f.get_ref().into()),
+        (Some(e), Some(_)) => return Err((e.span(), format!("give one of {side}_password_env and {side}_password_file"))),
+        (None, None) => return Ok(None),
+    };
+    if dmf_db::secret::has_password(dsn.get_ref()) {
+        return Err((dsn.span(), format!("{side}: has a password of its own and {side}_password_{} too; keep one", if env.is_some() { "env" } else { "file" })));
+    }
+    Ok(Some(r))
 }
 
 /// Where a byte offset falls, as a 1-based line number.
@@ -102,6 +135,7 @@ const PHASES_THAT_CAN_PAUSE: &[&str] = &["preflight", "provisioning", "schema", 
 impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, Error> {
         let err = |span: &Range<usize>, message: String| Error::Manifest { file: file.to_string(), line: line_of(text, span), message };
+        let mut warnings = Vec::new();
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, &s)).unwrap_or(1);
             // toml's message does not always name the key: quote the offending line.
@@ -153,6 +187,23 @@ impl Manifest {
                 }
                 None => None,
             };
+            let source_password = password_ref("source", &c.source, &c.source_password_env, &c.source_password_file)
+                .map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?;
+            let target_password = match &c.target {
+                Some(t) => password_ref("target", t, &c.target_password_env, &c.target_password_file).map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?,
+                None if c.target_password_env.is_some() || c.target_password_file.is_some() => {
+                    return Err(Error::Manifest { file: file.into(), line, message: format!("cluster {cname}: target_password_env/_file need an adopted target") })
+                }
+                None => None,
+            };
+            for (side, dsn) in [("source", Some(&c.source)), ("target", c.target.as_ref())] {
+                if let Some(dsn) = dsn.filter(|d| dmf_db::secret::has_password(d.get_ref())) {
+                    warnings.push(format!(
+                        "{file}:{}: cluster {cname}: the {side}'s password is inline: the control plane keeps it in dmf.clusters; give {side}_password_env or {side}_password_file instead",
+                        line_of(text, &dsn.span())
+                    ));
+                }
+            }
             let wave = match &c.wave {
                 Some(w) if *w.get_ref() < 1 || *w.get_ref() > 10_000 => {
                     return Err(err(&w.span(), format!("cluster {cname}: wave: must be between 1 and 10000, got {}", w.get_ref())))
@@ -209,6 +260,11 @@ impl Manifest {
                 settings.insert("teardown_target".into(), t.into());
             }
             settings.insert("replication".into(), replication.into());
+            for (key, r) in [("source_password", source_password), ("target_password", target_password)] {
+                if let Some(r) = r {
+                    settings.insert(key.into(), serde_json::to_value(r).map_err(|e| err(&c.name.span(), format!("cluster {cname}: {key}: {e}")))?);
+                }
+            }
             if let Some(a) = aws {
                 settings.insert("aws".into(), serde_json::to_value(a).map_err(|e| err(&c.name.span(), format!("cluster {cname}: aws: {e}")))?);
             }
@@ -238,10 +294,13 @@ impl Manifest {
                 max_concurrent,
                 max_per_source_host,
                 breaker_threshold: breaker,
-                manifest: text.to_string(),
+                // inline passwords stay out of the stored copy (the clusters keep them where a
+                // warning says)
+                manifest: dmf_db::secret::redact(text),
                 clusters,
             },
             lines,
+            warnings,
         })
     }
 }

@@ -12,8 +12,16 @@ use crate::{Error, Manifest};
 pub async fn enqueue(db: &Db, manifest: &Manifest, actor: &str) -> Result<Vec<uuid::Uuid>, Error> {
     let mut checks = tokio::task::JoinSet::new();
     for c in &manifest.fleet.clusters {
-        let (name, dsn) = (c.name.clone(), c.source_dsn.clone());
-        checks.spawn(async move { (name, probe(&dsn).await) });
+        let reference = dmf_db::secret::PasswordRef::from_json(c.settings.get("source_password"));
+        let dsn = reference.and_then(|r| dmf_db::secret::login(&c.source_dsn, r.as_ref(), "dmf enqueue process"));
+        let name = c.name.clone();
+        checks.spawn(async move {
+            let result = match dsn {
+                Ok(dsn) => probe(&dsn).await,
+                Err(why) => Err(format!("source_password: {why}")),
+            };
+            (name, result)
+        });
     }
     let mut failures = Vec::new();
     while let Some(r) = checks.join_next().await {

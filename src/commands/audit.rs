@@ -41,8 +41,9 @@ pub struct Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
-    let m = db.migration_by_cluster(&a.cluster).await?;
+    let mut m = db.migration_by_cluster(&a.cluster).await?;
     if a.full {
+        m.resolve_logins("dmf audit process")?;
         let target = m
             .target_dsn
             .clone()

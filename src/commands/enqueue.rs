@@ -13,9 +13,14 @@ const MANIFEST_FORMAT: &str = r#"Manifest format (TOML):
 
   [[cluster]]
   name = "orders"
-  source = "postgres://user:pw@db1:5432/orders"
+  source = "postgres://migrator@db1:5432/orders"
+  source_password_env = "ORDERS_PW"   # or source_password_file = "/run/secrets/orders";
+                                      # resolved by each dmf process when it connects. A password
+                                      # inline in `source` works too, but is then kept in the
+                                      # control plane (dmf.clusters): enqueue warns
   wave = 1
   # target = "postgres://..."     adopt an existing target instead of provisioning one
+  # target_password_env = "..."   or target_password_file: the adopted target's password
   # provider = "local"            or "aws": an Aurora PostgreSQL target (needs [cluster.aws])
   # replication = "logical"       or "dms" (provider "aws"): AWS DMS hydrates and replicates
   # pause_before = ["hydrating"]  wait for `dmf resume` before entering these phases
@@ -50,6 +55,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let file = a.manifest.display().to_string();
     let text = std::fs::read_to_string(&a.manifest).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
     let manifest = dmf_scheduler::Manifest::parse(&file, &text)?;
+    for w in &manifest.warnings {
+        tracing::warn!("{w}");
+    }
     let db = a.cp.connect().await?;
     let ids = dmf_scheduler::enqueue(&db, &manifest, &super::actor()).await?;
     let clusters: Vec<_> = manifest
@@ -60,7 +68,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .map(|(c, id)| serde_json::json!({ "cluster": c.name, "wave": c.wave, "migration": id }))
         .collect();
     if a.json {
-        crate::output::json(&serde_json::json!({ "fleet": manifest.fleet.name, "clusters": clusters }))
+        crate::output::json(&serde_json::json!({ "fleet": manifest.fleet.name, "clusters": clusters, "warnings": manifest.warnings }))
     } else {
         crate::output::line(&format!("fleet {}: {} clusters enqueued", manifest.fleet.name, ids.len()));
         Ok(())

@@ -320,11 +320,12 @@ pub fn leftovers(dsn: &str) -> String {
         "SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, ' || \
                 (SELECT count(*) FROM pg_publication) || ' publications, ' || \
                 (SELECT count(*) FROM pg_subscription) || ' subscriptions, ' || \
-                (SELECT count(*) FROM pg_namespace WHERE nspname = '_dmf') || ' heartbeat schemas'",
+                (SELECT count(*) FROM pg_namespace WHERE nspname = '_dmf') || ' heartbeat schemas, ' || \
+                (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'dmf\\_repl\\_%') || ' replication roles'",
     )
 }
 
-pub const CLEAN: &str = "0 slots, 0 publications, 0 subscriptions, 0 heartbeat schemas";
+pub const CLEAN: &str = "0 slots, 0 publications, 0 subscriptions, 0 heartbeat schemas, 0 replication roles";
 
 /// Small but varied data: a serial key, a composite key, an index, a sequence.
 pub const SAMPLE_SCHEMA: &str = "

@@ -71,7 +71,7 @@ pub async fn prepare(target: &Client, reverse: &Names) -> Result<(), Error> {
 /// `start` (the target's position inside the hold; what the slot saw before it came from the
 /// source). Made disabled, moved to `start`, then enabled, so that a retry after a crash in
 /// between finds it disabled and does the rest.
-pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names, start: Option<&str>) -> Result<(), Error> {
+pub async fn subscribe(source: &Client, target: &Client, target_dsn: &str, reverse: &Names, start: Option<&str>) -> Result<(), Error> {
     let enabled: Option<bool> = source
         .query_opt("SELECT subenabled FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[&reverse.subscription])
         .await
@@ -81,10 +81,12 @@ pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names, start
         Some(true) => return Ok(()),
         Some(false) => {}
         None => {
+            // the subscription logs in to the target as a replication role of its own there
+            let conninfo = crate::repl_role::ensure(target, &crate::repl_role::name(reverse), target_dsn).await?;
             let sql = format!(
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = false)",
                 pg::ident(&reverse.subscription),
-                pg::literal(target_dsn),
+                pg::literal(&conninfo),
                 pg::ident(&reverse.publication),
                 pg::literal(&reverse.slot),
             );
@@ -105,7 +107,8 @@ pub async fn subscribe(source: &Client, target_dsn: &str, reverse: &Names, start
 pub async fn remove(source: &Client, target: &Client, reverse: &Names) -> Result<(), Error> {
     drop_subscription(source, &reverse.subscription).await?;
     drop_slot(target, &reverse.slot).await?;
-    pg::exec(target, "drop the reverse publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&reverse.publication))).await
+    pg::exec(target, "drop the reverse publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&reverse.publication))).await?;
+    crate::repl_role::drop(target, &crate::repl_role::name(reverse)).await
 }
 
 /// Remove forward replication once traffic is on the target: the subscription on the target, the
@@ -114,7 +117,8 @@ pub async fn remove_forward(source: &Client, target: &Client, forward: &Names, a
     drop_subscription(target, &forward.subscription).await?;
     drop_slot(source, &forward.slot).await?;
     drop_slot(source, audit_slot).await?;
-    pg::exec(source, "drop the publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&forward.publication))).await
+    pg::exec(source, "drop the publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&forward.publication))).await?;
+    crate::repl_role::drop(source, &crate::repl_role::name(forward)).await
 }
 
 /// Once per flip: remove forward replication, then replicate back to the source from the position
@@ -128,7 +132,7 @@ pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Clie
     remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
     // (a flip from before this position was recorded made its slot inside the hold: from the slot)
     let start = ctx.record::<Flip>()?.0.reverse_start_lsn;
-    subscribe(source, target_dsn, &Names::reverse_of(m.id), start.as_deref()).await?;
+    subscribe(source, target, target_dsn, &Names::reverse_of(m.id), start.as_deref()).await?;
     ctx.save(Patch::of(&Reverse { subscribed: Some(true), ..Reverse::default() })).await?;
     tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
     Ok(())
