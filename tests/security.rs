@@ -240,3 +240,32 @@ fn secrets_by_reference_never_reach_the_control_plane_routes_or_proxies() {
     let warned = String::from_utf8_lossy(&inline.stdout);
     assert!(warned.contains("inline.toml:6: cluster y: the source's password is inline: the control plane keeps it in dmf.clusters"), "{warned}");
 }
+
+/// Item 5: a target the local provider makes outside `--fast-local-targets` is not open to every
+/// local user: dmf's role there has a generated password, held by reference (a file only its
+/// owner reads), and every role needs its password, over TCP and the socket.
+#[test]
+fn local_targets_require_a_password_held_by_reference() {
+    let env = Env::new("sec-local-target");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'x')");
+    // (the manifest pauses nowhere: the test stops the worker once the target replicates)
+    let _scheduler = env.scheduler();
+    let _worker = env.worker_production_targets("w1", &[]);
+    env.wait_for("replicating", Duration::from_secs(180), |cs| cs.first().is_some_and(in_sync));
+    let target = env.target_dsn("app");
+    assert!(!target.contains(':') || !target.split("://").nth(1).unwrap_or("").split('@').next().unwrap_or("").contains(':'), "no password in the state: {target}");
+    let err = try_psql(&target, "SELECT 1").expect_err("dmf's role without its password");
+    assert!(err.contains("password"), "{err}");
+    let state = env.dmf_json(&["status", "app", "--json"]);
+    let file = state["clusters"][0]["state"]["target_password"]["password_file"].as_str().unwrap_or_else(|| panic!("a password_file reference: {state}")).to_string();
+    let meta = std::fs::metadata(&file).expect("the password file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o077, 0, "{file} is readable by its owner only");
+    let password = std::fs::read_to_string(&file).expect("read").trim().to_string();
+    let with_pw = target.replacen("postgres://postgres@", &format!("postgres://postgres:{password}@"), 1);
+    assert_eq!(psql(&with_pw, "SELECT count(*) FROM notes"), "1");
+    let socket = format!("host={} port={} dbname=app user=postgres", std::path::Path::new(&file).parent().expect("dir").display(), target.rsplit(':').next().and_then(|p| p.split('/').next()).expect("port"));
+    assert!(try_psql(&socket, "SELECT 1").is_err(), "the socket asks a password too");
+    env.assert_no_secret(&[&password], &[], true);
+}

@@ -242,7 +242,7 @@ impl Context {
 
     /// The target: adopted (from the manifest) or provisioned (from the durable state).
     pub fn target_dsn(&self) -> Result<Option<String>, Error> {
-        Ok(self.migration.target_dsn.clone().or(self.record::<state::TargetDsn>()?.target_dsn))
+        state::target_login(&self.migration, "worker")
     }
 
     /// Where the routes send traffic on the target: the writer endpoint of a provisioned Aurora

@@ -5,7 +5,8 @@
 
 use crate::error::Error;
 use crate::providers::local::{self, LocalCluster, Options};
-use crate::state::{LocalDir, LocalPort, Patch, TargetCreated, TargetDsn};
+use crate::state::{LocalDir, LocalPort, Patch, TargetCreated, TargetDsn, TargetPassword};
+use dmf_db::secret::PasswordRef;
 use crate::{pg, Context, Provider};
 use dmf_workflows::Outcome;
 
@@ -35,8 +36,17 @@ async fn provision_local(ctx: &Context) -> Result<Outcome, Error> {
         }
     };
     let dir = ctx.config.local_base_dir.join(format!("{}-{}", m.cluster, &m.id.simple().to_string()[..12]));
-    let opts = Options { dir: dir.clone(), port, fast: ctx.config.fast_local_targets, extra_conf: String::new() };
-    ctx.save(Patch::of(&LocalDir { target_dir: Some(dir.display().to_string()) }).and(&TargetCreated { target_created: true })).await?;
+    // Outside --fast-local-targets dmf's role gets a generated password; the control plane keeps
+    // where it is (a file in the target's directory), never the password.
+    let passwords = !ctx.config.fast_local_targets;
+    let opts = Options { dir: dir.clone(), port, fast: ctx.config.fast_local_targets, extra_conf: String::new(), passwords };
+    let password = passwords.then(|| PasswordRef::File(LocalCluster { dir: dir.clone(), port }.password_file()));
+    ctx.save(
+        Patch::of(&LocalDir { target_dir: Some(dir.display().to_string()) })
+            .and(&TargetCreated { target_created: true })
+            .and(&TargetPassword { target_password: password.clone() }),
+    )
+    .await?;
     let c = tokio::task::spawn_blocking(move || -> Result<LocalCluster, Error> {
         let c = LocalCluster::create(&opts)?;
         c.start()?;
@@ -45,7 +55,9 @@ async fn provision_local(ctx: &Context) -> Result<Outcome, Error> {
     .await
     .map_err(|e| Error::Local(format!("provisioning task: {e}")))??;
     let dbname = pg::dbname(ctx.source_dsn())?;
-    let admin = pg::connect(&c.dsn("postgres"), &format!("target of {}", m.cluster)).await?;
+    let admin_dsn = dmf_db::secret::login(&c.dsn("postgres"), password.as_ref(), "worker")
+        .map_err(|why| Error::Local(format!("cluster {}: the target's password: {why}", m.cluster)))?;
+    let admin = pg::connect(&admin_dsn, &format!("target of {}", m.cluster)).await?;
     let exists = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
         .await

@@ -11,7 +11,7 @@ use dmf_db::{Db, MigrationRow};
 use tokio_postgres::Client;
 
 use crate::error::Error;
-use crate::state::{DroppedSlots, Patch, SlotReport, SlotsDropped, TargetDsn};
+use crate::state::{DroppedSlots, Patch, SlotReport, SlotsDropped};
 use crate::{objects, pg, Names};
 
 /// The slots named in `names` that exist on the server `client` is connected to; `side` says
@@ -81,7 +81,7 @@ pub async fn drop_after_failure(db: &Db, m: &MigrationRow, after: Duration) -> R
     if now.phase != m.phase || now.epoch != m.epoch {
         return Ok(Vec::new());
     }
-    let target_dsn = m.target_dsn.clone().or(m.record::<TargetDsn>().ok().and_then(|t| t.target_dsn));
+    let target_dsn = crate::state::target_login(m, "worker").ok().flatten();
     if let Some(target_dsn) = target_dsn {
         match pg::connect(&target_dsn, &format!("target of {cluster}")).await {
             Ok(target) => {

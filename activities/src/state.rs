@@ -32,6 +32,33 @@ pub struct TargetDsn {
 }
 record!(TargetDsn, Place::Top);
 
+/// Where the password of dmf's role on a target it provisioned is (a local target's generated
+/// password file): the control plane holds the reference, never the password.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TargetPassword {
+    pub target_password: Option<dmf_db::secret::PasswordRef>,
+}
+record!(TargetPassword, Place::Top);
+
+/// The connection string dmf logs in to `m`'s target with: the adopted target's (resolved by
+/// `MigrationRow::resolve_logins`), else the provisioned one's with the password its
+/// [`TargetPassword`] points at, resolved now by this process (`who`).
+pub fn target_login(m: &dmf_db::migration::MigrationRow, who: &str) -> Result<Option<String>, crate::error::Error> {
+    if let Some(adopted) = &m.target_dsn {
+        return Ok(Some(adopted.clone()));
+    }
+    let corrupt = |e: dmf_db::Error| match e {
+        dmf_db::Error::Corrupt(what) => crate::error::Error::NeedsOperator(what),
+        other => crate::error::Error::Db(other),
+    };
+    let Some(dsn) = m.record::<TargetDsn>().map_err(corrupt)?.target_dsn else { return Ok(None) };
+    let reference = m.record::<TargetPassword>().map_err(corrupt)?.target_password;
+    dmf_db::secret::login(&dsn, reference.as_ref(), who)
+        .map(Some)
+        .map_err(|why| crate::error::Error::NeedsOperator(format!("cluster {}: the target's password: {why}", m.cluster)))
+}
+
 /// An Aurora target's endpoints as the routes use them: the writer's, and the reader's for shadow
 /// reads (dmf itself may reach the target another way, `connect_via`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -292,6 +319,8 @@ record!(DmsRemoved, Place::Top);
 #[serde(default)]
 pub struct MigrationState {
     pub target: TargetDsns,
+    /// Where the password of dmf's role on a provisioned target is (a reference, never the value).
+    pub target_password: Option<dmf_db::secret::PasswordRef>,
     pub target_created: bool,
     pub local_dir: Option<String>,
     pub local_port: Option<u16>,
@@ -328,6 +357,7 @@ impl MigrationState {
                     target_read_dsn: endpoints.target_read_dsn,
                 }
             },
+            target_password: state.get::<TargetPassword>()?.target_password,
             target_created: state.get::<TargetCreated>()?.target_created,
             local_dir: state.get::<LocalDir>()?.target_dir,
             local_port: state.get::<LocalPort>()?.target_port,

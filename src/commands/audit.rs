@@ -44,10 +44,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut m = db.migration_by_cluster(&a.cluster).await?;
     if a.full {
         m.resolve_logins("dmf audit process")?;
-        let target = m
-            .target_dsn
-            .clone()
-            .or(m.record::<state::TargetDsn>()?.target_dsn)
+        let target = state::target_login(&m, "dmf audit process")?
             .ok_or_else(|| anyhow::anyhow!("cluster {}: no target yet (phase {}); a full compare needs a replicating target", m.cluster, m.phase))?;
         if !matches!(m.phase.as_str(), "replicating" | "validating" | "shadow_reads") {
             anyhow::bail!("cluster {} is in phase {}; a full compare needs it replicating, validating or in shadow reads", m.cluster, m.phase);

@@ -96,7 +96,10 @@ pub struct Args {
     /// Keep replication back to the source after completion, so that a rollback stays lossless.
     #[arg(long)]
     pub keep_reverse_replication: bool,
-    /// Create local targets with fsync off (tests and demos only).
+    /// Create local targets with fsync off and `postgres` trusted on loopback (tests, benches and
+    /// demos only). Without it a local target's `postgres` gets a generated password, kept in
+    /// `dmf.password` in the target's directory (the control plane holds only that path), and
+    /// every role needs its password.
     #[arg(long, env = "DMF_FAST_LOCAL_TARGETS")]
     pub fast_local_targets: bool,
     /// Send every AWS call (RDS, DMS) here instead of AWS: a local emulator. Credentials and

@@ -195,8 +195,21 @@ impl Env {
 
     /// `worker` with extra environment variables (fault injection).
     pub fn worker_env(&self, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
+        self.worker_with(name, true, extra, envs)
+    }
+
+    /// A worker whose local targets are made as in production: without `--fast-local-targets`,
+    /// so that dmf's role there has a generated password.
+    pub fn worker_production_targets(&self, name: &str, extra: &[&str]) -> Proc {
+        self.worker_with(name, false, extra, &[])
+    }
+
+    fn worker_with(&self, name: &str, fast: bool, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
         let dir = self.targets_dir();
-        let mut args = vec!["worker", "--name", name, "--local-dir", dir.to_str().expect("utf-8 path"), "--fast-local-targets"];
+        let mut args = vec!["worker", "--name", name, "--local-dir", dir.to_str().expect("utf-8 path")];
+        if fast {
+            args.push("--fast-local-targets");
+        }
         for (flag, value) in [("--watch-interval", "0.5"), ("--lease-ttl-s", "6"), ("--heartbeat-s", "1"), ("--reconcile-s", "2")] {
             if !extra.contains(&flag) {
                 args.extend_from_slice(&[flag, value]);

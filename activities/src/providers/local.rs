@@ -37,6 +37,19 @@ host all all 127.0.0.1/32 scram-sha-256
 host replication all 127.0.0.1/32 scram-sha-256
 ";
 
+/// Who may log in to a cluster made with a password for `postgres` (a target the local provider
+/// makes outside `--fast-local-targets`): everyone with a password, over TCP and the socket.
+const HBA_PASSWORDS: &str = "\
+local all all scram-sha-256
+local replication all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+";
+
+/// The file (in the cluster's directory, readable by its owner only) that holds the generated
+/// password of `postgres` on a cluster made with one.
+pub const PASSWORD_FILE: &str = "dmf.password";
+
 /// Written after initdb and configuration have completed.
 const READY_MARKER: &str = "dmf-cluster-ready";
 
@@ -50,6 +63,9 @@ pub struct Options {
     pub fast: bool,
     /// Extra postgresql.conf lines.
     pub extra_conf: String,
+    /// Give `postgres` a generated password (kept in [`PASSWORD_FILE`]) and require passwords
+    /// of everyone; without it `postgres` is trusted on loopback (tests, benches, the demo).
+    pub passwords: bool,
 }
 
 /// A local PostgreSQL cluster (it may or may not be running).
@@ -161,6 +177,26 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Write `text` to `path` readable by its owner only (and by `postgres`, which owns the cluster
+/// directories, when we are root).
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::Local(format!("create {}: {e}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(|e| Error::Local(format!("write {}: {e}", path.display())))?;
+    if is_root() {
+        let mut c = Command::new("chown");
+        c.args(["postgres:postgres"]).arg(path);
+        run(c, &format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> Result<u16, Error> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Local(format!("find a free port: {e}")))?;
@@ -170,6 +206,11 @@ pub fn free_port() -> Result<u16, Error> {
 impl LocalCluster {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// Where the generated password of `postgres` is, on a cluster made with one.
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join(PASSWORD_FILE)
     }
 
     /// Connection string for a database of this cluster.
@@ -198,7 +239,17 @@ impl LocalCluster {
             std::fs::remove_dir_all(&data).map_err(|e| Error::Local(format!("remove {}: {e}", data.display())))?;
         }
         let mut cmd = server_command(&bin_dir()?.join("initdb"));
-        cmd.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        cmd.arg("-D").arg(&data).args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        if opts.passwords {
+            let file = c.password_file();
+            if !file.exists() {
+                let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+                write_private(&file, &format!("{password}\n"))?;
+            }
+            cmd.args(["-A", "scram-sha-256"]).arg(format!("--pwfile={}", file.display()));
+        } else {
+            cmd.args(["-A", "trust"]);
+        }
         run(cmd, &format!("initdb {}", data.display()))?;
         let mut conf = format!("{BASE_CONF}port = {}\nunix_socket_directories = '{}'\n", opts.port, c.dir.display());
         if opts.fast {
@@ -212,7 +263,7 @@ impl LocalCluster {
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).map_err(|e| Error::Local(format!("write {}: {e}", conf_path.display())))?;
         let hba = data.join("pg_hba.conf");
-        std::fs::write(&hba, HBA).map_err(|e| Error::Local(format!("write {}: {e}", hba.display())))?;
+        std::fs::write(&hba, if opts.passwords { HBA_PASSWORDS } else { HBA }).map_err(|e| Error::Local(format!("write {}: {e}", hba.display())))?;
         prepare_dir(&c.dir)?;
         let marker = c.dir.join(READY_MARKER);
         std::fs::write(&marker, format!("port {}\n", opts.port)).map_err(|e| Error::Local(format!("write {}: {e}", marker.display())))?;
@@ -279,7 +330,7 @@ impl LocalCluster {
         for _ in 0..5 {
             let port = free_port()?;
             let dir = base.join(name);
-            let opts = Options { dir: dir.clone(), port, fast: true, extra_conf: extra_conf.to_string() };
+            let opts = Options { dir: dir.clone(), port, fast: true, extra_conf: extra_conf.to_string(), passwords: false };
             let c = LocalCluster::create(&opts)?;
             match c.start() {
                 Ok(()) => return Ok(Guard(c)),
