@@ -15,7 +15,12 @@
 # dmf proxy routes to the server through dmf.routes: the server is enqueued as a cluster (nobody
 # runs a scheduler or a worker, so it stays pending and its route points at the source). It runs
 # with its defaults: one relay thread per CPU, idle polling on.
-# Last lines: proxy_added_latency_ms dmf=<ms> pgbouncer=<ms> (1-client latency minus direct), then
+# Then the same with TLS on both sides of each proxy (TLS_MODES, default select-simple): pgbench
+# to the proxy with sslmode=require, the proxy to the server with sslmode=require; pgbouncer with
+# client_tls_sslmode and server_tls_sslmode require as the peer (targets pgbouncer-tls, dmf-tls).
+# The runs without TLS have none anywhere (sslmode=disable to the server too).
+# Last lines: proxy_added_latency_ms dmf=<ms> pgbouncer=<ms> (1-client latency minus direct),
+# proxy_tls_ratio_vs_pgbouncer=<dmf-tls tps / pgbouncer-tls tps, select-only simple>, then
 # proxy_ratio_vs_pgbouncer=<dmf tps / pgbouncer tps, select-only simple>.
 # Knobs: RUNS, DURATION (s), SCALE, MODES (a subset of: select-simple select-extended
 # select-prepared tpcb latency), WARMUP (s per target before the rounds, default 3), VERBOSE=1
@@ -49,8 +54,11 @@ stop_pid() {  # stop_pid PID: SIGTERM, up to 10 s to exit, then SIGKILL
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+TLS_PROXY_PID=""
 proxy_bench_cleanup() {
     stop_pid "$PROXY_PID"
+    stop_pid "$TLS_PROXY_PID"
+    [ -f "$BASE/pgbouncer-tls/pgbouncer.pid" ] && stop_pid "$(cat "$BASE/pgbouncer-tls/pgbouncer.pid")"
     [ -f "$BASE/pgbouncer/pgbouncer.pid" ] && stop_pid "$(cat "$BASE/pgbouncer/pgbouncer.pid")"
     bench_cleanup
 }
@@ -60,7 +68,14 @@ trap 'exit 143' TERM
 
 # --- the server: database bench loaded by pgbench (max_connections 120, from make_cluster)
 pgbench_source "$SCALE"
-# No TLS anywhere: the server and pgbouncer have none, and the proxy must not pay for one either.
+# The server offers TLS (for the TLS runs); the runs without it ask for none anywhere.
+TLS_DIR="$BASE/tls"; mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -addext "subjectAltName = IP:127.0.0.1" \
+    -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.crt" 2>/dev/null
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$TLS_DIR"
+chmod 600 "$TLS_DIR/server.key"
+psql -X -q "$SRC" -c "ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.crt'" -c "ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/server.key'" \
+    -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
 declare -A URL=([direct]="$SRC?sslmode=disable")
 
 # --- pgbouncer, transaction pooling, trust on loopback
@@ -68,9 +83,25 @@ BP="$BASE/pgbouncer"
 BOUNCER_PORT=$(free_port)
 mkdir -p "$BP"
 pgbouncer_ini "$BP" "$BOUNCER_PORT" "$SRC_PORT"
+# (pgbouncer's server_tls_sslmode defaults to prefer, and the server offers TLS)
+echo "server_tls_sslmode = disable" >> "$BP/pgbouncer.ini"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BP"
 as_pg "$PGBOUNCER" -d -q "$BP/pgbouncer.ini" || { cat "$BP/pgbouncer.log" 2>/dev/null; exit 1; }
 URL[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable"
+# pgbouncer with TLS to its clients and to the server
+BPT="$BASE/pgbouncer-tls"
+BOUNCER_TLS_PORT=$(free_port)
+mkdir -p "$BPT"
+pgbouncer_ini "$BPT" "$BOUNCER_TLS_PORT" "$SRC_PORT"
+cat >> "$BPT/pgbouncer.ini" <<INI
+client_tls_sslmode = require
+client_tls_cert_file = $TLS_DIR/server.crt
+client_tls_key_file = $TLS_DIR/server.key
+server_tls_sslmode = require
+INI
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BPT"
+as_pg "$PGBOUNCER" -d -q "$BPT/pgbouncer.ini" || { cat "$BPT/pgbouncer.log" 2>/dev/null; exit 1; }
+URL[pgbouncer-tls]="postgres://postgres@127.0.0.1:$BOUNCER_TLS_PORT/bench?sslmode=require"
 BOUNCER_VERSION="$("$PGBOUNCER" --version | head -n 1 | awk '{print $2}')"
 
 # wait_ready NAME LOG [PID]: up to 30 s for `select 1` through target NAME; else show LOG and fail.
@@ -86,6 +117,7 @@ wait_ready() {
     echo "$name does not accept connections after 30 s:"; tail -n 40 "$log"; exit 1
 }
 wait_ready pgbouncer "$BP/pgbouncer.log"
+wait_ready pgbouncer-tls "$BPT/pgbouncer.log"
 
 # --- dmf: a control plane, the server enqueued as cluster bench, and the proxy on its route
 TARGETS=(direct pgbouncer)
@@ -94,7 +126,8 @@ if [ -z "$SKIP_DMF" ]; then
     export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
     export DMF_LOG="${DMF_LOG:-warn}"
     "$DMF" init >/dev/null
-    printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
+    printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n[[cluster]]\nname = "bench_tls"\nsource = "%s"\n' \
+        "$SRC?sslmode=disable" "$SRC?sslmode=require" > "$BASE/fleet.toml"
     "$DMF" enqueue "$BASE/fleet.toml" >/dev/null
     PROXY_PORT=$(free_port); METRICS_PORT=$(free_port)
     # In its own session, like pgbouncer -d (and like any service manager starts a sidecar):
@@ -109,6 +142,11 @@ if [ -z "$SKIP_DMF" ]; then
     URL[dmf]="postgres://bench_app@127.0.0.1:$PROXY_PORT/bench?sslmode=disable"
     wait_ready dmf "$BASE/proxy.log" "$PROXY_PID"
     TARGETS+=(dmf)
+    TLS_PROXY_PORT=$(free_port)
+    setsid "$DMF" proxy --cluster bench_tls --listen "127.0.0.1:$TLS_PROXY_PORT" --users-file "$BASE/users.txt" \
+        --tls-cert "$TLS_DIR/server.crt" --tls-key "$TLS_DIR/server.key" --client-tls required >"$BASE/proxy-tls.log" 2>&1 & TLS_PROXY_PID=$!
+    URL[dmf-tls]="postgres://bench_app@127.0.0.1:$TLS_PROXY_PORT/bench?sslmode=require"
+    wait_ready dmf-tls "$BASE/proxy-tls.log" "$TLS_PROXY_PID"
 fi
 
 # Every target must show the same data.
@@ -134,7 +172,9 @@ proxy_ticks() {
     local pid
     case "$1" in
         pgbouncer) pid=$(cat "$BP/pgbouncer.pid") ;;
+        pgbouncer-tls) pid=$(cat "$BPT/pgbouncer.pid") ;;
         dmf) pid=$PROXY_PID ;;
+        dmf-tls) pid=$TLS_PROXY_PID ;;
         *) echo 0; return ;;
     esac
     awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"
@@ -199,6 +239,20 @@ for run in $(seq 1 "$RUNS"); do
     done
 done
 
+# --- the same with TLS on both sides of each proxy
+read -r -a TLS_MODES <<< "${TLS_MODES:-select-simple}"
+TLS_TARGETS=(pgbouncer-tls)
+[ -z "$SKIP_DMF" ] && TLS_TARGETS+=(dmf-tls)
+for t in "${TLS_TARGETS[@]}"; do run_pgbench "$t" select-simple "$WARMUP"; done
+for run in $(seq 1 "$RUNS"); do
+    echo "round $run, TLS"
+    for mi in "${!TLS_MODES[@]}"; do
+        for k in $(seq 0 $((${#TLS_TARGETS[@]} - 1))); do
+            run_pgbench "${TLS_TARGETS[$(((k + run + mi) % ${#TLS_TARGETS[@]}))]}" "${TLS_MODES[$mi]}" "$DURATION" record
+        done
+    done
+done
+
 # --- report
 median() {  # median VALUE...: n/a when any value is n/a
     python3 -c 'import statistics,sys; v=sys.argv[1:]; print("n/a" if "n/a" in v else statistics.median(float(x) for x in v))' "$@"
@@ -255,7 +309,17 @@ except OSError as e:
 PY
 fi
 
+echo
+printf 'with TLS on both sides: median tps, select-only simple: pgbouncer %s, dmf %s; proxy CPU/txn (us): pgbouncer %s, dmf %s\n' \
+    "$(fmt "$(median ${TPS[pgbouncer-tls:select-simple]})")" "$(fmt "$(median ${TPS[dmf-tls:select-simple]:-n/a})")" \
+    "$(cpu_cell pgbouncer-tls select-simple)" "$(cpu_cell dmf-tls select-simple)"
 echo "proxy_added_latency_ms dmf=$(added dmf) pgbouncer=$(added pgbouncer)"
+if [ -n "$SKIP_DMF" ] || [[ " ${TLS_MODES[*]} " != *" select-simple "* ]]; then
+    echo "proxy_tls_ratio_vs_pgbouncer=n/a"
+else
+    printf 'proxy_tls_ratio_vs_pgbouncer=%.3f\n' "$(python3 -c 'import sys, statistics; d = [float(x) for x in sys.argv[1].split()]; p = [float(x) for x in sys.argv[2].split()]; print(statistics.median(d) / statistics.median(p))' \
+        "${TPS[dmf-tls:select-simple]}" "${TPS[pgbouncer-tls:select-simple]}")"
+fi
 if [ -n "$SKIP_DMF" ]; then
     echo "proxy_ratio_vs_pgbouncer=n/a"
 else

@@ -72,7 +72,8 @@ fn preflight_names_every_login_role_without_a_password_dmf_can_give_the_target()
     };
     // migrator logs in too: it owns the table, so the target needs it
     let e = error_of("app1");
-    assert!(e.contains("the login roles app, migrator:") && e.contains("[cluster.roles.<name>]"), "app needs a reference: {e}");
+    // (app_client: the harness's application role, granted CREATE on public in every test database)
+    assert!(e.contains("the login roles app, app_client, migrator:") && e.contains("[cluster.roles.<name>]"), "app needs a reference: {e}");
     assert!(!e.contains("readers"), "a role that does not log in needs no password: {e}");
     let e = error_of("app2");
     assert!(e.contains("role app: password_env DMF_TEST_UNSET_APP_PW: the worker's environment has no such variable"), "{e}");

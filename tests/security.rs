@@ -52,13 +52,10 @@ fn the_proxy_never_logs_a_client_in_with_dmfs_credentials() {
     assert!(open.log_tail().contains("--client-auth"), "{}", open.log_tail());
 }
 
-/// The server-first message a SCRAM login as `user` gets from `port` (the salt is in it).
-fn scram_server_first(port: u16, user: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+/// A protocol 3.0 startup packet.
+fn startup_packet(user: &str, db: &str) -> Vec<u8> {
     let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", user), ("database", "shop")] {
+    for (k, v) in [("user", user), ("database", db)] {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -67,15 +64,26 @@ fn scram_server_first(port: u16, user: &str) -> String {
     body.push(0);
     let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     startup.extend(body);
-    s.write_all(&startup).expect("startup");
-    let read_message = |s: &mut std::net::TcpStream| -> (u8, Vec<u8>) {
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).expect("message header");
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).expect("message body");
-        (head[0], body)
-    };
+    startup
+}
+
+/// One whole message from the server.
+fn read_message(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("message header");
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("message body");
+    (head[0], body)
+}
+
+/// The server-first message a SCRAM login as `user` gets from `port` (the salt is in it).
+fn scram_server_first(port: u16, user: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(&startup_packet(user, "shop")).expect("startup");
     let (tag, body) = read_message(&mut s);
     assert_eq!((tag, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "AuthenticationSASL");
     let first = b"n,,n=,r=abcdefghijklmnopqrstuvwx";
@@ -268,4 +276,111 @@ fn local_targets_require_a_password_held_by_reference() {
     let socket = format!("host={} port={} dbname=app user=postgres", std::path::Path::new(&file).parent().expect("dir").display(), target.rsplit(':').next().and_then(|p| p.split('/').next()).expect("port"));
     assert!(try_psql(&socket, "SELECT 1").is_err(), "the socket asks a password too");
     env.assert_no_secret(&[&password], &[], true);
+}
+
+/// Resident and peak resident memory of a process, in MiB.
+fn memory_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| -> u64 {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok()).expect("field") / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Item 6: clients that connect and go silent are disconnected at the authentication deadline;
+/// a server that never answers a login is an error at the connect deadline; clients past
+/// `--max-client-conn` are refused; large messages share one memory budget, so that a client
+/// whose message would pass it gets an error while the others carry on, and the proxy's memory
+/// stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_limits_bound_its_connections_and_memory() {
+    use std::io::Write;
+    let env = Env::new("sec-limits");
+    let src = env.source("src");
+    env.enqueue_app(&src, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    // 200 clients send a startup packet and go silent in the middle of SCRAM
+    let scram = env.proxy("scram", "app", &["--client-auth", "scram", "--users-file", env.users_file(&[]).to_str().expect("path"), "--auth-timeout-s", "3"]);
+    let mut silent: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", scram.port)).expect("connect");
+            s.write_all(&startup_packet(APP_CLIENT, "app")).expect("startup");
+            s
+        })
+        .collect();
+    let with_pw = scram.dsn("app").replacen(&format!("{APP_CLIENT}@"), &format!("{APP_CLIENT}:{APP_CLIENT_PW}@"), 1);
+    assert_eq!(psql(&with_pw, "SELECT count(*) FROM t"), "1", "a client with its password gets in meanwhile");
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let (tag, _) = read_message(s);
+        assert_eq!(tag, b'R', "AuthenticationSASL first");
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(s, &mut rest);
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "silent clients are disconnected at the deadline: {:?}", started.elapsed());
+    drop(silent);
+
+    // a server that accepts connections and never answers: the login fails at the deadline
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("mute server");
+    let mute_port = mute.local_addr().expect("addr").port();
+    let limited = env.proxy(
+        "limited",
+        "app",
+        &["--max-client-conn", "3", "--max-buffer-bytes", "314572800", "--server-connect-timeout-s", "2"],
+    );
+    let pid = limited.proc.child.id();
+    let (rss_before, _) = memory_mib(pid);
+    // one client holds a 200 MiB query half sent
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", limited.port)).expect("connect");
+    half.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    half.write_all(&startup_packet(APP_CLIENT, "app")).expect("startup");
+    while read_message(&mut half).0 != b'Z' {}
+    let big = format!("SELECT length('{}')\0", "x".repeat(200 << 20));
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((big.len() + 4) as i32).to_be_bytes());
+    query.extend_from_slice(big.as_bytes());
+    half.write_all(&query[..100 << 20]).expect("the first half");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // a second large query would take the buffers past the budget: that client gets an error
+    let (other, conn) = tokio_postgres::connect(&limited.dsn("app"), tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    let err = other.simple_query(&format!("SELECT length('{}')", "y".repeat(250 << 20))).await.expect_err("past the budget");
+    let text = format!("{err:?}");
+    assert!(text.contains("53200") || text.contains("does not fit in the proxy's buffers"), "{text}");
+    // the others carry on: a small query, and the first client's large one
+    assert_eq!(psql(&limited.dsn("app"), "SELECT count(*) FROM t"), "1");
+    half.write_all(&query[100 << 20..]).expect("the second half");
+    let mut answer = None;
+    loop {
+        match read_message(&mut half) {
+            (b'D', body) => answer = Some(String::from_utf8_lossy(&body[6..]).into_owned()),
+            (b'Z', _) => break,
+            (b'E', body) => panic!("the first large query failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    assert_eq!(answer.as_deref(), Some(&(200 << 20).to_string()[..]));
+    let (rss_after, peak) = memory_mib(pid);
+    assert!(peak < 300 + 120, "peak resident memory {peak} MiB with a 300 MiB budget (before: {rss_before} MiB)");
+    assert!(rss_after < rss_before + 64, "memory given back: {rss_after} MiB after, {rss_before} MiB before");
+    // clients past --max-client-conn are refused with a clear error
+    let idle: Vec<tokio_postgres::Client> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            let (c, conn) = tokio_postgres::connect(&limited.dsn("app"), tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            v.push(c);
+        }
+        v
+    };
+    let refused = try_psql(&limited.dsn("app"), "SELECT 1").expect_err("a fourth client");
+    assert!(refused.contains("too many clients already (3, --max-client-conn)"), "{refused}");
+    drop(idle);
+    drop(half);
+    // the login to a mute server ends at the connect deadline, with an error naming it
+    env.route_set("app", &["--primary", &format!("postgres://postgres@127.0.0.1:{mute_port}/app")]);
+    let started = std::time::Instant::now();
+    let err = try_psql(&limited.dsn("app"), "SELECT 1").expect_err("a mute server");
+    assert!(started.elapsed() < Duration::from_secs(10) && err.contains("no login within 2s"), "{err} after {:?}", started.elapsed());
+    drop(mute);
 }

@@ -17,7 +17,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let names = ctx.names();
     // Never tear down the primary traffic writes to (an abort that slipped past the request's
     // check, or a route moved by hand): an operator decides.
-    if ctx.db.route(&cluster).await?.is_some_and(|r| r.primary_endpoint != dmf_db::route::endpoint(&m.source_dsn)) {
+    if ctx.db.route(&cluster).await?.is_some_and(|r| dmf_db::route::endpoint(&r.primary_endpoint) != dmf_db::route::endpoint(&m.source_dsn)) {
         return Err(Error::NeedsOperator(format!(
             "cluster {cluster}: the route's primary is not the source, so the target takes writes; cleanup tears nothing down (use dmf rollback first)"
         )));

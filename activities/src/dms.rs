@@ -20,7 +20,7 @@ use crate::{health, objects, pg, post_data, Context, HEARTBEAT_SCHEMA};
 
 /// One side as DMS reaches it, from a connection string.
 fn endpoint(dsn: &str, engine: &str, ssl_mode: &str, what: &str) -> Result<EndpointSpec, Error> {
-    let c: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string for the {what}: {e}")))?;
+    let (_, c) = dmf_pgconn::tls::parse(dsn).map_err(|e| Error::NeedsOperator(format!("bad connection string for the {what}: {e}")))?;
     let server = pg::tcp_host(&c).ok_or_else(|| Error::NeedsOperator(format!("the {what} is reached over a Unix socket; DMS needs a host name")))?;
     Ok(EndpointSpec {
         engine: engine.into(),

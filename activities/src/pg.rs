@@ -2,24 +2,27 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use dmf_pgconn::tls::ConnectError;
+use tokio_postgres::Client;
 
 use crate::error::{describe, Error};
 
 /// Open a connection; its connection task ends with the client. `role` names it in errors
-/// ("source of orders", "target of orders").
+/// ("source of orders", "target of orders"). TLS as the string's `sslmode` and `sslrootcert` say
+/// (`dmf_pgconn::tls`; `prefer` by default); a password never goes in clear text over a
+/// connection that is not encrypted unless the string says `sslmode=disable`.
 pub async fn connect(dsn: &str, role: &str) -> Result<Client, Error> {
-    let mut config: tokio_postgres::Config = dsn
-        .parse()
-        .map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string for {role}: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    config.application_name("dmf");
-    let (client, conn) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| Error::Postgres { what: format!("connect to {role}: {}", describe(&e)), source: e })?;
+    let configure = |config: &mut tokio_postgres::Config| {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("dmf");
+    };
+    let (client, conn) = dmf_pgconn::tls::connect(dsn, configure).await.map_err(|e| match e {
+        ConnectError::Postgres(e) => Error::Postgres { what: format!("connect to {role}: {}", describe(&e)), source: e },
+        ConnectError::BadString(e) => Error::NeedsOperator(format!("bad connection string for {role}: {e}")),
+        other => Error::NeedsOperator(format!("connect to {role}: {other}")),
+    })?;
     let role = role.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -79,8 +82,7 @@ pub fn tcp_host(config: &tokio_postgres::Config) -> Option<String> {
 
 /// The database name of a connection string.
 pub fn dbname(dsn: &str) -> Result<String, Error> {
-    let config: tokio_postgres::Config =
-        dsn.parse().map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("bad connection string: {e}")))?;
+    let (_, config) = dmf_pgconn::tls::parse(dsn).map_err(|e| Error::NeedsOperator(format!("bad connection string: {e}")))?;
     Ok(config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_string())
 }
 

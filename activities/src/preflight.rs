@@ -32,6 +32,13 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
     if !superuser && !s.get::<_, bool>("can_create") {
         report.error("privileges", None, "the source role cannot CREATE in the database (needed for the heartbeat schema)".into());
     }
+    if !s.get::<_, bool>("can_make_replication_role") {
+        report.error(
+            "privileges",
+            None,
+            "the source role can make no replication role for the subscription (dmf_repl_<id>): it needs SUPERUSER, or on RDS/Aurora CREATEROLE and rds_superuser".into(),
+        );
+    }
     let large_objects: i64 = s.get("large_objects");
     if large_objects > 0 {
         report.error("large_objects", None, format!("{large_objects} large objects: logical replication does not carry them"));

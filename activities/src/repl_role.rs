@@ -24,12 +24,17 @@ pub async fn ensure(client: &Client, role: &str, dsn: &str) -> Result<String, Er
     let password = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
     let verifier = pg::literal(&postgres_protocol::password::scram_sha_256(password.as_bytes()));
     let ident = pg::ident(role);
-    let exists: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[&role])
+    let unsafe_role: Option<bool> = client
+        .query_opt(include_str!("sql/repl_role_unsafe.sql"), &[&role])
         .await
         .map_err(pg::err("look up the replication role"))?
-        .get(0);
-    if exists {
+        .map(|r| r.get(0));
+    if unsafe_role == Some(true) {
+        return Err(Error::NeedsOperator(format!(
+            "role {role} exists with more than a replication role needs (attributes, members or groups); dmf made no such role: drop it, or find who did"
+        )));
+    }
+    if unsafe_role.is_some() {
         pg::exec(client, "renew the replication role's password", &format!("ALTER ROLE {ident} PASSWORD {verifier}")).await?;
     } else {
         match pg::exec(client, "create the replication role", &format!("CREATE ROLE {ident} LOGIN REPLICATION PASSWORD {verifier}")).await {
@@ -43,12 +48,21 @@ pub async fn ensure(client: &Client, role: &str, dsn: &str) -> Result<String, Er
         }
     }
     pg::exec(client, "let the replication role connect", &format!("GRANT CONNECT ON DATABASE {} TO {ident}", pg::ident(&pg::dbname(dsn)?))).await?;
-    conninfo(dsn, role, &password)
+    // the subscriber's libpq under prefer would answer a clear-text request without TLS:
+    // require TLS where the server offers it (as dmf's own connections do)
+    let (policy, config) = dmf_pgconn::tls::parse(dsn).map_err(|e| Error::NeedsOperator(format!("bad connection string {}: {e}", dmf_db::secret::redact(dsn))))?;
+    let mode = match policy.mode {
+        dmf_pgconn::tls::SslMode::Prefer => dmf_pgconn::tls::mode_for_libpq(&config, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| Error::NeedsOperator(format!("the subscription's connection to {}: {e}", dmf_db::secret::redact(dsn))))?,
+        other => other,
+    };
+    conninfo(dsn, role, &password, mode)
 }
 
 /// `dsn`'s server, database and TLS settings as a key=value connection string for `user`.
-fn conninfo(dsn: &str, user: &str, password: &str) -> Result<String, Error> {
-    let config: tokio_postgres::Config = dsn.parse().map_err(|e| Error::NeedsOperator(format!("bad connection string {}: {e}", dmf_db::secret::redact(dsn))))?;
+fn conninfo(dsn: &str, user: &str, password: &str, mode: dmf_pgconn::tls::SslMode) -> Result<String, Error> {
+    let (tls, config) = dmf_pgconn::tls::parse(dsn).map_err(|e| Error::NeedsOperator(format!("bad connection string {}: {e}", dmf_db::secret::redact(dsn))))?;
     let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let mut out = Vec::new();
     if let Some(tokio_postgres::config::Host::Tcp(h)) = config.get_hosts().first() {
@@ -62,12 +76,12 @@ fn conninfo(dsn: &str, user: &str, password: &str) -> Result<String, Error> {
     }
     out.push(format!("user={}", quote(user)));
     out.push(format!("password={}", quote(password)));
-    let sslmode = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    out.push(format!("sslmode={sslmode}"));
+    // libpq (the subscriber's) reads these as dmf does; the root certificate's path must exist
+    // where the subscriber runs
+    out.push(format!("sslmode={}", mode.as_str()));
+    if let Some(root) = &tls.root_cert {
+        out.push(format!("sslrootcert={}", quote(&root.display().to_string())));
+    }
     Ok(out.join(" "))
 }
 
@@ -91,8 +105,10 @@ mod tests {
 
     #[test]
     fn the_subscription_gets_the_server_and_tls_of_dmfs_connection_with_the_role_instead() {
-        let c = conninfo("postgres://migrator:secret@db1:5433/shop?sslmode=require", "dmf_repl_x", "p'w").expect("conninfo");
+        let c = conninfo("postgres://migrator:secret@db1:5433/shop?sslmode=require", "dmf_repl_x", "p'w", dmf_pgconn::tls::SslMode::Require).expect("conninfo");
         assert_eq!(c, "host='db1' port=5433 dbname='shop' user='dmf_repl_x' password='p\\'w' sslmode=require");
+        let c = conninfo("postgres://m@db1/shop?sslmode=verify-full&sslrootcert=/etc/ca.pem", "r", "p", dmf_pgconn::tls::SslMode::VerifyFull).expect("conninfo");
+        assert!(c.ends_with("sslmode=verify-full sslrootcert='/etc/ca.pem'"), "{c}");
         assert!(!c.contains("secret") && !c.contains("migrator"));
         assert_eq!(name(&crate::Names::reverse_of(uuid::Uuid::nil())), name(&crate::Names::of(uuid::Uuid::nil())));
     }

@@ -83,19 +83,23 @@ impl ReplConn {
     }
 
     async fn open(dsn: &str, replication: bool, options: Option<&str>) -> Result<ReplConn, Error> {
-        let config: tokio_postgres::Config = dsn.parse().map_err(perr)?;
+        let (policy, config) = dmf_pgconn::tls::parse(dsn).map_err(perr)?;
         let user = config.get_user().unwrap_or("postgres").to_string();
         let dbname = config.get_dbname().unwrap_or(&user).to_string();
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let host = config.get_hosts().first().cloned().ok_or_else(|| perr("no host in connection string"))?;
-        let stream: Box<dyn Stream> = match host {
-            tokio_postgres::config::Host::Tcp(h) => Box::new(dmf_pgconn::tcp(&h, port, CONNECT_TIMEOUT).await.map_err(|e| match e {
-                dmf_pgconn::Error::Timeout(_) => perr(format!("connect to {h}:{port} timed out")),
-                e => perr(format!("connect to {h}:{port}: {e}")),
-            })?),
+        let (stream, encrypted, unix): (Box<dyn Stream>, bool, bool) = match host {
+            tokio_postgres::config::Host::Tcp(h) => {
+                let s = dmf_pgconn::tls::connect_tcp(&h, port, CONNECT_TIMEOUT, &policy).await.map_err(|e| match e {
+                    dmf_pgconn::Error::Timeout(_) => perr(format!("connect to {h}:{port} timed out")),
+                    e => perr(format!("connect to {h}:{port}: {e}")),
+                })?;
+                let encrypted = s.encrypted();
+                (Box::new(s), encrypted, false)
+            }
             tokio_postgres::config::Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| perr(format!("{}: {e}", path.display())))?)
+                (Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| perr(format!("{}: {e}", path.display())))?), false, true)
             }
         };
         let mut params = Params::default();
@@ -108,7 +112,9 @@ impl ReplConn {
         if let Some(o) = options {
             params.set("options", o);
         }
-        let conn = Conn::start(stream, &params, config.get_password()).await.map_err(cerr)?;
+        // a Unix socket is local: no TLS there, and a password may go as the server asks
+        let cleartext_ok = policy.cleartext_ok(encrypted) || unix;
+        let conn = Conn::start_checked(stream, &params, config.get_password(), cleartext_ok).await.map_err(cerr)?;
         Ok(ReplConn { conn })
     }
 

@@ -23,12 +23,25 @@ pub(crate) async fn run_program(name: &str, args: &[&str], what: &str) -> Result
 pub(crate) async fn run_program_with(name: &str, args: &[&str], login: Option<&str>, env: &[(&str, &str)], what: &str) -> Result<String, Error> {
     let mut cmd = Command::new(local::program(name)?);
     if let Some(dsn) = login {
-        let config: tokio_postgres::Config =
-            dsn.parse().map_err(|e| Error::NeedsOperator(format!("{what}: bad connection string {}: {e}", dmf_db::secret::redact(dsn))))?;
-        cmd.arg("--dbname").arg(dmf_db::secret::redact(dsn));
+        let bad = |e: String| Error::NeedsOperator(format!("{what}: bad connection string {}: {e}", dmf_db::secret::redact(dsn)));
+        let (policy, config) = dmf_pgconn::tls::parse(dsn).map_err(bad)?;
         match config.get_password() {
-            Some(pw) => cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref()),
-            None => cmd.env_remove("PGPASSWORD"),
+            Some(pw) => {
+                cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref());
+                // libpq under prefer would answer a clear-text request without TLS: TLS is
+                // required where the server offers it, and a server that would ask in clear text
+                // without it gets no password
+                if policy.mode == dmf_pgconn::tls::SslMode::Prefer {
+                    let mode = dmf_pgconn::tls::mode_for_libpq(&config, std::time::Duration::from_secs(10)).await.map_err(|e| Error::NeedsOperator(format!("{what}: {e}")))?;
+                    let (_, rest) = dmf_pgconn::tls::TlsPolicy::split(dsn).map_err(|e| bad(e.to_string()))?;
+                    cmd.arg("--dbname").arg(dmf_db::secret::redact(&rest)).env("PGSSLMODE", mode.as_str());
+                } else {
+                    cmd.arg("--dbname").arg(dmf_db::secret::redact(dsn));
+                }
+            }
+            None => {
+                cmd.arg("--dbname").arg(dmf_db::secret::redact(dsn)).env_remove("PGPASSWORD");
+            }
         };
     }
     let out = cmd

@@ -16,7 +16,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let target = ctx.route_read_target()?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster}: no target provisioned yet")))?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
     let since = match ctx.record::<ShadowReads>()?.since {
-        Some(since) if route.mode == "split_reads" && route.read_endpoint == dmf_db::route::endpoint(&target) => since,
+        Some(since) if route.mode == "split_reads" && dmf_db::route::endpoint(&route.read_endpoint) == dmf_db::route::endpoint(&target) => since,
         _ => {
             let row = ctx
                 .db
@@ -50,7 +50,7 @@ pub async fn reads_back_to_source(ctx: &Context) -> Result<(), Error> {
     let cluster = ctx.cluster();
     let route = ctx.db.route(cluster).await?;
     let source = dmf_db::route::endpoint(ctx.source_dsn());
-    if route.is_some_and(|r| r.mode == "primary" && r.read_endpoint == source && r.primary_endpoint == source) {
+    if route.is_some_and(|r| r.mode == "primary" && dmf_db::route::endpoint(&r.read_endpoint) == source && dmf_db::route::endpoint(&r.primary_endpoint) == source) {
         return Ok(());
     }
     ctx.db

@@ -68,8 +68,8 @@ pub async fn drop_after_failure(db: &Db, m: &MigrationRow, after: Duration) -> R
     // grow stale, so they go back to the source first
     if let Some(route) = db.route(cluster).await? {
         let source = dmf_db::route::endpoint(&m.source_dsn);
-        if route.read_endpoint != source || route.mode != "primary" {
-            if route.primary_endpoint != source || route.hold {
+        if dmf_db::route::endpoint(&route.read_endpoint) != source || route.mode != "primary" {
+            if dmf_db::route::endpoint(&route.primary_endpoint) != source || route.hold {
                 return Err(Error::NeedsOperator(format!("cluster {cluster}: its route does not point at the source; its slots stay")));
             }
             let back = RouteChange { read: Some(m.source_dsn.clone()), mode: Some("primary".into()), ..Default::default() };

@@ -82,6 +82,27 @@ impl Db {
     pub async fn init(&self) -> Result<(), Error> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         apalis_postgres::PostgresStorage::setup(&self.pool).await.map_err(|e| Error::Queue(e.to_string()))?;
+        self.routes_without_passwords().await
+    }
+
+    /// Routes written before routes carried no password get theirs taken out (`route::endpoint`).
+    async fn routes_without_passwords(&self) -> Result<(), Error> {
+        type Row = (String, String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as("SELECT cluster, primary_endpoint, read_endpoint, shadow_endpoint, next_primary FROM dmf.routes").fetch_all(&self.pool).await?;
+        for (cluster, primary, read, shadow, next) in rows {
+            let clean = |s: &str| route::endpoint(s);
+            let changed = clean(&primary) != primary || clean(&read) != read || shadow.as_deref().is_some_and(|s| clean(s) != s) || next.as_deref().is_some_and(|s| clean(s) != s);
+            if changed {
+                sqlx::query("UPDATE dmf.routes SET primary_endpoint = $2, read_endpoint = $3, shadow_endpoint = $4, next_primary = $5 WHERE cluster = $1")
+                    .bind(&cluster)
+                    .bind(clean(&primary))
+                    .bind(clean(&read))
+                    .bind(shadow.as_deref().map(clean))
+                    .bind(next.as_deref().map(clean))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
         Ok(())
     }
 

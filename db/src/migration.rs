@@ -303,7 +303,7 @@ impl Db {
         let route = self.route(cluster).await?;
         self.request(cluster, [Phase::Aborting, Phase::Aborted], |m, phase| {
             let failed_in = m.failed_in()?;
-            if route.as_ref().is_some_and(|r| r.primary_endpoint != crate::route::endpoint(&m.source_dsn)) {
+            if route.as_ref().is_some_and(|r| crate::route::endpoint(&r.primary_endpoint) != crate::route::endpoint(&m.source_dsn)) {
                 return Err(m.wrong_phase(
                     "the route's primary is no longer the source, so writes go to the target and abort would tear down the database that has them; `dmf rollback` moves traffic back to the source with every write, `dmf resume` retries",
                 ));

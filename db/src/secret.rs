@@ -72,8 +72,13 @@ pub fn with_password(dsn: &str, password: &str) -> String {
             let end = rest.find(authority_end).unwrap_or(rest.len());
             let encoded = percent_encode(password);
             match rest[..end].rfind('@') {
-                Some(at) => format!("{scheme}{}:{encoded}{}", &rest[..at], &rest[at..]),
-                None => format!("{scheme}:{encoded}@{rest}"),
+                Some(at) if at > 0 => format!("{scheme}{}:{encoded}{}", &rest[..at], &rest[at..]),
+                // no user: a query parameter, so that the user stays the default one
+                _ => {
+                    let rest = rest.strip_prefix('@').unwrap_or(rest);
+                    let sep = if rest.contains('?') { '&' } else { '?' };
+                    format!("{scheme}{rest}{sep}password={encoded}")
+                }
             }
         }
         None => format!("{bare} password='{}'", password.replace('\\', "\\\\").replace('\'', "\\'")),
@@ -111,9 +116,10 @@ pub fn redact(text: &str) -> String {
     redact_keys(&text)
 }
 
-/// Where a URL's authority ends.
+/// Where a URL's authority ends, as far as a password may go: `, ; ' ) ] }` are legal in user info,
+/// so they do not end it (a JSON string's `"` does: a password's own is escaped there).
 fn authority_end(c: char) -> bool {
-    matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>' | ',' | ';' | ')' | ']' | '}') || c.is_whitespace()
+    matches!(c, '/' | '?' | '#' | '"' | '`') || c.is_whitespace()
 }
 
 fn redact_userinfo(text: &str) -> String {
@@ -234,7 +240,8 @@ mod tests {
         for (dsn, want) in [
             ("postgres://migrator@h:5432/db?sslmode=require", "postgres://migrator:p%40ss%20w%27rd@h:5432/db?sslmode=require"),
             ("postgres://migrator:old@h/db", "postgres://migrator:p%40ss%20w%27rd@h/db"),
-            ("postgresql://h/db", "postgresql://:p%40ss%20w%27rd@h/db"),
+            ("postgresql://h/db", "postgresql://h/db?password=p%40ss%20w%27rd"),
+            ("postgresql://h/db?sslmode=require", "postgresql://h/db?sslmode=require&password=p%40ss%20w%27rd"),
             ("host=h user=migrator dbname=db", "host=h user=migrator dbname=db password='p@ss w\\'rd'"),
         ] {
             let got = with_password(dsn, "p@ss w'rd");
@@ -252,6 +259,9 @@ mod tests {
         assert_eq!(redact("postgres://h:5432/db"), "postgres://h:5432/db");
         // a password with an unencoded '@' still goes: the last '@' of the authority ends it
         assert_eq!(redact("postgres://app:a@b@h/db"), "postgres://app@h/db");
+        // and one with characters that may end a URL in prose but are legal in user info
+        assert_eq!(redact("postgres://migrator:Zx,9;q)'}@db1/orders"), "postgres://migrator@db1/orders");
+        assert_eq!(redact("(postgres://a:b@h:5)"), "(postgres://a@h:5)");
         assert_eq!(redact("postgres://:onlypw@h/db"), "postgres://@h/db");
     }
 

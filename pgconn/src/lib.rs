@@ -11,6 +11,8 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod tls;
+
 use dmf_proxy_protocol::startup::Params;
 use dmf_proxy_protocol::tag::{auth, server};
 use dmf_proxy_protocol::{be_i32, build, cstr, frame, Frame, Side};
@@ -39,6 +41,12 @@ pub enum Error {
     Closed,
     #[error("connect to {0}: timed out")]
     Timeout(String),
+    /// TLS could not be set up as the connection string asks (see `tls`).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The server asks for the password in clear text over a connection that is not encrypted.
+    #[error("the server asks for a clear-text password over an unencrypted connection; dmf sends it only over TLS or with sslmode=disable")]
+    CleartextRefused,
     /// A message the request did not expect at this point.
     #[error("unexpected message {0:?} from the server")]
     Unexpected(char),
@@ -124,9 +132,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Log in over `stream`: the startup packet with `params` (`user` and `database` among them),
     /// authentication with `password` if the server asks, up to the first ReadyForQuery.
     pub async fn start(stream: S, params: &Params, password: Option<&[u8]>) -> Result<Conn<S>, Error> {
+        Self::start_checked(stream, params, password, true).await
+    }
+
+    /// The authentication method the server asks of `params`' user (AuthenticationOk is 0,
+    /// clear text 3): the startup packet, the first answer, and the connection dropped.
+    pub async fn auth_request(stream: S, params: &Params) -> Result<i32, Error> {
         let mut conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new() };
         conn.send(&build::startup(params)).await?;
-        conn.authenticate(params.get("user").unwrap_or_default(), password).await?;
+        loop {
+            let m = conn.read().await?;
+            match m.tag {
+                server::AUTHENTICATION => return be_i32(&m.body).map(|(code, _)| code).ok_or(Error::Malformed("authentication request")),
+                server::ERROR_RESPONSE => return Err(ServerError::of(&m.body).into()),
+                server::NOTICE_RESPONSE => continue,
+                other => return Err(Error::Unexpected(other as char)),
+            }
+        }
+    }
+
+    /// `start`, answering a clear-text password request only when `cleartext_ok` (the stream is
+    /// encrypted, or the connection string said `sslmode=disable`: `tls::TlsPolicy::cleartext_ok`).
+    pub async fn start_checked(stream: S, params: &Params, password: Option<&[u8]>, cleartext_ok: bool) -> Result<Conn<S>, Error> {
+        let mut conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new() };
+        conn.send(&build::startup(params)).await?;
+        conn.authenticate(params.get("user").unwrap_or_default(), password, cleartext_ok).await?;
         loop {
             let m = conn.read().await?;
             match m.tag {
@@ -144,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), Error> {
+    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>, cleartext_ok: bool) -> Result<(), Error> {
         let password = || password.ok_or_else(|| Error::NoPassword(user.to_string()));
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -162,6 +192,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 auth::OK if scram.is_some() => return Err(Error::Auth("the server ended SCRAM without its final message".into())),
                 auth::OK => return Ok(()),
                 auth::CLEARTEXT_PASSWORD => {
+                    if !cleartext_ok {
+                        return Err(Error::CleartextRefused);
+                    }
                     let given = password()?;
                     if given.contains(&0) {
                         return Err(Error::Auth("the password contains a NUL byte, which a password message cannot carry".into()));

@@ -17,6 +17,12 @@ pub enum Error {
     BackendRefused { endpoint: String, code: String, message: String },
     #[error("authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// A client message would take the buffers of all sessions past `--max-buffer-bytes`.
+    #[error("a {message}-byte message does not fit in the proxy's buffers ({in_use} of {cap} bytes in use)")]
+    BufferFull { message: usize, in_use: usize, cap: usize },
+    /// The client did not finish logging in within `--auth-timeout-s`.
+    #[error("authentication did not finish within {0:?} (--auth-timeout-s)")]
+    AuthTimeout(std::time::Duration),
     /// `--client-auth trust` does not admit this client.
     #[error("trust does not admit user \"{user}\": {why}")]
     TrustRefused { user: String, why: &'static str },

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod error;
 pub mod frontend;
 pub mod idle_poll;
+pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub use dmf_proxy_protocol as protocol;
@@ -45,6 +46,8 @@ pub struct Options {
     pub users: Users,
     /// PEM certificate chain and private key: with them, SSLRequest is answered 'S'.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse clients that did not set up TLS (`--client-tls required`).
+    pub client_tls_required: bool,
     /// Without a successful heartbeat for this long, the proxy stops sending anything anywhere.
     pub lease: Duration,
     /// Route poll interval (the fallback when a notification is lost).
@@ -68,6 +71,17 @@ pub struct Options {
     /// Relay threads (`relay`), each an event loop of its own; 1 relays every session on the
     /// thread that runs the proxy.
     pub threads: usize,
+    /// From a client's first byte to its authentication: longer, and it is disconnected.
+    pub auth_timeout: Duration,
+    /// Logging in to a server for a client: longer, and the client gets an error.
+    pub connect_timeout: Duration,
+    /// Clients connected at once; more are refused with an error (`limits`).
+    pub max_client_conn: usize,
+    /// Memory all sessions together may hold in buffered messages larger than
+    /// `limits::UNACCOUNTED`; a message that would pass it ends its session with an error.
+    pub max_buffer_bytes: usize,
+    /// Memory the statement classification cache may hold (texts and entries).
+    pub classify_cache_bytes: usize,
 }
 
 /// Where the proxy listens unless told otherwise: pgbouncer's port, on loopback.
@@ -83,6 +97,7 @@ impl Options {
             client_auth: ClientAuth::Trust,
             users: Users::default(),
             tls: None,
+            client_tls_required: false,
             lease: Duration::from_secs(5),
             poll: Duration::from_secs(1),
             hold_timeout: Duration::from_secs(30),
@@ -94,7 +109,27 @@ impl Options {
             idle_backend_timeout: Duration::from_secs(60),
             idle_poll: Duration::from_micros(200),
             threads: default_threads(),
+            auth_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(15),
+            max_client_conn: 1000,
+            // PostgreSQL's largest message (1 GiB) fits, with room for the others' ordinary ones
+            max_buffer_bytes: 1280 << 20,
+            classify_cache_bytes: 16 << 20,
         }
+    }
+}
+
+/// Statement texts and their class, with the bytes they take.
+#[derive(Default)]
+struct ClassifyCache {
+    entries: HashMap<String, router::classify::Class>,
+    bytes: usize,
+}
+
+impl ClassifyCache {
+    /// What keeping `sql` costs: its text, and an entry's share of the table.
+    fn cost(sql: &str) -> usize {
+        sql.len() + std::mem::size_of::<(String, router::classify::Class)>() + 16
     }
 }
 
@@ -124,7 +159,9 @@ pub struct Shared {
     pub registry: Registry,
     pub metrics: Metrics,
     pub shadow: shadow::Shadow,
-    classified: Mutex<HashMap<String, router::classify::Class>>,
+    classified: Mutex<ClassifyCache>,
+    /// Clients connected and buffered bytes, against the limits (`limits`).
+    pub usage: limits::Usage,
     pub shutdown: CancellationToken,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Backends their clients left, reset and waiting for the next client.
@@ -144,7 +181,8 @@ impl Shared {
             registry: Registry::default(),
             metrics: Metrics::default(),
             shadow: shadow::Shadow::new(opts.shadow_queue),
-            classified: Mutex::new(HashMap::new()),
+            classified: Mutex::new(ClassifyCache::default()),
+            usage: limits::Usage::default(),
             shutdown: CancellationToken::new(),
             tls,
             idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
@@ -166,17 +204,25 @@ impl Shared {
         self.metrics.route_epoch.store(epoch, Ordering::Relaxed);
     }
 
-    /// Classify with a bounded cache: applications repeat the same statement texts.
+    /// Classify with a cache bounded in bytes: applications repeat the same statement texts.
     pub fn classify(&self, sql: &str) -> router::classify::Class {
-        if let Some(c) = lock(&self.classified).get(sql) {
+        if let Some(c) = lock(&self.classified).entries.get(sql) {
             return *c;
         }
         let c = router::classify::classify(sql);
-        let mut cache = lock(&self.classified);
-        if cache.len() >= 10_000 {
-            cache.clear();
+        let cost = ClassifyCache::cost(sql);
+        let cap = self.opts.classify_cache_bytes;
+        // a text larger than an eighth of the cache is classified each time, never kept
+        if cost <= cap / 8 {
+            let mut cache = lock(&self.classified);
+            if cache.bytes + cost > cap {
+                cache.entries.clear();
+                cache.bytes = 0;
+            }
+            if cache.entries.insert(sql.to_string(), c).is_none() {
+                cache.bytes += cost;
+            }
         }
-        cache.insert(sql.to_string(), c);
         c
     }
 

@@ -120,7 +120,7 @@ fn line_of(text: &str, span: &Range<usize>) -> usize {
 
 /// The host of a connection string (URL or key=value), for the per-host limit.
 pub fn source_host(dsn: &str) -> Result<String, String> {
-    let config: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL connection string: {e}"))?;
+    let (_, config) = dmf_pgconn::tls::parse(dsn).map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),

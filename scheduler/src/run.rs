@@ -38,11 +38,13 @@ pub async fn enqueue(db: &Db, manifest: &Manifest, actor: &str) -> Result<Vec<uu
 }
 
 async fn probe(dsn: &str) -> Result<(), String> {
-    let mut config: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
-    config.connect_timeout(Duration::from_secs(5));
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
+    let (client, conn) = dmf_pgconn::tls::connect(dsn, |c| {
+        c.connect_timeout(Duration::from_secs(5));
+    })
+    .await
+    .map_err(|e| match &e {
+        dmf_pgconn::tls::ConnectError::Postgres(p) => p.as_db_error().map(|db| db.message().to_string()).unwrap_or_else(|| p.to_string()),
+        _ => e.to_string(),
     })?;
     let task = tokio::spawn(conn);
     let r = client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string());

@@ -43,6 +43,10 @@ pub struct Args {
     /// PEM private key of the certificate.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// TLS from clients: `optional` (SSLRequest answered 'S' when --tls-cert is given) or
+    /// `required` (clients without TLS are refused; needs --tls-cert).
+    #[arg(long, default_value = "optional", value_parser = ["optional", "required"])]
+    client_tls: String,
     /// Without a heartbeat for this long, stop sending statements anywhere.
     #[arg(long, default_value_t = D.lease.as_millis() as u64)]
     lease_ms: u64,
@@ -78,6 +82,22 @@ pub struct Args {
     /// and cgroup quota), at most 8. 1 relays everything on one thread, like pgbouncer.
     #[arg(long, env = "DMF_PROXY_THREADS")]
     threads: Option<usize>,
+    /// Seconds a client has from its first byte to finishing authentication; then it is
+    /// disconnected (clients that connect and go silent hold nothing for long).
+    #[arg(long, default_value_t = D.auth_timeout.as_secs())]
+    auth_timeout_s: u64,
+    /// Seconds a login to a server for a client may take; then the client gets an error.
+    #[arg(long, default_value_t = D.connect_timeout.as_secs())]
+    server_connect_timeout_s: u64,
+    /// Clients connected at once; the next ones are refused with SQLSTATE 53300.
+    #[arg(long, default_value_t = D.max_client_conn)]
+    max_client_conn: usize,
+    /// Memory all sessions together may hold in buffered messages over 1 MiB (the proxy reads a
+    /// Query or Parse whole to route it; COPY data streams through). A message that would pass it
+    /// ends its session with SQLSTATE 53200; the other sessions carry on. The default lets one
+    /// message of PostgreSQL's own largest size (1 GiB) through.
+    #[arg(long, default_value_t = D.max_buffer_bytes)]
+    max_buffer_bytes: usize,
 }
 
 /// The proxy's defaults, which the flags show and start from: defaults live in dmf-proxy.
@@ -99,6 +119,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("--client-auth {}{why} needs --users-file with the users' passwords; --client-auth trust admits loopback clients only", opts.client_auth);
     }
     opts.tls = a.tls_cert.zip(a.tls_key);
+    opts.client_tls_required = a.client_tls == "required";
+    if opts.client_tls_required && opts.tls.is_none() {
+        anyhow::bail!("--client-tls required needs --tls-cert and --tls-key");
+    }
     opts.lease = Duration::from_millis(a.lease_ms.max(100));
     opts.hold_timeout = Duration::from_secs(a.hold_timeout_s);
     opts.drain = Duration::from_secs(a.drain_s);
@@ -112,6 +136,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(n) => n,
         None => opts.threads,
     };
+    opts.auth_timeout = Duration::from_secs(a.auth_timeout_s.max(1));
+    opts.connect_timeout = Duration::from_secs(a.server_connect_timeout_s.max(1));
+    opts.max_client_conn = a.max_client_conn.max(1);
+    opts.max_buffer_bytes = a.max_buffer_bytes;
     let proxy = dmf_proxy::Proxy::build(opts).await?;
     let handle = proxy.handle();
     let stop = super::shutdown_signal();

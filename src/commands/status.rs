@@ -185,7 +185,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             if a.watch {
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", render(&rows, &fleets));
+            print!("{}", dmf_db::secret::redact(&render(&rows, &fleets)));
         }
         if !a.watch {
             return Ok(());

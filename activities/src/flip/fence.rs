@@ -28,9 +28,13 @@ pub struct Before {
     pub granted_self: bool,
 }
 
-/// The database as the fence would find it now.
-pub async fn before(client: &Client) -> Result<Before, Error> {
-    let row = client.query_one(include_str!("sql/fence_before.sql"), &[]).await.map_err(pg::err("read the database's settings and privileges"))?;
+/// The database as the fence would find it now; `replication_role` (the migration's, see
+/// `repl_role`) keeps CONNECT through the fence.
+pub async fn before(client: &Client, replication_role: &str) -> Result<Before, Error> {
+    let row = client
+        .query_one(include_str!("sql/fence_before.sql"), &[&replication_role])
+        .await
+        .map_err(pg::err("read the database's settings and privileges"))?;
     Ok(Before { setting: row.get("setting"), connect: row.get("connect"), granted_self: row.get("granted_self") })
 }
 

@@ -206,7 +206,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
     let cluster = ctx.cluster().to_string();
     let mut progress = Progress::load(ctx, way)?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
-    if route.primary_endpoint == dmf_db::route::endpoint(&to_route) && !route.hold {
+    if dmf_db::route::endpoint(&route.primary_endpoint) == dmf_db::route::endpoint(&to_route) && !route.hold {
         // a previous run moved the route and released: nothing is left to do
         progress.record.in_progress = false;
         progress.save(ctx).await?;
@@ -232,7 +232,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
     // with the start, so that undo restores exactly that. The reverse publication and slot are
     // made now: replication back starts past a position recorded inside the hold, so nothing the
     // slot sees before then is ever sent. Undo drops the slot.
-    let before = fence::before(&sides.from).await?;
+    let before = fence::before(&sides.from, &crate::repl_role::name(&Names::of(ctx.migration.id))).await?;
     if way == Way::Forward {
         let back = Names::reverse_of(ctx.migration.id);
         objects::ensure_publication(&sides.to, &back).await?;
@@ -463,7 +463,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     ctx.check_cancel()?;
     tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, way = sides.way.key(), steps = ?progress.record.steps, %reason, "undoing");
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
-    if route.primary_endpoint == dmf_db::route::endpoint(&sides.to_route) {
+    if dmf_db::route::endpoint(&route.primary_endpoint) == dmf_db::route::endpoint(&sides.to_route) {
         // the route moved: the protocol finished as far as traffic is concerned
         progress.record.in_progress = false;
         progress.save(ctx).await?;

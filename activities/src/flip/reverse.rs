@@ -71,7 +71,7 @@ pub async fn prepare(target: &Client, reverse: &Names) -> Result<(), Error> {
 /// `start` (the target's position inside the hold; what the slot saw before it came from the
 /// source). Made disabled, moved to `start`, then enabled, so that a retry after a crash in
 /// between finds it disabled and does the rest.
-pub async fn subscribe(source: &Client, target: &Client, target_dsn: &str, reverse: &Names, start: Option<&str>) -> Result<(), Error> {
+pub async fn subscribe(source: &Client, conninfo: Option<&str>, reverse: &Names, start: Option<&str>) -> Result<(), Error> {
     let enabled: Option<bool> = source
         .query_opt("SELECT subenabled FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[&reverse.subscription])
         .await
@@ -82,11 +82,11 @@ pub async fn subscribe(source: &Client, target: &Client, target_dsn: &str, rever
         Some(false) => {}
         None => {
             // the subscription logs in to the target as a replication role of its own there
-            let conninfo = crate::repl_role::ensure(target, &crate::repl_role::name(reverse), target_dsn).await?;
+            let conninfo = conninfo.ok_or_else(|| Error::NeedsOperator(format!("the reverse subscription {} is gone and no login for it was made", reverse.subscription)))?;
             let sql = format!(
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false, enabled = false)",
                 pg::ident(&reverse.subscription),
-                pg::literal(&conninfo),
+                pg::literal(conninfo),
                 pg::ident(&reverse.publication),
                 pg::literal(&reverse.slot),
             );
@@ -129,10 +129,20 @@ pub(crate) async fn replicate_back(ctx: &Context, source: &Client, target: &Clie
     if ctx.record::<Reverse>()?.subscribed == Some(true) {
         return Ok(());
     }
+    let back = Names::reverse_of(m.id);
+    // the reverse subscription's login first, while forward replication still runs: a target
+    // where dmf cannot make it stops here with nothing removed. Not again once the subscription
+    // exists (a run after a crash): a new password would lock it out.
+    let exists = source
+        .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[&back.subscription])
+        .await
+        .map_err(pg::err("look up the reverse subscription"))?
+        .is_some();
+    let conninfo = if exists { None } else { Some(crate::repl_role::ensure(target, &crate::repl_role::name(&back), target_dsn).await?) };
     remove_forward(source, target, &Names::of(m.id), &audit::audit_slot(ctx)).await?;
     // (a flip from before this position was recorded made its slot inside the hold: from the slot)
     let start = ctx.record::<Flip>()?.0.reverse_start_lsn;
-    subscribe(source, target, target_dsn, &Names::reverse_of(m.id), start.as_deref()).await?;
+    subscribe(source, conninfo.as_deref(), &back, start.as_deref()).await?;
     ctx.save(Patch::of(&Reverse { subscribed: Some(true), ..Reverse::default() })).await?;
     tracing::info!(cluster = %ctx.cluster(), migration = %m.id, "forward replication removed; replicating back to the source");
     Ok(())

@@ -49,10 +49,8 @@ pub fn aws_error(ctx: &Context) -> impl Fn(dmf_aws::Error) -> Error + '_ {
 pub async fn check_source(ctx: &Context, report: &mut Report) -> Result<(), Error> {
     let s = settings(ctx)?;
     let aws = clients(ctx, &s).await?;
-    let config: tokio_postgres::Config = ctx
-        .source_dsn()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| Error::NeedsOperator(format!("cluster {}: bad source connection string: {e}", ctx.cluster())))?;
+    let (_, config) = dmf_pgconn::tls::parse(ctx.source_dsn())
+        .map_err(|e| Error::NeedsOperator(format!("cluster {}: bad source connection string: {e}", ctx.cluster())))?;
     let host = pg::tcp_host(&config).unwrap_or_default();
     let lookup = SourceLookup { host: &host, instance: s.source_instance.as_deref(), cluster: s.source_cluster.as_deref() };
     match aws.find_source(lookup).instrument(span(ctx)).await {

@@ -179,22 +179,25 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
 
 /// Write `text` to `path` readable by its owner only (and by `postgres`, which owns the cluster
 /// directories, when we are root).
+/// Written whole or not at all: a crash leaves no empty file for the next attempt to trust.
 fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Local(format!("create {}: {e}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::Local(format!("write {}: {e}", path.display())))?;
+        .open(&tmp)
+        .map_err(|e| Error::Local(format!("create {}: {e}", tmp.display())))?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::Local(format!("write {}: {e}", tmp.display())))?;
     if is_root() {
         let mut c = Command::new("chown");
-        c.args(["postgres:postgres"]).arg(path);
-        run(c, &format!("chown {}", path.display()))?;
+        c.args(["postgres:postgres"]).arg(&tmp);
+        run(c, &format!("chown {}", tmp.display()))?;
     }
-    Ok(())
+    std::fs::rename(&tmp, path).map_err(|e| Error::Local(format!("rename {} to {}: {e}", tmp.display(), path.display())))
 }
 
 /// A port nobody listens on right now.

@@ -27,6 +27,11 @@ pub fn startup(params: &Params) -> Vec<u8> {
     out
 }
 
+/// SSLRequest: asks the server for TLS before the startup packet (80877103).
+pub fn ssl_request() -> [u8; 8] {
+    [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+}
+
 pub fn cancel_request(pid: i32, secret: i32) -> Vec<u8> {
     let mut out = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
     out.extend_from_slice(&pid.to_be_bytes());

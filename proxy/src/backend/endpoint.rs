@@ -1,6 +1,5 @@
 //! An endpoint of a route: a connection string from the control plane, parsed once.
 
-use std::str::FromStr;
 
 use tokio_postgres::config::Host;
 
@@ -13,13 +12,15 @@ pub struct Endpoint {
     pub port: u16,
     pub dbname: Option<String>,
     pub user: Option<String>,
+    /// TLS to this server, as the connection string's `sslmode` and `sslrootcert` say.
+    pub tls: dmf_pgconn::tls::TlsPolicy,
 }
 
 impl Endpoint {
     /// Parse a URL (`postgres://user@host:port/db`) or key=value connection string.
     pub fn parse(dsn: &str) -> Result<Endpoint, Error> {
         let bad = |m: &str| Error::BadEndpoint(dmf_db::secret::redact(dsn), m.to_string());
-        let cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| bad(&e.to_string()))?;
+        let (tls, cfg) = dmf_pgconn::tls::parse(dsn).map_err(|e| bad(&e))?;
         let host = match cfg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(_) => return Err(bad("unix-socket hosts are not supported; give host and port")),
@@ -31,6 +32,7 @@ impl Endpoint {
             port: cfg.get_ports().first().copied().unwrap_or(5432),
             dbname: cfg.get_dbname().map(str::to_string),
             user: cfg.get_user().map(str::to_string),
+            tls,
         })
     }
 

@@ -56,10 +56,16 @@ fn conn_error(endpoint: &Endpoint, e: dmf_pgconn::Error) -> Error {
 
 impl Backend {
     pub async fn connect(endpoint: Arc<Endpoint>, login: &Login<'_>) -> Result<Backend, Error> {
-        let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|e| Error::backend(&endpoint.label(), format!("connect: {e}")))?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream = match dmf_pgconn::tls::negotiate(stream::Sock(Some(tcp)), &endpoint.tls, &endpoint.host).await {
+            Ok(dmf_pgconn::tls::MaybeTls::Plain(s)) => BackendStream::Tcp(s.0.ok_or_else(|| Error::backend(&endpoint.label(), "socket lost"))?),
+            Ok(dmf_pgconn::tls::MaybeTls::Tls(t)) => BackendStream::Tls(t),
+            Err(e) => return Err(Error::backend(&endpoint.label(), e)),
+        };
+        let cleartext_ok = endpoint.tls.cleartext_ok(matches!(stream, BackendStream::Tls(_)));
         let mut params = Params::default();
         params.set("user", login.user);
         params.set("database", endpoint.dbname.as_deref().unwrap_or(login.user));
@@ -72,7 +78,7 @@ impl Backend {
             let opts = params.get("options").map(|o| format!("{o} -c default_transaction_read_only=on"));
             params.set("options", opts.as_deref().unwrap_or("-c default_transaction_read_only=on"));
         }
-        let conn = Conn::start(BackendStream::Tcp(stream), &params, login.password.map(str::as_bytes)).await.map_err(|e| conn_error(&endpoint, e))?;
+        let conn = Conn::start_checked(stream, &params, login.password.map(str::as_bytes), cleartext_ok).await.map_err(|e| conn_error(&endpoint, e))?;
         Ok(Backend { conn, endpoint, prepared: HashMap::new() })
     }
 

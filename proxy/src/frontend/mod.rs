@@ -50,7 +50,10 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     let client = ClientStream::Plain(sock);
     let mut buf = BytesMut::with_capacity(8192);
     let cluster = shared.opts.cluster.clone();
-    let negotiated = tokio::time::timeout(Duration::from_secs(15), negotiate(client, &mut buf, &shared)).await;
+    // counted from its first byte: clients that never finish logging in count too
+    let counted = crate::limits::ClientSlot::take(&shared);
+    let auth_deadline = tokio::time::Instant::now() + shared.opts.auth_timeout;
+    let negotiated = tokio::time::timeout_at(auth_deadline, negotiate(client, &mut buf, &shared)).await;
     let (mut client, params) = match negotiated {
         Ok((Some(c), Ok(Some(p)))) => (c, p),
         Ok((_, Ok(None))) => return,
@@ -68,13 +71,25 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
         Ok((None, Ok(Some(_)))) => return,
         Err(_) => {
             add(&shared.metrics.connections_refused, 1);
-            tracing::info!(cluster = %cluster, peer = %peer, "no startup packet within 15 s");
+            tracing::info!(cluster = %cluster, peer = %peer, timeout = ?shared.opts.auth_timeout, "no startup packet in time (--auth-timeout-s)");
             return;
         }
     };
     let user = params.get("user").unwrap_or_default().to_string();
+    if shared.opts.client_tls_required && !matches!(client, ClientStream::Tls(_)) {
+        add(&shared.metrics.connections_refused, 1);
+        tracing::info!(cluster = %cluster, peer = %peer, user = %user, "client refused: no TLS (--client-tls required)");
+        let _ = client.write_all(&Refusal::tls_required().message()).await;
+        return;
+    }
+    if counted.over() {
+        add(&shared.metrics.connections_refused, 1);
+        tracing::warn!(cluster = %cluster, peer = %peer, user = %user, clients = counted.count, "client refused: --max-client-conn reached");
+        let _ = client.write_all(&Refusal::too_many_clients(shared.opts.max_client_conn).message()).await;
+        return;
+    }
     add(&shared.metrics.connections_total, 1);
-    match open(&mut client, &mut buf, peer, &params, &shared, slot.0.index).await {
+    match open(&mut client, &mut buf, peer, &params, &shared, slot.0.index, auth_deadline).await {
         Ok((backend, admitted)) => {
             add(&shared.metrics.connections_active, 1);
             let signal = Arc::new(signal::Signal::default());
@@ -203,12 +218,16 @@ async fn open(
     params: &startup::Params,
     shared: &Arc<Shared>,
     thread: usize,
+    auth_deadline: tokio::time::Instant,
 ) -> Result<(Backend, crate::Admitted), Error> {
     let user = params.get("user").unwrap_or_default();
     let route = shared.route();
-    let dmf_roles: Vec<&str> = [&route.primary, &route.read].iter().filter_map(|e| e.user.as_deref()).collect();
+    let dmf_roles: Vec<&str> =
+        [Some(&route.primary), Some(&route.read), route.next_primary.as_ref(), route.shadow.as_ref()].into_iter().flatten().filter_map(|e| e.user.as_deref()).collect();
     let asking = auth::Asking { user, loopback: peer.ip().is_loopback(), dmf_roles: &dmf_roles };
-    auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking).await?;
+    tokio::time::timeout_at(auth_deadline, auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking))
+        .await
+        .map_err(|_| Error::AuthTimeout(shared.opts.auth_timeout))??;
     let admitted = shared.admit().await?;
     let route = shared.route();
     let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
@@ -224,7 +243,11 @@ async fn open(
 pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params, read_only: bool) -> Result<Backend, Error> {
     let user = params.get("user").unwrap_or_default();
     let password = shared.opts.users.password(user);
-    Backend::connect(endpoint, &Login { user, password, params, read_only }).await
+    let timeout = shared.opts.connect_timeout;
+    let label = endpoint.label();
+    tokio::time::timeout(timeout, Backend::connect(endpoint, &Login { user, password, params, read_only }))
+        .await
+        .map_err(|_| Error::backend(&label, format!("no login within {timeout:?} (--server-connect-timeout-s)")))?
 }
 
 /// Forward a client's cancel request to the backend its session is using now.

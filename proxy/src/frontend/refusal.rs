@@ -14,6 +14,8 @@ mod sqlstate {
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const OUT_OF_MEMORY: &str = "53200";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
 }
 
@@ -46,6 +48,26 @@ impl Refusal {
             _ => sqlstate::CONNECTION_FAILURE,
         };
         Refusal::new(code, e)
+    }
+
+    /// A client without TLS where `--client-tls required`.
+    pub fn tls_required() -> Refusal {
+        Refusal::new(sqlstate::INVALID_AUTHORIZATION, "TLS is required (--client-tls required): connect with sslmode=require or stronger")
+    }
+
+    /// More clients than `--max-client-conn`.
+    pub fn too_many_clients(max: usize) -> Refusal {
+        Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, format_args!("too many clients already ({max}, --max-client-conn)"))
+    }
+
+    /// A message that would take the proxy's buffers past `--max-buffer-bytes`.
+    pub fn buffer_full(message: usize, in_use: usize, cap: usize) -> Refusal {
+        Refusal::new(
+            sqlstate::OUT_OF_MEMORY,
+            format_args!(
+                "a {message}-byte message does not fit in the proxy's buffers ({in_use} of {cap} bytes in use, --max-buffer-bytes); the session is closed"
+            ),
+        )
     }
 
     /// The server the session was using closed its connection.

@@ -50,7 +50,9 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
             let user = user.or_else(|| route.read.user.clone()).unwrap_or_else(|| "postgres".into());
             let params = Params(vec![("application_name".into(), "dmf-proxy-lsn".into())]);
             let login = Login { user: &user, password: shared.opts.users.password(&user), params: &params, read_only: true };
-            let opened = match Backend::connect(route.read.clone(), &login).await {
+            let connect = tokio::time::timeout(shared.opts.connect_timeout, Backend::connect(route.read.clone(), &login));
+            let connected = connect.await.unwrap_or_else(|_| Err(crate::Error::backend(&route.read.label(), "no login in time (--server-connect-timeout-s)")));
+            let opened = match connected {
                 Ok(mut c) => match c.simple_query(REPLAYED_SQL).await {
                     Ok(rows) => {
                         logical = rows.first().and_then(|r| r.first().cloned().flatten()).is_none();

@@ -101,7 +101,7 @@ pub async fn cluster(db: &dmf_db::Db, name: &str, stats: Stats, sessions_moved: 
     });
 
     let route = db.route(name).await?.ok_or_else(|| anyhow::anyhow!("cluster {name} has no route"))?;
-    let on_target = m.record::<state::TargetDsn>()?.target_dsn.as_deref() == Some(route.primary_endpoint.as_str());
+    let on_target = m.record::<state::TargetDsn>()?.target_dsn.as_deref().map(dmf_db::route::endpoint) == Some(dmf_db::route::endpoint(&route.primary_endpoint));
     let primary = connect(&route.primary_endpoint).await?;
     let row = primary.query_one(include_str!("ledger.sql"), &[]).await?;
     let history_rows: i64 = row.get("history_rows");

@@ -3,7 +3,7 @@
 --   setting:      the database-level default_transaction_read_only (NULL: not set);
 --   connect:      who may connect ('PUBLIC' or role names), other than our own role, superusers
 --                 (they cannot be kept out: our role must keep working, superusers bypass it) and
---                 dmf's replication roles (`dmf_repl_*`: the subscription must keep reconnecting);
+--                 the migration's replication role ($1: its subscription must keep reconnecting);
 --   granted_self: our role (not a superuser) could connect only through PUBLIC, so the fence must
 --                 grant it CONNECT itself before revoking PUBLIC's (and lifting it revokes that).
 WITH acl AS (
@@ -19,7 +19,7 @@ SELECT
     coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END)
               FROM acl a LEFT JOIN pg_roles r ON r.oid = a.grantee
               WHERE a.privilege_type = 'CONNECT' AND (a.grantee = 0 OR (r.rolname <> current_user AND NOT r.rolsuper
-                                                                     AND r.rolname NOT LIKE 'dmf\_repl\_%'))),
+                                                                     AND r.rolname <> $1))),
              '{}') AS connect,
     NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
     AND NOT EXISTS (SELECT 1 FROM acl a JOIN pg_roles r ON r.oid = a.grantee

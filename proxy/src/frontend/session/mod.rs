@@ -51,6 +51,8 @@ pub struct Session {
     client: ClientStream,
     /// Bytes from the client not yet forwarded.
     client_buf: BytesMut,
+    /// The share of `--max-buffer-bytes` a large message in `client_buf` holds.
+    buffer_lease: Option<crate::limits::BufferLease>,
     params: Params,
     primary: Backend,
     /// A read-only backend on the read endpoint, once a unit went there.
@@ -103,6 +105,7 @@ impl Session {
             id,
             client,
             client_buf,
+            buffer_lease: None,
             params,
             primary,
             read: None,
@@ -225,6 +228,20 @@ impl Session {
     /// Tell the client why the proxy ends its session (the caller ends it).
     async fn refuse(&mut self, refusal: Refusal) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&refusal.message())).await;
+    }
+
+    /// Read and drop up to `bytes` more from the client, for at most `limit`, in small pieces.
+    async fn discard_client(&mut self, mut bytes: usize, limit: Duration) {
+        let mut sink = vec![0u8; 64 * 1024];
+        let drained = async {
+            while bytes > 0 {
+                match self.client.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => bytes = bytes.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drained).await;
     }
 
     /// The backend the unit in progress runs on.

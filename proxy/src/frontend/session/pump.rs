@@ -136,6 +136,22 @@ impl Session {
                     self.client_body_left = h.len;
                     continue;
                 }
+                if total > crate::limits::UNACCOUNTED && self.buffer_lease.as_ref().is_none_or(|l| l.bytes() < total) {
+                    // a large message is held whole (its text decides where it goes): from the
+                    // budget all sessions share, or not at all
+                    self.buffer_lease = None;
+                    match crate::limits::BufferLease::take(&self.shared, total) {
+                        Some(lease) => self.buffer_lease = Some(lease),
+                        None => {
+                            let (in_use, cap) = (self.shared.usage.buffered(), self.shared.opts.max_buffer_bytes);
+                            self.refuse(Refusal::buffer_full(total, in_use, cap)).await;
+                            // let the client finish sending the message, so that it reads the
+                            // error instead of a reset connection
+                            self.discard_client(total - avail, std::time::Duration::from_secs(5)).await;
+                            return Err(Error::BufferFull { message: total, in_use, cap });
+                        }
+                    }
+                }
                 self.client_buf.reserve(total - avail);
                 break;
             }
@@ -178,6 +194,13 @@ impl Session {
             let written = if copy { send_all(stream, &self.to_server).await } else { send_all(stream, &self.client_buf[..pos]).await };
             consume(&mut self.client_buf, pos);
             written?;
+        }
+        if self.buffer_lease.is_some() && self.client_buf.len() <= crate::limits::UNACCOUNTED {
+            // the large message is gone: its memory goes back, and so does its share of the budget
+            let rest = self.client_buf.split();
+            self.client_buf = bytes::BytesMut::with_capacity(8192);
+            self.client_buf.extend_from_slice(&rest);
+            self.buffer_lease = None;
         }
         Ok(result)
     }
