@@ -103,6 +103,7 @@ subnet_ids = {subnets}
 security_group_ids = ["{sg}"]
 readers = 1
 connect_via = "{via}"
+manage_master_password = true
 
 [[cluster]]
 name = "ledger"
@@ -162,7 +163,18 @@ dms_instance_class = "dms.t3.medium"
     // The routes' endpoints are Aurora's; dmf's own connection goes through connect_via.
     let writer = billing["endpoint"].as_str().expect("writer endpoint");
     let reader = billing["reader_endpoint"].as_str().expect("reader endpoint");
-    let billing_target = env.state("billing").target;
+    let billing_state = env.state("billing");
+    // RDS manages billing's master password: the state holds the secret's ARN, no password
+    let secret = match &billing_state.target_password {
+        Some(dmf_db::secret::PasswordRef::AwsSecret(arn)) => arn.clone(),
+        other => panic!("billing's master password should be a Secrets Manager reference: {other:?}"),
+    };
+    assert!(secret.starts_with("arn:aws:secretsmanager:"), "{secret}");
+    let billing_target = billing_state.target;
+    for dsn in [&billing_target.target_dsn, &billing_target.target_route_dsn, &billing_target.target_read_dsn] {
+        let dsn = dsn.clone().unwrap_or_default();
+        assert_eq!(dmf_db::secret::redact(&dsn), dsn, "no password in {dsn}");
+    }
     assert!(billing_target.target_route_dsn.unwrap_or_default().contains(writer));
     assert!(billing_target.target_read_dsn.unwrap_or_default().contains(reader));
     assert!(env.target_dsn("billing").contains(&via));

@@ -141,6 +141,7 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     let rollback_held_ms = env.state("app").rollback.held_ms.expect("rollback held_ms");
     assert!(rollback_held_ms < 2000.0, "the rollback held traffic for {rollback_held_ms:.1} ms");
     eprintln!("rollback: traffic held {rollback_held_ms:.1} ms; {second} transactions, 0 failed");
+    env.assert_no_secret(&["app-pw"], &[], true);
 }
 
 /// What the watching session saw: queries answered on each side, and anything wrong.

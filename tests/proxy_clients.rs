@@ -231,7 +231,11 @@ print("psycopg ok")
 fn clients_authenticate_by_scram_or_md5_and_backends_by_scram_md5_or_password() {
     let env = Env::new("proxy-auth");
     let src = env.source("src");
-    env.enqueue_app(&src, "SELECT 1");
+    src.psql("postgres", "CREATE DATABASE app").expect("create database app");
+    // the server offers no TLS and p_user's method is `password`: the route says sslmode=disable,
+    // or the proxy would not send that password in clear text (checked below)
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{}?sslmode=disable\"\n", src.dsn("app")));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
     for (user, method) in [("s_user", "scram-sha-256"), ("m_user", "md5"), ("p_user", "password")] {
         let enc = if method == "md5" { "md5" } else { "scram-sha-256" };
         psql(&src.dsn("app"), &format!("SET password_encryption = '{enc}'; CREATE ROLE {user} LOGIN PASSWORD '{user}-pw'; GRANT ALL ON SCHEMA public TO {user}"));
@@ -260,6 +264,14 @@ fn clients_authenticate_by_scram_or_md5_and_backends_by_scram_md5_or_password() 
         let out = Command::new(psql_bin()).args(["-X", "-d", &stranger, "-c", "SELECT 1"]).output().expect("psql");
         assert!(!out.status.success());
     }
+    // a route that does not say sslmode=disable: no clear-text password to a server without TLS
+    env.route_set("app", &["--primary", &src.dsn("app")]);
+    let proxy = env.proxy("prefer-proxy", "app", &["--client-auth", "scram", "--users-file", users]);
+    let p_user = format!("postgres://p_user:p_user-pw@127.0.0.1:{}/app?sslmode=disable", proxy.port);
+    let refused = try_psql(&p_user, "SELECT 1").expect_err("clear text over an unencrypted backend connection");
+    assert!(refused.contains("clear-text password over an unencrypted connection"), "{refused}");
+    let s_user = format!("postgres://s_user:s_user-pw@127.0.0.1:{}/app?sslmode=disable", proxy.port);
+    assert_eq!(psql(&s_user, "SELECT current_user"), "s_user", "SCRAM goes over the same connection");
 }
 
 /// Read until the proxy closes the connection (or 10 s pass); returns what it sent.

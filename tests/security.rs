@@ -384,3 +384,34 @@ async fn the_proxys_limits_bound_its_connections_and_memory() {
     assert!(started.elapsed() < Duration::from_secs(10) && err.contains("no login within 2s"), "{err} after {:?}", started.elapsed());
     drop(mute);
 }
+
+/// Item 3: a source password kept in AWS Secrets Manager (the emulator), referenced by ARN: read
+/// by `dmf enqueue` for its check and by the worker when it connects, never stored.
+#[test]
+fn a_source_password_in_aws_secrets_manager_is_read_by_the_process_that_connects() {
+    let env = Env::new("sec-aws-secret");
+    let moto = Moto::start(env.path(), &[]);
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE shop").expect("database");
+    src.psql("postgres", "CREATE ROLE migrator LOGIN SUPERUSER PASSWORD 'migrator-sm-pw'").expect("role");
+    psql(&src.dsn("shop"), "CREATE TABLE orders (id int PRIMARY KEY, v text); INSERT INTO orders VALUES (1, 'a')");
+    let arn = moto.create_secret("shop-migrator", r#"{"username": "migrator", "password": "migrator-sm-pw"}"#);
+    let dsn = src.dsn("shop").replacen("postgres://postgres@", "postgres://migrator@", 1);
+    let path = env.path().join("fleet.toml");
+    std::fs::write(&path, format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"shop\"\nsource = \"{dsn}\"\nsource_password_secret = \"{arn}\"\npause_before = [\"validating\"]\n"))
+        .expect("manifest");
+    let vars = moto.worker_env();
+    let envs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = std::process::Command::new(dmf_bin())
+        .args(["enqueue", path.to_str().expect("path"), "--json"])
+        .env("DMF_DATABASE_URL", &env.url)
+        .env("DMF_LOG", "warn")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("dmf enqueue");
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    let _worker = env.worker_env("w1", &[], &envs);
+    env.wait_for("validating (paused)", Duration::from_secs(180), |cs| cs.first().is_some_and(|c| c["phase"] == "validating" && c["paused"] == true));
+    env.assert_no_secret(&["migrator-sm-pw"], &[&String::from_utf8_lossy(&out.stdout)], true);
+}

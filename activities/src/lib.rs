@@ -200,6 +200,29 @@ impl Names {
 /// Schema that holds dmf's heartbeat table on the source (replicated to the target).
 pub const HEARTBEAT_SCHEMA: &str = "_dmf";
 
+/// Fetch the AWS Secrets Manager passwords a migration references (its source, adopted target and
+/// roles in the settings; a provisioned Aurora target's managed master password in the state)
+/// that this process has not read lately, for its next connections
+/// (`dmf_db::secret::remember`). A secret that cannot be read is remembered with why: the
+/// connection that needs it fails with that, naming the reference.
+pub async fn fetch_secrets(m: &MigrationRow, clients: &dmf_aws::Clients) {
+    let mut arns = dmf_db::secret::aws_secrets(&m.settings);
+    // a provisioned target's master password RDS manages
+    if let Ok(state::TargetPassword { target_password: Some(dmf_db::secret::PasswordRef::AwsSecret(arn)) }) = m.record::<state::TargetPassword>() {
+        arns.push(arn);
+    }
+    for arn in arns {
+        if dmf_db::secret::fresh(&arn) {
+            continue;
+        }
+        let read = dmf_aws::secrets::password(clients, &arn).await.map_err(|e| e.to_string());
+        if let Err(why) = &read {
+            tracing::warn!(secret = %arn, error = %why, "cannot read a password from AWS Secrets Manager");
+        }
+        dmf_db::secret::remember(&arn, read);
+    }
+}
+
 impl Context {
     /// A run of `migration`'s current phase; its provider and replication are read here, once.
     /// The source's and an adopted target's passwords are resolved from their references here,

@@ -9,6 +9,7 @@
 pub mod dms;
 pub mod error;
 pub mod rds;
+pub mod secrets;
 pub mod settings;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ impl Default for Options {
 pub struct Aws {
     pub rds: aws_sdk_rds::Client,
     pub dms: aws_sdk_databasemigration::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
     pub region: String,
 }
 
@@ -71,7 +73,12 @@ impl Aws {
         let Some(region) = conf.region().map(|r| r.to_string()) else {
             return Err(Error::Config("no AWS region: set aws.region for the cluster in the manifest, or AWS_REGION / a profile for the worker".into()));
         };
-        Ok(Aws { rds: aws_sdk_rds::Client::new(&conf), dms: aws_sdk_databasemigration::Client::new(&conf), region })
+        Ok(Aws {
+            rds: aws_sdk_rds::Client::new(&conf),
+            dms: aws_sdk_databasemigration::Client::new(&conf),
+            secrets: aws_sdk_secretsmanager::Client::new(&conf),
+            region,
+        })
     }
 }
 

@@ -87,6 +87,9 @@ pub struct TargetSpec {
     pub database: String,
     pub port: i32,
     pub tags: Vec<(String, String)>,
+    /// RDS keeps the master password in Secrets Manager (`ManageMasterUserPassword`).
+    #[serde(default)]
+    pub managed_password: bool,
 }
 
 impl TargetSpec {
@@ -123,6 +126,9 @@ pub struct TargetState {
     pub instances: Vec<InstanceState>,
     /// What this call created; everything else of the target existed and was adopted.
     pub created: Vec<String>,
+    /// The Secrets Manager secret holding the master password, when RDS manages it.
+    #[serde(default)]
+    pub master_user_secret_arn: Option<String>,
 }
 
 impl TargetState {
@@ -283,7 +289,8 @@ impl Aws {
 
     /// Create whatever part of the target does not exist yet and adopt what does; call again until
     /// the returned state is `ready()`. `password` is used only when the cluster is created.
-    pub async fn ensure_target(&self, spec: &TargetSpec, password: &str) -> Result<TargetState, Error> {
+    /// `password`: the master password, or None when RDS manages it (`spec.managed_password`).
+    pub async fn ensure_target(&self, spec: &TargetSpec, password: Option<&str>) -> Result<TargetState, Error> {
         let mut created = Vec::new();
         self.ensure_parameter_group(spec, &mut created).await?;
         self.ensure_subnet_group(spec, &mut created).await?;
@@ -303,7 +310,8 @@ impl Aws {
                     .db_subnet_group_name(&spec.subnet_group)
                     .set_vpc_security_group_ids((!spec.security_group_ids.is_empty()).then(|| spec.security_group_ids.clone()))
                     .master_username(&spec.master_username)
-                    .master_user_password(password)
+                    .set_master_user_password(password.map(str::to_string))
+                    .set_manage_master_user_password(spec.managed_password.then_some(true))
                     .database_name(&spec.database)
                     .port(spec.port)
                     .copy_tags_to_snapshot(true)
@@ -372,6 +380,7 @@ impl Aws {
             port: cluster.port(),
             instances: states,
             created,
+            master_user_secret_arn: cluster.master_user_secret().and_then(|s| s.secret_arn()).map(str::to_string),
         })
     }
 
@@ -591,6 +600,7 @@ mod tests {
             database: "orders".into(),
             port: 5432,
             tags: vec![],
+            managed_password: false,
         };
         assert_eq!(spec.instance_ids(), vec!["dmf-orders-writer", "dmf-orders-reader-1", "dmf-orders-reader-2"]);
     }

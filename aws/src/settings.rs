@@ -42,6 +42,11 @@ pub struct ClusterSettings {
     /// and keeps it in the control plane with the migration.
     #[serde(default)]
     pub master_password_env: Option<String>,
+    /// RDS makes and keeps the master password in AWS Secrets Manager
+    /// (`ManageMasterUserPassword`); dmf reads it from there when it connects and the control
+    /// plane holds only the secret's ARN.
+    #[serde(default)]
+    pub manage_master_password: bool,
     #[serde(default = "default_port")]
     pub port: i32,
     /// `host:port` through which dmf reaches the target's writer (a bastion tunnel or a load
@@ -98,6 +103,9 @@ impl ClusterSettings {
             (true, None) => return Err("aws: give subnet_ids (dmf creates a DB subnet group) or subnet_group (an existing one)".into()),
             (false, Some(_)) => return Err("aws: subnet_ids and subnet_group exclude each other".into()),
             _ => {}
+        }
+        if self.manage_master_password && self.master_password_env.is_some() {
+            return Err("aws: manage_master_password and master_password_env exclude each other".into());
         }
         if self.source_instance.is_some() && self.source_cluster.is_some() {
             return Err("aws: source_instance and source_cluster exclude each other".into());

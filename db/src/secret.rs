@@ -3,10 +3,13 @@
 //! [`PasswordRef`] is how the control plane holds a password (where it is, never what it is),
 //! resolved by the process that connects, when it connects ([`login`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Where a password is: what the manifest's `password_env` / `password_file` say, and what the
-/// control plane stores in their place.
+/// Where a password is: what the manifest's `password_env` / `password_file` /
+/// `password_secret` say, and what the control plane stores in their place.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PasswordRef {
     /// An environment variable of the process that connects.
@@ -15,6 +18,40 @@ pub enum PasswordRef {
     /// A file (its first line) readable by the process that connects.
     #[serde(rename = "password_file")]
     File(PathBuf),
+    /// An AWS Secrets Manager secret, by ARN: its SecretString, or the `password` of the JSON
+    /// object it holds (as RDS's managed master passwords do). The process that connects fetches
+    /// it first ([`remember`]; `dmf_aws::secrets`).
+    #[serde(rename = "password_secret")]
+    AwsSecret(String),
+}
+
+/// How long a fetched secret is used before it is fetched again (a rotated password is picked
+/// up by then).
+const FETCHED_FOR: Duration = Duration::from_secs(300);
+
+fn fetched() -> &'static Mutex<HashMap<String, (Instant, Result<String, String>)>> {
+    static FETCHED: OnceLock<Mutex<HashMap<String, (Instant, Result<String, String>)>>> = OnceLock::new();
+    FETCHED.get_or_init(Default::default)
+}
+
+/// Keep what fetching the secret `arn` gave (its password, or why it could not be read) for this
+/// process's next connections.
+pub fn remember(arn: &str, value: Result<String, String>) {
+    fetched().lock().unwrap_or_else(|p| p.into_inner()).insert(arn.to_string(), (Instant::now(), value));
+}
+
+/// Whether the secret `arn` was fetched lately (else it is fetched again before connecting).
+pub fn fresh(arn: &str) -> bool {
+    fetched().lock().unwrap_or_else(|p| p.into_inner()).get(arn).is_some_and(|(at, v)| v.is_ok() && at.elapsed() < FETCHED_FOR)
+}
+
+/// The AWS secrets a cluster's settings reference (its source, adopted target and roles).
+pub fn aws_secrets(settings: &serde_json::Value) -> Vec<String> {
+    let mut refs: Vec<&serde_json::Value> = ["source_password", "target_password"].iter().filter_map(|k| settings.get(*k)).collect();
+    if let Some(roles) = settings.get("roles").and_then(|r| r.as_object()) {
+        refs.extend(roles.values());
+    }
+    refs.iter().filter_map(|r| r.get("password_secret").and_then(|v| v.as_str())).map(str::to_string).collect()
 }
 
 impl std::fmt::Display for PasswordRef {
@@ -22,22 +59,34 @@ impl std::fmt::Display for PasswordRef {
         match self {
             PasswordRef::Env(v) => write!(f, "password_env {v}"),
             PasswordRef::File(p) => write!(f, "password_file {}", p.display()),
+            PasswordRef::AwsSecret(arn) => write!(f, "password_secret {arn}"),
         }
     }
 }
 
 impl PasswordRef {
-    /// `{"password_env": ..}` or `{"password_file": ..}` (exactly one), as the manifest writes
-    /// them into a cluster's settings; `None` when `value` is absent.
+    /// `{"password_env": ..}`, `{"password_file": ..}` or `{"password_secret": ..}` (exactly
+    /// one), as the manifest writes them into a cluster's settings; `None` when `value` is absent.
     pub fn from_json(value: Option<&serde_json::Value>) -> Result<Option<PasswordRef>, String> {
         let Some(v) = value else { return Ok(None) };
         let env = v.get("password_env").and_then(|v| v.as_str());
         let file = v.get("password_file").and_then(|v| v.as_str());
-        match (env, file) {
-            (Some(e), None) => Ok(Some(PasswordRef::Env(e.to_string()))),
-            (None, Some(f)) => Ok(Some(PasswordRef::File(PathBuf::from(f)))),
-            _ => Err("give exactly one of password_env and password_file".into()),
+        let secret = v.get("password_secret").and_then(|v| v.as_str());
+        match (env, file, secret) {
+            (Some(e), None, None) => Ok(Some(PasswordRef::Env(e.to_string()))),
+            (None, Some(f), None) => Ok(Some(PasswordRef::File(PathBuf::from(f)))),
+            (None, None, Some(s)) => Ok(Some(PasswordRef::secret(s)?)),
+            _ => Err("give exactly one of password_env, password_file and password_secret".into()),
         }
+    }
+
+    /// A Secrets Manager reference, checked to be an ARN (`arn:aws:secretsmanager:REGION:...`).
+    pub fn secret(arn: &str) -> Result<PasswordRef, String> {
+        let parts: Vec<&str> = arn.split(':').collect();
+        if parts.len() < 7 || parts[0] != "arn" || parts[2] != "secretsmanager" || parts[3].is_empty() {
+            return Err(format!("password_secret {arn:?} is not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"));
+        }
+        Ok(PasswordRef::AwsSecret(arn.to_string()))
     }
 
     /// The password itself, read now by this process (`who` names it in the error: "worker"). The
@@ -49,6 +98,11 @@ impl PasswordRef {
                 let text = std::fs::read_to_string(path).map_err(|e| format!("{self}: cannot be read by the {who} ({})", e.kind()))?;
                 text.lines().next().unwrap_or("").to_string()
             }
+            PasswordRef::AwsSecret(arn) => match fetched().lock().unwrap_or_else(|p| p.into_inner()).get(arn) {
+                Some((_, Ok(v))) => v.clone(),
+                Some((_, Err(why))) => return Err(format!("{self}: {why}")),
+                None => return Err(format!("{self}: the {who} has not fetched it")),
+            },
         };
         if value.is_empty() {
             return Err(format!("{self}: it is empty"));

@@ -20,6 +20,9 @@ pub enum Error {
     /// A client message would take the buffers of all sessions past `--max-buffer-bytes`.
     #[error("a {message}-byte message does not fit in the proxy's buffers ({in_use} of {cap} bytes in use)")]
     BufferFull { message: usize, in_use: usize, cap: usize },
+    /// A large message stopped arriving (`limits::MESSAGE_STALL`) while holding this many bytes.
+    #[error("a {0}-byte message stopped arriving; the session was closed")]
+    MessageStalled(usize),
     /// The client did not finish logging in within `--auth-timeout-s`.
     #[error("authentication did not finish within {0:?} (--auth-timeout-s)")]
     AuthTimeout(std::time::Duration),

@@ -11,6 +11,10 @@ use crate::Shared;
 /// what any session holds anyway.
 pub const UNACCOUNTED: usize = 1 << 20;
 
+/// How long a large message being received may go without a byte before its session is closed
+/// and its share of the budget given back.
+pub const MESSAGE_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Bytes of buffered messages the budget has handed out, and clients connected.
 #[derive(Debug, Default)]
 pub struct Usage {

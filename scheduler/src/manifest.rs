@@ -51,11 +51,15 @@ struct RawCluster {
     #[serde(default)]
     source_password_file: Option<Spanned<String>>,
     #[serde(default)]
+    source_password_secret: Option<Spanned<String>>,
+    #[serde(default)]
     target: Option<Spanned<String>>,
     #[serde(default)]
     target_password_env: Option<Spanned<String>>,
     #[serde(default)]
     target_password_file: Option<Spanned<String>>,
+    #[serde(default)]
+    target_password_secret: Option<Spanned<String>>,
     #[serde(default)]
     wave: Option<Spanned<i64>>,
     #[serde(default)]
@@ -81,6 +85,8 @@ struct RawRole {
     password_env: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     password_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_secret: Option<String>,
 }
 
 /// A validated manifest.
@@ -98,17 +104,21 @@ pub struct Manifest {
 fn password_ref(
     side: &str,
     dsn: &Spanned<String>,
-    env: &Option<Spanned<String>>,
-    file: &Option<Spanned<String>>,
+    [env, file, secret]: [&Option<Spanned<String>>; 3],
 ) -> Result<Option<PasswordRef>, (Range<usize>, String)> {
-    let r = match (env, file) {
-        (Some(e), None) => PasswordRef::Env(e.get_ref().clone()),
-        (None, Some(f)) => PasswordRef::File(f.get_ref().into()),
-        (Some(e), Some(_)) => return Err((e.span(), format!("give one of {side}_password_env and {side}_password_file"))),
-        (None, None) => return Ok(None),
+    let given: Vec<(&str, &Spanned<String>)> = [("env", env), ("file", file), ("secret", secret)].into_iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))).collect();
+    let (kind, value) = match given.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        [_, (_, second), ..] => return Err((second.span(), format!("give one of {side}_password_env, {side}_password_file and {side}_password_secret"))),
+    };
+    let r = match kind {
+        "env" => PasswordRef::Env(value.get_ref().clone()),
+        "file" => PasswordRef::File(value.get_ref().into()),
+        _ => PasswordRef::secret(value.get_ref()).map_err(|m| (value.span(), format!("{side}_password_secret: {m}")))?,
     };
     if dmf_db::secret::has_password(dsn.get_ref()) {
-        return Err((dsn.span(), format!("{side}: has a password of its own and {side}_password_{} too; keep one", if env.is_some() { "env" } else { "file" })));
+        return Err((dsn.span(), format!("{side}: has a password of its own and {side}_password_{kind} too; keep one")));
     }
     Ok(Some(r))
 }
@@ -187,12 +197,13 @@ impl Manifest {
                 }
                 None => None,
             };
-            let source_password = password_ref("source", &c.source, &c.source_password_env, &c.source_password_file)
+            let source_password = password_ref("source", &c.source, [&c.source_password_env, &c.source_password_file, &c.source_password_secret])
                 .map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?;
             let target_password = match &c.target {
-                Some(t) => password_ref("target", t, &c.target_password_env, &c.target_password_file).map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?,
-                None if c.target_password_env.is_some() || c.target_password_file.is_some() => {
-                    return Err(Error::Manifest { file: file.into(), line, message: format!("cluster {cname}: target_password_env/_file need an adopted target") })
+                Some(t) => password_ref("target", t, [&c.target_password_env, &c.target_password_file, &c.target_password_secret])
+                    .map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?,
+                None if c.target_password_env.is_some() || c.target_password_file.is_some() || c.target_password_secret.is_some() => {
+                    return Err(Error::Manifest { file: file.into(), line, message: format!("cluster {cname}: target_password_env/_file/_secret need an adopted target") })
                 }
                 None => None,
             };
@@ -270,8 +281,12 @@ impl Manifest {
             }
             if let Some(roles) = &c.roles {
                 for (role, r) in roles.get_ref() {
-                    if role.is_empty() || r.password_env.is_some() == r.password_file.is_some() {
-                        return Err(err(&roles.span(), format!("cluster {cname}: roles.{role}: give exactly one of password_env and password_file")));
+                    let given = [r.password_env.is_some(), r.password_file.is_some(), r.password_secret.is_some()].iter().filter(|g| **g).count();
+                    if role.is_empty() || given != 1 {
+                        return Err(err(&roles.span(), format!("cluster {cname}: roles.{role}: give exactly one of password_env, password_file and password_secret")));
+                    }
+                    if let Some(s) = &r.password_secret {
+                        PasswordRef::secret(s).map_err(|m| err(&roles.span(), format!("cluster {cname}: roles.{role}: {m}")))?;
                     }
                 }
                 settings.insert("roles".into(), serde_json::to_value(roles.get_ref()).map_err(|e| err(&roles.span(), format!("cluster {cname}: roles: {e}")))?);

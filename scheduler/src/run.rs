@@ -9,9 +9,15 @@ use tokio_util::sync::CancellationToken;
 use crate::{Error, Manifest};
 
 /// Check every source answers, then register the fleet (all or nothing).
-pub async fn enqueue(db: &Db, manifest: &Manifest, actor: &str) -> Result<Vec<uuid::Uuid>, Error> {
+pub async fn enqueue(db: &Db, manifest: &Manifest, actor: &str, aws: &dmf_aws::Clients) -> Result<Vec<uuid::Uuid>, Error> {
     let mut checks = tokio::task::JoinSet::new();
     for c in &manifest.fleet.clusters {
+        // a source password in AWS Secrets Manager: read now, by this process, for its check
+        if let Some(arn) = c.settings.get("source_password").and_then(|r| r.get("password_secret")).and_then(|v| v.as_str()) {
+            if !dmf_db::secret::fresh(arn) {
+                dmf_db::secret::remember(arn, dmf_aws::secrets::password(aws, arn).await.map_err(|e| e.to_string()));
+            }
+        }
         let reference = dmf_db::secret::PasswordRef::from_json(c.settings.get("source_password"));
         let dsn = reference.and_then(|r| dmf_db::secret::login(&c.source_dsn, r.as_ref(), "dmf enqueue process"));
         let name = c.name.clone();

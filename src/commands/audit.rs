@@ -43,6 +43,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
     let mut m = db.migration_by_cluster(&a.cluster).await?;
     if a.full {
+        let aws = dmf_aws::Clients::new(dmf_aws::Options { endpoint_url: std::env::var("DMF_AWS_ENDPOINT_URL").ok(), ..dmf_aws::Options::default() });
+        dmf_activities::fetch_secrets(&m, &aws).await;
         m.resolve_logins("dmf audit process")?;
         let target = state::target_login(&m, "dmf audit process")?
             .ok_or_else(|| anyhow::anyhow!("cluster {}: no target yet (phase {}); a full compare needs a replicating target", m.cluster, m.phase))?;

@@ -14,13 +14,15 @@ const MANIFEST_FORMAT: &str = r#"Manifest format (TOML):
   [[cluster]]
   name = "orders"
   source = "postgres://migrator@db1:5432/orders"
-  source_password_env = "ORDERS_PW"   # or source_password_file = "/run/secrets/orders";
+  source_password_env = "ORDERS_PW"   # or source_password_file = "/run/secrets/orders", or
+                                      # source_password_secret = "arn:aws:secretsmanager:...";
                                       # resolved by each dmf process when it connects. A password
                                       # inline in `source` works too, but is then kept in the
                                       # control plane (dmf.clusters): enqueue warns
   wave = 1
   # target = "postgres://..."     adopt an existing target instead of provisioning one
-  # target_password_env = "..."   or target_password_file: the adopted target's password
+  # target_password_env = "..."   or target_password_file / target_password_secret: the
+                                # adopted target's password
   # provider = "local"            or "aws": an Aurora PostgreSQL target (needs [cluster.aws])
   # replication = "logical"       or "dms" (provider "aws"): AWS DMS hydrates and replicates
   # pause_before = ["hydrating"]  wait for `dmf resume` before entering these phases
@@ -49,6 +51,9 @@ pub struct Args {
     pub manifest: std::path::PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Send AWS calls (Secrets Manager, for a `*_password_secret`) here instead of AWS.
+    #[arg(long, env = "DMF_AWS_ENDPOINT_URL", hide = true)]
+    pub aws_endpoint_url: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -59,7 +64,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let db = a.cp.connect().await?;
-    let ids = dmf_scheduler::enqueue(&db, &manifest, &super::actor()).await?;
+    let aws = dmf_aws::Clients::new(dmf_aws::Options { endpoint_url: a.aws_endpoint_url.clone(), ..dmf_aws::Options::default() });
+    let ids = dmf_scheduler::enqueue(&db, &manifest, &super::actor(), &aws).await?;
     let clusters: Vec<_> = manifest
         .fleet
         .clusters

@@ -707,6 +707,26 @@ impl Moto {
         self.aws_py(&args)
     }
 
+    /// A Secrets Manager secret `name` holding `value` (given on stdin, never on a command
+    /// line); returns its ARN.
+    pub fn create_secret(&self, name: &str, value: &str) -> String {
+        use std::io::Write;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto/aws.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([self.url.as_str(), "create-secret", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("aws.py");
+        child.stdin.take().expect("stdin").write_all(value.as_bytes()).expect("secret value");
+        let out = child.wait_with_output().expect("aws.py");
+        assert!(out.status.success(), "aws.py create-secret: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("aws.py output");
+        v["arn"].as_str().expect("arn").to_string()
+    }
+
     /// What exists in the emulator (RDS clusters, instances, groups; DMS endpoints, instances, tasks).
     pub fn inventory(&self) -> serde_json::Value {
         self.aws_py(&["inventory"])

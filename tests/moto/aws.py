@@ -7,6 +7,8 @@
       `:aurora`, an Aurora PostgreSQL cluster SOURCE (the parameter in its cluster parameter
       group) with one instance, SOURCE-1;
       prints {"subnets": [...], "security_group": "..."}
+  aws.py ENDPOINT create-secret NAME
+      a Secrets Manager secret NAME whose SecretString is read from stdin; prints {"arn": "..."}
   aws.py ENDPOINT inventory
       prints what exists: RDS clusters (with members), instances, cluster parameter groups and
       subnet groups; DMS endpoints, replication instances and tasks
@@ -83,10 +85,17 @@ def inventory(endpoint):
     print(json.dumps(out))
 
 
+def create_secret(endpoint, name):
+    arn = client(endpoint, "secretsmanager").create_secret(Name=name, SecretString=sys.stdin.read())["ARN"]
+    print(json.dumps({"arn": arn}))
+
+
 def main():
     endpoint, command, *rest = sys.argv[1:]
     if command == "seed":
         seed(endpoint, rest)
+    elif command == "create-secret":
+        create_secret(endpoint, rest[0])
     elif command == "inventory":
         inventory(endpoint)
     else:

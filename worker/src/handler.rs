@@ -68,6 +68,7 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
     let deadline = shared.opts.phase_timeouts.get(&phase).copied();
     let started = Instant::now();
     tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, attempt, "activity started");
+    dmf_activities::fetch_secrets(&m, &shared.opts.activities.aws).await;
     let (outcome, panicked) = match Context::new(db, m.clone(), cancel.clone(), shared.opts.activities.clone()) {
         Err(e) => (e.into_outcome(), false),
         Ok(mut ctx) => {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::findings::Report;
-use crate::state::{AwsPassword, AwsSource, AwsTarget, AwsTargetPlan, AwsTeardown, Patch, TargetCreated, TargetDsn, TargetEndpoints};
+use crate::state::{AwsPassword, AwsSource, AwsTarget, AwsTargetPlan, AwsTeardown, Patch, TargetCreated, TargetDsn, TargetEndpoints, TargetPassword};
 use crate::{pg, Context};
 
 /// The cluster's `[cluster.aws]` table.
@@ -108,13 +108,22 @@ async fn target_spec(ctx: &Context, s: &ClusterSettings) -> Result<TargetSpec, E
         port: s.port,
         tags: vec![("dmf:cluster".into(), ctx.cluster().to_string()), ("dmf:migration".into(), ctx.migration.id.to_string())],
         cluster_id: id,
+        managed_password: s.manage_master_password,
     })
 }
 
-/// The master password: from the worker's environment when the manifest names a variable, else
-/// made once and kept with the migration before the cluster is created, so that a re-run (or a
-/// teardown) uses the same one.
-async fn master_password(ctx: &Context, s: &ClusterSettings) -> Result<String, Error> {
+/// The master password: None where RDS manages it (`manage_master_password`: it is read from
+/// Secrets Manager when dmf connects); from the worker's environment when the manifest names a
+/// variable; else made once and kept with the migration before the cluster is created, so that a
+/// re-run (or a teardown) uses the same one.
+async fn master_password(ctx: &Context, s: &ClusterSettings) -> Result<Option<String>, Error> {
+    if s.manage_master_password {
+        return Ok(None);
+    }
+    given_or_made_password(ctx, s).await.map(Some)
+}
+
+async fn given_or_made_password(ctx: &Context, s: &ClusterSettings) -> Result<String, Error> {
     if let Some(var) = &s.master_password_env {
         return std::env::var(var).map_err(|_| Error::NeedsOperator(format!("cluster {}: aws.master_password_env names {var}, which the worker's environment lacks", ctx.cluster())));
     }
@@ -149,7 +158,7 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
             now
         }
     };
-    let state = client.ensure_target(&spec, &password).instrument(span(ctx)).await.map_err(aws_error(ctx))?;
+    let state = client.ensure_target(&spec, password.as_deref()).instrument(span(ctx)).await.map_err(aws_error(ctx))?;
     for what in &state.created {
         tracing::info!(cluster = %m.cluster, migration = %m.id, region = %client.region, "created {what}");
     }
@@ -171,19 +180,40 @@ pub async fn provision(ctx: &Context) -> Result<Outcome, Error> {
         return Err(Error::NeedsOperator(format!("cluster {}: Aurora target {} is available but has no endpoint", m.cluster, spec.cluster_id)));
     };
     let reader = state.reader_endpoint.clone().unwrap_or_else(|| writer.clone());
-    let route_dsn = dsn(&spec.master_username, &password, &writer, port, &spec.database);
-    let read_dsn = dsn(&spec.master_username, &password, &reader, port, &spec.database);
+    // A managed password stays in Secrets Manager: the connection strings carry none, and the
+    // state only the secret's ARN (read again whenever dmf connects)
+    let reference = match (&password, &state.master_user_secret_arn) {
+        (Some(_), _) => None,
+        (None, Some(arn)) => Some(dmf_db::secret::PasswordRef::AwsSecret(arn.clone())),
+        (None, None) => {
+            return Err(Error::NeedsOperator(format!("cluster {}: Aurora target {} reports no managed master password secret", m.cluster, spec.cluster_id)))
+        }
+    };
+    let pw = password.as_deref().unwrap_or("");
+    let with = |host: &str, port: i32| {
+        if password.is_some() {
+            dsn(&spec.master_username, pw, host, port, &spec.database)
+        } else {
+            format!("postgres://{}@{host}:{port}/{}", url_part(&spec.master_username), url_part(&spec.database))
+        }
+    };
+    let route_dsn = with(&writer, port);
+    let read_dsn = with(&reader, port);
     let own_dsn = match &s.connect_via {
         Some(via) => {
             let (host, p) = via.rsplit_once(':').unwrap_or((via.as_str(), "5432"));
-            dsn(&spec.master_username, &password, host, p.parse().unwrap_or(5432), &spec.database)
+            with(host, p.parse().unwrap_or(5432))
         }
         None => route_dsn.clone(),
     };
+    if let Some(dmf_db::secret::PasswordRef::AwsSecret(arn)) = &reference {
+        dmf_db::secret::remember(arn, dmf_aws::secrets::password(&ctx.config.aws, arn).await.map_err(|e| e.to_string()));
+    }
     // The target must answer dmf before the schema is copied into it.
-    pg::connect(&own_dsn, &format!("target of {}", m.cluster)).await?;
+    let login = dmf_db::secret::login(&own_dsn, reference.as_ref(), "worker").map_err(|why| Error::NeedsOperator(format!("cluster {}: {why}", m.cluster)))?;
+    pg::connect(&login, &format!("target of {}", m.cluster)).await?;
     let endpoints = TargetEndpoints { target_route_dsn: Some(route_dsn), target_read_dsn: Some(read_dsn) };
-    ctx.save(Patch::of(&TargetDsn { target_dsn: Some(own_dsn) }).and(&endpoints)).await?;
+    ctx.save(Patch::of(&TargetDsn { target_dsn: Some(own_dsn) }).and(&endpoints).and(&TargetPassword { target_password: reference })).await?;
     tracing::info!(cluster = %m.cluster, migration = %m.id, writer = %writer, reader = %reader, waited_s = waited.as_secs(), "Aurora target ready");
     Ok(Outcome::Done)
 }

@@ -55,6 +55,11 @@ impl Refusal {
         Refusal::new(sqlstate::INVALID_AUTHORIZATION, "TLS is required (--client-tls required): connect with sslmode=require or stronger")
     }
 
+    /// A large message stopped arriving while it held part of `--max-buffer-bytes`.
+    pub fn message_stalled(bytes: usize, after: Duration) -> Refusal {
+        Refusal::new(sqlstate::PROTOCOL_VIOLATION, format_args!("a {bytes}-byte message stopped arriving for {after:?}; the session is closed"))
+    }
+
     /// More clients than `--max-client-conn`.
     pub fn too_many_clients(max: usize) -> Refusal {
         Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, format_args!("too many clients already ({max}, --max-client-conn)"))

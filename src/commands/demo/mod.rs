@@ -126,7 +126,7 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
         sources.push(g);
     }
     let m = dmf_scheduler::Manifest::parse("demo.toml", &manifest)?;
-    dmf_scheduler::enqueue(&db, &m, "demo").await?;
+    dmf_scheduler::enqueue(&db, &m, "demo", &dmf_aws::Clients::default()).await?;
 
     // The application side: a proxy per cluster (the sidecar) and clients that only know the proxy.
     let load_stop = CancellationToken::new();
