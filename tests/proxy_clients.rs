@@ -288,24 +288,10 @@ fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
     }
 }
 
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
-
 /// Log in and read up to the first ReadyForQuery.
 fn logged_in(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.write_all(&startup(APP_CLIENT, "app")).expect("startup");
+    s.write_all(&startup_packet(APP_CLIENT, "app")).expect("startup");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];

@@ -52,21 +52,6 @@ fn the_proxy_never_logs_a_client_in_with_dmfs_credentials() {
     assert!(open.log_tail().contains("--client-auth"), "{}", open.log_tail());
 }
 
-/// A protocol 3.0 startup packet.
-fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend(body);
-    startup
-}
-
 /// One whole message from the server.
 fn read_message(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
     use std::io::Read;

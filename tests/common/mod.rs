@@ -733,6 +733,21 @@ impl Moto {
     }
 }
 
+/// A protocol 3.0 startup packet for `user` and database `db`.
+pub fn startup_packet(user: &str, db: &str) -> Vec<u8> {
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
 /// Where a secret was found by [`Env::assert_no_secret`].
 fn secret_in(secrets: &[&str], text: &str) -> Option<String> {
     secrets.iter().find(|s| text.contains(**s)).map(|s| s.to_string())

@@ -221,8 +221,10 @@ impl Session {
                     self.refuse(refusal).await;
                     return Ok(());
                 }
-                // a large message that stops arriving must not keep its share of the budget
-                _ = tokio::time::sleep(crate::limits::MESSAGE_STALL), if self.buffer_lease.is_some() => {
+                // a large message that stops arriving must not keep its share of the budget (an
+                // async block: select! evaluates a disabled branch's expression too, and a timer
+                // made per read would cost every session)
+                _ = async { tokio::time::sleep(crate::limits::MESSAGE_STALL).await }, if self.buffer_lease.is_some() => {
                     let held = self.buffer_lease.as_ref().map_or(0, |l| l.bytes());
                     self.refuse(Refusal::message_stalled(held, crate::limits::MESSAGE_STALL)).await;
                     return Err(Error::MessageStalled(held));
