@@ -424,6 +424,15 @@ impl<S> Guarded<S> {
         while self.seen.len() >= at + 5 {
             let tag = self.seen[at];
             let len = u32::from_be_bytes([self.seen[at + 1], self.seen[at + 2], self.seen[at + 3], self.seen[at + 4]]) as usize;
+            if tag == b'N' {
+                // a notice may come first: look past it (a server must not hide a clear-text
+                // request behind one)
+                if self.seen.len() < at + 1 + len {
+                    break;
+                }
+                at += 1 + len;
+                continue;
+            }
             if tag != b'R' {
                 // not an authentication request: the login is over (or failed)
                 self.stop();
@@ -628,6 +637,9 @@ mod tests {
         let mut g = Guarded::new((), false);
         let e = g.watch(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).expect_err("clear text");
         assert!(e.to_string().contains("clear text"));
+        let mut g = Guarded::new((), false);
+        assert!(g.watch(&[b'N', 0, 0, 0, 6, b'x', 0]).is_ok(), "a notice first");
+        assert!(g.watch(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).is_err(), "does not hide a clear-text request");
         let g = Guarded::new((), true);
         assert!(!g.watching, "clear text allowed: nothing to watch");
     }

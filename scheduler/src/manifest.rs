@@ -397,7 +397,12 @@ pause_before = ["hydrating"]
         let m = Manifest::parse("fleet.toml", &text).expect("valid");
         assert_eq!(m.fleet.clusters[1].settings["roles"], serde_json::json!({ "app": { "password_env": "APP_PW" }, "ro": { "password_file": "/run/secrets/ro" } }));
         let e = error_of(&text.replace("password_env = \"APP_PW\"", "password_env = \"APP_PW\"\npassword_file = \"/x\""));
-        assert!(e.contains("cluster ledger: roles.app: give exactly one of password_env and password_file"), "{e}");
+        assert!(e.contains("cluster ledger: roles.app: give exactly one of password_env, password_file and password_secret"), "{e}");
+        let e = error_of(&text.replace("password_env = \"APP_PW\"", "password_secret = \"not-an-arn\""));
+        assert!(e.contains("roles.app: password_secret \"not-an-arn\" is not a Secrets Manager ARN"), "{e}");
+        let secret = text.replace("password_env = \"APP_PW\"", "password_secret = \"arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf\"");
+        let m = Manifest::parse("fleet.toml", &secret).expect("an ARN");
+        assert_eq!(m.fleet.clusters[1].settings["roles"]["app"]["password_secret"], "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf");
         let e = error_of(&text.replace("password_env", "password"));
         assert!(e.contains("password"), "{e}");
     }

@@ -35,6 +35,7 @@ const MANIFEST_FORMAT: &str = r#"Manifest format (TOML):
   # security_group_ids = ["sg-0c"]
   # target_cluster = "dmf-orders"; engine_version = "15.4"
   # instance_class = "db.r6g.large"; readers = 1
+  # manage_master_password = true  RDS keeps the master password in Secrets Manager
   # master_username = "dmf"; master_password_env = "ORDERS_PW"   default: dmf makes one
   # connect_via = "host:port"     dmf reaches the writer through this (a tunnel)
   # final_snapshot = false; provision_timeout_s = 3600
