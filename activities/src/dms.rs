@@ -73,13 +73,36 @@ async fn spec(ctx: &Context, s: &ClusterSettings) -> Result<ReplicationSpec, Err
 }
 
 /// The spec the hydration made durable (the tables' schemas are fixed by then), else a new one.
+/// The control plane keeps it without the endpoints' passwords: they are put in here, from the
+/// connection strings as this worker resolved them for this run.
 async fn durable_spec(ctx: &Context, s: &ClusterSettings) -> Result<ReplicationSpec, Error> {
-    if let Some(spec) = ctx.record::<DmsSpec>()?.dms_spec {
-        return Ok(spec);
-    }
-    let spec = spec(ctx, s).await?;
-    ctx.save(Patch::of(&DmsSpec { dms_spec: Some(spec.clone()) })).await?;
+    let mut spec = match ctx.record::<DmsSpec>()?.dms_spec {
+        Some(spec) => spec,
+        None => {
+            let spec = spec(ctx, s).await?;
+            let mut kept = spec.clone();
+            kept.source.password.clear();
+            kept.target.password.clear();
+            ctx.save(Patch::of(&DmsSpec { dms_spec: Some(kept) })).await?;
+            spec
+        }
+    };
+    let fresh = spec_logins(ctx)?;
+    spec.source.password = fresh.0;
+    spec.target.password = fresh.1;
     Ok(spec)
+}
+
+/// The source's and the target's (writer endpoint's) passwords, resolved for this run.
+fn spec_logins(ctx: &Context) -> Result<(String, String), Error> {
+    let password_of = |dsn: &str, what: &str| -> Result<String, Error> {
+        let (_, c) = dmf_pgconn::tls::parse(dsn).map_err(|e| Error::NeedsOperator(format!("bad connection string for the {what}: {e}")))?;
+        Ok(c.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default())
+    };
+    let target = ctx.route_target()?.ok_or_else(|| Error::NeedsOperator(format!("cluster {}: no target provisioned yet", ctx.cluster())))?;
+    let reference = ctx.record::<crate::state::TargetPassword>()?.target_password;
+    let target = dmf_db::secret::login(&target, reference.as_ref(), "worker").map_err(|why| Error::NeedsOperator(format!("cluster {}: {why}", ctx.cluster())))?;
+    Ok((password_of(ctx.source_dsn(), "source")?, password_of(&target, "target")?))
 }
 
 async fn record(ctx: &Context, p: &Progress) -> Result<(), Error> {
