@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{leftovers, psql, Env, CLEAN};
+use common::{leftovers, psql, Env, OutputWithin, CLEAN, COMMAND_LIMIT};
 
 /// Every type the auditor must compare exactly, under quoted and non-ASCII names, with a composite
 /// key, plus a table large enough to be split into many chunks.
@@ -125,7 +125,7 @@ fn pgbench_writes_and_a_replication_stall_raise_no_false_alarm() {
     src.psql("postgres", "CREATE DATABASE app").expect("db");
     let dsn = src.dsn("app");
     let pgbench = dmf_activities::providers::local::program("pgbench").expect("pgbench");
-    let init = Command::new(&pgbench).args(["-i", "-q", "-s", "2", &dsn]).output().expect("pgbench -i");
+    let init = Command::new(&pgbench).args(["-i", "-q", "-s", "2", &dsn]).output_within(COMMAND_LIMIT);
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     psql(&dsn, "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY");
     let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}\"\n"));

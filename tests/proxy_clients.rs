@@ -40,7 +40,7 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
     )
     .expect("script");
     let tls_dsn = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=require", proxy.port);
-    let out = Command::new(psql_bin()).args(["-X", "-A", "-t", "-d", &tls_dsn, "-f"]).arg(&script).output().expect("psql");
+    let out = Command::new(psql_bin()).args(["-X", "-A", "-t", "-d", &tls_dsn, "-f"]).arg(&script).output_within(COMMAND_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("1\tone\n2\ttwo\n3\tthree"), "COPY TO STDOUT came back: {stdout}\n{stderr}");
@@ -57,7 +57,7 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
     let prefer = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=prefer", plain.port);
     assert_eq!(psql(&prefer, "SELECT count(*) FROM t"), "3");
     let require = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=require", plain.port);
-    let out = Command::new(psql_bin()).args(["-X", "-d", &require, "-c", "SELECT 1"]).output().expect("psql");
+    let out = Command::new(psql_bin()).args(["-X", "-d", &require, "-c", "SELECT 1"]).output_within(COMMAND_LIMIT);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server does not support SSL"), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -221,7 +221,7 @@ with psycopg.connect(dsn, autocommit=True) as conn:
     assert got.payload == "hi", got
 print("psycopg ok")
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(proxy.dsn("app")).output().expect("python3");
+    let out = Command::new("python3").arg("-c").arg(script).arg(proxy.dsn("app")).output_within(COMMAND_LIMIT);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("psycopg ok"), "psycopg 3 through the proxy (scripts/test.sh installs psycopg):\n{text}");
     assert_eq!(psql(&src.dsn("app"), "SELECT count(*) || ':' || (SELECT body FROM notes WHERE id = 1) FROM notes"), "200:x");
@@ -255,13 +255,13 @@ fn clients_authenticate_by_scram_or_md5_and_backends_by_scram_md5_or_password() 
             let dsn = format!("postgres://{user}:{user}-pw@127.0.0.1:{}/app?sslmode=disable", proxy.port);
             assert_eq!(psql(&dsn, "SELECT current_user"), user, "client {mode}, backend method of {user}");
             let wrong = format!("postgres://{user}:nope@127.0.0.1:{}/app?sslmode=disable", proxy.port);
-            let out = Command::new(psql_bin()).args(["-X", "-d", &wrong, "-c", "SELECT 1"]).output().expect("psql");
+            let out = Command::new(psql_bin()).args(["-X", "-d", &wrong, "-c", "SELECT 1"]).output_within(COMMAND_LIMIT);
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success() && err.contains("authentication failed"), "wrong password refused ({mode}): {err}");
         }
         // the backend refusing the proxy's login reaches the client with the server's words
         let stranger = format!("postgres://nobody:x@127.0.0.1:{}/app?sslmode=disable", proxy.port);
-        let out = Command::new(psql_bin()).args(["-X", "-d", &stranger, "-c", "SELECT 1"]).output().expect("psql");
+        let out = Command::new(psql_bin()).args(["-X", "-d", &stranger, "-c", "SELECT 1"]).output_within(COMMAND_LIMIT);
         assert!(!out.status.success());
     }
     // a route that does not say sslmode=disable: no clear-text password to a server without TLS

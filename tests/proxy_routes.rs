@@ -191,13 +191,13 @@ async fn a_proxy_without_the_control_plane_for_longer_than_its_lease_sends_nothi
     let err = idle.batch_execute("INSERT INTO t VALUES (2)").await.expect_err("no write without the lease");
     assert!(format!("{err:?}").contains("control plane"), "{err:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "held up to the hold timeout first");
-    let out = Command::new(dmf_activities::providers::local::program("psql").expect("psql")).args(["-X", "-d", &proxy.dsn("app"), "-c", "INSERT INTO t VALUES (3)"]).output().expect("psql");
+    let out = Command::new(dmf_activities::providers::local::program("psql").expect("psql")).args(["-X", "-d", &proxy.dsn("app"), "-c", "INSERT INTO t VALUES (3)"]).output_within(COMMAND_LIMIT);
     assert!(!out.status.success(), "new sessions refused without the lease");
     assert_eq!(psql(&src.dsn("app"), "SELECT count(*) FROM t"), "0", "nothing reached the database");
     env.cp.start().expect("restart the control plane");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new(dmf_activities::providers::local::program("psql").expect("psql")).args(["-X", "-d", &proxy.dsn("app"), "-c", "INSERT INTO t VALUES (4)"]).output().expect("psql");
+        let out = Command::new(dmf_activities::providers::local::program("psql").expect("psql")).args(["-X", "-d", &proxy.dsn("app"), "-c", "INSERT INTO t VALUES (4)"]).output_within(COMMAND_LIMIT);
         if out.status.success() {
             break;
         }

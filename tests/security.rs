@@ -392,8 +392,7 @@ fn a_source_password_in_aws_secrets_manager_is_read_by_the_process_that_connects
         .env("DMF_DATABASE_URL", &env.url)
         .env("DMF_LOG", "warn")
         .envs(envs.iter().copied())
-        .output()
-        .expect("dmf enqueue");
+        .output_within(COMMAND_LIMIT);
     assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
     let _scheduler = env.scheduler();
     let _worker = env.worker_env("w1", &[], &envs);

@@ -37,10 +37,8 @@ fn endpoint(dsn: &str, engine: &str, ssl_mode: &str, what: &str) -> Result<Endpo
 /// by its writer endpoint (what the routes use, not `connect_via`); every schema with tables on the
 /// source is mapped, dmf's heartbeat schema included, so that lag is measured through DMS too.
 async fn spec(ctx: &Context, s: &ClusterSettings) -> Result<ReplicationSpec, Error> {
+    // (the route's string has no password: `durable_spec` puts the endpoints' passwords in)
     let target = ctx.route_target()?.ok_or_else(|| Error::NeedsOperator(format!("cluster {}: no target provisioned yet", ctx.cluster())))?;
-    // (a master password RDS manages is read from Secrets Manager: the route's string has none)
-    let reference = ctx.record::<crate::state::TargetPassword>()?.target_password;
-    let target = dmf_db::secret::login(&target, reference.as_ref(), "worker").map_err(|why| Error::NeedsOperator(format!("cluster {}: {why}", ctx.cluster())))?;
     let source_engine = match ctx.record::<AwsSource>()?.aws_source {
         Some(s) if s.engine == "aurora-postgresql" => "aurora-postgresql",
         _ => "postgres",

@@ -3,8 +3,8 @@
 //! certificate checked against `sslrootcert` when one is given, as libpq does); `verify-ca` (the
 //! chain against `sslrootcert`); `verify-full` (the chain and the host name). [`TlsPolicy::split`]
 //! takes these out of a connection string (tokio-postgres knows neither `verify-*` nor
-//! `sslrootcert`), [`negotiate`] opens a raw connection's stream, [`MakeRustls`] is the connector
-//! for tokio-postgres. Whoever logs in over a stream asks [`TlsPolicy::cleartext_ok`] before
+//! `sslrootcert`), [`negotiate`] opens a raw connection's stream, [`connect`] opens tokio-postgres
+//! over one. Whoever logs in over a stream asks [`TlsPolicy::cleartext_ok`] before
 //! answering a clear-text password request: only over TLS, or where the string says `disable`.
 
 use std::collections::HashMap;
@@ -122,8 +122,8 @@ impl TlsPolicy {
         Ok((policy, rest))
     }
 
-    /// The mode tokio-postgres is given: TLS is set up by [`MakeRustls`], which verifies what
-    /// `verify-ca` and `verify-full` ask.
+    /// The mode tokio-postgres is told of (its own TLS is never used: [`connect`] sets TLS up
+    /// over the raw stream, verifying what `verify-ca` and `verify-full` ask).
     pub fn tokio_mode(&self) -> tokio_postgres::config::SslMode {
         match self.mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,

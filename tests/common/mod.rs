@@ -70,6 +70,48 @@ pub fn dmf_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dmf")
 }
 
+/// A command's output within a deadline: a child that hangs (a client waiting for an answer that
+/// never comes) is killed and the test fails, with what it printed, instead of CI running out of
+/// time with no word of which call hung.
+pub trait OutputWithin {
+    fn output_within(&mut self, limit: Duration) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self, limit: Duration) -> Output {
+        use std::io::Read;
+        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {self:?}: {e}"));
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut all);
+                }
+                all
+            })
+        };
+        let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for child") {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let (o, e) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+                panic!("{self:?} did not finish within {limit:?} (killed); it printed:\n{}{}", String::from_utf8_lossy(&o), String::from_utf8_lossy(&e));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+    }
+}
+
+/// How long one psql or dmf command of a test may take before it counts as hung.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
 /// Run SQL with psql against a connection string; returns trimmed unaligned output.
 pub fn psql(dsn: &str, sql: &str) -> String {
     match try_psql(dsn, sql) {
@@ -83,8 +125,8 @@ pub fn try_psql(dsn: &str, sql: &str) -> Result<String, String> {
     let psql = dmf_activities::providers::local::program("psql").expect("psql");
     let out = Command::new(psql)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql])
-        .output()
-        .expect("run psql");
+        .stdin(Stdio::null())
+        .output_within(COMMAND_LIMIT);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -142,8 +184,7 @@ impl Env {
             .env("DMF_DATABASE_URL", &self.url)
             .env("DMF_LOG", "warn")
             .stdin(Stdio::null())
-            .output()
-            .expect("run dmf")
+            .output_within(COMMAND_LIMIT)
     }
 
     /// Run dmf and parse its `--json` output; panics with stderr on failure.
@@ -465,6 +506,9 @@ pub fn pgbench_bin() -> PathBuf {
 /// A pgbench run in the background, with its per-transaction log (`-l`) under `dir`.
 pub struct Bench {
     pub child: Child,
+    started: Instant,
+    /// `-T`, or a minute-long allowance for a run by transaction count.
+    runs_for: Duration,
     pub out: PathBuf,
     pub err: PathBuf,
     pub log_prefix: PathBuf,
@@ -476,6 +520,9 @@ impl Drop for Bench {
         let _ = self.child.wait();
     }
 }
+
+/// How long past its run time a pgbench run may take to end.
+pub const BENCH_GRACE: Duration = Duration::from_secs(180);
 
 /// What a finished pgbench run reported.
 #[derive(Debug)]
@@ -522,12 +569,33 @@ impl Bench {
             .stderr(std::fs::File::create(&err).expect("pgbench log"))
             .spawn()
             .expect("start pgbench");
-        Bench { child, out, err, log_prefix }
+        let runs_for = args
+            .iter()
+            .position(|a| *a == "-T")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|t| t.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_secs);
+        Bench { child, started: Instant::now(), runs_for, out, err, log_prefix }
     }
 
-    /// Wait for pgbench to end and read its summary; panics when it printed none.
+    /// Wait for pgbench to end and read its summary; panics when it printed none, or when it has
+    /// not ended [`BENCH_GRACE`] after it should have (its clients wait for answers that do not
+    /// come).
     pub fn wait(mut self) -> BenchResult {
-        let ok = self.child.wait().map(|s| s.success()).unwrap_or(false);
+        let ends = self.started + self.runs_for + BENCH_GRACE;
+        let ok = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s.success(),
+                Ok(None) if Instant::now() < ends => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let err = std::fs::read_to_string(&self.err).unwrap_or_default();
+                    panic!("pgbench {} did not end {BENCH_GRACE:?} after its run time (killed); its clients hung:\n{err}", self.out.display());
+                }
+                Err(_) => break false,
+            }
+        };
         let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
         BenchResult::parse(ok, &stdout, &stderr).unwrap_or_else(|e| panic!("{e}"))
@@ -558,7 +626,7 @@ impl Bench {
 
 /// Run a program to completion; panics with its output when it fails.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().expect("run command");
+    let out = cmd.stdin(Stdio::null()).output_within(3 * COMMAND_LIMIT);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text

@@ -9,9 +9,9 @@ use base64::Engine;
 use bytes::{Buf, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use super::stream::ClientStream;
+use super::stream::{send_all, ClientStream};
 use crate::protocol::{build, cstr, frame, Side};
 use crate::Error;
 
@@ -218,7 +218,7 @@ pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: C
         ClientAuth::Trust => {}
         ClientAuth::Md5 => {
             let salt = random_bytes::<4>();
-            client.write_all(&build::auth(5, &salt)).await?;
+            send_all(client, &build::auth(5, &salt)).await?;
             let msg = read_auth(client, buf).await?;
             let given = cstr(&msg).map(|(s, _)| s).unwrap_or("");
             let ok = users.password(user).is_some_and(|pw| postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), salt) == given);
@@ -228,13 +228,13 @@ pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: C
         }
         ClientAuth::Scram => scram(client, buf, users, user).await?,
     }
-    client.write_all(&build::auth(0, &[])).await?;
+    send_all(client, &build::auth(0, &[])).await?;
     Ok(())
 }
 
 async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, user: &str) -> Result<(), Error> {
     let fail = || Error::AuthFailed(user.to_string());
-    client.write_all(&build::auth(10, b"SCRAM-SHA-256\0\0")).await?;
+    send_all(client, &build::auth(10, b"SCRAM-SHA-256\0\0")).await?;
     let first = read_auth(client, buf).await?;
     let (mech, rest) = cstr(&first).ok_or_else(fail)?;
     if mech != "SCRAM-SHA-256" {
@@ -262,7 +262,7 @@ async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, use
     });
     let nonce = format!("{client_nonce}{}", B64.encode(random_bytes::<18>()));
     let server_first = format!("r={nonce},s={},i={}", B64.encode(&secret.salt), secret.iterations);
-    client.write_all(&build::auth(11, server_first.as_bytes())).await?;
+    send_all(client, &build::auth(11, server_first.as_bytes())).await?;
     let fin = read_auth(client, buf).await?;
     let client_final = std::str::from_utf8(&fin).map_err(|_| fail())?;
     let (without_proof, proof) = client_final.rsplit_once(",p=").ok_or_else(fail)?;
@@ -289,7 +289,7 @@ async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, use
         return Err(fail());
     }
     let server_sig = hmac(&secret.server_key, auth_message.as_bytes());
-    client.write_all(&build::auth(12, format!("v={}", B64.encode(server_sig)).as_bytes())).await?;
+    send_all(client, &build::auth(12, format!("v={}", B64.encode(server_sig)).as_bytes())).await?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use crate::metrics::{add, sub};
 use crate::protocol::{self, build, startup, Startup};
 use crate::{CancelTarget, Error, SessionEntry, Shared};
 use refusal::Refusal;
-use stream::ClientStream;
+use stream::{send_all, ClientStream};
 
 /// Accept until shutdown; each connection runs in its own task, on the relay thread `relays`
 /// picks.
@@ -64,7 +64,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             tracing::info!(cluster = %cluster, peer = %peer, error = %e, "connection refused before startup");
             if let Some(mut c) = c {
-                let _ = c.write_all(&Refusal::protocol(&e).message()).await;
+                let _ = send_all(&mut c, &Refusal::protocol(&e).message()).await;
             }
             return;
         }
@@ -79,13 +79,13 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     if shared.opts.client_tls_required && !matches!(client, ClientStream::Tls(_)) {
         add(&shared.metrics.connections_refused, 1);
         tracing::info!(cluster = %cluster, peer = %peer, user = %user, "client refused: no TLS (--client-tls required)");
-        let _ = client.write_all(&Refusal::tls_required().message()).await;
+        let _ = send_all(&mut client, &Refusal::tls_required().message()).await;
         return;
     }
     if counted.over() {
         add(&shared.metrics.connections_refused, 1);
         tracing::warn!(cluster = %cluster, peer = %peer, user = %user, clients = counted.count, "client refused: --max-client-conn reached");
-        let _ = client.write_all(&Refusal::too_many_clients(shared.opts.max_client_conn).message()).await;
+        let _ = send_all(&mut client, &Refusal::too_many_clients(shared.opts.max_client_conn).message()).await;
         return;
     }
     add(&shared.metrics.connections_total, 1);
@@ -109,7 +109,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(crate::protocol::tag::status::IDLE));
-            if client.write_all(&hello).await.is_ok() {
+            if send_all(&mut client, &hello).await.is_ok() {
                 let login = entry.params.clone();
                 let s = session::Session::new(shared.clone(), id, client, buf, params, backend, entry);
                 let (result, left) = s.run().await;
@@ -132,7 +132,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
         Err(e) => {
             add(&shared.metrics.connections_refused, 1);
             tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "connection refused");
-            let _ = client.write_all(&Refusal::connection(&e).message()).await;
+            let _ = send_all(&mut client, &Refusal::connection(&e).message()).await;
         }
     }
 }
@@ -189,10 +189,10 @@ async fn negotiate(mut client: ClientStream, buf: &mut BytesMut, shared: &Arc<Sh
                 }
                 (c, _) => {
                     client = c;
-                    client.write_all(b"N").await.map_err(Error::from)
+                    send_all(&mut client, b"N").await.map_err(Error::from)
                 }
             },
-            Startup::GssEnc => client.write_all(b"N").await.map_err(Error::from),
+            Startup::GssEnc => send_all(&mut client, b"N").await.map_err(Error::from),
             Startup::Cancel { pid, secret } => {
                 cancel(shared, pid, secret).await;
                 return (Some(client), Ok(None));

@@ -81,7 +81,8 @@ impl TryWrite for ClientStream {
 
 /// Write all of `buf`: straight to the socket first (a relay's writes are small and the socket
 /// nearly always has room, so this is one syscall and no future), then whatever is left through
-/// the reactor.
+/// the reactor, flushed: TLS keeps what the socket did not take in its own buffer, and nothing
+/// would send it until the session's next write (a client waiting for an answer waits forever).
 pub async fn send_all<S: TryWrite + AsyncWrite + Unpin>(s: &mut S, buf: &[u8]) -> std::io::Result<()> {
     let sent = match s.try_write(buf) {
         Ok(n) => n,
@@ -90,6 +91,87 @@ pub async fn send_all<S: TryWrite + AsyncWrite + Unpin>(s: &mut S, buf: &[u8]) -
     };
     if sent < buf.len() {
         s.write_all(&buf[sent..]).await?;
+        s.flush().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpSocket;
+
+    use super::*;
+
+    /// A certificate and key made by `openssl` in a directory removed on drop.
+    struct SelfSigned(std::path::PathBuf);
+
+    impl SelfSigned {
+        fn make() -> SelfSigned {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir().join(format!("dmf-proxy-stream-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("cert dir");
+            let out = std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "cert.pem"])
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+            SelfSigned(dir)
+        }
+    }
+
+    impl Drop for SelfSigned {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A large answer to a TLS client that reads slowly fills the socket, and rustls keeps the
+    /// rest: `send_all` must not return before it is sent, because the session writes nothing
+    /// more until the client's next statement, which waits for this answer.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tls_answer_the_socket_cannot_take_yet_reaches_the_client_without_another_write() {
+        let certs = SelfSigned::make();
+        let acceptor = crate::frontend::tls::acceptor(&certs.0.join("cert.pem"), &certs.0.join("key.pem")).expect("acceptor");
+        // small socket buffers, as on a busy host: the answer does not fit in them
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(32 * 1024).expect("SO_SNDBUF");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let listener = socket.listen(8).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let (policy, _) = dmf_pgconn::tls::TlsPolicy::split(&format!("postgres://u@127.0.0.1:{port}/d?sslmode=require")).expect("policy");
+        let connector = tokio_rustls::TlsConnector::from(policy.config().expect("client config"));
+        let client = tokio::spawn(async move {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(32 * 1024).expect("SO_RCVBUF");
+            let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect");
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            connector.connect(name, tcp).await.expect("client handshake")
+        });
+        let (sock, _) = listener.accept().await.expect("accept");
+        let mut proxy_side = ClientStream::Tls(Box::new(acceptor.accept(sock).await.expect("server handshake")));
+        let mut app = client.await.expect("client task");
+
+        let answer = vec![7u8; 8 << 20];
+        let reader = tokio::spawn(async move {
+            let (mut got, mut buf) = (0usize, vec![0u8; 16 * 1024]);
+            // slowly, so that the proxy's socket fills; then whatever is still coming
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(3), app.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            got
+        });
+        send_all(&mut proxy_side, &answer).await.expect("send");
+        // the session now waits for the client (it writes nothing more)
+        let got = reader.await.expect("reader");
+        assert_eq!(got, answer.len(), "the client got {got} of {} bytes", answer.len());
+        drop(proxy_side);
+    }
 }

@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::refusal::Refusal;
 use super::signal::{Signal, KILL, SHUTDOWN};
-use super::stream::ClientStream;
+use super::stream::{send_all, ClientStream};
 use crate::backend::Backend;
 use crate::protocol::startup::Params;
 use crate::relay::RelayThread;
@@ -235,7 +235,7 @@ impl Session {
 
     /// Tell the client why the proxy ends its session (the caller ends it).
     async fn refuse(&mut self, refusal: Refusal) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&refusal.message())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), send_all(&mut self.client, &refusal.message())).await;
     }
 
     /// Read and drop up to `bytes` more from the client, for at most `limit`, in small pieces.
