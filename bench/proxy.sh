@@ -76,23 +76,26 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -addext "s
 chmod 600 "$TLS_DIR/server.key"
 psql -X -q "$SRC" -c "ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.crt'" -c "ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/server.key'" \
     -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
-declare -A URL=([direct]="$SRC?sslmode=disable")
+# The application logs in as its own role through every proxy, as a real service does (dmf's proxy
+# never admits dmf's own, the route's user); direct runs too, so that every target does the same.
+psql -X -q "$SRC" -c "CREATE ROLE bench_app LOGIN PASSWORD 'bench-app-pw'; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO bench_app; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO bench_app"
+declare -A URL=([direct]="${SRC/postgres@/bench_app@}?sslmode=disable")
 
 # --- pgbouncer, transaction pooling, trust on loopback
 BP="$BASE/pgbouncer"
 BOUNCER_PORT=$(free_port)
 mkdir -p "$BP"
-pgbouncer_ini "$BP" "$BOUNCER_PORT" "$SRC_PORT"
+pgbouncer_ini "$BP" "$BOUNCER_PORT" "$SRC_PORT" bench_app bench-app-pw
 # (pgbouncer's server_tls_sslmode defaults to prefer, and the server offers TLS)
 echo "server_tls_sslmode = disable" >> "$BP/pgbouncer.ini"
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BP"
 as_pg "$PGBOUNCER" -d -q "$BP/pgbouncer.ini" || { cat "$BP/pgbouncer.log" 2>/dev/null; exit 1; }
-URL[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable"
+URL[pgbouncer]="postgres://bench_app@127.0.0.1:$BOUNCER_PORT/bench?sslmode=disable"
 # pgbouncer with TLS to its clients and to the server
 BPT="$BASE/pgbouncer-tls"
 BOUNCER_TLS_PORT=$(free_port)
 mkdir -p "$BPT"
-pgbouncer_ini "$BPT" "$BOUNCER_TLS_PORT" "$SRC_PORT"
+pgbouncer_ini "$BPT" "$BOUNCER_TLS_PORT" "$SRC_PORT" bench_app bench-app-pw
 cat >> "$BPT/pgbouncer.ini" <<INI
 client_tls_sslmode = require
 client_tls_cert_file = $TLS_DIR/server.crt
@@ -101,7 +104,7 @@ server_tls_sslmode = require
 INI
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$BPT"
 as_pg "$PGBOUNCER" -d -q "$BPT/pgbouncer.ini" || { cat "$BPT/pgbouncer.log" 2>/dev/null; exit 1; }
-URL[pgbouncer-tls]="postgres://postgres@127.0.0.1:$BOUNCER_TLS_PORT/bench?sslmode=require"
+URL[pgbouncer-tls]="postgres://bench_app@127.0.0.1:$BOUNCER_TLS_PORT/bench?sslmode=require"
 BOUNCER_VERSION="$("$PGBOUNCER" --version | head -n 1 | awk '{print $2}')"
 
 # wait_ready NAME LOG [PID]: up to 30 s for `select 1` through target NAME; else show LOG and fail.
@@ -134,8 +137,6 @@ if [ -z "$SKIP_DMF" ]; then
     # with sched_autogroup the kernel shares CPU between sessions first, so a proxy left in this
     # script's session would compete with pgbench's threads for one session's share while
     # pgbouncer has a share of its own.
-    # The application logs in as its own role (the proxy never admits dmf's own, the route's user).
-    psql -X -q "$SRC" -c "CREATE ROLE bench_app LOGIN PASSWORD 'bench-app-pw'; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO bench_app; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO bench_app"
     echo '"bench_app" "bench-app-pw"' > "$BASE/users.txt"
     setsid "$DMF" proxy --cluster bench --listen "127.0.0.1:$PROXY_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
         --users-file "$BASE/users.txt" >"$BASE/proxy.log" 2>&1 & PROXY_PID=$!

@@ -297,15 +297,22 @@ settle() {
     sleep 1
 }
 
-# pgbouncer_ini DIR LISTEN_PORT SERVER_PORT: a pgbouncer config in DIR (transaction pooling, trust
-# on loopback, the admin console for postgres) serving database bench of the server on
-# SERVER_PORT; rewrite it and RELOAD to repoint a running pgbouncer.
+# pgbouncer_ini DIR LISTEN_PORT SERVER_PORT [USER PASSWORD]: a pgbouncer config in DIR
+# (transaction pooling, trust on loopback, the admin console for postgres) serving database bench
+# of the server on SERVER_PORT; rewrite it and RELOAD to repoint a running pgbouncer. Its server
+# logins are as postgres, or with USER as each client's own user (USER's PASSWORD in its auth file,
+# pgbouncer's convention, for servers that ask for one).
 pgbouncer_ini() {
-    local dir="$1" listen="$2" server="$3"
+    local dir="$1" listen="$2" server="$3" user="${4:-}" password="${5:-}"
+    local as="user=postgres"
     echo '"postgres" ""' > "$dir/userlist.txt"
+    if [ -n "$user" ]; then
+        as=""
+        printf '"%s" "%s"\n' "$user" "$password" >> "$dir/userlist.txt"
+    fi
     cat > "$dir/pgbouncer.ini" <<INI
 [databases]
-bench = host=127.0.0.1 port=$server dbname=bench user=postgres
+bench = host=127.0.0.1 port=$server dbname=bench $as
 
 [pgbouncer]
 listen_addr = 127.0.0.1

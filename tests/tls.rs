@@ -140,3 +140,34 @@ fn no_clear_text_password_without_tls_unless_disable_says_so() {
     let out = env.enqueue("fleet2.toml", &format!("[fleet]\nname = \"g\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{dsn}?sslmode=disable\"\n"));
     assert!(out.status.success(), "sslmode=disable allows it: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The control-plane connection of every dmf process keeps the same rule: a control plane without
+/// TLS that asks for the password in clear text does not get it (neither from a command nor from
+/// a worker) unless the URL says `sslmode=disable`.
+#[test]
+fn the_control_plane_gets_no_clear_text_password_without_tls() {
+    let env = Env::new("tls-cp");
+    env.cp.psql("postgres", "CREATE ROLE dmf_cp LOGIN SUPERUSER PASSWORD 'cp-pw'").expect("role");
+    std::fs::write(env.cp.data_dir().join("pg_hba.conf"), "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 password\n").expect("hba");
+    env.cp.psql("postgres", "SELECT pg_reload_conf()").expect("reload");
+    let url = env.url.replacen("postgres://postgres@", "postgres://dmf_cp:cp-pw@", 1);
+    let status = |url: &str| Command::new(dmf_bin()).args(["status", "--json"]).env("DMF_DATABASE_URL", url).env("DMF_LOG", "warn").stdin(std::process::Stdio::null()).output_within(COMMAND_LIMIT);
+
+    let out = status(&url);
+    assert!(!out.status.success(), "dmf status logged in with a clear-text password: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("clear text") && !err.contains("cp-pw"), "{err}");
+
+    let mut worker = env.worker_env("w1", &[], &[("DMF_DATABASE_URL", &url)]);
+    let logged = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(&worker.log).unwrap_or_default().contains("clear text")
+    });
+    assert!(logged, "the worker names why it cannot reach the control plane:\n{}", worker.log_tail());
+    let sessions = env.cp.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'dmf_cp'").expect("sessions");
+    assert_eq!(sessions, "0", "{}", worker.log_tail());
+    worker.kill9();
+
+    let out = status(&format!("{url}?sslmode=disable"));
+    assert!(out.status.success(), "sslmode=disable allows it: {}", String::from_utf8_lossy(&out.stderr));
+}

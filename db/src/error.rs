@@ -8,6 +8,12 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("bad control-plane URL: {0}")]
     BadUrl(String),
+    /// The control plane would get dmf's password in clear text without TLS (`tls`).
+    #[error("control plane {0}")]
+    Cleartext(String),
+    /// The control plane did not answer the TLS probe (`tls`): down or unreachable.
+    #[error("control plane unreachable: {0}")]
+    Unreachable(String),
     #[error("queue: {0}")]
     Queue(String),
     #[error("no cluster named {0:?} in the control plane")]
@@ -35,6 +41,7 @@ impl Error {
                 e,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
             ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))),
+            Error::Unreachable(_) => true,
             _ => false,
         }
     }

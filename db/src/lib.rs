@@ -14,6 +14,7 @@ pub mod route;
 pub mod secret;
 pub mod state;
 pub mod status;
+mod tls;
 
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub use queue::{ActivityJob, QUEUE};
 pub struct Db {
     pool: PgPool,
     lease: Option<std::sync::Arc<lease::LeaseToken>>,
+    /// Whether TLS is required or merely preferred, until the server first answers (`tls`).
+    tls: Option<std::sync::Arc<tls::Probe>>,
 }
 
 /// How long any control-plane statement may run; a hung one (a lock, a stalled server) fails
@@ -44,18 +47,19 @@ impl Db {
         let opts: PgConnectOptions = url.parse().map_err(|e| Error::BadUrl(format!("{e}")))?;
         let timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
         let opts = opts.application_name("dmf").options([("statement_timeout", timeout.as_str()), ("lock_timeout", timeout.as_str())]);
+        let (opts, tls) = tls::plan(opts);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy_with(opts);
-        Ok(Db { pool, lease: None })
+        Ok(Db { pool, lease: None, tls: tls.map(std::sync::Arc::new) })
     }
 
     /// This handle, writing only while `token`'s lease holds: what an activity gets.
     pub fn leased(&self, token: lease::LeaseToken) -> Db {
-        Db { pool: self.pool.clone(), lease: Some(std::sync::Arc::new(token)) }
+        Db { pool: self.pool.clone(), lease: Some(std::sync::Arc::new(token)), tls: self.tls.clone() }
     }
 
     /// Begin a transaction; on a leased handle, one that goes on only while the lease holds.
@@ -70,8 +74,19 @@ impl Db {
     /// Connect and check that the control plane answers.
     pub async fn connect(url: &str) -> Result<Db, Error> {
         let db = Db::connect_lazy(url)?;
+        db.settle_tls().await?;
         sqlx::query("SELECT 1").execute(&db.pool).await?;
         Ok(db)
+    }
+
+    /// Decide, the first time the server answers, whether the pool needs TLS (see `tls`).
+    async fn settle_tls(&self) -> Result<(), Error> {
+        if let Some(probe) = &self.tls {
+            if let Some(without_tls) = probe.settle().await? {
+                self.pool.set_connect_options(without_tls);
+            }
+        }
+        Ok(())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -118,8 +133,14 @@ impl Db {
     pub async fn wait_until_reachable(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
-                return true;
+            match self.settle_tls().await {
+                Ok(()) => {
+                    if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
+                        return true;
+                    }
+                }
+                Err(e @ Error::Cleartext(_)) => tracing::error!(error = %e, "cannot log in to the control plane"),
+                Err(e) => tracing::debug!(error = %e, "control plane not answering yet"),
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;

@@ -25,6 +25,8 @@ async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
     // slots of a migration left in failed before the flip pin WAL on the production source
     if let Some(after) = shared.opts.activities.drop_slots_after_failed {
         for m in shared.db.failed_before_flip(after).await? {
+            // (this worker may not have read the migration's AWS secrets since it started)
+            dmf_activities::fetch_secrets(&m, &shared.opts.activities.aws).await;
             match dmf_activities::slots::drop_after_failure(&shared.db, &m, after).await {
                 Ok(dropped) => tracing::warn!(cluster = %m.cluster, migration = %m.id, slots = ?dropped, "failed before the flip too long ago: its replication slots were dropped"),
                 Err(e) => tracing::warn!(cluster = %m.cluster, migration = %m.id, error = %e, "could not drop the slots of a long-failed migration; next tick retries"),
