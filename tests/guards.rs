@@ -90,3 +90,44 @@ fn the_slots_of_a_migration_failed_before_the_flip_are_dropped_after_a_while() {
     assert!(String::from_utf8_lossy(&env.dmf(&["status"]).stdout).contains("dropped"));
     assert_eq!(env.phase_of("app"), "failed");
 }
+
+/// DDL on the source is not replicated: a column added to a published table (with a write that
+/// uses it, which stops the target's apply) and a published table dropped each abort their
+/// migration with `schema_drift`, naming the table and what differs, not as lag or an inactive
+/// slot; nothing is left on either side.
+#[test]
+fn ddl_on_the_source_aborts_with_schema_drift_naming_the_table() {
+    let env = Env::new("drift");
+    let (one, two) = (env.source("one"), env.source("two"));
+    let mut manifest = String::from("[fleet]\nname = \"f\"\n");
+    let mut dsns = Vec::new();
+    for (cluster, src) in [("added", &one), ("dropped", &two)] {
+        src.psql("postgres", "CREATE DATABASE app").expect("database");
+        let dsn = src.dsn("app");
+        psql(&dsn, SAMPLE_SCHEMA);
+        manifest.push_str(&format!("\n[[cluster]]\nname = \"{cluster}\"\nsource = \"{dsn}\"\n"));
+        dsns.push(dsn);
+    }
+    let out = env.enqueue("fleet.toml", &manifest);
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let _scheduler = env.scheduler();
+    // the lag guard far away (an inactive slot trips only after a minute): drift must abort these
+    let worker = env.worker("w1", &["--lag-limit-ms", "600000", "--lag-window-s", "600", "--audit-window-s", "600"]);
+    env.wait_for("both replicating", Duration::from_secs(180), |cs| cs.len() == 2 && cs.iter().all(common::in_sync));
+
+    psql(&dsns[0], "ALTER TABLE items ADD COLUMN note text; INSERT INTO items (payload, n, note) VALUES ('x', 1, 'hello')");
+    psql(&dsns[1], "DROP TABLE pairs");
+    env.wait_for("both aborted", Duration::from_secs(120), |cs| cs.iter().all(|c| c["phase"] == "aborted" || c["phase"] == "failed"));
+    let by_name = |name: &str| env.clusters().into_iter().find(|c| c["cluster"] == name).expect("cluster");
+    let added = by_name("added");
+    assert_eq!(added["abort_reason"], "schema_drift", "{added}\n{}", worker.log_tail());
+    let why = added["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("public.items") && why.contains("column note (text) was added on the source"), "{why}");
+    let dropped = by_name("dropped");
+    assert_eq!(dropped["abort_reason"], "schema_drift", "{dropped}");
+    let why = dropped["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("table public.pairs was dropped on the source"), "{why}");
+    for dsn in &dsns {
+        assert_eq!(leftovers(dsn), CLEAN);
+    }
+}

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod cleanup;
 pub mod dms;
+pub mod drift;
 pub mod error;
 mod fault;
 pub mod findings;

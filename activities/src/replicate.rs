@@ -1,6 +1,6 @@
 //! Replicating, the steady state: measure lag (milliseconds by heartbeat, bytes from the slot) and
-//! check the guards (slot lost, slots keeping too much WAL, slot inactive, lag above the limit for
-//! longer than the window).
+//! check the guards (slot lost, schema drift, slots keeping too much WAL, slot inactive, lag above
+//! the limit for longer than the window).
 //! With DMS, the task's state stands in for the slot's (`dms::sample`).
 
 use crate::error::Error;
@@ -39,6 +39,24 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     if let Some(detail) = slots::beyond_limit(&s.slots, ctx.config.max_slot_wal) {
         return Ok(Outcome::Abort { reason: AbortReason::SlotRetainedWal, detail });
     }
+    // DDL on the source is not replicated: named here, before an apply it stopped shows only as
+    // an inactive slot or lag. The subscription's state names why a slot went inactive.
+    let mut stopped = None;
+    if !ctx.uses_dms() {
+        let source = pg::connect(ctx.source_dsn(), &format!("source of {}", m.cluster)).await?;
+        let target = pg::connect(&ctx.require_target()?, &format!("target of {}", m.cluster)).await?;
+        if let Some(detail) = crate::drift::check(&source, &target).await? {
+            return Ok(Outcome::Abort { reason: AbortReason::SchemaDrift, detail });
+        }
+        let sub = &ctx.names().subscription;
+        let enabled: Option<bool> =
+            target.query_opt(include_str!("sql/subscription_enabled.sql"), &[sub]).await.map_err(pg::err("read the subscription"))?.map(|r| r.get(0));
+        stopped = match enabled {
+            Some(true) => None,
+            Some(false) => Some(format!("subscription {sub} on the target was disabled from outside dmf")),
+            None => Some(format!("subscription {sub} is gone from the target")),
+        };
+    }
 
     // Slot inactive: nobody consumes it, so it retains WAL on the source.
     let inactive_since = ctx.record::<SlotWatch>()?.slot_inactive_since;
@@ -56,6 +74,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             }
         };
         let for_how_long = (chrono::Utc::now() - since).to_std().unwrap_or_default();
+        if let (Some(why), true) = (stopped, for_how_long > ctx.config.slot_inactive_window) {
+            return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs()) });
+        }
         if for_how_long > ctx.config.slot_inactive_window {
             return Ok(Outcome::Abort {
                 reason: AbortReason::SlotInactive,

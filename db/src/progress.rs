@@ -10,15 +10,11 @@ impl Db {
     pub async fn reset_copy_progress(&self, migration: Uuid, planned: &[(String, i32, i64)]) -> Result<(), Error> {
         let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM dmf.copy_progress WHERE migration = $1").bind(migration).execute(&mut *tx).await?;
-        for (table, chunk, total) in planned {
-            sqlx::query("INSERT INTO dmf.copy_progress (migration, table_name, chunk, bytes_total) VALUES ($1, $2, $3, $4)")
-                .bind(migration)
-                .bind(table)
-                .bind(chunk)
-                .bind(total)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // one statement for every chunk (a large schema plans thousands)
+        let tables: Vec<&str> = planned.iter().map(|(t, _, _)| t.as_str()).collect();
+        let chunks: Vec<i32> = planned.iter().map(|(_, c, _)| *c).collect();
+        let totals: Vec<i64> = planned.iter().map(|(_, _, b)| *b).collect();
+        sqlx::query(include_str!("queries/plan_copy_progress.sql")).bind(migration).bind(&tables).bind(&chunks).bind(&totals).execute(&mut *tx).await?;
         // the control plane's clock, as the progress rows' updated_at it is compared with
         let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
         let started = Patch::of(&CopyClock { copy_started_at: Some(now) });

@@ -1,4 +1,6 @@
-//! `dmf status [cluster] [--watch] [--json]`: phase, lag, hydration and audit progress, last error.
+//! `dmf status`: a fleet summary first (per wave and phase, aborted with reasons, failed clusters
+//! that need an operator), then one line per cluster: phase, lag, hydration and audit progress,
+//! last error; filters by wave, phase or problems.
 
 use std::time::Duration;
 
@@ -11,16 +13,167 @@ use super::ControlPlane;
 use crate::output;
 
 #[derive(clap::Args)]
+#[command(after_help = "The summary counts the whole fleet; --wave, --phase and --problems choose the clusters listed \
+under it (with --json, the clusters array). Examples:\n  dmf status                      every cluster\n  \
+dmf status --problems           aborted, failed, paused or erroring clusters only\n  \
+dmf status --wave 3 --watch     wave 3, redrawn every two seconds\n  \
+dmf status --phase replicating  the clusters in one phase")]
 pub struct Args {
     #[command(flatten)]
     cp: ControlPlane,
     /// Only this cluster.
     pub cluster: Option<String>,
-    /// Redraw every two seconds until interrupted.
+    /// List only the clusters of this wave.
+    #[arg(long)]
+    pub wave: Option<i32>,
+    /// List only the clusters in this phase (pending, hydrating, replicating, ..., completed,
+    /// aborted, failed).
+    #[arg(long)]
+    pub phase: Option<dmf_workflows::Phase>,
+    /// List only the clusters that need a look: aborted, failed, paused, or with an error.
+    #[arg(long)]
+    pub problems: bool,
+    /// Redraw every two seconds until interrupted; with more clusters than fit, the list keeps
+    /// those in progress and those with problems.
     #[arg(long)]
     pub watch: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// At most this many clusters are listed under `--watch`: beyond it, settled ones are left out.
+const WATCH_ROWS: usize = 40;
+
+/// Which clusters the list shows.
+struct Filter {
+    wave: Option<i32>,
+    phase: Option<String>,
+    problems: bool,
+}
+
+impl Filter {
+    fn keeps(&self, v: &View) -> bool {
+        self.wave.is_none_or(|w| v.status.wave == w) && self.phase.as_ref().is_none_or(|p| &v.status.phase == p) && (!self.problems || v.problem())
+    }
+}
+
+/// The fleet at a glance, counted over every cluster whatever the filters.
+#[derive(Serialize, Default)]
+pub struct Summary {
+    pub clusters: usize,
+    /// Clusters per phase across the fleet, in the lifecycle's order.
+    pub phases: Vec<PhaseCount>,
+    pub waves: Vec<WaveSummary>,
+    /// Aborted clusters by reason.
+    pub aborted: Vec<Reason>,
+    /// Failed clusters: each needs an operator (`dmf resume` or `dmf abort`).
+    pub failed: Vec<Problem>,
+    pub paused: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct PhaseCount {
+    pub phase: String,
+    pub count: usize,
+}
+
+#[derive(Serialize)]
+pub struct WaveSummary {
+    pub fleet: String,
+    pub wave: i32,
+    pub clusters: usize,
+    pub phases: Vec<PhaseCount>,
+}
+
+#[derive(Serialize)]
+pub struct Reason {
+    pub reason: String,
+    pub clusters: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Problem {
+    pub cluster: String,
+    pub wave: i32,
+    pub error: String,
+}
+
+/// Phases in the lifecycle's order (an unknown one last).
+fn phase_rank(phase: &str) -> usize {
+    dmf_workflows::Phase::ALL.iter().position(|p| p.as_str() == phase).unwrap_or(usize::MAX)
+}
+
+fn count_phases<'a>(phases: impl Iterator<Item = &'a str>) -> Vec<PhaseCount> {
+    let mut counts: std::collections::BTreeMap<(usize, &str), usize> = Default::default();
+    for p in phases {
+        *counts.entry((phase_rank(p), p)).or_default() += 1;
+    }
+    counts.into_iter().map(|((_, phase), count)| PhaseCount { phase: phase.to_string(), count }).collect()
+}
+
+impl Summary {
+    pub fn of(views: &[View]) -> Summary {
+        let mut waves: std::collections::BTreeMap<(&str, i32), Vec<&str>> = Default::default();
+        let mut aborted: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        let mut failed = Vec::new();
+        let mut paused = Vec::new();
+        for v in views {
+            let r = &v.status;
+            waves.entry((r.fleet.as_str(), r.wave)).or_default().push(r.phase.as_str());
+            match r.phase.as_str() {
+                "aborted" => aborted.entry(r.abort_reason.as_deref().unwrap_or("operator")).or_default().push(r.cluster.clone()),
+                "failed" => failed.push(Problem { cluster: r.cluster.clone(), wave: r.wave, error: first_line(r.last_error.as_deref().unwrap_or("")) }),
+                _ => {}
+            }
+            if r.paused {
+                paused.push(r.cluster.clone());
+            }
+        }
+        Summary {
+            clusters: views.len(),
+            phases: count_phases(views.iter().map(|v| v.status.phase.as_str())),
+            waves: waves
+                .into_iter()
+                .map(|((fleet, wave), phases)| WaveSummary { fleet: fleet.to_string(), wave, clusters: phases.len(), phases: count_phases(phases.into_iter()) })
+                .collect(),
+            aborted: aborted.into_iter().map(|(reason, clusters)| Reason { reason: reason.to_string(), clusters }).collect(),
+            failed,
+            paused,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let counts = |phases: &[PhaseCount]| phases.iter().map(|p| format!("{} {}", p.phase, p.count)).collect::<Vec<_>>().join(", ");
+        let names = |clusters: &[String]| {
+            const SHOWN: usize = 8;
+            let mut s = clusters.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if clusters.len() > SHOWN {
+                s.push_str(&format!(" and {} more", clusters.len() - SHOWN));
+            }
+            s
+        };
+        let mut out = format!("{} clusters: {}\n", self.clusters, counts(&self.phases));
+        for w in &self.waves {
+            out.push_str(&format!("  {} wave {:<3} {:>4}: {}\n", w.fleet, w.wave, w.clusters, counts(&w.phases)));
+        }
+        for a in &self.aborted {
+            out.push_str(&format!("aborted [{}] {}: {}\n", a.reason, a.clusters.len(), names(&a.clusters)));
+        }
+        if !self.failed.is_empty() {
+            out.push_str(&format!("failed, needs an operator (dmf resume or dmf abort) {}:\n", self.failed.len()));
+            for f in &self.failed {
+                out.push_str(&format!("  {} (wave {}): {}\n", f.cluster, f.wave, f.error));
+            }
+        }
+        if !self.paused.is_empty() {
+            out.push_str(&format!("paused {}: {}\n", self.paused.len(), names(&self.paused)));
+        }
+        out
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
 }
 
 /// One cluster as `dmf status` shows it: the control plane's row and the activities' records.
@@ -63,6 +216,17 @@ impl View {
             state,
             state_error,
         }
+    }
+
+    /// Whether an operator should look: aborted, failed, paused, or an error recorded.
+    fn problem(&self) -> bool {
+        let r = &self.status;
+        matches!(r.phase.as_str(), "aborted" | "failed") || r.paused || r.last_error.is_some() || self.state_error.is_some()
+    }
+
+    /// Still moving or in trouble: what a watch keeps when the fleet does not fit.
+    fn worth_watching(&self) -> bool {
+        self.problem() || !matches!(self.status.phase.as_str(), "pending" | "completed" | "rolled_back" | "aborted")
     }
 
     /// The most WAL one of the migration's slots keeps, as the last check found it ("!" when a
@@ -171,6 +335,7 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
+    let filter = Filter { wave: a.wave, phase: a.phase.map(|p| p.as_str().to_string()), problems: a.problems };
     loop {
         let rows = db.status(a.cluster.as_deref()).await?.into_iter().map(View::of).collect::<Vec<_>>();
         if let Some(c) = &a.cluster {
@@ -178,14 +343,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 anyhow::bail!("no cluster named {c:?}");
             }
         }
+        let summary = Summary::of(&rows);
+        let mut listed: Vec<View> = rows.into_iter().filter(|v| filter.keeps(v)).collect();
         let fleets = db.fleets().await?;
         if a.json {
-            output::json(&serde_json::json!({ "fleets": fleets, "clusters": rows }))?;
+            output::json(&serde_json::json!({ "summary": summary, "fleets": fleets, "clusters": listed }))?;
         } else {
+            let mut text = summary.render();
+            text.push('\n');
+            let mut left_out = 0;
+            if a.watch && listed.len() > WATCH_ROWS {
+                let before = listed.len();
+                listed.retain(View::worth_watching);
+                listed.truncate(WATCH_ROWS);
+                left_out = before - listed.len();
+            }
+            text.push_str(&render(&listed, &fleets));
+            if left_out > 0 {
+                text.push_str(&format!("({left_out} more not listed: settled, or past {WATCH_ROWS} lines; --wave, --phase or --problems choose)\n"));
+            }
             if a.watch {
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", dmf_db::secret::redact(&render(&rows, &fleets)));
+            print!("{}", dmf_db::secret::redact(&text));
         }
         if !a.watch {
             return Ok(());

@@ -1,0 +1,103 @@
+//! `dmf status` at fleet size (issue 20 item 6): 400 clusters in 8 waves, with the hydration
+//! progress, audit runs and consistency samples a fleet in flight has; the answer leads with a
+//! summary per wave and phase, names the aborted clusters by reason and the failed ones with their
+//! errors, and filters by wave, phase and problems.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// 400 clusters written straight into the control plane, in mid-migration: 8 waves of 50, wave 1
+/// completed but for 3 aborted (2 schema drift, 1 slot lost) and 1 failed, wave 2 replicating with
+/// one paused, the rest pending; each with 40 copy chunks, an audit run of 20 chunks and 1,000
+/// consistency samples.
+const FLEET: &str = r#"
+INSERT INTO dmf.fleets (name, max_concurrent, max_per_source_host, breaker_threshold, manifest)
+VALUES ('big', 50, 10, 0.5, '');
+INSERT INTO dmf.waves (fleet, wave) SELECT 'big', w FROM generate_series(1, 8) w;
+INSERT INTO dmf.clusters (name, fleet, wave, source_dsn, source_host, provider)
+SELECT format('c%s', lpad(i::text, 3, '0')), 'big', (i - 1) / 50 + 1,
+       format('postgres://migrator@10.0.%s.%s:5432/app', i / 200, i % 200), format('10.0.%s.%s', i / 200, i % 200), 'local'
+FROM generate_series(1, 400) i;
+INSERT INTO dmf.migrations (id, cluster, phase, lag_ms, lag_bytes)
+SELECT md5(name)::uuid, name, CASE WHEN wave = 1 THEN 'completed' WHEN wave = 2 THEN 'replicating' ELSE 'pending' END,
+       CASE WHEN wave = 2 THEN 40 END, CASE WHEN wave = 2 THEN 8192 END
+FROM dmf.clusters;
+UPDATE dmf.migrations SET phase = 'aborted', abort_reason = 'schema_drift',
+       last_error = 'table public.orders on the source has a column the target lacks: note text'
+WHERE cluster IN ('c003', 'c017');
+UPDATE dmf.migrations SET phase = 'aborted', abort_reason = 'slot_lost', last_error = 'replication slot dmf_slot_x is gone from the source'
+WHERE cluster = 'c020';
+UPDATE dmf.migrations SET phase = 'failed', failed_phase = 'flipping', last_error = E'cannot fence the source: permission denied\nmore detail'
+WHERE cluster = 'c042';
+UPDATE dmf.migrations SET paused = true WHERE cluster = 'c077';
+INSERT INTO dmf.copy_progress (migration, table_name, chunk, rows_copied, bytes_copied, bytes_total, done)
+SELECT m.id, format('public.t%s', t), ch, 1000, 65536, 65536, true
+FROM dmf.migrations m, generate_series(1, 10) t, generate_series(1, 4) ch
+WHERE m.phase <> 'pending';
+INSERT INTO dmf.audit_runs (migration, status, chunks_total, requested_by)
+SELECT id, 'clean', 20, 'worker' FROM dmf.migrations WHERE phase <> 'pending';
+INSERT INTO dmf.audit_chunks (run, table_name, chunk, status)
+SELECT r.id, 'public.t1', ch, 'clean' FROM dmf.audit_runs r, generate_series(1, 20) ch;
+INSERT INTO dmf.audit_samples (migration, window_ms, rows_checked, status, commit_lsn)
+SELECT m.id, random() * 50, 3, 'matched', '0/1'
+FROM dmf.migrations m, generate_series(1, 1000) s
+WHERE m.phase <> 'pending';
+ANALYZE;
+"#;
+
+#[test]
+fn status_of_400_clusters_leads_with_a_summary_and_filters() {
+    let env = Env::new("status-400");
+    env.cp_query(FLEET);
+
+    // the whole fleet, timed (the goal is under a second; the bound only catches a regression)
+    let start = Instant::now();
+    let out = env.dmf(&["status"]);
+    let took = start.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("dmf status of 400 clusters: {took:?}");
+    assert!(took < Duration::from_secs(10), "dmf status took {took:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let first = text.lines().next().unwrap_or_default();
+    assert_eq!(first, "400 clusters: pending 300, replicating 50, completed 46, aborted 3, failed 1", "{text}");
+    assert!(text.contains("big wave 1     50: completed 46, aborted 3, failed 1"), "{text}");
+    assert!(text.contains("big wave 2     50: replicating 50"), "{text}");
+    assert!(text.contains("aborted [schema_drift] 2: c003, c017"), "{text}");
+    assert!(text.contains("aborted [slot_lost] 1: c020"), "{text}");
+    assert!(text.contains("c042 (wave 1): cannot fence the source: permission denied"), "{text}");
+    assert!(!text.contains("more detail"), "one line per failed cluster: {text}");
+    assert!(text.contains("paused 1: c077"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with('c')).count(), 400, "every cluster listed without a filter");
+
+    // filters choose the list; the summary still counts the fleet
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["status"];
+        all.extend_from_slice(args);
+        let out = env.dmf(&all);
+        assert!(out.status.success(), "dmf {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.starts_with("400 clusters:"), "{text}");
+        text.lines().skip_while(|l| !l.starts_with("CLUSTER")).skip(1).map(|l| l.split_whitespace().next().unwrap_or_default().to_string()).collect()
+    };
+    assert_eq!(listed(&["--problems"]), ["c003", "c017", "c020", "c042", "c077"]);
+    assert_eq!(listed(&["--phase", "aborted"]), ["c003", "c017", "c020"]);
+    assert_eq!(listed(&["--wave", "2"]).len(), 50);
+    assert_eq!(listed(&["--wave", "2", "--problems"]), ["c077"]);
+    assert!(listed(&["--wave", "9"]).is_empty());
+
+    let out = env.dmf(&["status", "--phase", "replicatin"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // for machines: the same summary, and the clusters the filters chose
+    let doc = env.dmf_json(&["status", "--problems", "--json"]);
+    assert_eq!(doc["summary"]["clusters"], 400);
+    assert_eq!(doc["summary"]["aborted"][0]["reason"], "schema_drift");
+    assert_eq!(doc["summary"]["aborted"][0]["clusters"], serde_json::json!(["c003", "c017"]));
+    assert_eq!(doc["summary"]["failed"][0]["cluster"], "c042");
+    assert_eq!(doc["summary"]["waves"].as_array().map(Vec::len), Some(8));
+    assert_eq!(doc["clusters"].as_array().map(Vec::len), Some(5));
+}
