@@ -11,6 +11,9 @@ pub enum Error {
     /// The control plane would get dmf's password in clear text without TLS (`tls`).
     #[error("control plane {0}")]
     Cleartext(String),
+    /// The control plane refused the TLS probe's login attempt (a pg_hba entry missing, ...).
+    #[error("control plane {0}")]
+    Refused(String),
     /// The control plane did not answer the TLS probe (`tls`): down or unreachable.
     #[error("control plane unreachable: {0}")]
     Unreachable(String),

@@ -139,7 +139,7 @@ impl Db {
                         return true;
                     }
                 }
-                Err(e @ Error::Cleartext(_)) => tracing::error!(error = %e, "cannot log in to the control plane"),
+                Err(e @ (Error::Cleartext(_) | Error::Refused(_))) => tracing::error!(error = %e, "cannot log in to the control plane"),
                 Err(e) => tracing::debug!(error = %e, "control plane not answering yet"),
             }
             if tokio::time::Instant::now() >= deadline {

@@ -7,7 +7,8 @@
 //! and the first time the server answers, a probe that sends no password settles it
 //! (`dmf_pgconn::tls::mode_for_libpq`): TLS offered, the pool keeps requiring it; not offered and
 //! the server asks for SCRAM, MD5 or nothing, the pool goes on without TLS, as `prefer` means;
-//! a clear-text request is an error that says so.
+//! a clear-text request is an error that says so. The decision is made once per process: a server
+//! whose authentication changes later is met by the next process.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,7 +33,9 @@ pub(crate) struct Probe {
 /// be decided.
 pub(crate) fn plan(opts: PgConnectOptions) -> (PgConnectOptions, Option<Probe>) {
     let host = opts.get_host().to_string();
-    if !matches!(opts.get_ssl_mode(), PgSslMode::Prefer) || host.starts_with('/') {
+    // (sqlx's `allow` goes without TLS at all: decided like `prefer`; a Unix socket is local)
+    let undecided = matches!(opts.get_ssl_mode(), PgSslMode::Prefer | PgSslMode::Allow);
+    if !undecided || host.starts_with('/') || opts.get_socket().is_some() {
         return (opts, None);
     }
     let mut server = tokio_postgres::Config::new();
@@ -40,8 +43,13 @@ pub(crate) fn plan(opts: PgConnectOptions) -> (PgConnectOptions, Option<Probe>) 
     if let Some(db) = opts.get_database() {
         server.dbname(db);
     }
-    let probe = Probe { server, prefer: opts.clone(), settled: AtomicBool::new(false) };
+    let probe = Probe { server, prefer: opts.clone().ssl_mode(PgSslMode::Prefer), settled: AtomicBool::new(false) };
     (opts.ssl_mode(PgSslMode::Require), Some(probe))
+}
+
+/// SQLSTATEs of a server that cannot take a connection now (starting, shutting down, full).
+fn unavailable(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "53300"
 }
 
 impl std::fmt::Debug for Probe {
@@ -62,6 +70,8 @@ impl Probe {
             Ok(dmf_pgconn::tls::SslMode::Require) => None,
             Ok(_) => Some(self.prefer.clone()),
             Err(dmf_pgconn::Error::CleartextRefused) => return Err(Error::Cleartext(format!("{label}: {}", dmf_pgconn::tls::CLEARTEXT_REFUSED))),
+            // the server answered, and refused: no waiting makes that go away
+            Err(dmf_pgconn::Error::Server(e)) if !unavailable(&e.code) => return Err(Error::Refused(format!("{label}: {e}"))),
             Err(e) => return Err(Error::Unreachable(format!("{label}: {e}"))),
         };
         self.settled.store(true, Ordering::Release);

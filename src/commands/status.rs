@@ -353,9 +353,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             text.push('\n');
             let mut left_out = 0;
             if a.watch && listed.len() > WATCH_ROWS {
+                // problems first, then what moves, each in the list's order; shown in that order
                 let before = listed.len();
-                listed.retain(View::worth_watching);
-                listed.truncate(WATCH_ROWS);
+                let mut order: Vec<usize> = (0..listed.len()).filter(|&i| listed[i].problem()).collect();
+                order.extend((0..listed.len()).filter(|&i| !listed[i].problem() && listed[i].worth_watching()));
+                order.truncate(WATCH_ROWS);
+                order.sort_unstable();
+                let mut i = 0;
+                listed.retain(|_| {
+                    i += 1;
+                    order.binary_search(&(i - 1)).is_ok()
+                });
                 left_out = before - listed.len();
             }
             text.push_str(&render(&listed, &fleets));

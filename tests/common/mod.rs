@@ -100,8 +100,8 @@ impl OutputWithin for Command {
             if start.elapsed() > limit {
                 let _ = child.kill();
                 let _ = child.wait();
-                let (o, e) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-                panic!("{self:?} did not finish within {limit:?} (killed); it printed:\n{}{}", String::from_utf8_lossy(&o), String::from_utf8_lossy(&e));
+                // (not joined: a grandchild may still hold the pipes)
+                panic!("{self:?} did not finish within {limit:?} (killed)");
             }
             std::thread::sleep(Duration::from_millis(20));
         };

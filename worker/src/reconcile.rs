@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
+/// How long one migration's secrets may take to read in a reconciler tick.
+const SECRETS_WITHIN: Duration = Duration::from_secs(10);
+
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -25,8 +28,9 @@ async fn tick(shared: &Shared) -> Result<(), dmf_db::Error> {
     // slots of a migration left in failed before the flip pin WAL on the production source
     if let Some(after) = shared.opts.activities.drop_slots_after_failed {
         for m in shared.db.failed_before_flip(after).await? {
-            // (this worker may not have read the migration's AWS secrets since it started)
-            dmf_activities::fetch_secrets(&m, &shared.opts.activities.aws).await;
+            // (this worker may not have read the migration's AWS secrets since it started; an
+            // unreachable Secrets Manager must not hold up the tick: the drop then says why)
+            let _ = tokio::time::timeout(SECRETS_WITHIN, dmf_activities::fetch_secrets(&m, &shared.opts.activities.aws)).await;
             match dmf_activities::slots::drop_after_failure(&shared.db, &m, after).await {
                 Ok(dropped) => tracing::warn!(cluster = %m.cluster, migration = %m.id, slots = ?dropped, "failed before the flip too long ago: its replication slots were dropped"),
                 Err(e) => tracing::warn!(cluster = %m.cluster, migration = %m.id, error = %e, "could not drop the slots of a long-failed migration; next tick retries"),

@@ -64,7 +64,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             tracing::info!(cluster = %cluster, peer = %peer, error = %e, "connection refused before startup");
             if let Some(mut c) = c {
-                let _ = send_all(&mut c, &Refusal::protocol(&e).message()).await;
+                tell(&mut c, &Refusal::protocol(&e).message()).await;
             }
             return;
         }
@@ -79,13 +79,13 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     if shared.opts.client_tls_required && !matches!(client, ClientStream::Tls(_)) {
         add(&shared.metrics.connections_refused, 1);
         tracing::info!(cluster = %cluster, peer = %peer, user = %user, "client refused: no TLS (--client-tls required)");
-        let _ = send_all(&mut client, &Refusal::tls_required().message()).await;
+        tell(&mut client, &Refusal::tls_required().message()).await;
         return;
     }
     if counted.over() {
         add(&shared.metrics.connections_refused, 1);
         tracing::warn!(cluster = %cluster, peer = %peer, user = %user, clients = counted.count, "client refused: --max-client-conn reached");
-        let _ = send_all(&mut client, &Refusal::too_many_clients(shared.opts.max_client_conn).message()).await;
+        tell(&mut client, &Refusal::too_many_clients(shared.opts.max_client_conn).message()).await;
         return;
     }
     add(&shared.metrics.connections_total, 1);
@@ -109,7 +109,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             hello.extend_from_slice(&build::backend_key(pid, secret));
             hello.extend_from_slice(&build::ready(crate::protocol::tag::status::IDLE));
-            if send_all(&mut client, &hello).await.is_ok() {
+            if tell(&mut client, &hello).await {
                 let login = entry.params.clone();
                 let s = session::Session::new(shared.clone(), id, client, buf, params, backend, entry);
                 let (result, left) = s.run().await;
@@ -132,9 +132,18 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
         Err(e) => {
             add(&shared.metrics.connections_refused, 1);
             tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "connection refused");
-            let _ = send_all(&mut client, &Refusal::connection(&e).message()).await;
+            tell(&mut client, &Refusal::connection(&e).message()).await;
         }
     }
+}
+
+/// How long a refusal or the greeting may wait for a client to take it.
+const TELL_WITHIN: Duration = Duration::from_secs(5);
+
+/// Send a refusal or the greeting to a client not yet in a session (small, flushed); false when
+/// it did not go: a client that does not read must not keep its connection's task.
+async fn tell(client: &mut ClientStream, bytes: &[u8]) -> bool {
+    matches!(tokio::time::timeout(TELL_WITHIN, send_all(client, bytes)).await, Ok(Ok(())))
 }
 
 /// A session's entries in the shared registries and its count in `connections_active`, removed
