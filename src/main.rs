@@ -26,7 +26,8 @@ enum Command {
     Scheduler(commands::scheduler::Args),
     /// Run activities: claim jobs, run them, advance each migration's state machine.
     Worker(commands::worker::Args),
-    /// Show each cluster's phase, lag, hydration progress and last error.
+    /// The fleet at a glance (per wave and phase, aborted by reason, failed), then each cluster's
+    /// phase, lag, hydration progress and last error; --problems, --wave, --phase filter.
     Status(commands::status::Args),
     /// Resume a failed or paused cluster, or close a fleet's circuit breaker.
     Resume(commands::resume::Args),
