@@ -97,6 +97,7 @@ impl Db {
     pub async fn init(&self) -> Result<(), Error> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         apalis_postgres::PostgresStorage::setup(&self.pool).await.map_err(|e| Error::Queue(e.to_string()))?;
+        sqlx::query(include_str!("queries/jobs_waiting_index.sql")).execute(&self.pool).await?;
         self.routes_without_passwords().await
     }
 
