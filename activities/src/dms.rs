@@ -152,8 +152,8 @@ pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
     if !mismatched.is_empty() {
         return Err(Error::Abort { reason: AbortReason::AuditMismatch, detail: format!("DMS validation found mismatched records in {}", mismatched.join(", ")) });
     }
-    let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
-    let (lag, lag_timed_out) = health::heartbeat_lag(ctx, &source).await?;
+    let (source, target) = health::sides(ctx).await?;
+    let (lag, lag_timed_out) = health::heartbeat_lag(ctx, &source, &target).await?;
     Ok(Sample { lag, lag_timed_out, lag_bytes: None, slot_active: p.status == "running", slots: Vec::new() })
 }
 

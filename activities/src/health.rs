@@ -22,12 +22,18 @@ pub struct Sample {
     pub slots: Vec<crate::state::SlotReport>,
 }
 
+/// The source and the target, connected once for a tick's sample and checks.
+pub(crate) async fn sides(ctx: &Context) -> Result<(Client, Client), Error> {
+    let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
+    let target = pg::connect(&ctx.require_target()?, &format!("target of {}", ctx.cluster())).await?;
+    Ok((source, target))
+}
+
 /// How long a heartbeat written on the source takes to show on the target, and whether it timed
 /// out (then the lag is a lower bound).
-pub(crate) async fn heartbeat_lag(ctx: &Context, source: &Client) -> Result<(Duration, bool), Error> {
-    let target = pg::connect(&ctx.require_target()?, &format!("target of {}", ctx.cluster())).await?;
+pub(crate) async fn heartbeat_lag(ctx: &Context, source: &Client, target: &Client) -> Result<(Duration, bool), Error> {
     let started = Instant::now();
-    let arrived = write_and_wait(source, &target, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
+    let arrived = write_and_wait(source, target, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
     Ok((arrived.unwrap_or_else(|| started.elapsed()), arrived.is_none()))
 }
 

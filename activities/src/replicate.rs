@@ -7,26 +7,31 @@ use crate::error::Error;
 use crate::health::{heartbeat_lag, Sample};
 use crate::state::{Patch, SlotWatch, Slots};
 use crate::{pg, slots, Context};
+use tokio_postgres::Client;
 use dmf_workflows::{AbortReason, LagVerdict, Outcome};
 
 /// Write a heartbeat on the source and time how long the target takes to show it.
-pub async fn sample(ctx: &Context) -> Result<Sample, Error> {
+pub async fn sample(ctx: &Context, source: &Client, target: &Client) -> Result<Sample, Error> {
     let cluster = ctx.cluster();
     let names = ctx.names();
-    let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
-    let slots = slots::report(&source, &[names.slot.clone(), names.audit_slot()], "source").await?;
+    let slots = slots::report(source, &[names.slot.clone(), names.audit_slot()], "source").await?;
     let Some(slot) = slots.iter().find(|s| s.name == names.slot) else {
         return Err(Error::Abort { reason: AbortReason::SlotLost, detail: format!("replication slot {} no longer exists on the source of {cluster}", names.slot) });
     };
     let (lag_bytes, slot_active) = (slot.behind_bytes, slot.active);
-    let (lag, lag_timed_out) = heartbeat_lag(ctx, &source).await?;
+    let (lag, lag_timed_out) = heartbeat_lag(ctx, source, target).await?;
     Ok(Sample { lag, lag_timed_out, lag_bytes, slot_active, slots })
 }
 
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let m = &ctx.migration;
-    let s = if ctx.uses_dms() { crate::dms::sample(ctx).await? } else { sample(ctx).await? };
+    // native replication: one connection to each side serves the sample and the checks
+    let sides = if ctx.uses_dms() { None } else { Some(crate::health::sides(ctx).await?) };
+    let s = match &sides {
+        Some((source, target)) => sample(ctx, source, target).await?,
+        None => crate::dms::sample(ctx).await?,
+    };
     let lag_ms = s.lag.as_millis() as i64;
     let verdict_input_over = s.lag > ctx.config.lag.limit;
     let over_since = ctx.db.record_lag(m.id, Some(lag_ms), s.lag_bytes, verdict_input_over).await?;
@@ -42,10 +47,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     // DDL on the source is not replicated: named here, before an apply it stopped shows only as
     // an inactive slot or lag. The subscription's state names why a slot went inactive.
     let mut stopped = None;
-    if !ctx.uses_dms() {
-        let source = pg::connect(ctx.source_dsn(), &format!("source of {}", m.cluster)).await?;
-        let target = pg::connect(&ctx.require_target()?, &format!("target of {}", m.cluster)).await?;
-        if let Some(detail) = crate::drift::check(&source, &target).await? {
+    if let Some((source, target)) = &sides {
+        if let Some(detail) = crate::drift::check(source, target).await? {
             return Ok(Outcome::Abort { reason: AbortReason::SchemaDrift, detail });
         }
         let sub = &ctx.names().subscription;

@@ -358,12 +358,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 let mut order: Vec<usize> = (0..listed.len()).filter(|&i| listed[i].problem()).collect();
                 order.extend((0..listed.len()).filter(|&i| !listed[i].problem() && listed[i].worth_watching()));
                 order.truncate(WATCH_ROWS);
-                order.sort_unstable();
-                let mut i = 0;
-                listed.retain(|_| {
-                    i += 1;
-                    order.binary_search(&(i - 1)).is_ok()
-                });
+                let mut keep = vec![false; listed.len()];
+                for i in order {
+                    keep[i] = true;
+                }
+                let mut keep = keep.into_iter();
+                listed.retain(|_| keep.next().unwrap_or(false));
                 left_out = before - listed.len();
             }
             text.push_str(&render(&listed, &fleets));
