@@ -148,8 +148,10 @@ pub async fn recheck(
         let lsn = current_lsn(source).await?;
         let s1 = read_rows(source, table, &pending).await?;
         if health::write_and_wait(source, target, fence_timeout, cancel).await?.is_none() {
-            // Replication is stalled: nothing can be concluded now.
-            continue;
+            // Replication is stalled: nothing can be concluded now, nor in this call's next
+            // rounds (each would wait out the fence again while the tick's guards wait): the keys
+            // stay unsettled for a later tick.
+            break;
         }
         let t = read_rows(target, table, &pending).await?;
         if !settle(source, fence_timeout, cancel).await? {
