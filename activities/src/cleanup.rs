@@ -1,11 +1,11 @@
 //! Abort and cleanup: remove the subscription (or the DMS task, instance and endpoints), slots
 //! (replication and audit), publication and heartbeat objects, and the provisioned target (a local
-//! cluster, or the Aurora cluster with its instances and groups), so that the source is left
-//! exactly as it was. Runs until it succeeds; AWS deletions are watched until they finish.
+//! cluster, a pool instance's database with the roles no other cluster claims, or the Aurora
+//! cluster with its instances and groups), so that the source is left exactly as it was. Runs until it succeeds; AWS deletions are watched until they finish.
 
 use crate::error::Error;
 use crate::objects::{drop_slot, subscription_exists};
-use crate::providers::aws;
+use crate::providers::{aws, pool};
 use crate::providers::local::LocalCluster;
 use crate::state::{LocalDir, LocalPort, TargetCreated};
 use crate::{pg, Context, Provider, HEARTBEAT_SCHEMA};
@@ -34,6 +34,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             true
         } else if ctx.provider == Provider::Aws {
             !aws::teardown_started(ctx)?
+        } else if let Some(instance) = pool::instance(ctx) {
+            pool::database_exists(ctx, instance).await?
         } else {
             local_target(ctx)?.map(|c| c.is_running()).unwrap_or(true)
         };
@@ -60,6 +62,10 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         if !aws::teardown(ctx, &spec).await? {
             return Ok(Outcome::Watch(std::time::Duration::from_secs(2)));
         }
+    }
+    if let Some(instance) = pool::instance(ctx).filter(|_| teardown) {
+        // also after a preflight that made nothing: its role claims go
+        pool::teardown(ctx, instance).await?;
     }
     if let Some(c) = local_target(ctx)? {
         if teardown {

@@ -120,7 +120,10 @@ pub async fn check(ctx: &Context) -> Result<Report, Error> {
             // Aurora's extensions are known once it exists: the schema copy fails on a missing one.
             None
         }
-        None => Some(providers::local::available_extensions()?),
+        None => match providers::pool::instance(ctx) {
+            Some(instance) => Some(providers::pool::available_extensions(ctx, instance).await?),
+            None => Some(providers::local::available_extensions()?),
+        },
     };
     for ext in extensions.into_iter().filter(|e| available.as_ref().is_some_and(|a| !a.contains(e))) {
         report.error("extension_missing", Some(ext.clone()), format!("extension {ext} is installed on the source but not available on the target"));
@@ -150,6 +153,26 @@ async fn roles(ctx: &Context, source: &tokio_postgres::Client, report: &mut Repo
                 missing.join(", ")
             ),
         );
+    }
+    if let Some(instance) = providers::pool::instance(ctx) {
+        // roles are instance-wide: every cluster on the instance must need each shared role alike
+        let key = providers::pool::instance_key(instance)?;
+        let mine = providers::pool::role_specs(&needed, &refs);
+        for other in ctx.db.claim_target_roles(&key, cluster, &mine).await? {
+            let differences = providers::pool::spec_differences(&mine[&other.role], &other.spec);
+            if !differences.is_empty() {
+                report.error(
+                    "shared_role",
+                    Some(other.role.clone()),
+                    format!(
+                        "role {} on target instance {key}: clusters {cluster} and {} both need it, differently: {}; place them on different instances or make the role agree",
+                        other.role,
+                        other.cluster,
+                        differences.join("; ")
+                    ),
+                );
+            }
+        }
     }
     for (name, r) in &refs {
         if let Err(e) = roles::resolve(r, cluster, name) {

@@ -1,5 +1,5 @@
-//! Provisioning: create the target (provider `local`: a cluster made with initdb; `aws`: an Aurora
-//! cluster, `providers::aws`) or check the adopted one; either way the target's connection string
+//! Provisioning: create the target (provider `local`: a cluster made with initdb, or a database on
+//! a pool instance, `providers::pool`; `aws`: an Aurora cluster, `providers::aws`) or check the adopted one; either way the target's connection string
 //! ends up in the migration's durable state.
 
 
@@ -18,7 +18,10 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         return Ok(Outcome::Done);
     }
     match ctx.provider {
-        Provider::Local => provision_local(ctx).await,
+        Provider::Local => match crate::providers::pool::instance(ctx) {
+            Some(instance) => crate::providers::pool::provision(ctx, instance).await,
+            None => provision_local(ctx).await,
+        },
         Provider::Aws => crate::providers::aws::provision(ctx).await,
     }
 }

@@ -1,6 +1,7 @@
 //! Replicating, the steady state: measure lag (milliseconds by heartbeat, bytes from the slot) and
 //! check the guards (slot lost, schema drift, slots keeping too much WAL, slot inactive, lag above
-//! the limit for longer than the window).
+//! the limit for longer than the window, named by its cause where the target shows one: a stopped
+//! subscription, an apply worker waiting for a lock).
 //! With DMS, the task's state stands in for the slot's (`dms::sample`).
 
 use crate::error::Error;
@@ -77,7 +78,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             }
         };
         let for_how_long = (chrono::Utc::now() - since).to_std().unwrap_or_default();
-        if let (Some(why), true) = (stopped, for_how_long > ctx.config.slot_inactive_window) {
+        if let (Some(why), true) = (&stopped, for_how_long > ctx.config.slot_inactive_window) {
             return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs()) });
         }
         if for_how_long > ctx.config.slot_inactive_window {
@@ -92,18 +93,46 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         }
     }
     match ctx.config.lag.evaluate(s.lag, over_for) {
-        LagVerdict::Trip { for_how_long } => Ok(Outcome::Abort {
-            reason: AbortReason::ReplicationLag,
-            detail: format!(
+        LagVerdict::Trip { for_how_long } => {
+            let lag = format!(
                 "lag {}ms{} above the {}ms limit for {}s",
                 lag_ms,
                 if s.lag_timed_out { "+" } else { "" },
                 ctx.config.lag.limit.as_millis(),
                 for_how_long.as_secs()
-            ),
-        }),
+            );
+            // the lag is a symptom: name its cause where the target shows it
+            if let Some(why) = stopped {
+                return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; {lag}") });
+            }
+            let blocked = match &sides {
+                Some((_, target)) => apply_blocked(target, &ctx.names().subscription).await?,
+                None => None,
+            };
+            Ok(Outcome::Abort { reason: AbortReason::ReplicationLag, detail: blocked.map_or(lag.clone(), |b| format!("{lag}: {b}")) })
+        }
         // In sync: the auditor takes over (validating keeps these guards).
         LagVerdict::Healthy if !s.lag_timed_out && s.slot_active => Ok(Outcome::Done),
         LagVerdict::Healthy | LagVerdict::Over { .. } => Ok(Outcome::Watch(ctx.config.watch_interval)),
     }
+}
+
+/// Why the subscription's apply worker is stuck, when a lock on the target holds it: the table,
+/// how long, and the session holding the lock.
+async fn apply_blocked(target: &Client, subscription: &str) -> Result<Option<String>, Error> {
+    let Some(r) = target.query_opt(include_str!("sql/apply_blocked.sql"), &[&subscription]).await.map_err(pg::err("read what the apply worker waits for"))? else {
+        return Ok(None);
+    };
+    let relation: String = r.get("relation");
+    let on = if relation.is_empty() { String::new() } else { format!(" on table {relation}") };
+    let holder = match r.get::<_, Option<i32>>("holder_pid") {
+        Some(pid) => format!(
+            ", held by pid {pid} (user {}, application {:?}, {})",
+            r.get::<_, String>("holder_user"),
+            r.get::<_, String>("holder_application"),
+            r.get::<_, String>("holder_state")
+        ),
+        None => String::new(),
+    };
+    Ok(Some(format!("the subscription's apply worker on the target has waited {:.0}s for a lock{on}{holder}", r.get::<_, f64>("waited_s"))))
 }

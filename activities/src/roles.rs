@@ -67,7 +67,7 @@ impl Role {
     }
 
     /// `CREATE ROLE` options for these attributes.
-    fn options(&self) -> String {
+    pub(crate) fn options(&self) -> String {
         let mut out: Vec<String> = self.flags().iter().map(|(f, on)| if *on { f.to_string() } else { format!("NO{f}") }).collect();
         out.push(format!("CONNECTION LIMIT {}", self.connlimit));
         if let Some(v) = &self.valid_until {
@@ -180,8 +180,8 @@ async fn memberships(client: &Client, names: &[String], what: &str) -> Result<Ve
 
 /// Make on the target every role the source database needs, with its attributes, memberships and
 /// password, in one transaction. Roles that exist already must agree with the source; what does
-/// not is the error, and nothing is changed. Returns how many roles were made.
-pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, PasswordRef>, target: &Client) -> Result<usize, Error> {
+/// not is the error, and nothing is changed. Returns the roles it made.
+pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, PasswordRef>, target: &Client) -> Result<Vec<String>, Error> {
     let names: Vec<String> = source.own().map(|r| r.name.clone()).collect();
     let existing: BTreeMap<String, Role> = attributes(target, &names, "read the target's roles").await?.into_iter().map(|r| (r.name.clone(), r)).collect();
     let existing_memberships: HashSet<(String, String)> =
@@ -211,7 +211,7 @@ pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, P
             }
         }
     }
-    let made = statements.iter().filter(|s| s.starts_with("CREATE ROLE")).count();
+    let made: Vec<String> = source.own().filter(|r| !existing.contains_key(&r.name)).map(|r| r.name.clone()).collect();
     for m in &source.memberships {
         if existing_memberships.contains(&(m.group.clone(), m.member.clone())) {
             continue;

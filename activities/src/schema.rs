@@ -124,7 +124,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let refs = roles::references(&ctx.migration.settings).map_err(|m| Error::NeedsOperator(format!("cluster {cluster}: {m}")))?;
     let needed = roles::read(&source).await?;
     let made = roles::copy(cluster, &needed, &refs, &target).await?;
-    tracing::info!(cluster = %cluster, migration = %ctx.migration.id, roles = needed.roles.len(), made, "roles on the target");
+    if let Some(instance) = crate::providers::pool::instance(ctx) {
+        // roles are the instance's: the last cluster there to leave drops the ones dmf made
+        ctx.db.target_roles_made(&crate::providers::pool::instance_key(instance)?, &made).await?;
+    }
+    tracing::info!(cluster = %cluster, migration = %ctx.migration.id, roles = needed.roles.len(), made = made.len(), "roles on the target");
     let dir = tempdir(&ctx.config.local_base_dir, &format!("schema-{}", ctx.migration.id))?;
     let file = dir.join("pre.dump");
     let result = async {

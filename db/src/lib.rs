@@ -8,6 +8,7 @@ pub mod error;
 pub mod fleet;
 pub mod lease;
 pub mod migration;
+pub mod pool;
 pub mod progress;
 pub mod queue;
 pub mod route;

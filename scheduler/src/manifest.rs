@@ -54,6 +54,9 @@ struct RawCluster {
     source_password_secret: Option<Spanned<String>>,
     #[serde(default)]
     target: Option<Spanned<String>>,
+    /// An existing instance of the target pool: dmf makes the cluster's database there.
+    #[serde(default)]
+    target_instance: Option<Spanned<String>>,
     #[serde(default)]
     target_password_env: Option<Spanned<String>>,
     #[serde(default)]
@@ -123,6 +126,12 @@ fn password_ref(
     Ok(Some(r))
 }
 
+/// The database a connection string names (the user's name when it names none, as libpq).
+fn database_of(dsn: &str) -> Result<String, String> {
+    let (_, config) = dmf_pgconn::tls::parse(dsn).map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    config.get_dbname().or(config.get_user()).map(str::to_string).ok_or_else(|| "names no database".to_string())
+}
+
 /// Where a byte offset falls, as a 1-based line number.
 fn line_of(text: &str, span: &Range<usize>) -> usize {
     text[..span.start.min(text.len())].matches('\n').count() + 1
@@ -178,6 +187,8 @@ impl Manifest {
         let mut lines: HashMap<String, usize> = HashMap::new();
         // Aurora identifiers: two clusters must never adopt the same target
         let mut targets: HashMap<String, String> = HashMap::new();
+        // pool instances: one database of a name per instance (`host:port/dbname` to its cluster)
+        let mut databases: HashMap<String, (String, usize)> = HashMap::new();
         for c in &raw.cluster {
             let line = line_of(text, &c.span());
             let c = c.get_ref();
@@ -199,15 +210,32 @@ impl Manifest {
             };
             let source_password = password_ref("source", &c.source, [&c.source_password_env, &c.source_password_file, &c.source_password_secret])
                 .map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?;
-            let target_password = match &c.target {
+            let instance = match (&c.target_instance, &c.target) {
+                (Some(i), Some(_)) => return Err(err(&i.span(), format!("cluster {cname}: target_instance: an adopted target and a pool instance exclude each other; give one"))),
+                (Some(i), None) => {
+                    let host = source_host(i.get_ref()).map_err(|m| err(&i.span(), format!("cluster {cname}: target_instance: {m}")))?;
+                    let dbname = database_of(&source).map_err(|m| err(&c.source.span(), format!("cluster {cname}: source: {m}")))?;
+                    let key = format!("{host}/{dbname}");
+                    if let Some((other, other_line)) = databases.get(&key) {
+                        return Err(err(
+                            &i.span(),
+                            format!("cluster {cname}: target_instance: cluster {other} (line {other_line}) already puts a database {dbname:?} on {host}; place one of them on another instance"),
+                        ));
+                    }
+                    databases.insert(key, (cname.clone(), line));
+                    Some(i)
+                }
+                (None, _) => None,
+            };
+            let target_password = match c.target.as_ref().or(instance) {
                 Some(t) => password_ref("target", t, [&c.target_password_env, &c.target_password_file, &c.target_password_secret])
                     .map_err(|(span, m)| err(&span, format!("cluster {cname}: {m}")))?,
                 None if c.target_password_env.is_some() || c.target_password_file.is_some() || c.target_password_secret.is_some() => {
-                    return Err(Error::Manifest { file: file.into(), line, message: format!("cluster {cname}: target_password_env/_file/_secret need an adopted target") })
+                    return Err(Error::Manifest { file: file.into(), line, message: format!("cluster {cname}: target_password_env/_file/_secret need an adopted target or a target_instance") })
                 }
                 None => None,
             };
-            for (side, dsn) in [("source", Some(&c.source)), ("target", c.target.as_ref())] {
+            for (side, dsn) in [("source", Some(&c.source)), ("target", c.target.as_ref()), ("target_instance", instance)] {
                 if let Some(dsn) = dsn.filter(|d| dmf_db::secret::has_password(d.get_ref())) {
                     warnings.push(format!(
                         "{file}:{}: cluster {cname}: the {side}'s password is inline: the control plane keeps it in dmf.clusters; give {side}_password_env or {side}_password_file instead",
@@ -246,6 +274,9 @@ impl Manifest {
                 }
                 (None, _) => None,
             };
+            if let (Some(_), Some(i)) = (&aws, instance) {
+                return Err(err(&i.span(), format!("cluster {cname}: target_instance: a pool instance and provider \"aws\" exclude each other")));
+            }
             if let (Some(_), Some(t)) = (&aws, &c.target) {
                 return Err(err(&t.span(), format!("cluster {cname}: target: an adopted target and provider \"aws\" exclude each other (the aws provider provisions the target)")));
             }
@@ -275,6 +306,9 @@ impl Manifest {
                 if let Some(r) = r {
                     settings.insert(key.into(), serde_json::to_value(r).map_err(|e| err(&c.name.span(), format!("cluster {cname}: {key}: {e}")))?);
                 }
+            }
+            if let Some(i) = instance {
+                settings.insert("target_instance".into(), i.get_ref().clone().into());
             }
             if let Some(a) = aws {
                 settings.insert("aws".into(), serde_json::to_value(a).map_err(|e| err(&c.name.span(), format!("cluster {cname}: aws: {e}")))?);
@@ -389,6 +423,19 @@ pause_before = ["hydrating"]
         assert!(e.contains("cluster billing2: aws: target cluster \"dmf-billing\" is also the target of cluster billing"), "{e}");
         let e = error_of(&text.replace("[cluster.aws]", "[cluster.notaws]"));
         assert!(e.contains("needs a [cluster.aws] table") || e.contains("notaws"), "{e}");
+    }
+
+    #[test]
+    fn pool_instances_take_one_database_of_a_name_each() {
+        let pool = "[fleet]\nname = \"p\"\n\n[[cluster]]\nname = \"a\"\nsource = \"postgres://app@db1/orders\"\ntarget_instance = \"postgres://admin@pool1:5433\"\ntarget_password_env = \"POOL_PW\"\n\n[[cluster]]\nname = \"b\"\nsource = \"postgres://app@db2/orders\"\ntarget_instance = \"postgres://admin@pool2:5433\"\n";
+        let m = Manifest::parse("fleet.toml", pool).expect("valid");
+        assert_eq!(m.fleet.clusters[0].settings["target_instance"], "postgres://admin@pool1:5433");
+        assert_eq!(m.fleet.clusters[0].settings["target_password"], serde_json::json!({ "password_env": "POOL_PW" }));
+        assert!(m.fleet.clusters[0].target_dsn.is_none());
+        let e = error_of(&pool.replace("pool2", "pool1"));
+        assert!(e.contains("fleet.toml:13: cluster b: target_instance: cluster a (line 4) already puts a database \"orders\" on pool1:5433"), "{e}");
+        let e = error_of(&pool.replace("target_instance = \"postgres://admin@pool2:5433\"\n", "target_instance = \"postgres://admin@pool2:5433\"\ntarget = \"postgres://x@y/z\"\n"));
+        assert!(e.contains("cluster b: target_instance: an adopted target and a pool instance exclude each other"), "{e}");
     }
 
     #[test]

@@ -21,8 +21,12 @@ const MANIFEST_FORMAT: &str = r#"Manifest format (TOML):
                                       # control plane (dmf.clusters): enqueue warns
   wave = 1
   # target = "postgres://..."     adopt an existing target instead of provisioning one
+  # target_instance = "postgres://admin@pool1:5432"   provider "local" on a pool of existing
+                                # instances: dmf makes the cluster's database there (named as the
+                                # source's) and removes it on abort; roles are instance-wide, so
+                                # clusters sharing an instance and a role name must agree on it
   # target_password_env = "..."   or target_password_file / target_password_secret: the
-                                # adopted target's password
+                                # adopted target's (or the target_instance's) password
   # provider = "local"            or "aws": an Aurora PostgreSQL target (needs [cluster.aws])
   # replication = "logical"       or "dms" (provider "aws"): AWS DMS hydrates and replicates
   # pause_before = ["hydrating"]  wait for `dmf resume` before entering these phases

@@ -136,9 +136,14 @@ pub fn try_psql(dsn: &str, sql: &str) -> Result<String, String> {
 
 impl Env {
     pub fn new(name: &str) -> Env {
+        Env::with_control_plane_conf(name, "")
+    }
+
+    /// An `Env` whose control plane has extra postgresql.conf lines (a fleet's connections).
+    pub fn with_control_plane_conf(name: &str, conf: &str) -> Env {
         let base = tempfile::Builder::new().prefix(&format!("dmf-{name}-")).tempdir_in("/tmp").expect("tempdir");
         dmf_activities::providers::local::prepare_dir(base.path()).expect("prepare base dir");
-        let cp = LocalCluster::ephemeral(base.path(), "control-plane", "").expect("control plane");
+        let cp = LocalCluster::ephemeral(base.path(), "control-plane", conf).expect("control plane");
         let url = cp.dsn("postgres");
         let env = Env { cp, url, children: Mutex::new(Vec::new()), base };
         let out = env.dmf(&["init"]);
