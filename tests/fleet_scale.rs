@@ -374,9 +374,9 @@ fn run(plan: Plan) {
             env.cp.start().expect("start the control plane");
             cp_restarted = true;
         }
-        if proxy_restarted.is_none() && completed >= plan.clusters / 5 {
+        if proxy_restarted.is_none() {
             // a proxy of a cluster without traffic that has not flipped yet
-            if let Some(k) = (0..clusters.len()).find(|k| !clusters[*k].traffic && clusters[*k].sabotage.is_none() && matches!(phase(*k), "replicating" | "validating" | "shadow_reads")) {
+            if let Some(k) = (0..clusters.len()).find(|k| !clusters[*k].traffic && clusters[*k].sabotage.is_none() && matches!(phase(*k), "validating" | "shadow_reads")) {
                 let c = &clusters[k];
                 eprintln!("fleet: killing and restarting the proxy of {}", c.name);
                 proxies[k].proc.kill9();

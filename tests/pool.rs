@@ -91,6 +91,13 @@ fn clusters_share_a_pool_instance_and_an_abort_leaves_it_as_it_was() {
     );
     assert_eq!(leftovers.expect("leftovers"), "0 slots, 0 subscriptions, 0 origins");
     assert_eq!(env.cp_query("SELECT string_agg(DISTINCT cluster, ',' ORDER BY cluster) FROM dmf.target_roles"), "ledger,orders");
+    // completed: nothing of dmf's in the databases either
+    for db in ["orders", "ledger"] {
+        for (side, dsn) in [("source", s1.dsn(db)), ("target", pool.dsn(db))] {
+            assert_eq!(psql(&dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = '_dmf'"), "0", "{db} on the {side}: the heartbeat schema stayed");
+            assert_eq!(psql(&dsn, "SELECT count(*) FROM pg_publication"), "0", "{db} on the {side}");
+        }
+    }
     for s in [&s1, &s2] {
         assert_eq!(common::leftovers(&s.dsn("postgres")), "0 slots, 0 publications, 0 subscriptions, 0 heartbeat schemas, 0 replication roles");
     }

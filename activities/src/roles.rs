@@ -233,13 +233,24 @@ pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, P
         // one transaction: a retry finds all of these or none
         let failed = |e: tokio_postgres::Error| Error::NeedsOperator(format!("cluster {cluster}: make the source's roles on the target: {}", crate::error::describe(&e)));
         target.batch_execute("BEGIN").await.map_err(failed)?;
+        // another cluster sharing the instance may make the same role at the same moment: then
+        // this attempt is undone and the next one finds the role there and compares it
+        let raced = |e: &tokio_postgres::Error| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
         for statement in &statements {
             if let Err(e) = target.batch_execute(statement).await {
                 let _ = target.batch_execute("ROLLBACK").await;
+                if raced(&e) {
+                    return Err(Error::NotReady(format!("cluster {cluster}: a role it needs was being made on the target by another cluster at the same moment")));
+                }
                 return Err(failed(e));
             }
         }
-        target.batch_execute("COMMIT").await.map_err(failed)?;
+        if let Err(e) = target.batch_execute("COMMIT").await {
+            if raced(&e) {
+                return Err(Error::NotReady(format!("cluster {cluster}: a role it needs was being made on the target by another cluster at the same moment")));
+            }
+            return Err(failed(e));
+        }
     }
     Ok(made)
 }

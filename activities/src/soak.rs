@@ -1,14 +1,14 @@
 //! Flipped: traffic is on the target. Forward replication is removed, replication back to the
 //! source starts (from the position the flip recorded inside the hold), and after the soak,
-//! reverse replication is removed too unless the policy keeps it. The source is left fenced
-//! (read-only) until an operator drops it.
+//! reverse replication is removed too, with the heartbeat schema on both sides, unless the policy
+//! keeps it. The source is left fenced (read-only) until an operator drops it.
 
 use dmf_workflows::Outcome;
 
 use crate::error::Error;
 use crate::flip::reverse;
 use crate::state::{Patch, Reverse, Slots};
-use crate::{pg, slots, Context, Names};
+use crate::{pg, slots, Context, Names, HEARTBEAT_SCHEMA};
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
@@ -42,6 +42,10 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let kept = ctx.config.keep_reverse_replication;
     if !kept {
         reverse::remove(&source, &target, &back).await?;
+        // the heartbeat served the replication that is gone: nothing of dmf's stays on either side
+        for (side, client) in [("source", &source), ("target", &target)] {
+            pg::exec(client, &format!("drop the heartbeat schema on the {side}"), &format!("DROP SCHEMA IF EXISTS {} CASCADE", pg::ident(HEARTBEAT_SCHEMA))).await?;
+        }
     }
     ctx.save(Patch::of(&Reverse { subscribed: Some(kept), kept, soaked_s: Some(soaked.as_secs()) })).await?;
     tracing::info!(cluster = %cluster, migration = %m.id, kept_reverse_replication = kept, "soak over: completed; the source stays read-only until an operator drops it");
