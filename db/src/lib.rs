@@ -45,12 +45,19 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 impl Db {
     /// Connect without waiting for the control plane to come up: the first query will connect.
     pub fn connect_lazy(url: &str) -> Result<Db, Error> {
+        Db::connect_lazy_at_most(url, 16)
+    }
+
+    /// `connect_lazy` with at most `max_connections` connections at once: a process that runs
+    /// thousands of times over (the proxy, a sidecar on every application host) keeps its share of
+    /// the control plane's connections small.
+    pub fn connect_lazy_at_most(url: &str, max_connections: u32) -> Result<Db, Error> {
         let opts: PgConnectOptions = url.parse().map_err(|e| Error::BadUrl(format!("{e}")))?;
         let timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
         let opts = opts.application_name("dmf").options([("statement_timeout", timeout.as_str()), ("lock_timeout", timeout.as_str())]);
         let (opts, tls) = tls::plan(opts);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(60))
@@ -74,7 +81,12 @@ impl Db {
 
     /// Connect and check that the control plane answers.
     pub async fn connect(url: &str) -> Result<Db, Error> {
-        let db = Db::connect_lazy(url)?;
+        Db::connect_at_most(url, 16).await
+    }
+
+    /// `connect` with at most `max_connections` connections at once (see `connect_lazy_at_most`).
+    pub async fn connect_at_most(url: &str, max_connections: u32) -> Result<Db, Error> {
+        let db = Db::connect_lazy_at_most(url, max_connections)?;
         db.settle_tls().await?;
         sqlx::query("SELECT 1").execute(&db.pool).await?;
         Ok(db)

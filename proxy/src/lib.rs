@@ -315,10 +315,16 @@ impl Handle {
     }
 }
 
+/// The most control-plane connections a proxy opens: its route listener's and two more.
+pub const CONTROL_PLANE_CONNECTIONS: u32 = 3;
+
 impl Proxy {
     /// Load the route, bind the ports, register with the control plane.
     pub async fn build(opts: Options) -> Result<Proxy, Error> {
-        let db = dmf_db::Db::connect(&opts.database_url).await?;
+        // route polls, heartbeats and acknowledgements are short and few: the route listener
+        // holds one of the pool's connections, the rest share two, whatever happens, so that a
+        // fleet's proxies do not exhaust the control plane
+        let db = dmf_db::Db::connect_at_most(&opts.database_url, CONTROL_PLANE_CONNECTIONS).await?;
         let row = db.route(&opts.cluster).await?.ok_or_else(|| Error::NoRoute(opts.cluster.clone()))?;
         let route = Arc::new(Route::from_row(&row, None)?);
         let tls = match &opts.tls {
