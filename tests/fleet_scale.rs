@@ -174,6 +174,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user and system) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -305,6 +312,8 @@ fn run(plan: Plan) {
     let mut sabotaged_in: HashMap<usize, String> = HashMap::new();
     let (mut peak_cp_connections, mut peak_qps, mut last_xacts): (i64, f64, Option<(Instant, i64)>) = (0, 0.0, None);
     let mut peak_rss: BTreeMap<&str, u64> = BTreeMap::new();
+    // the last CPU time seen of every dmf process (killed workers' included), by pid
+    let mut cpu: HashMap<u32, (&str, u64)> = HashMap::new();
     let mut phases: HashMap<String, (String, String)> = HashMap::new();
     let settled_at;
     loop {
@@ -356,6 +365,12 @@ fn run(plan: Plan) {
             let max = pids.iter().map(|p| rss_kib(*p)).max().unwrap_or(0);
             let e = peak_rss.entry(kind).or_default();
             *e = (*e).max(max);
+            for pid in pids {
+                let ticks = cpu_ticks(pid);
+                if ticks > 0 {
+                    cpu.insert(pid, (kind, ticks));
+                }
+            }
         }
 
         // faults
@@ -582,6 +597,17 @@ fn run(plan: Plan) {
             peak_rss.get("scheduler").copied().unwrap_or(0) as f64 / 1024.0,
             peak_rss.get("proxy").copied().unwrap_or(0) as f64 / 1024.0,
             proxies.len()
+        );
+        let ticks_per_s = 100.0;
+        let cpu_of = |kind: &str| cpu.values().filter(|(k, _)| *k == kind).map(|(_, t)| *t).sum::<u64>() as f64 / ticks_per_s;
+        let minutes = fleet_minutes.max(1.0 / 60.0);
+        println!(
+            "CPU: workers {:.0} s in all ({:.2} s per cluster), scheduler {:.0} s, proxies {:.0} s ({:.2} s per proxy per minute)",
+            cpu_of("worker"),
+            cpu_of("worker") / plan.clusters as f64,
+            cpu_of("scheduler"),
+            cpu_of("proxy"),
+            cpu_of("proxy") / proxies.len() as f64 / minutes
         );
         println!("faults: {kills} worker SIGKILLs, control plane restarted, proxy of {} restarted", proxy_restarted.as_deref().unwrap_or("-"));
         println!("leftovers found by the sweep: {}", leaked.len());

@@ -10,8 +10,11 @@ use uuid::Uuid;
 use crate::state::Patch;
 use crate::{Db, Error};
 
-/// The notification channel a route change is announced on (payload: the cluster name).
-pub const CHANNEL: &str = "dmf_routes";
+/// The notification channel a cluster's route changes are announced on (payload: the cluster
+/// name), as `dmf.route_channel` names it: one per cluster.
+pub async fn channel(db: &Db, cluster: &str) -> Result<String, Error> {
+    Ok(sqlx::query_scalar("SELECT dmf.route_channel($1)").bind(cluster).fetch_one(&db.pool).await?)
+}
 
 /// A connection string as a route holds it: without any password. A route tells proxies where
 /// to send traffic; they log in as each client's user with their own users file, so dmf's own

@@ -411,24 +411,35 @@ impl Env {
 
     /// `proxy` with extra environment variables (e.g. another control-plane URL).
     pub fn proxy_env(&self, name: &str, cluster: &str, extra: &[&str], envs: &[(&str, &str)]) -> ProxyProc {
-        let port = dmf_activities::providers::local::free_port().expect("port");
-        let metrics_port = dmf_activities::providers::local::free_port().expect("port");
-        let listen = format!("127.0.0.1:{port}");
-        let metrics = format!("127.0.0.1:{metrics_port}");
-        let mut args = vec!["proxy", "--cluster", cluster, "--listen", &listen, "--metrics", &metrics];
         let users = self.users_file(&[]);
-        if !extra.contains(&"--users-file") {
-            args.extend_from_slice(&["--users-file", users.to_str().expect("utf-8 path")]);
+        // a free port can be taken by someone else's outgoing connection before the proxy binds
+        // it (a fleet's hundreds of connections): pick others and start again
+        for attempt in 0.. {
+            let port = dmf_activities::providers::local::free_port().expect("port");
+            let metrics_port = dmf_activities::providers::local::free_port().expect("port");
+            let listen = format!("127.0.0.1:{port}");
+            let metrics = format!("127.0.0.1:{metrics_port}");
+            let mut args = vec!["proxy", "--cluster", cluster, "--listen", &listen, "--metrics", &metrics];
+            if !extra.contains(&"--users-file") {
+                args.extend_from_slice(&["--users-file", users.to_str().expect("utf-8 path")]);
+            }
+            args.extend_from_slice(extra);
+            let mut proc = self.spawn_env(name, &args, envs);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok() {
+                    return ProxyProc { proc, port, metrics_port };
+                }
+                if !proc.is_alive() {
+                    let log = proc.log_tail();
+                    assert!(attempt < 5 && log.contains("Address already in use"), "dmf proxy exited:\n{log}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "dmf proxy did not start:\n{}", proc.log_tail());
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        args.extend_from_slice(extra);
-        let mut proc = self.spawn_env(name, &args, envs);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
-            assert!(proc.is_alive(), "dmf proxy exited:\n{}", proc.log_tail());
-            assert!(Instant::now() < deadline, "dmf proxy did not start:\n{}", proc.log_tail());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ProxyProc { proc, port, metrics_port }
+        unreachable!("the loop returns or panics")
     }
 
     /// `dmf route set <cluster> <args> --wait-ms 10000`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmf_db::route::{Ack, ProxyRegistration, CHANNEL};
+use dmf_db::route::{Ack, ProxyRegistration};
 use dmf_db::Db;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
@@ -52,6 +52,7 @@ impl Control {
         let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
         // only logs lease transitions: sessions compute the lease themselves (Gate::lease_ok)
         let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+        let mut last_poll = Instant::now();
         for t in [&mut poll, &mut beat, &mut watchdog] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -67,9 +68,20 @@ impl Control {
                     }
                 },
                 _ = poll.tick() => {
-                    if listener.is_none() {
-                        listener = listen(&self.db).await;
+                    // with the listener up, a change arrives as a notification: the poll is only
+                    // a backstop (a fleet's proxies polling every second kept its control plane
+                    // busy); without it, the poll is how changes arrive
+                    if listener.is_some() && last_poll.elapsed() < QUIET_POLL {
+                        continue;
                     }
+                    if listener.is_none() {
+                        listener = listen(&self.db, &cluster).await;
+                        if listener.is_some() {
+                            // a change made while nobody listened is read now
+                            tracing::debug!(cluster = %cluster, "listening for route changes");
+                        }
+                    }
+                    last_poll = Instant::now();
                     self.reload().await;
                 }
                 _ = beat.tick() => {
@@ -282,9 +294,13 @@ const SPARES_WAIT: Duration = Duration::from_secs(2);
 /// Loads the catalog entries of the database's busiest tables and indexes into a fresh backend.
 const WARM_SQL: &str = include_str!("warm.sql");
 
-async fn listen(db: &Db) -> Option<PgListener> {
+/// How often a proxy whose route listener is up reads its route anyway.
+const QUIET_POLL: Duration = Duration::from_secs(10);
+
+async fn listen(db: &Db, cluster: &str) -> Option<PgListener> {
+    let channel = dmf_db::route::channel(db, cluster).await.ok()?;
     let mut l = PgListener::connect_with(db.pool()).await.ok()?;
-    l.listen(CHANNEL).await.ok()?;
+    l.listen(&channel).await.ok()?;
     Some(l)
 }
 
