@@ -12,8 +12,11 @@ use crate::Shared;
 const REPLAYED_SQL: &str = include_str!("standby_replay_lsn.sql");
 const APPLIED_SQL: &str = include_str!("read_applied_lsn.sql");
 
-/// Poll the read endpoint every `every` while the route splits reads; publish into
-/// the gate's read-applied LSN (0 when unknown, which sends every read-after-write to the primary).
+/// How often a proxy without clients looks again whether one has come.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// Poll the read endpoint every `every` while the route splits reads and clients are connected;
+/// publish into the gate's read-applied LSN (0 when unknown, which sends every read-after-write to the primary).
 pub async fn track(shared: Arc<Shared>, every: Duration) {
     let mut conn: Option<Backend> = None;
     // Whether the endpoint is a logical subscriber (not in recovery), learned once per connection.
@@ -41,7 +44,21 @@ pub async fn track(shared: Arc<Shared>, every: Duration) {
             continue;
         }
         if conn.as_ref().is_some_and(|c| !Arc::ptr_eq(c.endpoint(), &route.read)) {
+            // another endpoint: what the old one applied says nothing about it
             conn = None;
+            shared.gate.set_read_applied_lsn(0);
+        }
+        if shared.metrics.connections_active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            // no client, no read to route: a sidecar in front of an idle application does not
+            // query the read endpoint 200 times a second (a fleet's proxies in shadow reads kept
+            // their targets busy so). The last value stays: older than the truth, it only sends
+            // more reads after writes to the primary until the next poll.
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(IDLE_CHECK) => {}
+            }
+            continue;
         }
         if conn.is_none() {
             // The route's user when the users file holds its password (the route's own password
