@@ -16,7 +16,8 @@
 # and last fleet_minutes=<enqueue until every cluster settled>. It exits non-zero unless those
 # counts hold. Timings: production's but audit window and shadow reads 10 s, soak 30 s, lag window
 # 30 s (see fleet_bench in the test). Knobs: CLUSTERS, SOURCES, TARGETS, TRAFFIC, SABOTAGED,
-# MAX_CONCURRENT, PER_SOURCE_HOST, TIMEOUT_S, SEED (the sabotage draw).
+# MAX_CONCURRENT, MAX_ACTIVE (60: clusters started and not finished at once), PER_SOURCE_HOST,
+# TIMEOUT_S, SEED (the sabotage draw).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

@@ -50,6 +50,8 @@ struct Plan {
     targets: usize,
     wave: usize,
     max_concurrent: usize,
+    /// Clusters started and not finished at once (the manifest's `max_active`).
+    max_active: usize,
     per_source_host: usize,
     traffic: usize,
     sabotaged: usize,
@@ -218,8 +220,8 @@ fn run(plan: Plan) {
 
     let mut clusters = Vec::new();
     let mut manifest = format!(
-        "[fleet]\nname = \"scale\"\nmax_concurrent = {}\nmax_per_source_host = {}\nbreaker_threshold = 0.5\n",
-        plan.max_concurrent, plan.per_source_host
+        "[fleet]\nname = \"scale\"\nmax_concurrent = {}\nmax_active = {}\nmax_per_source_host = {}\nbreaker_threshold = 0.5\n",
+        plan.max_concurrent, plan.max_active, plan.per_source_host
     );
     let mut users: Vec<String> = (0..plan.sources).map(|i| format!("\"app_s{i}\" \"app-s{i}-pw\"\n")).collect();
     for k in 0..plan.clusters {
@@ -610,6 +612,8 @@ fn run(plan: Plan) {
             cpu_of("proxy") / proxies.len() as f64 / minutes
         );
         println!("faults: {kills} worker SIGKILLs, control plane restarted, proxy of {} restarted", proxy_restarted.as_deref().unwrap_or("-"));
+        let jobs = env.cp_query("SELECT count(*) || ' jobs (' || count(*) FILTER (WHERE status = 'Done') || ' done)' FROM apalis.jobs");
+        println!("queue: {jobs} in apalis.jobs at the end");
         println!("leftovers found by the sweep: {}", leaked.len());
         for l in &leaked {
             println!("  {l}");
@@ -639,6 +643,7 @@ fn a_sabotaged_fleet_under_faults_completes_the_healthy_and_aborts_the_rest_clea
         targets: 2,
         wave: 6,
         max_concurrent: 12,
+        max_active: 12,
         per_source_host: 6,
         traffic: 3,
         sabotaged: 6,
@@ -664,6 +669,7 @@ fn fleet_bench() {
         targets: n("TARGETS", 4),
         wave: 50,
         max_concurrent: n("MAX_CONCURRENT", 50),
+        max_active: n("MAX_ACTIVE", 60),
         per_source_host: n("PER_SOURCE_HOST", 8),
         traffic: n("TRAFFIC", 40).min(clusters / 4),
         sabotaged: n("SABOTAGED", 12).min(clusters / 4),

@@ -156,22 +156,8 @@ async fn roles(ctx: &Context, source: &tokio_postgres::Client, report: &mut Repo
     }
     if let Some(instance) = providers::pool::instance(ctx) {
         // roles are instance-wide: every cluster on the instance must need each shared role alike
-        let key = providers::pool::instance_key(instance)?;
-        let mine = providers::pool::role_specs(&needed, &refs);
-        for other in ctx.db.claim_target_roles(&key, cluster, &mine).await? {
-            let differences = providers::pool::spec_differences(&mine[&other.role], &other.spec);
-            if !differences.is_empty() {
-                report.error(
-                    "shared_role",
-                    Some(other.role.clone()),
-                    format!(
-                        "role {} on target instance {key}: clusters {cluster} and {} both need it, differently: {}; place them on different instances or make the role agree",
-                        other.role,
-                        other.cluster,
-                        differences.join("; ")
-                    ),
-                );
-            }
+        for (role, message) in providers::pool::claim_roles(ctx, instance, &needed, &refs).await? {
+            report.error("shared_role", Some(role), message);
         }
     }
     for (name, r) in &refs {

@@ -106,7 +106,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
                 return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; {lag}") });
             }
             let blocked = match &sides {
-                Some((_, target)) => apply_blocked(target, &ctx.names().subscription).await?,
+                // a failure to say why must not keep the abort from happening
+                Some((_, target)) => apply_blocked(target, &ctx.names().subscription).await.ok().flatten(),
                 None => None,
             };
             Ok(Outcome::Abort { reason: AbortReason::ReplicationLag, detail: blocked.map_or(lag.clone(), |b| format!("{lag}: {b}")) })

@@ -178,6 +178,13 @@ async fn memberships(client: &Client, names: &[String], what: &str) -> Result<Ve
         .collect())
 }
 
+/// The roles the source database needs that the target does not have yet.
+pub async fn missing_on(target: &Client, source: &SourceRoles) -> Result<Vec<String>, Error> {
+    let names: Vec<String> = source.own().map(|r| r.name.clone()).collect();
+    let existing: HashSet<String> = attributes(target, &names, "read the target's roles").await?.into_iter().map(|r| r.name).collect();
+    Ok(names.into_iter().filter(|n| !existing.contains(n)).collect())
+}
+
 /// Make on the target every role the source database needs, with its attributes, memberships and
 /// password, in one transaction. Roles that exist already must agree with the source; what does
 /// not is the error, and nothing is changed. Returns the roles it made.

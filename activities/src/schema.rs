@@ -123,11 +123,19 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     // the owners and grantees of what is restored must exist first
     let refs = roles::references(&ctx.migration.settings).map_err(|m| Error::NeedsOperator(format!("cluster {cluster}: {m}")))?;
     let needed = roles::read(&source).await?;
-    let made = roles::copy(cluster, &needed, &refs, &target).await?;
     if let Some(instance) = crate::providers::pool::instance(ctx) {
-        // roles are the instance's: the last cluster there to leave drops the ones dmf made
-        ctx.db.target_roles_made(&crate::providers::pool::instance_key(instance)?, &made).await?;
+        // roles are the instance's: claimed again with what the source has now, and recorded as
+        // dmf's before they are made (a crash between would leave them nobody's), so that the
+        // last cluster there to leave drops them
+        let conflicts = crate::providers::pool::claim_roles(ctx, instance, &needed, &refs).await?;
+        if !conflicts.is_empty() {
+            let detail = conflicts.into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("; ");
+            return Ok(Outcome::Abort { reason: dmf_workflows::AbortReason::PreflightFailed, detail });
+        }
+        let missing = roles::missing_on(&target, &needed).await?;
+        ctx.db.target_roles_made(&crate::providers::pool::instance_key(instance)?, &missing).await?;
     }
+    let made = roles::copy(cluster, &needed, &refs, &target).await?;
     tracing::info!(cluster = %cluster, migration = %ctx.migration.id, roles = needed.roles.len(), made = made.len(), "roles on the target");
     let dir = tempdir(&ctx.config.local_base_dir, &format!("schema-{}", ctx.migration.id))?;
     let file = dir.join("pre.dump");

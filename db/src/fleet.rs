@@ -12,6 +12,8 @@ use crate::{Db, Error, Event};
 pub struct NewFleet {
     pub name: String,
     pub max_concurrent: i32,
+    /// Clusters started and not finished at once (None: no bound).
+    pub max_active: Option<i32>,
     pub max_per_source_host: i32,
     pub breaker_threshold: f64,
     pub manifest: String,
@@ -43,6 +45,7 @@ pub struct Candidate {
 pub struct FleetRow {
     pub name: String,
     pub max_concurrent: i32,
+    pub max_active: Option<i32>,
     pub max_per_source_host: i32,
     pub breaker_threshold: f64,
     pub breaker_open: bool,
@@ -80,6 +83,7 @@ impl Db {
             .bind(fleet.max_per_source_host)
             .bind(fleet.breaker_threshold)
             .bind(&fleet.manifest)
+            .bind(fleet.max_active)
             .execute(&mut *tx)
             .await?;
         let mut ids = Vec::new();
@@ -126,7 +130,7 @@ impl Db {
 
     pub async fn fleets(&self) -> Result<Vec<FleetRow>, Error> {
         Ok(sqlx::query_as(
-            "SELECT name, max_concurrent, max_per_source_host, breaker_threshold, breaker_open, breaker_reason \
+            "SELECT name, max_concurrent, max_active, max_per_source_host, breaker_threshold, breaker_open, breaker_reason \
              FROM dmf.fleets ORDER BY created_at, name",
         )
         .fetch_all(&self.pool)
@@ -183,6 +187,17 @@ impl Db {
     }
 
     /// In-flight migrations, per source host (all fleets: a host's limit protects the host).
+    /// A fleet's clusters started and not finished: preflight to flipped, rolling back included
+    /// (a failed one waits for an operator and is not counted).
+    pub async fn active(&self, fleet: &str) -> Result<i64, Error> {
+        let idle: Vec<&str> = [Phase::Pending, Phase::Completed, Phase::Aborted, Phase::Failed, Phase::RolledBack].iter().map(|p| p.as_str()).collect();
+        Ok(sqlx::query_scalar("SELECT count(*) FROM dmf.migrations m JOIN dmf.clusters c ON c.name = m.cluster WHERE c.fleet = $1 AND m.phase <> ALL($2)")
+            .bind(fleet)
+            .bind(&idle)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn in_flight_by_host(&self, fleet: &str) -> Result<(i64, Vec<(String, i64)>), Error> {
         let in_flight: Vec<&str> = Phase::ALL.iter().filter(|p| p.is_in_flight()).map(|p| p.as_str()).collect();
         let total: i64 = sqlx::query_scalar(

@@ -54,21 +54,30 @@ impl Db {
         Ok(())
     }
 
-    /// The roles `cluster`'s cleanup drops on `instance`: made by dmf, claimed by no one else.
-    pub async fn orphaned_target_roles(&self, instance: &str, cluster: &str) -> Result<Vec<String>, Error> {
+    /// Begin releasing `cluster`'s claims on `instance`: the roles its cleanup drops (made by
+    /// dmf, claimed by no one else) and a handle that holds the instance's lock until
+    /// [`RoleRelease::finish`], so that no cluster claims one of them while they are dropped.
+    pub async fn release_target_roles(&self, instance: &str, cluster: &str) -> Result<(RoleRelease, Vec<String>), Error> {
         let mut tx = self.begin().await?;
         lock(&mut tx, instance).await?;
         let roles = sqlx::query_scalar(include_str!("queries/orphaned_target_roles.sql")).bind(instance).bind(cluster).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(roles)
+        Ok((RoleRelease { tx, instance: instance.to_string(), cluster: cluster.to_string() }, roles))
     }
+}
 
-    /// `cluster`'s claims on `instance` go, with the record of the roles its cleanup `dropped`.
-    pub async fn release_target_roles(&self, instance: &str, cluster: &str, dropped: &[String]) -> Result<(), Error> {
-        let mut tx = self.begin().await?;
-        lock(&mut tx, instance).await?;
-        sqlx::query(include_str!("queries/release_target_roles.sql")).bind(instance).bind(cluster).bind(dropped).execute(&mut *tx).await?;
-        tx.commit().await?;
+/// A release of a cluster's role claims in progress (see [`Db::release_target_roles`]); dropped
+/// without `finish`, nothing is released.
+pub struct RoleRelease {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    instance: String,
+    cluster: String,
+}
+
+impl RoleRelease {
+    /// The claims go, with the record of the roles the cleanup `dropped`.
+    pub async fn finish(mut self, dropped: &[String]) -> Result<(), Error> {
+        sqlx::query(include_str!("queries/release_target_roles.sql")).bind(&self.instance).bind(&self.cluster).bind(dropped).execute(&mut *self.tx).await?;
+        self.tx.commit().await?;
         Ok(())
     }
 }

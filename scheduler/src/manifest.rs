@@ -24,6 +24,8 @@ struct RawFleet {
     name: Spanned<String>,
     #[serde(default = "default_max_concurrent")]
     max_concurrent: Spanned<i64>,
+    #[serde(default)]
+    max_active: Option<Spanned<i64>>,
     #[serde(default = "default_max_per_host")]
     max_per_source_host: Spanned<i64>,
     #[serde(default = "default_breaker")]
@@ -175,6 +177,7 @@ impl Manifest {
             }
         };
         let max_concurrent = positive(&f.max_concurrent, "max_concurrent")?;
+        let max_active = f.max_active.as_ref().map(|m| positive(m, "max_active")).transpose()?;
         let max_per_source_host = positive(&f.max_per_source_host, "max_per_source_host")?;
         let breaker = *f.breaker_threshold.get_ref();
         if !(0.0..=1.0).contains(&breaker) {
@@ -341,6 +344,7 @@ impl Manifest {
             fleet: dmf_db::fleet::NewFleet {
                 name: name.to_string(),
                 max_concurrent,
+                max_active,
                 max_per_source_host,
                 breaker_threshold: breaker,
                 // inline passwords stay out of the stored copy (the clusters keep them where a
@@ -396,6 +400,9 @@ pause_before = ["hydrating"]
         let bad = GOOD.replace("wave = 2", "wave = \"two\"");
         let e = error_of(&bad);
         assert!(e.starts_with("fleet.toml:14:") && e.contains("wave = \"two\""), "{e}");
+        let m = Manifest::parse("fleet.toml", &GOOD.replace("max_concurrent = 4", "max_concurrent = 4\nmax_active = 60")).expect("valid");
+        assert_eq!((m.fleet.max_concurrent, m.fleet.max_active), (4, Some(60)));
+        assert_eq!(error_of(&GOOD.replace("max_concurrent = 4", "max_concurrent = 4\nmax_active = 0")), "fleet.toml:5: fleet.max_active: must be a positive integer, got 0");
         let bad = GOOD.replace("max_concurrent = 4", "max_concurrent = 0");
         assert_eq!(error_of(&bad), "fleet.toml:4: fleet.max_concurrent: must be a positive integer, got 0");
     }

@@ -126,8 +126,12 @@ impl Scheduler {
         }
         let (mut total, hosts) = self.db.in_flight_by_host(&fleet.name).await?;
         let mut per_host: HashMap<String, i64> = hosts.into_iter().collect();
+        let mut active = match fleet.max_active {
+            Some(_) => self.db.active(&fleet.name).await?,
+            None => 0,
+        };
         for c in self.db.candidates(&fleet.name).await? {
-            if total >= fleet.max_concurrent as i64 {
+            if total >= fleet.max_concurrent as i64 || fleet.max_active.is_some_and(|max| active >= max as i64) {
                 break;
             }
             let on_host = per_host.entry(c.source_host.clone()).or_insert(0);
@@ -137,6 +141,7 @@ impl Scheduler {
             if self.db.start_migration(&c, &self.name).await? {
                 *on_host += 1;
                 total += 1;
+                active += 1;
                 tracing::info!(fleet = %fleet.name, cluster = %c.cluster, migration = %c.migration, "cluster started");
             }
         }

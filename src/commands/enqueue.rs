@@ -7,7 +7,9 @@ const MANIFEST_FORMAT: &str = r#"Manifest format (TOML):
 
   [fleet]
   name = "payments"
-  max_concurrent = 10        # clusters in flight at once
+  max_concurrent = 10        # clusters in preflight..hydrating at once
+  # max_active = 60          # clusters started and not finished at once (replicating, auditing,
+                             # in shadow reads, flipped and soaking count): default no bound
   max_per_source_host = 2    # per source host
   breaker_threshold = 0.2    # stop releasing waves above this failure rate
 

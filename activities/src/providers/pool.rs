@@ -70,9 +70,12 @@ pub fn with_dbname(dsn: &str, dbname: &str) -> String {
         .bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect();
-    match query {
-        Some(q) => format!("{scheme}{authority}/{encoded}?{q}"),
-        None => format!("{scheme}{authority}/{encoded}"),
+    // a dbname parameter would override the path: it goes
+    let query: Vec<&str> = query.map(|q| q.split('&').filter(|p| !p.starts_with("dbname=")).collect()).unwrap_or_default();
+    if query.is_empty() {
+        format!("{scheme}{authority}/{encoded}")
+    } else {
+        format!("{scheme}{authority}/{encoded}?{}", query.join("&"))
     }
 }
 
@@ -140,18 +143,30 @@ pub async fn teardown(ctx: &Context, dsn: &str) -> Result<(), Error> {
     let dbname = pg::dbname(ctx.source_dsn())?;
     let mark = mark(ctx);
     let short = ctx.migration.id.simple().to_string()[..12].to_string();
-    for name in [scratch(ctx), dbname] {
+    let scratch = scratch(ctx);
+    for name in [scratch.clone(), dbname] {
+        // the scratch name is this migration's own (unmarked until the comment is made); any
+        // other database is ours only with our mark
         let ours = match comment_of(&admin, &name).await? {
             None => false,
-            Some(c) => name.starts_with("dmf_new_") || c.as_deref() == Some(mark.as_str()),
+            Some(c) => c.as_deref() == Some(mark.as_str()) || (name == scratch && c.is_none()),
         };
         if !ours {
             continue;
         }
         // a logical slot in a database keeps DROP DATABASE from running (reverse replication's)
+        // (a reverse subscription left by an interrupted rollback may still read one: its
+        // walsender is ended first)
         admin
             .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND slot_name LIKE '%' || $2",
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND slot_name LIKE '%' || $2 AND active_pid IS NOT NULL",
+                &[&name, &short],
+            )
+            .await
+            .map_err(pg::err("end the readers of the replication slots in the target database"))?;
+        admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND slot_name LIKE '%' || $2 AND NOT active",
                 &[&name, &short],
             )
             .await
@@ -159,8 +174,14 @@ pub async fn teardown(ctx: &Context, dsn: &str) -> Result<(), Error> {
         pg::exec(&admin, "drop the target database", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg::ident(&name))).await?;
         tracing::info!(cluster = %cluster, migration = %ctx.migration.id, instance = %key, database = %name, "pool target database removed");
     }
+    // the role replication back to the source logs in as, should an interrupted rollback have
+    // left it
+    crate::repl_role::drop(&admin, &crate::repl_role::name(&crate::Names::reverse_of(ctx.migration.id))).await?;
+    // one control-plane transaction holds the instance's roles from the decision to the drop: no
+    // other cluster claims a role between
+    let (release, orphans) = ctx.db.release_target_roles(&key, &cluster).await?;
     let mut dropped = Vec::new();
-    for role in ctx.db.orphaned_target_roles(&key, &cluster).await? {
+    for role in orphans {
         match admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", pg::ident(&role))).await {
             Ok(()) => dropped.push(role),
             // another cluster's database has come to own something of it since: it stays theirs
@@ -170,14 +191,37 @@ pub async fn teardown(ctx: &Context, dsn: &str) -> Result<(), Error> {
             Err(e) => return Err(pg::err("drop a role dmf made on the target instance")(e)),
         }
     }
-    ctx.db.release_target_roles(&key, &cluster, &dropped).await?;
+    release.finish(&dropped).await?;
     Ok(())
+}
+
+/// Claim the roles `needed` on the instance for this cluster (preflight, and again right before
+/// the schema step makes them: the source may have changed between); the conflicts with other
+/// clusters' claims, by role, in words (then nothing is claimed).
+pub async fn claim_roles(ctx: &Context, dsn: &str, needed: &SourceRoles, refs: &BTreeMap<String, PasswordRef>) -> Result<Vec<(String, String)>, Error> {
+    let key = instance_key(dsn)?;
+    let cluster = ctx.cluster();
+    let mine = role_specs(&key, needed, refs);
+    let mut conflicts = Vec::new();
+    for other in ctx.db.claim_target_roles(&key, cluster, &mine).await? {
+        let differences = spec_differences(&mine[&other.role], &other.spec);
+        conflicts.push((
+            other.role.clone(),
+            format!(
+                "role {} on target instance {key}: clusters {cluster} and {} both need it, differently: {}; place them on different instances or make the role agree",
+                other.role,
+                other.cluster,
+                differences.join("; ")
+            ),
+        ));
+    }
+    Ok(conflicts)
 }
 
 /// What a cluster needs of each of its roles on a shared instance, for comparison with the other
 /// clusters there: attributes, memberships, and where the password comes from (a fingerprint of
 /// the source's verifier, or the manifest's reference), never the password.
-pub fn role_specs(needed: &SourceRoles, refs: &BTreeMap<String, PasswordRef>) -> BTreeMap<String, serde_json::Value> {
+pub fn role_specs(instance: &str, needed: &SourceRoles, refs: &BTreeMap<String, PasswordRef>) -> BTreeMap<String, serde_json::Value> {
     needed
         .roles
         .iter()
@@ -187,15 +231,27 @@ pub fn role_specs(needed: &SourceRoles, refs: &BTreeMap<String, PasswordRef>) ->
             member_of.sort();
             let password = match (refs.get(&r.name), needed.verifiers.as_ref().and_then(|v| v.get(&r.name))) {
                 (Some(reference), _) => serde_json::json!({ "reference": reference }),
-                (None, Some(Some(verifier))) => {
-                    let digest = sha2::Sha256::digest(verifier.as_bytes());
-                    serde_json::json!({ "verifier_sha256": digest.iter().map(|b| format!("{b:02x}")).collect::<String>() })
-                }
+                (None, Some(Some(verifier))) => serde_json::json!({ "verifier_fingerprint": fingerprint(instance, &r.name, verifier) }),
                 _ => serde_json::json!("none"),
             };
             (r.name.clone(), serde_json::json!({ "attributes": r.options(), "member_of": member_of, "password": password }))
         })
         .collect()
+}
+
+/// A fingerprint of a role's password verifier for comparison with another cluster's: SHA-256
+/// iterated 4096 times over the verifier, salted by the instance and the role (as SCRAM's own
+/// stretching), so that the control plane's copy is no faster to attack than a SCRAM verifier
+/// (a plain SHA-256 of an MD5 verifier would be).
+fn fingerprint(instance: &str, role: &str, verifier: &str) -> String {
+    let mut h = sha2::Sha256::digest(format!("dmf target role {instance} {role}\n{verifier}").as_bytes());
+    for _ in 0..4096 {
+        let mut next = sha2::Sha256::new();
+        next.update(h);
+        next.update(verifier.as_bytes());
+        h = next.finalize();
+    }
+    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How two clusters' specs of one role differ, in words.
@@ -223,6 +279,7 @@ mod tests {
     fn another_database_name_keeps_everything_else() {
         assert_eq!(with_dbname("postgres://admin@h:5433/postgres?sslmode=require", "my db"), "postgres://admin@h:5433/my%20db?sslmode=require");
         assert_eq!(with_dbname("postgresql://h:5433", "orders"), "postgresql://h:5433/orders");
+        assert_eq!(with_dbname("postgres://h/x?dbname=postgres&sslmode=require", "orders"), "postgres://h/orders?sslmode=require");
         assert_eq!(with_dbname("host=h port=5433 dbname=postgres", "o'k"), "host=h port=5433 dbname=postgres dbname='o\\'k'");
         let (_, c) = dmf_pgconn::tls::parse(&with_dbname("host=h port=5433 dbname=postgres", "o'k")).expect("parses");
         assert_eq!(c.get_dbname(), Some("o'k"));
@@ -247,16 +304,17 @@ mod tests {
         let a = SourceRoles { roles: vec![role("app", true)], memberships: vec![], verifiers: Some([("app".to_string(), Some(verifier.clone()))].into()) };
         let mut b = a.clone();
         b.verifiers = Some([("app".to_string(), Some("SCRAM-SHA-256$4096:b3RoZXI=$c:d".to_string()))].into());
-        let (sa, sb) = (role_specs(&a, &BTreeMap::new()), role_specs(&b, &BTreeMap::new()));
+        let (sa, sb) = (role_specs("h:1", &a, &BTreeMap::new()), role_specs("h:1", &b, &BTreeMap::new()));
+        assert_ne!(sa, role_specs("h:2", &a, &BTreeMap::new()), "salted by the instance");
         assert!(!sa["app"].to_string().contains(&verifier));
         assert_eq!(spec_differences(&sa["app"], &sa["app"]), Vec::<String>::new());
         let d = spec_differences(&sa["app"], &sb["app"]);
         assert!(d.len() == 1 && d[0].starts_with("the password differs"), "{d:?}");
         let refs: BTreeMap<String, PasswordRef> = [("app".to_string(), PasswordRef::Env("APP_PW".into()))].into();
-        assert_eq!(role_specs(&a, &refs), role_specs(&b, &refs), "the same reference agrees");
+        assert_eq!(role_specs("h:1", &a, &refs), role_specs("h:1", &b, &refs), "the same reference agrees");
         let mut c = a.clone();
         c.roles[0].login = false;
-        let d = spec_differences(&sa["app"], &role_specs(&c, &BTreeMap::new())["app"]);
+        let d = spec_differences(&sa["app"], &role_specs("h:1", &c, &BTreeMap::new())["app"]);
         assert!(d[0].contains("LOGIN") && d[0].contains("NOLOGIN"), "{d:?}");
     }
 }

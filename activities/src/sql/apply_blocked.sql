@@ -1,7 +1,7 @@
 -- What the subscription's apply worker ($1: the subscription) waits for on the target, when it
 -- waits for a lock: how long, on what, and who holds it (pid, user, application, state; not its
 -- query, which may hold a secret).
-SELECT extract(epoch FROM now() - w.state_change)::float8 AS waited_s,
+SELECT coalesce(extract(epoch FROM now() - w.state_change), 0)::float8 AS waited_s,
        b.pid AS holder_pid,
        coalesce(b.usename::text, '') AS holder_user,
        coalesce(b.application_name, '') AS holder_application,

@@ -60,8 +60,13 @@ impl Control {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
                 n = recv(&mut listener) => match n {
-                    Ok(payload) if payload == cluster => self.reload().await,
-                    Ok(_) => {}
+                    Ok(Some(payload)) if payload == cluster => self.reload().await,
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!(cluster = %cluster, "route listener reconnecting; reading the route");
+                        last_poll = Instant::now();
+                        self.reload().await;
+                    }
                     Err(e) => {
                         tracing::warn!(cluster = %cluster, error = %e, "route notifications lost; polling until the listener is back");
                         listener = None;
@@ -294,8 +299,10 @@ const SPARES_WAIT: Duration = Duration::from_secs(2);
 /// Loads the catalog entries of the database's busiest tables and indexes into a fresh backend.
 const WARM_SQL: &str = include_str!("warm.sql");
 
-/// How often a proxy whose route listener is up reads its route anyway.
-const QUIET_POLL: Duration = Duration::from_secs(10);
+/// How often a proxy whose route listener is up reads its route anyway (a connection that died
+/// without a word loses notifications): under the flip's wait for acknowledgements, so that a
+/// flip does not fail for it.
+const QUIET_POLL: Duration = Duration::from_secs(4);
 
 async fn listen(db: &Db, cluster: &str) -> Option<PgListener> {
     let channel = dmf_db::route::channel(db, cluster).await.ok()?;
@@ -304,9 +311,12 @@ async fn listen(db: &Db, cluster: &str) -> Option<PgListener> {
     Some(l)
 }
 
-async fn recv(listener: &mut Option<PgListener>) -> Result<String, sqlx::Error> {
+/// The next notification's payload; `Ok(None)` when the listener's connection was lost (it
+/// reconnects on the next call, and what was announced meanwhile is lost: the caller reads the
+/// route).
+async fn recv(listener: &mut Option<PgListener>) -> Result<Option<String>, sqlx::Error> {
     match listener {
-        Some(l) => l.recv().await.map(|n| n.payload().to_string()),
+        Some(l) => l.try_recv().await.map(|n| n.map(|n| n.payload().to_string())),
         None => std::future::pending().await,
     }
 }
