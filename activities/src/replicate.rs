@@ -82,14 +82,19 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs()) });
         }
         if for_how_long > ctx.config.slot_inactive_window {
-            return Ok(Outcome::Abort {
-                reason: AbortReason::SlotInactive,
-                detail: if ctx.uses_dms() {
-                    format!("DMS task not running for {}s", for_how_long.as_secs())
-                } else {
-                    format!("slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs())
-                },
-            });
+            let detail = match &sides {
+                None => format!("DMS task not running for {}s", for_how_long.as_secs()),
+                Some((_, target)) => {
+                    // an apply worker stuck on a lock stops answering its walsender, which ends
+                    // the connection: the slot goes inactive, and the lock is the cause
+                    let inactive = format!("slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs());
+                    match apply_blocked(target, &ctx.names().subscription).await.ok().flatten() {
+                        Some(blocked) => format!("{inactive}: {blocked}"),
+                        None => inactive,
+                    }
+                }
+            };
+            return Ok(Outcome::Abort { reason: AbortReason::SlotInactive, detail });
         }
     }
     match ctx.config.lag.evaluate(s.lag, over_for) {
