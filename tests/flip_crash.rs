@@ -154,7 +154,16 @@ fn a_worker_stalled_past_its_lease_inside_the_flip_cannot_move_the_route_when_it
     // the stalled worker wakes up right where it stopped: its route move must not land
     let pid = stalled.child.id().to_string();
     run_ok(std::process::Command::new("kill").args(["-CONT", &pid]));
-    std::thread::sleep(Duration::from_secs(5));
+    // once it has given up the stale attempt it is a healthy worker again, which may start a new
+    // flip of its own (with a lease of its own) after its short shadow reads: it is stopped there,
+    // so that what is checked below is the stale attempt alone
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&stalled.log).unwrap_or_default().contains("activity cancelled; leaving the decision to the next run") {
+        assert!(std::time::Instant::now() < deadline, "the woken worker never gave up its stale attempt:\n{}", stalled.log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stalled.kill9();
+    std::thread::sleep(Duration::from_secs(2));
     let route = env.cp_query("SELECT (primary_endpoint = (SELECT source_dsn FROM dmf.clusters WHERE name = 'app')) || ' ' || hold FROM dmf.routes");
     assert_eq!(route, "true false", "traffic stays on the source, released\n{}\n{}", stalled.log_tail(), taker.log_tail());
     assert_eq!(psql(&source, "SHOW default_transaction_read_only"), "off", "the source still takes writes");
