@@ -190,6 +190,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// What the activities recorded for `cluster`, through `dmf status` as an operator reads it; a
+/// control plane that is restarting or too busy to take a connection is asked again.
+fn state_of(env: &Env, cluster: &str) -> common::MigrationState {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = env.dmf(&["status", cluster, "--json"]);
+        if out.status.success() {
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("dmf status {cluster} --json: bad JSON ({e})"));
+            return serde_json::from_value(doc["clusters"][0]["state"].clone()).unwrap_or_else(|e| panic!("state of {cluster} in dmf status --json: {e}: {doc}"));
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("dmf status {cluster} failed for a minute: {last}");
+}
+
 fn run(plan: Plan) {
     let mut rng = Rng::new();
     let env = Env::with_control_plane_conf("fleet-scale", "max_connections = 2000\nshared_buffers = 256MB\n");
@@ -423,7 +439,7 @@ fn run(plan: Plan) {
             if now < at {
                 continue;
             }
-            let state = env.state(&c.name);
+            let state = state_of(&env, &c.name);
             let target = state.target.target_dsn.clone().unwrap_or_else(|| panic!("{}: no target yet in {p}", c.name));
             let short = c.name.clone();
             match kind {
@@ -536,7 +552,7 @@ fn run(plan: Plan) {
         let rows: i64 = psql(&target, "SELECT count(*) FROM events").parse().expect("count");
         lost += (l.processed - rows).abs();
         assert!(l.processed > 0, "{}: no write went through", c.name);
-        let held = env.state(&c.name).flip.held_ms.unwrap_or_else(|| panic!("{}: no flip pause recorded", c.name));
+        let held = state_of(&env, &c.name).flip.held_ms.unwrap_or_else(|| panic!("{}: no flip pause recorded", c.name));
         pauses.push(held);
     }
     pauses.sort_by(f64::total_cmp);

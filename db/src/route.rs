@@ -226,7 +226,8 @@ impl Db {
     /// Wait until every live proxy of `cluster` has applied `epoch`. Proxies whose lease ran out
     /// do not count: they have stopped sending writes anywhere. Returns the proxies that applied it.
     pub async fn wait_route_applied(&self, cluster: &str, epoch: i64, timeout: Duration) -> Result<Vec<ProxyRow>, Error> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         loop {
             let live: Vec<ProxyRow> = self.proxies(Some(cluster)).await?.into_iter().filter(|p| p.alive).collect();
             let behind: Vec<&ProxyRow> = live.iter().filter(|p| p.applied_epoch < epoch).collect();
@@ -241,7 +242,10 @@ impl Db {
                     names.join(", ")
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // listening proxies answer within milliseconds (a hold waits on this); one that
+            // polls a quiet route takes seconds, and is not asked for every 2 ms meanwhile
+            let pause = if started.elapsed() < Duration::from_millis(250) { Duration::from_millis(2) } else { Duration::from_millis(10) };
+            tokio::time::sleep(pause).await;
         }
     }
 }

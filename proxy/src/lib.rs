@@ -52,6 +52,9 @@ pub struct Options {
     pub lease: Duration,
     /// Route poll interval (the fallback when a notification is lost).
     pub poll: Duration,
+    /// How long after it started or saw its route change the proxy listens for the route's
+    /// notifications; a route at rest is then polled (`router::control`).
+    pub listen_after_change: Duration,
     /// How long a transaction waits at a hold (or without a lease) before its session is closed.
     pub hold_timeout: Duration,
     /// How long shutdown waits for in-flight transactions.
@@ -100,6 +103,7 @@ impl Options {
             client_tls_required: false,
             lease: Duration::from_secs(5),
             poll: Duration::from_secs(1),
+            listen_after_change: Duration::from_secs(60),
             hold_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(10),
             shadow_queue: 1024,

@@ -89,6 +89,13 @@ pub struct Args {
     /// Seconds a login to a server for a client may take; then the client gets an error.
     #[arg(long, default_value_t = D.connect_timeout.as_secs())]
     server_connect_timeout_s: u64,
+    /// Seconds the proxy keeps listening for route notifications after it started or saw its
+    /// route change. A route at rest (every statement to one primary, no hold, no announced move)
+    /// is then read every 4 s instead: each notification in the control plane wakes every session
+    /// listening there, so a fleet's idle proxies listening would cost it more than their polls.
+    /// A hold (`dmf route set --hold`, a flip, a rollback) first gets every proxy listening.
+    #[arg(long, default_value_t = D.listen_after_change.as_secs())]
+    listen_after_change_s: u64,
     /// Clients connected at once; the next ones are refused with SQLSTATE 53300.
     #[arg(long, default_value_t = D.max_client_conn)]
     max_client_conn: usize,
@@ -139,6 +146,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     opts.auth_timeout = Duration::from_secs(a.auth_timeout_s.max(1));
     opts.connect_timeout = Duration::from_secs(a.server_connect_timeout_s.max(1));
     opts.max_client_conn = a.max_client_conn.max(1);
+    opts.listen_after_change = Duration::from_secs(a.listen_after_change_s);
     opts.max_buffer_bytes = a.max_buffer_bytes;
     let proxy = dmf_proxy::Proxy::build(opts).await?;
     let handle = proxy.handle();

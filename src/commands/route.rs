@@ -132,6 +132,10 @@ async fn show(a: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a hold waits for every proxy to read the epoch that wakes it (a quiet proxy reads its
+/// route every 4 s).
+const WAKE_WAIT: Duration = Duration::from_secs(8);
+
 async fn set(a: SetArgs) -> anyhow::Result<()> {
     let db = a.cp.connect().await?;
     if let Some(f) = a.shadow_fraction {
@@ -150,6 +154,15 @@ async fn set(a: SetArgs) -> anyhow::Result<()> {
         shadow_fraction: a.shadow_fraction,
         ..Default::default()
     };
+    if change.hold == Some(true) {
+        // A proxy whose route was quiet polls it every few seconds instead of listening (see
+        // dmf-proxy's router::control). A new epoch first gets every proxy listening, so that the
+        // hold reaches them all at once; one that does not answer is named by the hold's wait.
+        let woken = db.change_route(&a.cluster, &dmf_db::route::RouteChange::default(), &super::actor()).await?;
+        if let Err(e) = db.wait_route_applied(&a.cluster, woken.route_epoch, WAKE_WAIT).await {
+            tracing::warn!(cluster = %a.cluster, error = %e, "not every proxy answered before the hold");
+        }
+    }
     let row = db.change_route(&a.cluster, &change, &super::actor()).await?;
     let applied = match a.wait_ms {
         Some(ms) => Some(db.wait_route_applied(&a.cluster, row.route_epoch, Duration::from_millis(ms)).await?),

@@ -82,6 +82,10 @@ pub struct Args {
     /// The flip starts only when heartbeat lag is under this many milliseconds.
     #[arg(long, default_value_t = D.worker.activities.flip.max_lag.as_millis() as u64)]
     pub flip_max_lag_ms: u64,
+    /// How many seconds the flip keeps sampling heartbeats for one under the limit before it goes
+    /// back to shadow reads for another try.
+    #[arg(long, default_value_t = D.worker.activities.flip.lag_patience.as_secs_f64())]
+    pub flip_lag_patience_s: f64,
     /// Flips that began and had to be undone (traffic back on the source) before the migration
     /// fails for an operator to look at.
     #[arg(long, default_value_t = D.worker.activities.flip.max_attempts)]
@@ -138,6 +142,7 @@ impl Args {
         o.activities.audit.jobs = self.audit_jobs.max(1);
         o.activities.shadow_reads_for = Duration::from_secs_f64(self.shadow_reads_s.max(0.0));
         o.activities.flip.max_lag = Duration::from_millis(self.flip_max_lag_ms);
+        o.activities.flip.lag_patience = Duration::from_secs_f64(self.flip_lag_patience_s);
         o.activities.flip.hold_deadline = Duration::from_millis(self.hold_deadline_ms.max(1));
         o.activities.flip.max_attempts = self.flip_max_attempts.max(1);
         o.activities.soak = Duration::from_secs_f64(self.soak_s.max(0.0));

@@ -34,6 +34,9 @@ use crate::{health, objects, pg, sequences, Context, Names};
 pub struct FlipConfig {
     /// The flip starts only when heartbeat lag is under this.
     pub max_lag: Duration,
+    /// How long the flip's guard keeps sampling for a heartbeat under `max_lag` before it gives
+    /// the flip up for this tick.
+    pub lag_patience: Duration,
     /// How long a hold waits for in-flight transactions before ending them.
     pub hold_deadline: Duration,
     /// How long every live proxy has to acknowledge the hold.
@@ -52,6 +55,7 @@ impl Default for FlipConfig {
     fn default() -> Self {
         FlipConfig {
             max_lag: Duration::from_millis(10),
+            lag_patience: Duration::from_secs(3),
             hold_deadline: Duration::from_millis(1000),
             ack_timeout: Duration::from_secs(5),
             catch_up_timeout: Duration::from_secs(5),
@@ -274,7 +278,6 @@ fn side_name(way: Way, from: bool) -> &'static str {
 
 /// `Err(reason)` when the flip must not start now.
 async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Error> {
-    let cfg = &ctx.config.flip;
     let prepared = fence::prepared_transactions(&sides.from).await?;
     if !prepared.is_empty() {
         return Ok(Err(fence::prepared_reason(side_name(sides.way, true), &prepared)));
@@ -286,11 +289,8 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
         if let Some(d) = ctx.db.differences(ctx.migration.id, 1).await?.first() {
             return Ok(Err(format!("the auditor has a confirmed difference in {}", d.table_name.as_deref().unwrap_or("?"))));
         }
-        let lag = health::write_and_wait(&sides.from, &sides.to, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
-        match lag {
-            Some(l) if l <= cfg.max_lag => {}
-            Some(l) => return Ok(Err(format!("replication lag {:.1} ms is over the flip limit {} ms", l.as_secs_f64() * 1000.0, cfg.max_lag.as_millis()))),
-            None => return Ok(Err(format!("a heartbeat did not reach the target within {:?}", ctx.config.heartbeat_timeout))),
+        if let Err(reason) = quiet_replication(ctx, sides).await? {
+            return Ok(Err(reason));
         }
     } else {
         // replication back must exist: the flipped phase starts it, but may not have run yet
@@ -298,6 +298,41 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
     }
     Ok(Ok(()))
 }
+
+/// Wait, up to `FlipConfig::lag_patience`, for a heartbeat that reaches the target within
+/// `max_lag`: one slow round trip on a busy host is no reason to give up a flip (and to go back for
+/// another shadow-reads tick), a backlog that does not drain within the patience is.
+async fn quiet_replication(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Error> {
+    let cfg = &ctx.config.flip;
+    let started = Instant::now();
+    let mut best: Option<Duration> = None;
+    let mut samples = 0u32;
+    loop {
+        let lag = health::write_and_wait(&sides.from, &sides.to, ctx.config.heartbeat_timeout, &ctx.cancel).await?;
+        samples += 1;
+        match lag {
+            Some(l) if l <= cfg.max_lag => return Ok(Ok(())),
+            Some(l) => best = Some(best.map_or(l, |b| b.min(l))),
+            None => return Ok(Err(format!("a heartbeat did not reach the target within {:?}", ctx.config.heartbeat_timeout))),
+        }
+        if started.elapsed() >= cfg.lag_patience {
+            let best = best.unwrap_or_default();
+            return Ok(Err(format!(
+                "replication lag stayed over the flip limit {} ms for {:.1} s (best of {samples} heartbeats {:.1} ms)",
+                cfg.max_lag.as_millis(),
+                started.elapsed().as_secs_f64(),
+                best.as_secs_f64() * 1000.0
+            )));
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+            _ = tokio::time::sleep(LAG_SAMPLE_GAP) => {}
+        }
+    }
+}
+
+/// Between two heartbeats of the flip's lag guard.
+const LAG_SAMPLE_GAP: Duration = Duration::from_millis(50);
 
 /// The protocol, from announcing the next primary to the route move.
 ///
@@ -311,7 +346,8 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     let back = Names::reverse_of(ctx.migration.id);
 
     // 0. forward: announce the target, so that every proxy opens and warms a backend there for
-    // each of its sessions before the hold (they acknowledge when ready, within a bound)
+    // each of its sessions before the hold (they acknowledge when ready, within a bound); either
+    // way every proxy listens to the route from here on (see dmf-proxy's `router::control`)
     if sides.way == Way::Forward {
         let t = Instant::now();
         let announced = ctx
@@ -330,6 +366,16 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         if !refused.is_empty() {
             return Err(Error::NotReady(refused.join("; ")));
         }
+    } else {
+        // back: no backends are opened ahead on the source (it is fenced until the rollback
+        // unfences it, and a session opened there now would stay read-only), but every proxy is
+        // woken by a new epoch first: a proxy whose route was quiet polls it instead of listening,
+        // and must be listening before the hold, or the hold would reach it only at its next poll
+        let t = Instant::now();
+        let woken = ctx.db.change_route(&cluster, &RouteChange::default(), &actor).await?;
+        // (a quiet proxy reads its route at its next poll: within the announcement's bound)
+        ctx.db.wait_route_applied(&cluster, woken.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
+        progress.record.timings_ms.insert("proxies_woken".into(), t.elapsed().as_secs_f64() * 1000.0);
     }
     let begun = Instant::now();
 

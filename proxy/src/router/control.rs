@@ -21,6 +21,11 @@ pub struct Control {
     acked: u64,
     /// Users this proxy could not log in as on the announced next primary, with why.
     cannot_login: Vec<String>,
+    /// The route's notifications, while the route is in motion (`in_motion`); a quiet route is
+    /// polled instead.
+    listener: Option<PgListener>,
+    /// When this proxy last saw the route change, or started (it may have started for a move).
+    changed_at: Instant,
 }
 
 impl Control {
@@ -41,12 +46,11 @@ impl Control {
         let ack = Ack { epoch: route.epoch as i64, held: route.hold, backend_pids: shared.primary_backend_pids(), drained: true, cannot_login: Vec::new() };
         db.proxy_applied(id, &ack).await?;
         shared.gate.extend_lease(Instant::now());
-        Ok(Control { db, id, acked: route.epoch, shared, cannot_login: Vec::new() })
+        Ok(Control { db, id, acked: route.epoch, shared, cannot_login: Vec::new(), listener: None, changed_at: Instant::now() })
     }
 
     pub async fn run(mut self) {
         let cluster = self.shared.opts.cluster.clone();
-        let mut listener: Option<PgListener> = None;
         let mut was_ok = true;
         let mut poll = tokio::time::interval(self.shared.opts.poll);
         let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
@@ -59,7 +63,7 @@ impl Control {
         loop {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
-                n = recv(&mut listener) => match n {
+                n = recv(&mut self.listener) => match n {
                     Ok(Some(payload)) if payload == cluster => self.reload().await,
                     Ok(Some(_)) => {}
                     Ok(None) => {
@@ -69,25 +73,29 @@ impl Control {
                     }
                     Err(e) => {
                         tracing::warn!(cluster = %cluster, error = %e, "route notifications lost; polling until the listener is back");
-                        listener = None;
+                        self.listener = None;
                     }
                 },
                 _ = poll.tick() => {
-                    // with the listener up, a change arrives as a notification: the poll is only
-                    // a backstop (a fleet's proxies polling every second kept its control plane
-                    // busy); without it, the poll is how changes arrive
-                    if listener.is_some() && last_poll.elapsed() < QUIET_POLL {
-                        continue;
+                    // A route in motion (a migration moving its traffic) is listened to: a change
+                    // arrives as a notification, and the poll is only a backstop. A quiet route
+                    // is only polled, every QUIET_POLL: every notification in the control plane's
+                    // database wakes every listening session there (PostgreSQL signals them all,
+                    // whatever the channel), and a fleet's idle proxies listening cost its control
+                    // plane more than their polls. A listener that could not be set up leaves the
+                    // poll as how changes arrive.
+                    let moving = self.in_motion();
+                    if !moving && self.listener.take().is_some() {
+                        tracing::debug!(cluster = %cluster, "route quiet: polling it instead of listening");
                     }
-                    if listener.is_none() {
-                        listener = listen(&self.db, &cluster).await;
-                        if listener.is_some() {
-                            // a change made while nobody listened is read now
-                            tracing::debug!(cluster = %cluster, "listening for route changes");
-                        }
+                    if last_poll.elapsed() < QUIET_POLL && (self.listener.is_some() || !moving) {
+                        continue;
                     }
                     last_poll = Instant::now();
                     self.reload().await;
+                    // a route that started moving is listened to from now on (apply did, when
+                    // the change came with a new epoch)
+                    self.listen_if_moving().await;
                 }
                 _ = beat.tick() => {
                     self.heartbeat().await;
@@ -223,7 +231,43 @@ impl Control {
                 tracing::warn!(cluster = %cluster, epoch, users = ?self.cannot_login, "cannot log in to the announced next primary as every user with sessions here");
             }
         }
+        self.changed_at = Instant::now();
+        // listening before the acknowledgement: the worker's next change (a hold, after it saw
+        // every acknowledgement of an announcement) is then notified, not left to the poll
+        self.listen_if_moving().await;
         self.ack().await;
+    }
+
+    /// Whether the route is being moved: a read split or a shadow, an announced next primary, a
+    /// hold, or a change seen (or the start) within `listen_after_change`. Only then does this
+    /// proxy listen.
+    fn in_motion(&self) -> bool {
+        let route = self.shared.route();
+        route.mode != super::Mode::Primary || route.hold || route.next_primary.is_some() || route.shadow.is_some()
+            || self.changed_at.elapsed() < self.shared.opts.listen_after_change
+    }
+
+    async fn listen_if_moving(&mut self) {
+        if self.listener.is_none() && self.in_motion() {
+            self.listener = listen(&self.db, &self.shared.opts.cluster).await;
+            if self.listener.is_some() {
+                tracing::debug!(cluster = %self.shared.opts.cluster, "route in motion: listening for its changes");
+                // a change made before the listener was up is read now
+                self.reload_quietly().await;
+            }
+        }
+    }
+
+    /// Read the route once more after the listener came up (no recursion into listening).
+    async fn reload_quietly(&mut self) {
+        let poll = tokio::time::timeout(self.shared.opts.lease, self.db.route(&self.shared.opts.cluster)).await;
+        if let Ok(Ok(Some(row))) = poll {
+            if row.route_epoch as u64 > self.shared.route().epoch {
+                if let Ok(route) = Route::from_row(&row, Some(&self.shared.route())) {
+                    Box::pin(self.apply(Arc::new(route))).await;
+                }
+            }
+        }
     }
 
     /// Open every session's backend on the primary the route is about to point at, warmed (see
