@@ -10,6 +10,9 @@ use crate::flip::reverse;
 use crate::state::{Patch, Reverse, Slots};
 use crate::{pg, slots, Context, Names, HEARTBEAT_SCHEMA};
 
+/// The longest wait between two looks at a soaking migration.
+const SOAK_LOOK_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     let cluster = ctx.cluster().to_string();
     let m = &ctx.migration;
@@ -37,7 +40,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     ctx.save(Patch::of(&Slots { slots: reverse_slots })).await?;
     let soaked = (chrono::Utc::now() - m.phase_started_at).to_std().unwrap_or_default();
     if soaked < ctx.config.soak {
-        return Ok(Outcome::Watch(ctx.config.watch_interval));
+        // nothing moves during the soak but what the reverse slot keeps: the longer it has been
+        // quiet the less often it is looked at (each look opens a connection to both sides), and
+        // never past the soak's end
+        let every = (soaked / 4).min(SOAK_LOOK_AT_MOST_EVERY).max(ctx.config.watch_interval);
+        return Ok(Outcome::Watch(every.min(ctx.config.soak - soaked)));
     }
     let kept = ctx.config.keep_reverse_replication;
     if !kept {

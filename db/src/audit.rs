@@ -104,19 +104,17 @@ impl Db {
         .bind(requested_by)
         .fetch_one(&mut *tx)
         .await?;
+        // one statement for every chunk (a run of a big table has thousands)
         let mut numbers = std::collections::HashMap::<&str, i32>::new();
-        for c in chunks {
-            let n = numbers.entry(c.table.as_str()).or_insert(0);
-            sqlx::query("INSERT INTO dmf.audit_chunks (run, table_name, chunk, lo, hi) VALUES ($1, $2, $3, $4, $5)")
-                .bind(run)
-                .bind(&c.table)
-                .bind(*n)
-                .bind(&c.lo)
-                .bind(&c.hi)
-                .execute(&mut *tx)
-                .await?;
-            *n += 1;
-        }
+        let rows: Vec<serde_json::Value> = chunks
+            .iter()
+            .map(|c| {
+                let n = numbers.entry(c.table.as_str()).or_insert(0);
+                *n += 1;
+                serde_json::json!({ "table": c.table, "chunk": *n - 1, "lo": c.lo, "hi": c.hi })
+            })
+            .collect();
+        sqlx::query(include_str!("queries/insert_audit_chunks.sql")).bind(run).bind(serde_json::Value::Array(rows)).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(run)
     }

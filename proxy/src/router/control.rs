@@ -54,8 +54,9 @@ impl Control {
         let mut was_ok = true;
         let mut poll = tokio::time::interval(self.shared.opts.poll);
         let mut beat = tokio::time::interval((self.shared.opts.lease / 3).max(Duration::from_millis(50)));
-        // only logs lease transitions: sessions compute the lease themselves (Gate::lease_ok)
-        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+        // only logs lease transitions: sessions compute the lease themselves (Gate::lease_ok); a
+        // fleet's idle proxies wake for little else
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         let mut last_poll = Instant::now();
         for t in [&mut poll, &mut beat, &mut watchdog] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
