@@ -131,3 +131,32 @@ fn ddl_on_the_source_aborts_with_schema_drift_naming_the_table() {
         assert_eq!(leftovers(dsn), CLEAN);
     }
 }
+
+/// The replication guards of one migration watch over one connection to each side, kept from one
+/// tick to the next, instead of logging in to the source and the target again every tick (at 400
+/// clusters those logins kept the instances forking); the drift check still sees DDL through it.
+#[test]
+fn the_guards_keep_their_connection_to_each_side_between_ticks() {
+    let env = Env::new("kept-conns");
+    let src = env.source("src");
+    let dsn = env.enqueue_app(&src, SAMPLE_SCHEMA);
+    let _scheduler = env.scheduler();
+    let worker = env.worker("w1", &["--audit-window-s", "600", "--lag-limit-ms", "600000", "--lag-window-s", "600"]);
+    env.wait_for("replicating with a lag sample", Duration::from_secs(120), |c| c.first().is_some_and(|c| common::in_sync(c) && c["lag_ms"].is_i64()));
+    // the drift check's catalog read is the last statement of a tick on the source's connection
+    let checked_by = "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE datname = 'app' AND query LIKE '-- Every user table dmf copies%'";
+    let mut pids = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        pids.extend(psql(&dsn, checked_by).split(',').filter(|p| !p.is_empty()).map(str::to_string));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // five ticks or more in 15 s; a connection the server ended is replaced, once
+    assert!(!pids.is_empty(), "no guard connection to the source was kept between ticks in 15 s\n{}", worker.log_tail());
+    assert!(pids.len() <= 2, "the guards logged in {} times in 15 s: {pids:?}", pids.len());
+    // DDL is still seen through the kept connection
+    psql(&dsn, "ALTER TABLE items ADD COLUMN note text");
+    env.wait_for("the drift abort", Duration::from_secs(60), |c| c.first().is_some_and(|c| c["phase"] == "aborted"));
+    assert_eq!(env.clusters()[0]["abort_reason"], "schema_drift");
+    assert_eq!(leftovers(&dsn), CLEAN);
+}

@@ -22,11 +22,30 @@ pub struct Sample {
     pub slots: Vec<crate::state::SlotReport>,
 }
 
-/// The source and the target, connected once for a tick's sample and checks.
+/// The source and the target, connected once for a tick's sample and checks: the connections the
+/// migration's previous tick kept (`conns`), else new ones. `keep` hands them back after a tick
+/// that ended without an error.
 pub(crate) async fn sides(ctx: &Context) -> Result<(Client, Client), Error> {
-    let source = pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?;
-    let target = pg::connect(&ctx.require_target()?, &format!("target of {}", ctx.cluster())).await?;
+    let (id, conns) = (ctx.migration.id, &ctx.config.conns);
+    let target_dsn = ctx.require_target()?;
+    let source = match conns.take(id, ctx.source_dsn()).await {
+        Some(c) => c,
+        None => pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?,
+    };
+    let target = match conns.take(id, &target_dsn).await {
+        Some(c) => c,
+        None => pg::connect(&target_dsn, &format!("target of {}", ctx.cluster())).await?,
+    };
     Ok((source, target))
+}
+
+/// Keep a tick's connections (from `sides`) for the migration's next tick.
+pub(crate) fn keep(ctx: &Context, (source, target): (Client, Client)) {
+    let conns = &ctx.config.conns;
+    conns.put(ctx.migration.id, ctx.source_dsn(), source);
+    if let Ok(dsn) = ctx.require_target() {
+        conns.put(ctx.migration.id, &dsn, target);
+    }
 }
 
 /// How long a heartbeat written on the source takes to show on the target, and whether it timed

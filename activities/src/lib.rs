@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod cleanup;
+pub mod conns;
 pub mod dms;
 pub mod drift;
 pub mod error;
@@ -82,6 +83,8 @@ pub struct Config {
     /// Drop the slots of a migration that has been `failed` before the flip for longer than this
     /// (None: never).
     pub drop_slots_after_failed: Option<Duration>,
+    /// The health connections kept between a migration's watch ticks (shared by every clone).
+    pub conns: std::sync::Arc<conns::Conns>,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             aws: dmf_aws::Clients::default(),
             max_slot_wal: Some(20 << 30),
             drop_slots_after_failed: Some(Duration::from_secs(24 * 3600)),
+            conns: std::sync::Arc::default(),
         }
     }
 }

@@ -26,10 +26,19 @@ pub async fn sample(ctx: &Context, source: &Client, target: &Client) -> Result<S
 
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
-    let m = &ctx.migration;
-    // native replication: one connection to each side serves the sample and the checks
+    // native replication: one connection to each side serves the sample and the checks, and is
+    // kept for the next tick when this one ends without an error
     let sides = if ctx.uses_dms() { None } else { Some(crate::health::sides(ctx).await?) };
-    let s = match &sides {
+    let outcome = check(ctx, sides.as_ref()).await;
+    if let (Ok(_), Some(sides)) = (&outcome, sides) {
+        crate::health::keep(ctx, sides);
+    }
+    outcome
+}
+
+async fn check(ctx: &Context, sides: Option<&(Client, Client)>) -> Result<Outcome, Error> {
+    let m = &ctx.migration;
+    let s = match sides {
         Some((source, target)) => sample(ctx, source, target).await?,
         None => crate::dms::sample(ctx).await?,
     };
@@ -48,7 +57,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     // DDL on the source is not replicated: named here, before an apply it stopped shows only as
     // an inactive slot or lag. The subscription's state names why a slot went inactive.
     let mut stopped = None;
-    if let Some((source, target)) = &sides {
+    if let Some((source, target)) = sides {
         if let Some(detail) = crate::drift::check(source, target).await? {
             return Ok(Outcome::Abort { reason: AbortReason::SchemaDrift, detail });
         }
@@ -82,7 +91,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; slot {} inactive for {}s", ctx.names().slot, for_how_long.as_secs()) });
         }
         if for_how_long > ctx.config.slot_inactive_window {
-            let detail = match &sides {
+            let detail = match sides {
                 None => format!("DMS task not running for {}s", for_how_long.as_secs()),
                 Some((_, target)) => {
                     // an apply worker stuck on a lock stops answering its walsender, which ends
@@ -110,7 +119,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
             if let Some(why) = stopped {
                 return Ok(Outcome::Abort { reason: AbortReason::ReplicationStopped, detail: format!("{why}; {lag}") });
             }
-            let blocked = match &sides {
+            let blocked = match sides {
                 // a failure to say why must not keep the abort from happening
                 Some((_, target)) => apply_blocked(target, &ctx.names().subscription).await.ok().flatten(),
                 None => None,
