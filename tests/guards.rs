@@ -159,4 +159,11 @@ fn the_guards_keep_their_connection_to_each_side_between_ticks() {
     env.wait_for("the drift abort", Duration::from_secs(60), |c| c.first().is_some_and(|c| c["phase"] == "aborted"));
     assert_eq!(env.clusters()[0]["abort_reason"], "schema_drift");
     assert_eq!(leftovers(&dsn), CLEAN);
+    // and no session of dmf's stays on the source once it aborted
+    let sessions = || psql(&dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND application_name LIKE 'dmf%'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sessions() != "0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sessions(), "0", "dmf sessions left on the source after the abort\n{}", worker.log_tail());
 }

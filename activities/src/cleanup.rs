@@ -51,6 +51,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         }
     }
     let source = pg::connect(ctx.source_dsn(), &format!("source of {cluster}")).await?;
+    // the connections kept between watch ticks: nothing of dmf's stays on the source
+    ctx.config.conns.forget(m.id);
+    crate::conns::end_kept_elsewhere(&source, m.id).await?;
     drop_slot(&source, &names.slot).await?;
     drop_slot(&source, &crate::audit::audit_slot(ctx)).await?;
     pg::exec(&source, "drop publication", &format!("DROP PUBLICATION IF EXISTS {}", pg::ident(&names.publication))).await?;

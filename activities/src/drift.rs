@@ -19,7 +19,8 @@ type Columns = Vec<(String, String)>;
 
 async fn tables(client: &Client, side: &str) -> Result<BTreeMap<String, Columns>, Error> {
     let mut out: BTreeMap<String, Columns> = BTreeMap::new();
-    // (types qualified alike whatever each login's search_path; the connection is this check's)
+    // (types qualified alike whatever each login's search_path; the connection is the guards',
+    // kept between ticks with this setting: `conns`)
     client.batch_execute("SET search_path = pg_catalog").await.map_err(pg::err(&format!("set the {side}'s search_path")))?;
     let rows = client.query(include_str!("sql/table_columns.sql"), &[]).await.map_err(pg::err(&format!("list the {side}'s tables and columns")))?;
     for r in rows {

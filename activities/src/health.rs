@@ -24,17 +24,18 @@ pub struct Sample {
 
 /// The source and the target, connected once for a tick's sample and checks: the connections the
 /// migration's previous tick kept (`conns`), else new ones. `keep` hands them back after a tick
-/// that ended without an error.
+/// that ended in a watch or done.
 pub(crate) async fn sides(ctx: &Context) -> Result<(Client, Client), Error> {
     let (id, conns) = (ctx.migration.id, &ctx.config.conns);
     let target_dsn = ctx.require_target()?;
+    let name = crate::conns::application_name(id);
     let source = match conns.take(id, ctx.source_dsn()).await {
         Some(c) => c,
-        None => pg::connect(ctx.source_dsn(), &format!("source of {}", ctx.cluster())).await?,
+        None => pg::connect_named(ctx.source_dsn(), &format!("source of {}", ctx.cluster()), &name).await?,
     };
     let target = match conns.take(id, &target_dsn).await {
         Some(c) => c,
-        None => pg::connect(&target_dsn, &format!("target of {}", ctx.cluster())).await?,
+        None => pg::connect_named(&target_dsn, &format!("target of {}", ctx.cluster()), &name).await?,
     };
     Ok((source, target))
 }

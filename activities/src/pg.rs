@@ -12,11 +12,17 @@ use crate::error::{describe, Error};
 /// (`dmf_pgconn::tls`; `prefer` by default); a password never goes in clear text over a
 /// connection that is not encrypted unless the string says `sslmode=disable`.
 pub async fn connect(dsn: &str, role: &str) -> Result<Client, Error> {
+    connect_named(dsn, role, "dmf").await
+}
+
+/// `connect`, with the session named `application_name` (the connections `conns` keeps carry
+/// their migration's name, so that the flip can end them before its hold).
+pub async fn connect_named(dsn: &str, role: &str, application_name: &str) -> Result<Client, Error> {
     let configure = |config: &mut tokio_postgres::Config| {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        config.application_name("dmf");
+        config.application_name(application_name);
     };
     let (client, conn) = dmf_pgconn::tls::connect(dsn, configure).await.map_err(|e| match e {
         ConnectError::Postgres(e) => Error::Postgres { what: format!("connect to {role}: {}", describe(&e)), source: e },

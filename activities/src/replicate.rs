@@ -27,10 +27,10 @@ pub async fn sample(ctx: &Context, source: &Client, target: &Client) -> Result<S
 
 pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     // native replication: one connection to each side serves the sample and the checks, and is
-    // kept for the next tick when this one ends without an error
+    // kept for the next tick when this one ends in a watch or done (an abort closes them)
     let sides = if ctx.uses_dms() { None } else { Some(crate::health::sides(ctx).await?) };
     let outcome = check(ctx, sides.as_ref()).await;
-    if let (Ok(_), Some(sides)) = (&outcome, sides) {
+    if let (Ok(Outcome::Watch(_) | Outcome::Done), Some(sides)) = (&outcome, sides) {
         crate::health::keep(ctx, sides);
     }
     outcome

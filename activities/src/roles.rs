@@ -240,9 +240,12 @@ pub async fn copy(cluster: &str, source: &SourceRoles, refs: &BTreeMap<String, P
         // one transaction: a retry finds all of these or none
         let failed = |e: tokio_postgres::Error| Error::NeedsOperator(format!("cluster {cluster}: make the source's roles on the target: {}", crate::error::describe(&e)));
         target.batch_execute("BEGIN").await.map_err(failed)?;
-        // another cluster sharing the instance may make the same role at the same moment: then
-        // this attempt is undone and the next one finds the role there and compares it
-        let raced = |e: &tokio_postgres::Error| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+        // another cluster sharing the instance may make the same role at the same moment (its
+        // commit before our CREATE ROLE: 42710, during it: 23505): then this attempt is undone
+        // and the next one finds the role there and compares it
+        let raced = |e: &tokio_postgres::Error| {
+            matches!(e.code(), Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT)
+        };
         for statement in &statements {
             if let Err(e) = target.batch_execute(statement).await {
                 let _ = target.batch_execute("ROLLBACK").await;

@@ -242,9 +242,10 @@ impl Db {
                     names.join(", ")
                 )));
             }
-            // listening proxies answer within milliseconds (a hold waits on this); one that
-            // polls a quiet route takes seconds, and is not asked for every 2 ms meanwhile
-            let pause = if started.elapsed() < Duration::from_millis(250) { Duration::from_millis(2) } else { Duration::from_millis(10) };
+            // listening proxies answer within milliseconds, or once their in-flight transactions
+            // finish (a hold waits on this, within its 1 s deadline by default); one that polls a
+            // route at rest takes seconds, and is not asked for every 2 ms meanwhile
+            let pause = if started.elapsed() < Duration::from_millis(1500) { Duration::from_millis(2) } else { Duration::from_millis(10) };
             tokio::time::sleep(pause).await;
         }
     }

@@ -93,7 +93,9 @@ pub struct Args {
     /// route change. A route at rest (every statement to one primary, no hold, no announced move)
     /// is then read every 4 s instead: each notification in the control plane wakes every session
     /// listening there, so a fleet's idle proxies listening would cost it more than their polls.
-    /// A hold (`dmf route set --hold`, a flip, a rollback) first gets every proxy listening.
+    /// A hold (`dmf route set --hold`, a flip, a rollback) first gets every proxy listening. At
+    /// least 15: the proxies of a cluster answer that wake up to 5 s apart, and the first must
+    /// still listen when the hold comes.
     #[arg(long, default_value_t = D.listen_after_change.as_secs())]
     listen_after_change_s: u64,
     /// Clients connected at once; the next ones are refused with SQLSTATE 53300.

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = D.worker.activities.lag.window.as_secs())]
     pub lag_window_s: u64,
     /// Seconds between checks of a replicating cluster.
-    #[arg(long, default_value_t = D.worker.activities.watch_interval.as_secs_f64())]
+    #[arg(long, default_value_t = D.worker.activities.watch_interval.as_secs_f64(), value_parser = seconds)]
     pub watch_interval: f64,
     /// Lease time-to-live in seconds.
     #[arg(long, default_value_t = D.worker.lease_ttl.as_secs())]
@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, default_value_t = D.worker.activities.audit.sample_rate)]
     pub audit_sample_rate: f64,
     /// Seconds of continuous validation without a confirmed mismatch before the audit gate opens.
-    #[arg(long, default_value_t = D.worker.activities.audit.window.as_secs_f64())]
+    #[arg(long, default_value_t = D.worker.activities.audit.window.as_secs_f64(), value_parser = seconds)]
     pub audit_window_s: f64,
     /// Rows per full-compare chunk, about.
     #[arg(long, default_value_t = D.worker.activities.audit.chunk_rows)]
@@ -77,14 +77,14 @@ pub struct Args {
     #[arg(long, default_value_t = D.worker.activities.audit.jobs)]
     pub audit_jobs: usize,
     /// Seconds of shadow reads (reads on the target, every guard quiet) before the flip.
-    #[arg(long, default_value_t = D.worker.activities.shadow_reads_for.as_secs_f64())]
+    #[arg(long, default_value_t = D.worker.activities.shadow_reads_for.as_secs_f64(), value_parser = seconds)]
     pub shadow_reads_s: f64,
     /// The flip starts only when heartbeat lag is under this many milliseconds.
     #[arg(long, default_value_t = D.worker.activities.flip.max_lag.as_millis() as u64)]
     pub flip_max_lag_ms: u64,
     /// How many seconds the flip keeps sampling heartbeats for one under the limit before it goes
     /// back to shadow reads for another try.
-    #[arg(long, default_value_t = D.worker.activities.flip.lag_patience.as_secs_f64())]
+    #[arg(long, default_value_t = D.worker.activities.flip.lag_patience.as_secs_f64(), value_parser = seconds)]
     pub flip_lag_patience_s: f64,
     /// Flips that began and had to be undone (traffic back on the source) before the migration
     /// fails for an operator to look at.
@@ -95,7 +95,7 @@ pub struct Args {
     pub hold_deadline_ms: u64,
     /// Seconds traffic stays on the target, with replication back to the source, before the
     /// migration completes.
-    #[arg(long, default_value_t = D.worker.activities.soak.as_secs_f64())]
+    #[arg(long, default_value_t = D.worker.activities.soak.as_secs_f64(), value_parser = seconds)]
     pub soak_s: f64,
     /// Keep replication back to the source after completion, so that a rollback stays lossless.
     #[arg(long)]
@@ -118,6 +118,15 @@ pub struct Args {
     /// First backoff (ms) between those attempts; it doubles up to 20 s.
     #[arg(long, default_value_t = D.aws.initial_backoff.as_millis() as u64)]
     pub aws_initial_backoff_ms: u64,
+}
+
+/// A number of seconds: finite and not negative (a Duration cannot hold anything else).
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s} is not a number of seconds between 0 and 1e9")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
 }
 
 impl Args {

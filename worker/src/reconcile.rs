@@ -18,6 +18,8 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(shared.opts.reconcile_interval) => {}
         }
+        // connections kept for migrations this worker no longer watches close here too
+        shared.opts.activities.conns.sweep();
         if let Err(e) = tick(&shared).await {
             tracing::debug!(error = %e, "reconciler tick failed; next tick retries");
         }

@@ -39,7 +39,12 @@ pub fn pinned_options() -> String {
 
 /// Open a connection with the row-text settings pinned.
 pub async fn connect_pinned(dsn: &str, role: &str) -> Result<Client, Error> {
-    let client = pg::connect(dsn, role).await?;
+    connect_pinned_named(dsn, role, "dmf").await
+}
+
+/// `connect_pinned`, with the session named `application_name` (see `pg::connect_named`).
+pub async fn connect_pinned_named(dsn: &str, role: &str, application_name: &str) -> Result<Client, Error> {
+    let client = pg::connect_named(dsn, role, application_name).await?;
     let sql: String = PINNED.iter().map(|(k, v)| format!("SET {k} = {};", pg::literal(v))).collect();
     pg::exec(&client, &format!("pin the session settings of the {role}"), &sql).await?;
     Ok(client)
@@ -122,7 +127,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         subscription: &names.subscription,
     };
     let (sampled, compared) = tokio::join!(
-        sample::run_slice(&ctx.db, m.id, &endpoints, cfg, cfg.slice, &ctx.cancel),
+        sample::run_slice(&ctx.db, m.id, &endpoints, cfg, cfg.slice, &ctx.cancel, &ctx.config.conns),
         compare::resume(&ctx.db, m.id, run, ctx.source_dsn(), &target_dsn, cfg, Some(cfg.slice), &ctx.cancel, || {}),
     );
     let sampled = sampled?;

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::pgoutput::{self, Frame, Message, Relation, Value};
 use super::recheck::recheck;
 use super::table::{load_tables, Key, TableInfo};
-use super::{connect_pinned, pinned_options, AuditConfig};
+use super::{connect_pinned_named, pinned_options, AuditConfig};
 use crate::error::Error;
 use crate::pg;
 use crate::replconn::{ReplConn, PG_EPOCH_OFFSET_US};
@@ -126,16 +126,38 @@ pub struct Endpoints<'a> {
 }
 
 /// Sample the change stream for `duration`, then finish checking what was sampled.
-pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &AuditConfig, duration: Duration, cancel: &CancellationToken) -> Result<SliceReport, Error> {
-    let source = connect_pinned(ep.source_dsn, "source").await?;
-    let target = connect_pinned(ep.target_dsn, "target").await?;
+///
+/// The slice's three connections with pinned settings come from `kept` when its previous slice left
+/// them there, and go back there when this one ends without an error (no statement of a slice
+/// leaves a transaction or a setting behind).
+pub async fn run_slice(
+    db: &Db,
+    migration: Uuid,
+    ep: &Endpoints<'_>,
+    cfg: &AuditConfig,
+    duration: Duration,
+    cancel: &CancellationToken,
+    kept: &crate::conns::Conns,
+) -> Result<SliceReport, Error> {
+    let pinned = |dsn: &str| format!("pinned {dsn}");
+    let source = match kept.take(migration, &pinned(ep.source_dsn)).await {
+        Some(c) => c,
+        None => connect_pinned_named(ep.source_dsn, "source", &crate::conns::application_name(migration)).await?,
+    };
+    let target = match kept.take(migration, &pinned(ep.target_dsn)).await {
+        Some(c) => c,
+        None => connect_pinned_named(ep.target_dsn, "target", &crate::conns::application_name(migration)).await?,
+    };
     ensure_slot(&source, ep.audit_slot).await?;
     let tables: HashMap<(String, String), TableInfo> =
         load_tables(&source).await?.into_iter().map(|t| ((t.schema.clone(), t.name.clone()), t)).collect();
     let by_name: HashMap<String, TableInfo> = tables.values().map(|t| (t.qualified.clone(), t.clone())).collect();
     let mut repl = ReplConn::connect_with_options(ep.source_dsn, &pinned_options()).await?;
     repl.start_logical(ep.audit_slot, ep.publication).await?;
-    let watch_target = connect_pinned(ep.target_dsn, "target").await?;
+    let watch_target = match kept.take(migration, &format!("watch {}", pinned(ep.target_dsn))).await {
+        Some(c) => c,
+        None => connect_pinned_named(ep.target_dsn, "target", &crate::conns::application_name(migration)).await?,
+    };
 
     let (to_watch, mut watching) = mpsc::unbounded_channel::<Sampled>();
     let (to_verify, mut verifying) = mpsc::unbounded_channel::<(Sampled, Option<f64>)>();
@@ -285,6 +307,9 @@ pub async fn run_slice(db: &Db, migration: Uuid, ep: &Endpoints<'_>, cfg: &Audit
     watched?;
     let differences = verified?;
     repl.close().await;
+    kept.put(migration, &pinned(ep.source_dsn), source);
+    kept.put(migration, &pinned(ep.target_dsn), target);
+    kept.put(migration, &format!("watch {}", pinned(ep.target_dsn)), watch_target);
     Ok(SliceReport { transactions_seen, sampled, skipped, differences })
 }
 

@@ -295,7 +295,21 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
     } else {
         // replication back must exist: the flipped phase starts it, but may not have run yet
         reverse::replicate_back(ctx, &sides.to, &sides.from, &sides.from_route).await?;
+        // No backends are opened ahead on the source (it is fenced until the rollback unfences
+        // it, and a session opened there now would stay read-only), but every proxy is woken by a
+        // new epoch: a proxy whose route was at rest polls it instead of listening, and must be
+        // listening before the hold, or the hold would reach it only at its next poll.
+        let cluster = ctx.cluster();
+        let woken = ctx.db.change_route(cluster, &RouteChange::default(), &format!("dmf-worker {}", sides.way.key())).await?;
+        // (a proxy at rest reads its route at its next poll: within the announcement's bound)
+        if let Err(e) = ctx.db.wait_route_applied(cluster, woken.route_epoch, SPARES_WAIT + ctx.config.flip.ack_timeout).await {
+            return Ok(Err(format!("not every proxy answered before the hold: {e}")));
+        }
     }
+    // the connections kept between watch ticks (this worker's and any other's) end now, not by
+    // the fence inside the hold
+    ctx.config.conns.forget(ctx.migration.id);
+    crate::conns::end_kept_elsewhere(&sides.from, ctx.migration.id).await?;
     Ok(Ok(()))
 }
 
@@ -346,8 +360,9 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     let back = Names::reverse_of(ctx.migration.id);
 
     // 0. forward: announce the target, so that every proxy opens and warms a backend there for
-    // each of its sessions before the hold (they acknowledge when ready, within a bound); either
-    // way every proxy listens to the route from here on (see dmf-proxy's `router::control`)
+    // each of its sessions before the hold (they acknowledge when ready, within a bound); every
+    // proxy listens to the route from here on (see dmf-proxy's `router::control`; a rollback's
+    // guards woke them)
     if sides.way == Way::Forward {
         let t = Instant::now();
         let announced = ctx
@@ -366,16 +381,6 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
         if !refused.is_empty() {
             return Err(Error::NotReady(refused.join("; ")));
         }
-    } else {
-        // back: no backends are opened ahead on the source (it is fenced until the rollback
-        // unfences it, and a session opened there now would stay read-only), but every proxy is
-        // woken by a new epoch first: a proxy whose route was quiet polls it instead of listening,
-        // and must be listening before the hold, or the hold would reach it only at its next poll
-        let t = Instant::now();
-        let woken = ctx.db.change_route(&cluster, &RouteChange::default(), &actor).await?;
-        // (a quiet proxy reads its route at its next poll: within the announcement's bound)
-        ctx.db.wait_route_applied(&cluster, woken.route_epoch, SPARES_WAIT + cfg.ack_timeout).await?;
-        progress.record.timings_ms.insert("proxies_woken".into(), t.elapsed().as_secs_f64() * 1000.0);
     }
     let begun = Instant::now();
 

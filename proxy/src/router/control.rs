@@ -86,10 +86,13 @@ impl Control {
                     // plane more than their polls. A listener that could not be set up leaves the
                     // poll as how changes arrive.
                     let moving = self.in_motion();
+                    let mut stopped_listening = false;
                     if !moving && self.listener.take().is_some() {
-                        tracing::debug!(cluster = %cluster, "route quiet: polling it instead of listening");
+                        // (a notification it had buffered goes with it: the route is read now)
+                        tracing::debug!(cluster = %cluster, "route at rest: polling it instead of listening");
+                        stopped_listening = true;
                     }
-                    if last_poll.elapsed() < QUIET_POLL && (self.listener.is_some() || !moving) {
+                    if !stopped_listening && last_poll.elapsed() < QUIET_POLL && (self.listener.is_some() || !moving) {
                         continue;
                     }
                     last_poll = Instant::now();
@@ -240,12 +243,12 @@ impl Control {
     }
 
     /// Whether the route is being moved: a read split or a shadow, an announced next primary, a
-    /// hold, or a change seen (or the start) within `listen_after_change`. Only then does this
-    /// proxy listen.
+    /// hold, or a change seen (or the start) within `listen_after_change` (15 s at least). Only
+    /// then does this proxy listen.
     fn in_motion(&self) -> bool {
         let route = self.shared.route();
         route.mode != super::Mode::Primary || route.hold || route.next_primary.is_some() || route.shadow.is_some()
-            || self.changed_at.elapsed() < self.shared.opts.listen_after_change
+            || self.changed_at.elapsed() < self.shared.opts.listen_after_change.max(LISTEN_AFTER_CHANGE_AT_LEAST)
     }
 
     async fn listen_if_moving(&mut self) {
@@ -344,10 +347,16 @@ const SPARES_WAIT: Duration = Duration::from_secs(2);
 /// Loads the catalog entries of the database's busiest tables and indexes into a fresh backend.
 const WARM_SQL: &str = include_str!("warm.sql");
 
-/// How often a proxy whose route listener is up reads its route anyway (a connection that died
-/// without a word loses notifications): under the flip's wait for acknowledgements, so that a
-/// flip does not fail for it.
+/// How often a proxy reads its route when it is at rest (not listened to), and when it is listened
+/// to anyway (a connection that died without a word loses notifications); at the poll tick after
+/// it, so every 4 to 5 s. Under the waits of a hold's wake and a flip's announcement (8 s), so
+/// that a proxy at rest answers them.
 const QUIET_POLL: Duration = Duration::from_secs(4);
+
+/// The least time a proxy listens after a change it saw: a hold's wake waits up to 8 s for every
+/// proxy, and proxies at rest answer it up to 5 s apart; the first to answer must still be
+/// listening when the hold comes.
+pub const LISTEN_AFTER_CHANGE_AT_LEAST: Duration = Duration::from_secs(15);
 
 async fn listen(db: &Db, cluster: &str) -> Option<PgListener> {
     let channel = dmf_db::route::channel(db, cluster).await.ok()?;
