@@ -524,8 +524,20 @@ fn run(plan: Plan) {
     // outcomes: the sabotaged clusters aborted, named, before any traffic moved
     let reasons = env.cp_query("SELECT cluster || '|' || coalesce(abort_reason, '') || ': ' || coalesce(replace(last_error, E'\\n', ' '), '') FROM dmf.migrations WHERE phase = 'aborted' ORDER BY cluster");
     let reasons: BTreeMap<String, String> = reasons.lines().filter_map(|l| l.split_once('|')).map(|(c, r)| (c.to_string(), r.to_string())).collect();
-    let flipped = env.cp_query("SELECT string_agg(DISTINCT m.cluster, ',') FROM dmf.events e JOIN dmf.migrations m ON m.id = e.migration WHERE m.phase = 'aborted' AND e.kind = 'transition' AND e.to_phase IN ('flipping', 'flipped')");
-    assert!(flipped.is_empty(), "aborted clusters that had flipped: {flipped}");
+    // traffic moved = the flip's move pointed the route's primary at the target (a flip that
+    // began and was undone, its catch-up blocked by the sabotage, moved nothing: its hold was
+    // released on the source)
+    let flipped = env.cp_query(
+        "SELECT string_agg(DISTINCT e.cluster, ',') FROM dmf.events e JOIN dmf.migrations m ON m.cluster = e.cluster \
+         WHERE m.phase = 'aborted' AND e.kind = 'route' AND e.actor LIKE '% flip' AND (e.detail::jsonb->>'moved')::boolean",
+    );
+    assert!(flipped.is_empty(), "aborted clusters whose traffic had moved to the target: {flipped}");
+    // (the same look finds every completed cluster's move)
+    let moved = env.cp_query(
+        "SELECT count(DISTINCT e.cluster) FROM dmf.events e JOIN dmf.migrations m ON m.cluster = e.cluster \
+         WHERE m.phase = 'completed' AND e.kind = 'route' AND e.actor LIKE '% flip' AND (e.detail::jsonb->>'moved')::boolean",
+    );
+    assert_eq!(moved, (plan.clusters - plan.sabotaged).to_string(), "completed clusters whose route a flip moved");
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
     for (k, c) in clusters.iter().enumerate() {
         let Some(kind) = c.sabotage else { continue };
