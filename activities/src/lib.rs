@@ -334,10 +334,16 @@ pub async fn run(phase: Phase, ctx: &Context) -> Outcome {
             return Outcome::Fail { error: format!("phase {phase} has no activity") }
         }
     };
-    match result {
+    let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => e.into_outcome(),
+    };
+    if !matches!(outcome, Outcome::Watch(_) | Outcome::Done) {
+        // an abort, a failure or a retry: nothing is kept for a next tick of this phase (a tick
+        // may have kept its connections before a later step aborted it)
+        ctx.config.conns.forget(ctx.migration.id);
     }
+    outcome
 }
 
 #[cfg(test)]
