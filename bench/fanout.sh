@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Route-change fan-out: how long a route change takes to reach every proxy of one cluster, with
 # PROXIES (default 100) `dmf proxy` sidecars of that cluster on one control plane (each with one
-# relay thread and idle polling off, as a fleet's sidecars run), measured by `dmf route set ...
+# relay thread and idle polling off, as a fleet's sidecars run, each logged in to the control plane
+# as the cluster's proxy role, not as a superuser), measured by `dmf route set ...
 # --wait-ms`, which returns once every live proxy acknowledged the new epoch:
 #   - a change while the proxies listen (they just started: a route is listened to for
 #     --listen-after-change-s after a start or a change; 15 here, the least, 60 by default);
@@ -31,11 +32,15 @@ export DMF_LOG="${DMF_LOG:-warn}"
 printf '[fleet]\nname = "fanout"\n[[cluster]]\nname = "app"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
 "$DMF" enqueue "$BASE/fleet.toml" >/dev/null
 echo '"app" "app-pw"' > "$BASE/users.txt"
+# the proxies log in to the control plane as their own role, a member of dmf_proxy (made by dmf
+# init: it may read the routes and keep its own row), as in production
+psql -q -X "$DMF_DATABASE_URL" -c "CREATE ROLE app_proxy LOGIN IN ROLE dmf_proxy"
+PROXY_CP_URL="postgres://app_proxy@127.0.0.1:$CP_PORT/postgres"
 
 echo "starting $PROXIES proxies of cluster app"
 for i in $(seq 1 "$PROXIES"); do
     port=$(free_port)
-    setsid "$DMF" proxy --cluster app --listen "127.0.0.1:$port" --users-file "$BASE/users.txt" --threads 1 --idle-poll-us 0 \
+    DMF_DATABASE_URL="$PROXY_CP_URL" setsid "$DMF" proxy --cluster app --listen "127.0.0.1:$port" --users-file "$BASE/users.txt" --threads 1 --idle-poll-us 0 \
         --listen-after-change-s 15 \
         >"$BASE/proxy-$i.log" 2>&1 &
     PIDS+=($!)

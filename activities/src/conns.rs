@@ -60,6 +60,20 @@ impl Conns {
         }
     }
 
+    /// The connection kept for `migration` under `key`, else a new one from `connect` (not run when
+    /// one is kept).
+    pub async fn take_or(
+        &self,
+        migration: Uuid,
+        key: &str,
+        connect: impl std::future::Future<Output = Result<Client, crate::Error>>,
+    ) -> Result<Client, crate::Error> {
+        match self.take(migration, key).await {
+            Some(c) => Ok(c),
+            None => connect.await,
+        }
+    }
+
     /// Keep `client` for `migration`'s next tick.
     pub fn put(&self, migration: Uuid, dsn: &str, client: Client) {
         if client.is_closed() {

@@ -29,14 +29,8 @@ pub(crate) async fn sides(ctx: &Context) -> Result<(Client, Client), Error> {
     let (id, conns) = (ctx.migration.id, &ctx.config.conns);
     let target_dsn = ctx.require_target()?;
     let name = crate::conns::application_name(id);
-    let source = match conns.take(id, ctx.source_dsn()).await {
-        Some(c) => c,
-        None => pg::connect_named(ctx.source_dsn(), &format!("source of {}", ctx.cluster()), &name).await?,
-    };
-    let target = match conns.take(id, &target_dsn).await {
-        Some(c) => c,
-        None => pg::connect_named(&target_dsn, &format!("target of {}", ctx.cluster()), &name).await?,
-    };
+    let source = conns.take_or(id, ctx.source_dsn(), pg::connect_named(ctx.source_dsn(), &format!("source of {}", ctx.cluster()), &name)).await?;
+    let target = conns.take_or(id, &target_dsn, pg::connect_named(&target_dsn, &format!("target of {}", ctx.cluster()), &name)).await?;
     Ok((source, target))
 }
 

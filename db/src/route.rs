@@ -223,6 +223,16 @@ impl Db {
         Ok(sqlx::query_as(include_str!("queries/proxies.sql")).bind(cluster).fetch_all(&self.pool).await?)
     }
 
+    /// Wake every live proxy of `cluster` with a new epoch that changes nothing, and wait until each
+    /// applied it: a proxy whose route was at rest reads it at its next poll (every 4 to 5 s, see
+    /// dmf-proxy's `router::control`) and listens from then on. Before a hold, so that the hold
+    /// reaches every proxy at once. A proxy that does not answer within `timeout` is
+    /// `Error::Conflict`, named.
+    pub async fn wake_proxies(&self, cluster: &str, actor: &str, timeout: Duration) -> Result<Vec<ProxyRow>, Error> {
+        let woken = self.change_route(cluster, &RouteChange::default(), actor).await?;
+        self.wait_route_applied(cluster, woken.route_epoch, timeout).await
+    }
+
     /// Wait until every live proxy of `cluster` has applied `epoch`. Proxies whose lease ran out
     /// do not count: they have stopped sending writes anywhere. Returns the proxies that applied it.
     pub async fn wait_route_applied(&self, cluster: &str, epoch: i64, timeout: Duration) -> Result<Vec<ProxyRow>, Error> {

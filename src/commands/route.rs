@@ -158,8 +158,7 @@ async fn set(a: SetArgs) -> anyhow::Result<()> {
         // A proxy whose route was quiet polls it every few seconds instead of listening (see
         // dmf-proxy's router::control). A new epoch first gets every proxy listening, so that the
         // hold reaches them all at once; one that does not answer is named by the hold's wait.
-        let woken = db.change_route(&a.cluster, &dmf_db::route::RouteChange::default(), &super::actor()).await?;
-        if let Err(e) = db.wait_route_applied(&a.cluster, woken.route_epoch, WAKE_WAIT).await {
+        if let Err(e) = db.wake_proxies(&a.cluster, &super::actor(), WAKE_WAIT).await {
             tracing::warn!(cluster = %a.cluster, error = %e, "not every proxy answered before the hold");
         }
     }

@@ -140,24 +140,16 @@ pub async fn run_slice(
     kept: &crate::conns::Conns,
 ) -> Result<SliceReport, Error> {
     let pinned = |dsn: &str| format!("pinned {dsn}");
-    let source = match kept.take(migration, &pinned(ep.source_dsn)).await {
-        Some(c) => c,
-        None => connect_pinned_named(ep.source_dsn, "source", &crate::conns::application_name(migration)).await?,
-    };
-    let target = match kept.take(migration, &pinned(ep.target_dsn)).await {
-        Some(c) => c,
-        None => connect_pinned_named(ep.target_dsn, "target", &crate::conns::application_name(migration)).await?,
-    };
+    let name = crate::conns::application_name(migration);
+    let source = kept.take_or(migration, &pinned(ep.source_dsn), connect_pinned_named(ep.source_dsn, "source", &name)).await?;
+    let target = kept.take_or(migration, &pinned(ep.target_dsn), connect_pinned_named(ep.target_dsn, "target", &name)).await?;
     ensure_slot(&source, ep.audit_slot).await?;
     let tables: HashMap<(String, String), TableInfo> =
         load_tables(&source).await?.into_iter().map(|t| ((t.schema.clone(), t.name.clone()), t)).collect();
     let by_name: HashMap<String, TableInfo> = tables.values().map(|t| (t.qualified.clone(), t.clone())).collect();
     let mut repl = ReplConn::connect_with_options(ep.source_dsn, &pinned_options()).await?;
     repl.start_logical(ep.audit_slot, ep.publication).await?;
-    let watch_target = match kept.take(migration, &format!("watch {}", pinned(ep.target_dsn))).await {
-        Some(c) => c,
-        None => connect_pinned_named(ep.target_dsn, "target", &crate::conns::application_name(migration)).await?,
-    };
+    let watch_target = kept.take_or(migration, &format!("watch {}", pinned(ep.target_dsn)), connect_pinned_named(ep.target_dsn, "target", &name)).await?;
 
     let (to_watch, mut watching) = mpsc::unbounded_channel::<Sampled>();
     let (to_verify, mut verifying) = mpsc::unbounded_channel::<(Sampled, Option<f64>)>();

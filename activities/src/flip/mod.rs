@@ -300,10 +300,11 @@ async fn guards(ctx: &Context, sides: &Sides) -> Result<Result<(), String>, Erro
         // new epoch: a proxy whose route was at rest polls it instead of listening, and must be
         // listening before the hold, or the hold would reach it only at its next poll.
         let cluster = ctx.cluster();
-        let woken = ctx.db.change_route(cluster, &RouteChange::default(), &format!("dmf-worker {}", sides.way.key())).await?;
         // (a proxy at rest reads its route at its next poll: within the announcement's bound)
-        if let Err(e) = ctx.db.wait_route_applied(cluster, woken.route_epoch, SPARES_WAIT + ctx.config.flip.ack_timeout).await {
-            return Ok(Err(format!("not every proxy answered before the hold: {e}")));
+        match ctx.db.wake_proxies(cluster, &format!("dmf-worker {}", sides.way.key()), SPARES_WAIT + ctx.config.flip.ack_timeout).await {
+            Err(dmf_db::Error::Conflict(e)) => return Ok(Err(format!("not every proxy answered before the hold: {e}"))),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
     }
     // the connections kept between watch ticks (this worker's and any other's) end now, not by

@@ -256,20 +256,9 @@ impl Control {
             self.listener = listen(&self.db, &self.shared.opts.cluster).await;
             if self.listener.is_some() {
                 tracing::debug!(cluster = %self.shared.opts.cluster, "route in motion: listening for its changes");
-                // a change made before the listener was up is read now
-                self.reload_quietly().await;
-            }
-        }
-    }
-
-    /// Read the route once more after the listener came up (no recursion into listening).
-    async fn reload_quietly(&mut self) {
-        let poll = tokio::time::timeout(self.shared.opts.lease, self.db.route(&self.shared.opts.cluster)).await;
-        if let Ok(Ok(Some(row))) = poll {
-            if row.route_epoch as u64 > self.shared.route().epoch {
-                if let Ok(route) = Route::from_row(&row, Some(&self.shared.route())) {
-                    Box::pin(self.apply(Arc::new(route))).await;
-                }
+                // a change made before the listener was up is read now (its apply finds the
+                // listener up: no deeper)
+                Box::pin(self.reload()).await;
             }
         }
     }
