@@ -203,6 +203,8 @@ ensure_build_tools() {
 # the aws provider's tests).
 ensure_test_tools() {
     command -v openssl >/dev/null || apt_install openssl
+    # the dashboard's browser test drives headless Chromium through the DevTools protocol
+    command -v chromium >/dev/null || apt_install chromium
     if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
         echo "installing psycopg 3" >&2
         python3 -m pip install -q "psycopg[binary]" 2>/dev/null \

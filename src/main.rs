@@ -14,6 +14,10 @@ from --database-url or DMF_DATABASE_URL. Try `dmf demo` for a throwaway end-to-e
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs are written to standard error: `text` for people, `json` for log pipelines (one
+    /// object per line; cluster, migration, phase and epoch as fields of the activity's span).
+    #[arg(long, global = true, value_enum, default_value_t = output::LogFormat::Text, env = "DMF_LOG_FORMAT")]
+    log_format: output::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -43,13 +47,18 @@ enum Command {
     Route(commands::route::Args),
     /// Throwaway local control plane and fleet: hydrate, replicate, report.
     Demo(commands::demo::Args),
+    /// The fleet live in a browser: problems first, each cluster's timeline, lag, audit and
+    /// cutover records; fleet gauges on /metrics; actions for named operators.
+    Dashboard(commands::dashboard::Args),
+    /// The evidence of each flip and rollback of a cluster, or of a fleet per wave.
+    Report(commands::report::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.command.json();
     // The demo draws progress bars; its logs would tear them.
-    output::init_tracing(json || matches!(cli.command, Command::Demo(_)));
+    output::init_tracing(json || matches!(cli.command, Command::Demo(_)), cli.log_format);
     // The proxy's own thread is its first relay thread, a single-threaded event loop like each
     // of the others it starts (`dmf_proxy::relay`).
     let mut builder = match &cli.command {
@@ -77,6 +86,8 @@ fn main() -> std::process::ExitCode {
             Command::Demo(a) => commands::demo::run(a).await,
             Command::Proxy(a) => commands::proxy::run(a).await,
             Command::Route(a) => commands::route::run(a).await,
+            Command::Dashboard(a) => commands::dashboard::run(a).await,
+            Command::Report(a) => commands::report::run(a).await,
         }
     });
     match result {
@@ -100,7 +111,8 @@ impl Command {
             Command::Audit(a) => a.json,
             Command::Demo(a) => a.json,
             Command::Route(a) => a.json(),
-            Command::Scheduler(_) | Command::Worker(_) | Command::Proxy(_) => false,
+            Command::Report(a) => a.json,
+            Command::Scheduler(_) | Command::Worker(_) | Command::Proxy(_) | Command::Dashboard(_) => false,
         }
     }
 }

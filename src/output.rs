@@ -6,11 +6,24 @@ use std::io::Write;
 use dmf_db::secret::redact;
 use serde::Serialize;
 
-pub fn init_tracing(quiet: bool) {
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_tracing(quiet: bool, format: LogFormat) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DMF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,tokio_postgres=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactedStderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactedStderr).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        // one object per line: the event's fields at the top level, the span's (an activity's
+        // cluster, migration, phase and epoch) under "span"
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// Standard error with passwords taken out of what is written (tracing writes a whole event per

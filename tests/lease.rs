@@ -34,7 +34,7 @@ async fn a_worker_whose_lease_was_taken_over_can_write_nothing() {
     lost(stalled.merge_state(m.id, Patch::default()).await, "state");
     let moved = stalled.change_route("app", &RouteChange { primary: Some("postgres://postgres@127.0.0.1:1/app".into()), hold: Some(false), ..Default::default() }, "stalled").await;
     lost(moved.map(|_| ()), "route");
-    lost(stalled.record_lag(m.id, Some(1), Some(1), false).await.map(|_| ()), "lag");
+    lost(stalled.record_lag(m.id, Some(1), Some(1), None, false).await.map(|_| ()), "lag");
     lost(stalled.record_copy_progress(m.id, "items", 0, 1, 1, false).await, "copy progress");
     let req = TransitionRequest { release_lease: Some("stalled".into()), ..TransitionRequest::new(Phase::Preflight, m.epoch, Phase::Failed, "stalled", "x") };
     lost(db.transition(m.id, &req).await.map(|_| ()), "transition");

@@ -36,6 +36,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
     outcome
 }
 
+/// WAL the source keeps for the migration's slots, when any was measured.
+fn retained(slots: &[crate::state::SlotReport]) -> Option<i64> {
+    slots.iter().filter(|s| s.side == "source").filter_map(|s| s.retained_bytes).reduce(|a, b| a + b)
+}
+
 async fn check(ctx: &Context, sides: Option<&(Client, Client)>) -> Result<Outcome, Error> {
     let m = &ctx.migration;
     let s = match sides {
@@ -44,7 +49,7 @@ async fn check(ctx: &Context, sides: Option<&(Client, Client)>) -> Result<Outcom
     };
     let lag_ms = s.lag.as_millis() as i64;
     let verdict_input_over = s.lag > ctx.config.lag.limit;
-    let over_since = ctx.db.record_lag(m.id, Some(lag_ms), s.lag_bytes, verdict_input_over).await?;
+    let over_since = ctx.db.record_lag(m.id, Some(lag_ms), s.lag_bytes, retained(&s.slots), verdict_input_over).await?;
     let over_for = over_since.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
     tracing::debug!(cluster = %m.cluster, migration = %m.id, lag_ms, lag_bytes = ?s.lag_bytes, active = s.slot_active, "replication sample");
     if !s.slots.is_empty() {

@@ -6,8 +6,9 @@ use tokio_postgres::Client;
 use crate::error::Error;
 use crate::{pg, HEARTBEAT_SCHEMA};
 
-/// Set every sequence on the target to the source's current value (again at the flip).
-pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(), Error> {
+/// Set every sequence on the target to the source's current value (again at the flip). Returns
+/// the sequences set, with their values.
+pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<Vec<(String, i64)>, Error> {
     let rows = source
         .query(
             "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value FROM pg_sequences \
@@ -17,7 +18,7 @@ pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(
         .await
         .map_err(pg::err("read sequences"))?;
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // one round trip for all of them: the flip does this inside its hold
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -26,5 +27,5 @@ pub(crate) async fn copy_sequences(source: &Client, target: &Client) -> Result<(
         .execute("SELECT setval(s::regclass, v, true) FROM unnest($1::text[], $2::int8[]) AS t (s, v)", &[&names, &values])
         .await
         .map_err(pg::err(&format!("set sequences {}", names.join(", "))))?;
-    Ok(())
+    Ok(names.into_iter().zip(values).collect())
 }

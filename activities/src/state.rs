@@ -224,6 +224,18 @@ pub struct FlipRecord {
     pub routed_epoch: Option<i64>,
     /// How long traffic was held, from the hold to the route's move.
     pub held_ms: Option<f64>,
+    /// The worker (and job) that ran this run.
+    pub worker: Option<String>,
+    /// The proxies that acknowledged the hold (`listen on host`).
+    pub acked_by: Vec<String>,
+    /// The new primary's WAL position once it had applied the final marker: everything up to
+    /// `final_lsn` on the old primary is in it.
+    pub applied_lsn: Option<String>,
+    /// The sequences copied inside the hold, with the values set.
+    pub sequences: BTreeMap<String, i64>,
+    /// The longest a client transaction waited at the hold, its move included (the proxies'
+    /// acknowledgements of the release), milliseconds.
+    pub longest_stall_ms: Option<f64>,
     /// Why the last run did not finish (or did not start).
     pub last_reason: Option<String>,
     pub undone: Vec<Undone>,

@@ -206,7 +206,12 @@ impl Db {
 
     /// The sampler's history since `since` (p50/p99 of the consistency window).
     pub async fn sample_summary(&self, migration: Uuid, since: Option<DateTime<Utc>>) -> Result<SampleSummary, Error> {
-        Ok(sqlx::query_as(include_str!("queries/sample_summary.sql")).bind(migration).bind(since).fetch_one(&self.pool).await?)
+        self.sample_summary_until(migration, since, None).await
+    }
+
+    /// The sampler's history from `since` to `until` (what the audit gate was decided on).
+    pub async fn sample_summary_until(&self, migration: Uuid, since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> Result<SampleSummary, Error> {
+        Ok(sqlx::query_as(include_str!("queries/sample_summary.sql")).bind(migration).bind(since).bind(until).fetch_one(&self.pool).await?)
     }
 
     /// Confirmed differences of a migration, newest first.

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod error;
 pub mod fleet;
+pub mod history;
 pub mod lease;
 pub mod migration;
 pub mod pool;
@@ -68,6 +69,11 @@ impl Db {
     /// This handle, writing only while `token`'s lease holds: what an activity gets.
     pub fn leased(&self, token: lease::LeaseToken) -> Db {
         Db { pool: self.pool.clone(), lease: Some(std::sync::Arc::new(token)), tls: self.tls.clone() }
+    }
+
+    /// The lease holder this handle writes as (`<worker>:<job>`), if it is leased.
+    pub fn lease_holder(&self) -> Option<&str> {
+        self.lease.as_deref().map(|t| t.holder.as_str())
     }
 
     /// Begin a transaction; on a leased handle, one that goes on only while the lease holds.

@@ -282,6 +282,7 @@ impl Db {
         id: Uuid,
         lag_ms: Option<i64>,
         lag_bytes: Option<i64>,
+        retained_bytes: Option<i64>,
         over_limit: bool,
     ) -> Result<Option<DateTime<Utc>>, Error> {
         let mut tx = self.begin().await?;
@@ -292,6 +293,8 @@ impl Db {
             .bind(over_limit)
             .fetch_one(&mut *tx)
             .await?;
+        // the history the dashboard charts (downsampled as it ages: `downsample_lag`)
+        sqlx::query(include_str!("queries/insert_lag_sample.sql")).bind(id).bind(lag_ms).bind(lag_bytes).bind(retained_bytes).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(since)
     }

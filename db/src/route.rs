@@ -75,6 +75,9 @@ pub struct ProxyRow {
     pub drained: bool,
     /// Users it could not log in as on the announced next primary (with the server's reason).
     pub cannot_login: Vec<String>,
+    /// The longest a transaction waited at its last released hold, microseconds (NULL while a
+    /// hold is on, or before the first release).
+    pub hold_longest_us: Option<i64>,
     pub alive: bool,
 }
 
@@ -89,6 +92,8 @@ pub struct Ack {
     pub drained: bool,
     /// For an announced next primary: the users it could not log in as there, with why.
     pub cannot_login: Vec<String>,
+    /// For a release: the longest a transaction waited at the hold it ends, microseconds.
+    pub hold_longest_us: Option<i64>,
 }
 
 /// What a proxy tells the control plane when it starts.
@@ -206,7 +211,8 @@ impl Db {
     pub async fn proxy_applied(&self, id: Uuid, ack: &Ack) -> Result<(), Error> {
         sqlx::query(
             "UPDATE dmf.proxies SET applied_epoch = GREATEST(applied_epoch, $2), held = $3, backend_pids = $4, \
-             drained = $5, cannot_login = $6, heartbeat_at = now() WHERE id = $1",
+             drained = $5, cannot_login = $6, heartbeat_at = now(), \
+             hold_longest_us = CASE WHEN $3 THEN NULL ELSE COALESCE($7, hold_longest_us) END WHERE id = $1",
         )
         .bind(id)
         .bind(ack.epoch)
@@ -214,6 +220,7 @@ impl Db {
         .bind(&ack.backend_pids)
         .bind(ack.drained)
         .bind(&ack.cannot_login)
+        .bind(ack.hold_longest_us)
         .execute(&self.pool)
         .await?;
         Ok(())

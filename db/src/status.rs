@@ -19,6 +19,8 @@ pub struct ClusterStatus {
     pub attempts: i32,
     pub lag_ms: Option<i64>,
     pub lag_bytes: Option<i64>,
+    /// Since when lag has been over the lag guard's limit (the guard trips after its window).
+    pub lag_over_since: Option<DateTime<Utc>>,
     pub rows_copied: i64,
     pub bytes_copied: i64,
     pub bytes_total: i64,

@@ -6,6 +6,8 @@
 //! `router` (route, statement classification, read endpoint LSN) -> `backend` (server side:
 //! connect and authenticate with the credentials the proxy holds). `protocol` holds framing and
 //! messages; `shadow` the mirror; `metrics` the counters.
+// the metrics macro expands one json! entry per counter
+#![recursion_limit = "256"]
 
 pub mod backend;
 pub mod error;

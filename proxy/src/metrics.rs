@@ -44,6 +44,7 @@ counters! {
     held_now: "gauge", "Transactions waiting at a hold right now.";
     held_total: "counter", "Transactions that waited at a hold.";
     hold_time_us_total: "counter", "Microseconds transactions spent waiting at holds.";
+    hold_longest_us: "gauge", "The longest a transaction waited at the last hold, its move to the new primary included, microseconds.";
     route_epoch: "gauge", "Route epoch this proxy has applied.";
     reads_to_read_endpoint: "counter", "Read-only statements sent to the read endpoint.";
     reads_to_primary: "counter", "Read-only statements kept on the primary (read-your-writes, read endpoint unavailable).";

@@ -67,17 +67,36 @@ pub struct Scheduler {
     db: Db,
     name: String,
     interval: Duration,
+    metrics: std::sync::Arc<dmf_telemetry::Registry>,
 }
+
+const TICKS: &str = "dmf_scheduler_ticks_total";
+const WAVES_RELEASED: &str = "dmf_scheduler_waves_released_total";
+const STARTED: &str = "dmf_scheduler_migrations_started_total";
+const BREAKERS: &str = "dmf_scheduler_breakers_opened_total";
+const ERRORS: &str = "dmf_scheduler_control_plane_errors_total";
 
 impl Scheduler {
     pub fn new(db: Db, name: String, interval: Duration) -> Scheduler {
-        Scheduler { db, name, interval }
+        let metrics = dmf_telemetry::Registry::new();
+        metrics.counter(TICKS, "Passes over the fleets (only the scheduler holding the lock makes them).");
+        metrics.counter(WAVES_RELEASED, "Waves released, by fleet.");
+        metrics.counter(STARTED, "Clusters started (their migration moved to preflight), by fleet.");
+        metrics.counter(BREAKERS, "Circuit breakers opened, by fleet.");
+        metrics.counter(ERRORS, "Passes that failed on a control-plane error.");
+        Scheduler { db, name, interval, metrics: std::sync::Arc::new(metrics) }
+    }
+
+    /// This scheduler's metrics (serve them with `dmf_telemetry::serve_metrics`).
+    pub fn metrics(&self) -> std::sync::Arc<dmf_telemetry::Registry> {
+        self.metrics.clone()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         tracing::info!(scheduler = %self.name, "scheduler started");
         loop {
             if let Err(e) = self.tick().await {
+                self.metrics.inc(ERRORS, &[]);
                 tracing::warn!(scheduler = %self.name, error = %e, "scheduler tick failed; retrying");
             }
             tokio::select! {
@@ -92,6 +111,7 @@ impl Scheduler {
     /// One pass over every fleet: breaker, wave release, cluster starts.
     pub async fn tick(&self) -> Result<(), Error> {
         let Some(lock) = self.db.try_scheduler_lock().await? else { return Ok(()) };
+        self.metrics.inc(TICKS, &[]);
         for fleet in self.db.fleets().await? {
             self.tick_fleet(&fleet).await?;
         }
@@ -111,6 +131,7 @@ impl Scheduler {
                     );
                     tracing::warn!(fleet = %fleet.name, wave = w.wave, "circuit breaker open: {reason}");
                     self.db.open_breaker(&fleet.name, &reason, &self.name).await?;
+                    self.metrics.inc(BREAKERS, &[("fleet", &fleet.name)]);
                     breaker_open = true;
                 }
                 if w.settled < w.total {
@@ -121,6 +142,7 @@ impl Scheduler {
             if !breaker_open {
                 tracing::info!(fleet = %fleet.name, wave = w.wave, clusters = w.total, "releasing wave");
                 self.db.release_wave(&fleet.name, w.wave, &self.name).await?;
+                self.metrics.inc(WAVES_RELEASED, &[("fleet", &fleet.name)]);
             }
             break;
         }
@@ -142,6 +164,7 @@ impl Scheduler {
                 *on_host += 1;
                 total += 1;
                 active += 1;
+                self.metrics.inc(STARTED, &[("fleet", &fleet.name)]);
                 tracing::info!(fleet = %fleet.name, cluster = %c.cluster, migration = %c.migration, "cluster started");
             }
         }

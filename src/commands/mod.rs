@@ -2,15 +2,18 @@
 
 pub mod abort;
 pub mod audit;
+pub mod dashboard;
 pub mod demo;
 pub mod enqueue;
 pub mod init;
+pub mod report;
 pub mod proxy;
 pub mod resume;
 pub mod rollback;
 pub mod route;
 pub mod scheduler;
 pub mod status;
+pub mod why;
 pub mod worker;
 
 /// The control-plane URL every command takes.

@@ -194,6 +194,8 @@ pub struct View {
     pub state: MigrationState,
     /// Why `state` is empty: what the activities recorded does not parse (an operator looks).
     pub state_error: Option<String>,
+    /// Why the cluster is where it is, and what an operator can do (`why`).
+    pub why: Option<super::why::Why>,
 }
 
 impl View {
@@ -205,7 +207,7 @@ impl View {
             Err(e) => (MigrationState::default(), Some(format!("cluster {}: {e}", status.cluster))),
         };
         redact_secrets(&mut state);
-        View {
+        let mut v = View {
             copy_bytes_per_second: status.copy_rate(),
             eta_seconds: status.eta_seconds(),
             audit_gate: state.audit.gate,
@@ -215,7 +217,13 @@ impl View {
             status,
             state,
             state_error,
-        }
+            why: None,
+        };
+        v.why = super::why::explain(&v).map(|mut w| {
+            w.because = redact(&w.because);
+            w
+        });
+        v
     }
 
     /// Whether an operator should look: aborted, failed, paused, or an error recorded.
@@ -269,7 +277,7 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
     for f in fleets.iter().filter(|f| f.breaker_open) {
         out.push_str(&format!("fleet {}: CIRCUIT BREAKER OPEN: {}\n", f.name, f.breaker_reason.as_deref().unwrap_or("")));
     }
-    out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:>10} {:<44} {:<36} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "SLOT WAL", "HYDRATION", "AUDIT", "LAST ERROR"));
+    out.push_str(&format!("{:<20} {:>4} {:<13} {:>9} {:>10} {:>10} {:<44} {:<36} {}\n", "CLUSTER", "WAVE", "PHASE", "LAG", "LAG BYTES", "SLOT WAL", "HYDRATION", "AUDIT", "WHY"));
     for v in views {
         let r = &v.status;
         let phase = if r.paused { format!("{} (paused)", r.phase) } else { r.phase.clone() };
@@ -310,12 +318,14 @@ pub fn render(views: &[View], fleets: &[dmf_db::fleet::FleetRow]) -> String {
             }
             _ => "-".to_string(),
         };
-        let err = match (&v.state_error, &r.abort_reason, &r.last_error) {
-            (Some(e), _, _) => format!("[state unreadable] {e}"),
-            (None, Some(reason), Some(e)) => format!("[{reason}] {e}"),
-            (None, Some(reason), None) => format!("[{reason}]"),
-            (None, None, Some(e)) => e.clone(),
-            (None, None, None) => String::new(),
+        let err = match (&v.why, &v.state_error, &r.abort_reason, &r.last_error) {
+            (_, Some(e), _, _) => format!("[state unreadable] {e}"),
+            (Some(w), ..) if !w.because.is_empty() => format!("{}: {} (do: {})", w.what, first_line(&w.because), w.action),
+            (Some(w), ..) => format!("{} (do: {})", w.what, w.action),
+            (None, None, Some(reason), Some(e)) => format!("[{reason}] {e}"),
+            (None, None, Some(reason), None) => format!("[{reason}]"),
+            (None, None, None, Some(e)) => e.clone(),
+            (None, None, None, None) => String::new(),
         };
         out.push_str(&format!(
             "{:<20} {:>4} {:<13} {:>9} {:>10} {:>10} {:<44} {:<36} {}\n",

@@ -111,6 +111,14 @@ pub struct Args {
     /// cluster's `aws.region` in the manifest wins over the chain's region.
     #[arg(long, env = "DMF_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`): jobs and their outcome,
+    /// activity durations per phase, lease losses, retries, control-plane errors.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Days of replication-lag history kept in the control plane for the dashboard (raw for 15
+    /// minutes, one sample a minute for a day, then one every ten minutes).
+    #[arg(long, default_value_t = D.worker.lag_retention.retention.as_secs() / 86400)]
+    pub lag_history_days: u64,
     /// Attempts per AWS call when AWS throttles or fails transiently (exponential backoff with
     /// jitter); what still fails is retried by the worker like any activity error.
     #[arg(long, default_value_t = D.aws.max_attempts)]
@@ -160,6 +168,7 @@ impl Args {
         o.heartbeat = Duration::from_secs(self.heartbeat_s.max(1));
         o.reconcile_interval = Duration::from_secs(self.reconcile_s.max(1));
         o.policy.max_attempts = self.max_attempts.max(1);
+        o.lag_retention.retention = Duration::from_secs(self.lag_history_days.max(1) * 86400);
         o.activities.max_slot_wal = (self.max_slot_wal_mb > 0).then(|| self.max_slot_wal_mb << 20);
         o.activities.drop_slots_after_failed = (self.drop_slots_after_failed_s > 0).then(|| Duration::from_secs(self.drop_slots_after_failed_s));
         o.activities.aws = dmf_aws::Clients::new(dmf_aws::Options {
@@ -174,6 +183,11 @@ impl Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let worker = dmf_worker::Worker::build(a.options())?;
-    worker.run(super::shutdown_signal()).await?;
+    let shutdown = super::shutdown_signal();
+    if let Some(addr) = a.metrics {
+        let bound = dmf_telemetry::serve_metrics(addr, worker.metrics(), shutdown.clone()).await?;
+        tracing::info!(%bound, "serving metrics");
+    }
+    worker.run(shutdown).await?;
     Ok(())
 }

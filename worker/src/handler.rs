@@ -12,7 +12,7 @@ use dmf_db::{ActivityJob, Again, FollowUp};
 use dmf_workflows::{AbortReason, Decision, Outcome, Phase};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Shared};
+use crate::{metrics, Error, Shared};
 
 pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Error> {
     let key = job.idempotency_key();
@@ -28,6 +28,7 @@ pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Erro
     // a job older than the migration's last follow-up was superseded (the reconciler nudged past a
     // worker that stalled with it): running both would double every later job
     if m.phase != job.phase || m.epoch != job.epoch || m.paused || job.nudge < m.nudge {
+        shared.metrics.inc(metrics::JOBS, &[("phase", phase.as_str()), ("outcome", "stale")]);
         tracing::debug!(cluster = %job.cluster, migration = %job.migration, %key, now = %m.phase, "stale job: nothing to do");
         return Ok(());
     }
@@ -38,12 +39,15 @@ pub(crate) async fn handle(shared: &Shared, job: ActivityJob) -> Result<(), Erro
         // Someone runs this migration right now (a duplicate, or the previous phase still winding
         // down). Look again once their lease could have expired.
         tracing::debug!(cluster = %m.cluster, migration = %m.id, %key, "lease busy; retrying later");
+        shared.metrics.inc(metrics::JOBS, &[("phase", phase.as_str()), ("outcome", "lease_busy")]);
         let again = FollowUp { phase, epoch: m.epoch, delay: ttl / 3, why: Again::Nudge, actor: &shared.opts.name, release_lease: None };
         shared.db.follow_up(m.id, &again).await?;
         return Ok(());
     }
     let clock = LeaseClock::new(asked, ttl);
-    let result = run_leased(shared, &job, phase, &holder, clock).await;
+    // every log line of the activity carries these (`--log-format json`: under "span")
+    let span = tracing::info_span!("activity", cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch);
+    let result = tracing::Instrument::instrument(run_leased(shared, &job, phase, &holder, clock), span).await;
     if let Err(e) = shared.db.release_lease(m.id, &holder).await {
         tracing::warn!(cluster = %m.cluster, migration = %m.id, error = %e, "could not release lease; it expires on its own");
     }
@@ -68,6 +72,7 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
     let deadline = shared.opts.phase_timeouts.get(&phase).copied();
     let started = Instant::now();
     tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, attempt, "activity started");
+    shared.metrics.add(metrics::RUNNING, &[], 1.0);
     dmf_activities::fetch_secrets(&m, &shared.opts.activities.aws).await;
     let (outcome, panicked) = match Context::new(db, m.clone(), cancel.clone(), shared.opts.activities.clone()) {
         Err(e) => (e.into_outcome(), false),
@@ -85,6 +90,13 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
     };
     let cancelled = cancel.is_cancelled();
     renewer.abort();
+    let labels = [("phase", phase.as_str()), ("outcome", if cancelled { "cancelled" } else { metrics::outcome(&outcome) })];
+    shared.metrics.add(metrics::RUNNING, &[], -1.0);
+    shared.metrics.inc(metrics::JOBS, &labels);
+    shared.metrics.observe(metrics::ACTIVITY_SECONDS, &labels[..1], started.elapsed().as_secs_f64());
+    if cancelled && !shared.hard_stop.is_cancelled() {
+        shared.metrics.inc(metrics::LEASE_LOSSES, &[]);
+    }
     if cancelled {
         // Lease lost, migration moved on (an abort), or shutdown: the decision is someone else's.
         tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, "activity cancelled; leaving the decision to the next run");
@@ -144,6 +156,7 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
                 shared.db.follow_up(m.id, &again).await.map(|_| ())
             }
             Decision::Retry { after, error } => {
+                shared.metrics.inc(metrics::RETRIES, &[("phase", phase.as_str())]);
                 tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, error = %error, retry_in_ms = after.as_millis() as u64, "activity will retry");
                 let again = FollowUp { phase, epoch: m.epoch, delay: *after, why: Again::Failed(error), actor: &actor, release_lease: Some(holder) };
                 shared.db.follow_up(m.id, &again).await.map(|_| ())
@@ -152,6 +165,7 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
         match r {
             Ok(()) => return Ok(()),
             Err(e @ dmf_db::Error::LeaseLost { .. }) => {
+                shared.metrics.inc(metrics::LEASE_LOSSES, &[]);
                 // this worker stalled past its lease: another may run the migration now
                 tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, error = %e, "decision not recorded: the lease was lost");
                 return Ok(());

@@ -8,6 +8,7 @@
 
 pub mod error;
 mod handler;
+pub mod metrics;
 mod reconcile;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct Options {
     pub reconcile_interval: Duration,
     /// How long a graceful shutdown lets running activities finish before cancelling them.
     pub drain_timeout: Duration,
+    /// How lag history ages in the control plane (the reconciler folds it).
+    pub lag_retention: dmf_db::history::LagRetention,
 }
 
 impl Options {
@@ -63,6 +66,7 @@ impl Options {
             poll_interval: Duration::from_secs(2),
             reconcile_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            lag_retention: dmf_db::history::LagRetention::default(),
         }
     }
 }
@@ -74,6 +78,7 @@ pub(crate) struct Shared {
     pub permits: tokio::sync::Semaphore,
     /// Cancelled when the drain timeout runs out: running activities stop.
     pub hard_stop: CancellationToken,
+    pub metrics: Arc<dmf_telemetry::Registry>,
 }
 
 /// The worker service: `run` ends when `shutdown` is cancelled and running activities drained.
@@ -85,7 +90,13 @@ impl Worker {
     pub fn build(opts: Options) -> Result<Worker, Error> {
         let db = Db::connect_lazy(&opts.database_url)?;
         let permits = tokio::sync::Semaphore::new(opts.concurrency.max(1));
-        Ok(Worker { shared: Arc::new(Shared { db, opts, permits, hard_stop: CancellationToken::new() }) })
+        let metrics = Arc::new(metrics::registry());
+        Ok(Worker { shared: Arc::new(Shared { db, opts, permits, hard_stop: CancellationToken::new(), metrics }) })
+    }
+
+    /// This worker's metrics (serve them with `dmf_telemetry::serve_metrics`).
+    pub fn metrics(&self) -> Arc<dmf_telemetry::Registry> {
+        self.shared.metrics.clone()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
@@ -151,5 +162,8 @@ impl Worker {
 }
 
 async fn handle(job: ActivityJob, shared: Data<Arc<Shared>>) -> Result<(), BoxDynError> {
-    handler::handle(&shared, job).await.map_err(|e| Box::new(e) as BoxDynError)
+    handler::handle(&shared, job).await.map_err(|e| {
+        shared.metrics.inc(metrics::CONTROL_PLANE_ERRORS, &[]);
+        Box::new(e) as BoxDynError
+    })
 }

@@ -21,7 +21,13 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         // connections kept for migrations this worker no longer watches close here too
         shared.opts.activities.conns.sweep();
         if let Err(e) = tick(&shared).await {
+            shared.metrics.inc(crate::metrics::CONTROL_PLANE_ERRORS, &[]);
             tracing::debug!(error = %e, "reconciler tick failed; next tick retries");
+        }
+        match shared.db.downsample_lag(shared.opts.lag_retention).await {
+            Ok(n) if n > 0 => tracing::debug!(folded = n, "lag history downsampled"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "lag history not downsampled; next tick retries"),
         }
     }
 }

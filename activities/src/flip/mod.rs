@@ -211,9 +211,14 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
     let mut progress = Progress::load(ctx, way)?;
     let route = ctx.db.route(&cluster).await?.ok_or_else(|| Error::NeedsOperator(format!("cluster {cluster} has no route")))?;
     if dmf_db::route::endpoint(&route.primary_endpoint) == dmf_db::route::endpoint(&to_route) && !route.hold {
-        // a previous run moved the route and released: nothing is left to do
+        // a previous run moved the route and released: nothing is left to do but its record (its
+        // worker may have died before writing it)
+        let recorded = progress.record.in_progress || progress.record.routed_epoch.is_some();
         progress.record.in_progress = false;
         progress.save(ctx).await?;
+        if recorded {
+            record_cutover(ctx, way, "moved", &progress.record).await?;
+        }
         return Ok(Outcome::Done);
     }
     let from = pg::connect_writable(&from_dsn, &format!("{} of {cluster}", side_name(way, true))).await?;
@@ -249,6 +254,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
         undone: std::mem::take(&mut progress.record.undone),
         before: Some(before),
         fencing: true,
+        worker: ctx.db.lease_holder().map(str::to_string),
         ..FlipRecord::default()
     };
     progress.save(ctx).await?;
@@ -257,6 +263,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
         Ok(()) => {
             progress.record.in_progress = false;
             progress.save(ctx).await?;
+            record_cutover(ctx, way, "moved", &progress.record).await?;
             Ok(Outcome::Done)
         }
         // cancelled, or the lease is gone (this worker stalled and another may run the migration
@@ -413,6 +420,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     }
     let spared: Vec<i32> = proxies.iter().flat_map(|p| p.backend_pids.iter().copied()).collect();
     progress.record.proxies = Some(proxies.len());
+    progress.record.acked_by = proxies.iter().map(|p| format!("{} on {}", p.listen, p.host)).collect();
     progress.record(ctx, HELD, t.elapsed());
     ctx.check_cancel()?;
 
@@ -435,7 +443,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     if arrived?.is_none() {
         return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
     }
-    copied?;
+    progress.record.sequences = copied?.into_iter().collect();
     // The source's final position, and the target's: everything the target holds up to its
     // position came from the source, and replication back starts after it. The target's is the
     // insert position, because the apply worker commits asynchronously.
@@ -446,6 +454,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     let final_lsn: String = final_lsn.map_err(pg::err("read the final LSN"))?.get(0);
     let start_back: String = start_back.map_err(pg::err("read the new primary's LSN"))?.get(0);
     progress.record.final_lsn = Some(final_lsn);
+    progress.record.applied_lsn = Some(start_back.clone());
     progress.record(ctx, CAUGHT_UP, marker_took);
     progress.record(ctx, SEQUENCES, sequences_took);
     ctx.check_cancel()?;
@@ -495,7 +504,11 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     // saved by the caller with the end of the run
     progress.record(ctx, ROUTED, t.elapsed());
     match ctx.db.wait_route_applied(&cluster, routed.route_epoch, cfg.ack_timeout).await {
-        Ok(p) => tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = sides.way.key(), held_ms, proxies = p.len(), sessions_ended = ended, "traffic moved to the {}", side_name(sides.way, false)),
+        Ok(p) => {
+            // each proxy acknowledged the release once its held transactions ran again
+            progress.record.longest_stall_ms = p.iter().filter_map(|p| p.hold_longest_us).max().map(|us| us as f64 / 1000.0);
+            tracing::info!(cluster = %cluster, migration = %ctx.migration.id, way = sides.way.key(), held_ms, proxies = p.len(), sessions_ended = ended, "traffic moved to the {}", side_name(sides.way, false));
+        }
         Err(e) => tracing::warn!(cluster = %cluster, migration = %ctx.migration.id, error = %e, "route moved; some proxies have not acknowledged it yet (they hold until they do)"),
     }
     Ok(())
@@ -519,6 +532,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         // the route moved: the protocol finished as far as traffic is concerned
         progress.record.in_progress = false;
         progress.save(ctx).await?;
+        record_cutover(ctx, sides.way, "moved", &progress.record).await?;
         return Ok(Outcome::Done);
     }
     let back = Names::reverse_of(ctx.migration.id);
@@ -556,7 +570,27 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     // engine records it, and the next run then flips again straight from here
     progress.record.undone.push(Undone { reason: reason.clone(), at: Some(chrono::Utc::now()) });
     progress.save(ctx).await?;
+    record_cutover(ctx, sides.way, "undone", &progress.record).await?;
     Ok(revert_outcome(ctx, sides.way, attempts, reason))
+}
+
+/// The run's evidence in `dmf.cutovers` (once per hold: a later run that finds the route already
+/// moved records it only if its worker died first).
+async fn record_cutover(ctx: &Context, way: Way, outcome: &str, record: &FlipRecord) -> Result<(), Error> {
+    // (a record that does not serialise is a bug; the cutover is not held up for it)
+    let evidence = serde_json::to_value(record).unwrap_or_else(|e| serde_json::json!({ "unrecorded": e.to_string() }));
+    ctx.db
+        .record_cutover(&dmf_db::history::NewCutover {
+            migration: ctx.migration.id,
+            cluster: ctx.cluster(),
+            way: way.key(),
+            outcome,
+            hold_epoch: record.hold_epoch,
+            worker: record.worker.as_deref(),
+            record: evidence,
+        })
+        .await?;
+    Ok(())
 }
 
 fn revert_outcome(ctx: &Context, way: Way, attempts: u64, reason: String) -> Outcome {

@@ -1,5 +1,5 @@
 SELECT c.name AS cluster, c.fleet, c.wave, m.phase, m.epoch, m.paused, m.attempts,
-       m.lag_ms, m.lag_bytes,
+       m.lag_ms, m.lag_bytes, m.lag_over_since,
        COALESCE(p.rows_copied, 0)::bigint AS rows_copied,
        COALESCE(p.bytes_copied, 0)::bigint AS bytes_copied,
        COALESCE(p.bytes_total, 0)::bigint AS bytes_total,

@@ -26,6 +26,8 @@ pub struct Control {
     listener: Option<PgListener>,
     /// When this proxy last saw the route change, or started (it may have started for a move).
     changed_at: Instant,
+    /// The longest stall of the hold just released, for the release's acknowledgement.
+    released_stall_us: Option<u64>,
 }
 
 impl Control {
@@ -43,10 +45,10 @@ impl Control {
         })
         .await?;
         // A proxy that starts during a hold has nothing in flight: it is held as soon as it exists.
-        let ack = Ack { epoch: route.epoch as i64, held: route.hold, backend_pids: shared.primary_backend_pids(), drained: true, cannot_login: Vec::new() };
+        let ack = Ack { epoch: route.epoch as i64, held: route.hold, backend_pids: shared.primary_backend_pids(), drained: true, ..Ack::default() };
         db.proxy_applied(id, &ack).await?;
         shared.gate.extend_lease(Instant::now());
-        Ok(Control { db, id, acked: route.epoch, shared, cannot_login: Vec::new(), listener: None, changed_at: Instant::now() })
+        Ok(Control { db, id, acked: route.epoch, shared, cannot_login: Vec::new(), listener: None, changed_at: Instant::now(), released_stall_us: None })
     }
 
     pub async fn run(mut self) {
@@ -179,7 +181,12 @@ impl Control {
     async fn apply(&mut self, route: Arc<Route>) {
         let cluster = self.shared.opts.cluster.clone();
         let epoch = route.epoch;
+        let releases = !route.hold && self.shared.route().hold;
+        self.released_stall_us = None;
         if route.hold {
+            if !self.shared.route().hold {
+                self.shared.metrics.hold_longest_us.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
             // the hold is set before the route is published (Gate::publish): a session that got
             // past it is counted in flight and is waited for below
             self.shared.set_route(route.clone());
@@ -213,6 +220,9 @@ impl Control {
             // the hold is lifted before the route is published: a session woken by the new epoch
             // finds it lifted
             self.shared.set_route(route.clone());
+            if releases {
+                self.released_stall_us = Some(self.longest_stall().await);
+            }
             // backends opened ahead of a move that is not happening are closed
             let next = route.next_primary.as_ref().map(|n| n.dsn.clone());
             for s in self.shared.registry.entries() {
@@ -314,6 +324,18 @@ impl Control {
         users.into_values().flatten().collect()
     }
 
+    /// After a release: once the transactions it held run again (on the new primary, if the
+    /// route moved), the longest any of them waited. Bounded: a session still moving after
+    /// `STALL_WAIT` is not waited for (its stall shows in `hold_longest_us` later).
+    async fn longest_stall(&self) -> u64 {
+        let metrics = &self.shared.metrics;
+        let until = Instant::now() + STALL_WAIT;
+        while metrics.held_now.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        metrics.hold_longest_us.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn ack(&mut self) {
         let route = self.shared.route();
         let ack = Ack {
@@ -322,6 +344,7 @@ impl Control {
             backend_pids: self.shared.primary_backend_pids(),
             drained: self.shared.gate.in_flight() == 0,
             cannot_login: self.cannot_login.clone(),
+            hold_longest_us: self.released_stall_us.map(|us| us as i64),
         };
         match self.db.proxy_applied(self.id, &ack).await {
             Ok(()) => self.acked = route.epoch,
@@ -329,6 +352,9 @@ impl Control {
         }
     }
 }
+
+/// How long the acknowledgement of a release waits for the held transactions to run again.
+const STALL_WAIT: Duration = Duration::from_millis(500);
 
 /// How long the acknowledgement of an announced next primary waits for the backends opened there.
 const SPARES_WAIT: Duration = Duration::from_secs(2);

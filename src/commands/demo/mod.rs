@@ -39,6 +39,13 @@ pub struct Args {
     /// Give up if the fleet has not flipped after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Serve the live dashboard here while the demo runs (open http://ADDR/ in a browser).
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<std::net::SocketAddr>,
+    /// With --dashboard: keep the flipped fleet (and its traffic) up this many seconds before
+    /// the demo cleans up, so that the dashboard shows the end.
+    #[arg(long, default_value_t = 20)]
+    pub dashboard_linger_s: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -100,6 +107,19 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
     let url = cp.dsn("postgres");
     let db = dmf_db::Db::connect(&url).await?;
     db.init().await?;
+    let dashboard_stop = CancellationToken::new();
+    let _stop_dashboard = dashboard_stop.clone().drop_guard();
+    if let Some(listen) = a.dashboard {
+        let args = crate::commands::dashboard::Args {
+            cp: crate::commands::ControlPlane { database_url: url.clone() },
+            listen,
+            allow_actions: false,
+            operators: None,
+            refresh_ms: 500,
+        };
+        let bound = crate::commands::dashboard::start(db.clone(), &args, dashboard_stop.clone()).await?;
+        say(&format!("dashboard: http://{bound}/ (live while the demo runs)"));
+    }
     let mut sources = Vec::new();
     // a fresh password per demo: the proxies hold it (their users file) to log the clients in
     let app_password = uuid::Uuid::new_v4().simple().to_string();
@@ -178,6 +198,10 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
     if outcome.is_ok() {
         // a moment of traffic on the new primary before the books are closed
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if a.dashboard.is_some() {
+        say(&format!("the fleet stays up {} s more for the dashboard", a.dashboard_linger_s));
+        tokio::time::sleep(Duration::from_secs(a.dashboard_linger_s)).await;
     }
     load_stop.cancel();
     let gathered = gather(&db, &mut members).await;

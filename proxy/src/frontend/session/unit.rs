@@ -144,16 +144,18 @@ impl Session {
                 }
             }
         };
-        if let Some(since) = held_since {
-            sub(&shared.metrics.held_now, 1);
-            add(&shared.metrics.hold_time_us_total, since.elapsed().as_micros() as u64);
-        }
         self.unit = Unit::started();
         self.in_tx.store(true, Ordering::SeqCst);
-        if route.epoch != self.route.epoch {
-            self.follow(route).await?;
+        let followed = if route.epoch != self.route.epoch { self.follow(route).await } else { Ok(()) };
+        // counted held until it runs on the new primary: the release's acknowledgement waits for
+        // the held ones and reports the longest stall (`router::control`)
+        if let Some(since) = held_since {
+            let waited = since.elapsed().as_micros() as u64;
+            add(&shared.metrics.hold_time_us_total, waited);
+            shared.metrics.hold_longest_us.fetch_max(waited, Ordering::Relaxed);
+            sub(&shared.metrics.held_now, 1);
         }
-        Ok(())
+        followed
     }
 
     /// Back at a boundary: no longer counted in flight.
