@@ -118,6 +118,11 @@ impl Chrome {
         let r = self.call("Page.captureScreenshot", serde_json::json!({ "format": "png", "captureBeyondViewport": true }), true);
         let png = base64_decode(r["data"].as_str().expect("screenshot data"));
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        // (DMF_SCREENSHOTS_DIR keeps a copy past the test's directory, to look at)
+        if let (Ok(dir), Some(name)) = (std::env::var("DMF_SCREENSHOTS_DIR"), path.file_name()) {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(std::path::Path::new(&dir).join(name), &png);
+        }
         std::fs::write(path, png).expect("save screenshot");
     }
 }

@@ -100,4 +100,72 @@ fn status_of_400_clusters_leads_with_a_summary_and_filters() {
     assert_eq!(doc["summary"]["failed"][0]["cluster"], "c042");
     assert_eq!(doc["summary"]["waves"].as_array().map(Vec::len), Some(8));
     assert_eq!(doc["clusters"].as_array().map(Vec::len), Some(5));
+
+    // the same fleet in the dashboard: the whole fleet page, problems first, and its gauges
+    let port = dmf_activities::providers::local::free_port().expect("port");
+    let mut dashboard = env.spawn_dmf("dashboard", &["dashboard", "--listen", &format!("127.0.0.1:{port}")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(dashboard.is_alive() && Instant::now() < deadline, "{}", dashboard.log_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let start = Instant::now();
+    let page = http_get(port, "/");
+    let took = start.elapsed();
+    eprintln!("dashboard fleet page of 400 clusters: {took:?}, {} bytes", page.len());
+    assert!(took < Duration::from_secs(10), "the fleet page took {took:?}");
+    assert!(page.starts_with("HTTP/1.1 200"), "{}", &page[..page.len().min(500)]);
+    assert!(page.contains("400 clusters"), "{}", &page[..page.len().min(2000)]);
+    let problems = &page[page.find(r#"id="problems""#).expect("a problems section")..page.find(r#"id="waves""#).expect("a waves section")];
+    for c in ["c042", "c003", "c017", "c020", "c077"] {
+        assert!(problems.contains(&format!(">{c}<")), "{c} among the problems, before the waves: {problems}");
+    }
+    assert!(problems.contains("cannot fence the source: permission denied") && problems.contains("dmf resume c042"), "why and what to do: {problems}");
+    assert_eq!(page.matches(r#"<tr data-phase="#).count(), 400, "every cluster in the table");
+    assert!(!page.contains("10.0.0.1:5432") && !page.contains("migrator@"), "no connection string on the page");
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.contains(r#"dmf_migrations{fleet="big",wave="2",phase="replicating"} 50"#), "{metrics}");
+    assert!(metrics.contains(r#"dmf_migrations_aborted{fleet="big",reason="schema_drift"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"dmf_replication_lag_seconds{fleet="big",cluster="c051"} 0.04"#), "{metrics}");
+    let cluster = http_get(port, "/cluster/c042");
+    assert!(cluster.contains("failed: waits for an operator") && cluster.contains("Event log"), "{cluster}");
+    assert!(http_get(port, "/cluster/nope%3Cscript%3E").starts_with("HTTP/1.1 404"), "an unknown cluster");
+}
+
+/// Lag history ages: raw samples older than 15 minutes fold into one a minute (weighted
+/// averages, the count kept), older than a day into one every ten minutes, and go after the
+/// retention; recent ones stay raw.
+#[test]
+fn lag_history_is_downsampled_as_it_ages() {
+    let env = Env::new("lag-history");
+    env.cp_query(
+        "INSERT INTO dmf.fleets (name, max_concurrent, max_per_source_host, breaker_threshold, manifest) VALUES ('f', 1, 1, 0.5, ''); \
+         INSERT INTO dmf.waves (fleet, wave) VALUES ('f', 1); \
+         INSERT INTO dmf.clusters (name, fleet, wave, source_dsn, source_host, provider) VALUES ('a', 'f', 1, 'postgres://x@h/d', 'h', 'local'); \
+         INSERT INTO dmf.migrations (id, cluster, phase) VALUES ('00000000-0000-0000-0000-000000000001', 'a', 'replicating'); \
+         INSERT INTO dmf.lag_samples (migration, at, lag_ms, lag_bytes, retained_bytes) \
+         SELECT '00000000-0000-0000-0000-000000000001', date_trunc('minute', now() - interval '2 hours') + s * interval '10 seconds' + interval '1 ms', 10 * (s + 1), 100, 1000 * s \
+         FROM generate_series(0, 5) s; \
+         INSERT INTO dmf.lag_samples (migration, at, lag_ms) \
+         SELECT '00000000-0000-0000-0000-000000000001', date_trunc('minute', now() - interval '3 days') + s * interval '1 minute' + interval '1 ms', 50 \
+         FROM generate_series(0, 11) s; \
+         INSERT INTO dmf.lag_samples (migration, at, lag_ms) VALUES ('00000000-0000-0000-0000-000000000001', now() - interval '30 days', 1), ('00000000-0000-0000-0000-000000000001', now() - interval '1 minute', 7)",
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(dmf_db::Db::connect(&env.url)).expect("control plane");
+    let folded = rt.block_on(db.downsample_lag(dmf_db::history::LagRetention::default())).expect("downsample");
+    assert!(folded > 0);
+    let rows = env.cp_query("SELECT string_agg(lag_ms || '/' || samples || '/' || coalesce(retained_bytes, -1), ' ' ORDER BY at) FROM dmf.lag_samples");
+    // three days ago: 12 one-minute samples in two or three ten-minute buckets; two hours ago: six
+    // samples in one minute (average 35 ms, most WAL 5000); a minute ago: raw; 30 days ago: gone
+    let parts: Vec<&str> = rows.split(' ').collect();
+    assert_eq!(parts.last(), Some(&"7/1/-1"), "{rows}");
+    assert_eq!(parts[parts.len() - 2], "35/6/5000", "{rows}");
+    let old: Vec<&&str> = parts[..parts.len() - 2].iter().collect();
+    assert!((2..=3).contains(&old.len()) && old.iter().all(|p| p.starts_with("50/")), "{rows}");
+    let counted: i64 = old.iter().map(|p| p.split('/').nth(1).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0)).sum();
+    assert_eq!(counted, 12, "every raw sample counted once: {rows}");
+    // folding again changes nothing
+    rt.block_on(db.downsample_lag(dmf_db::history::LagRetention::default())).expect("downsample");
+    assert_eq!(env.cp_query("SELECT string_agg(lag_ms || '/' || samples || '/' || coalesce(retained_bytes, -1), ' ' ORDER BY at) FROM dmf.lag_samples"), rows);
 }

@@ -59,8 +59,8 @@ pub fn timeline(id: &str, bars: &[(String, DateTime<Utc>, DateTime<Utc>)]) -> St
         let secs = (*end - *start).num_milliseconds() as f64 / 1000.0;
         out.push_str(&format!(r#"<text class="axis" x="114" y="{:.1}" text-anchor="end">{}</text>"#, y + 11.0, esc(label)));
         out.push_str(&format!(
-            r#"<rect class="bar phase-{}" x="{:.1}" y="{y:.1}" width="{width:.1}" height="14"><title>{} {}</title></rect>"#,
-            esc(label),
+            r#"<rect class="bar" fill="{}" x="{:.1}" y="{y:.1}" width="{width:.1}" height="14"><title>{} {}</title></rect>"#,
+            phase_colour(label),
             x(*start),
             esc(label),
             crate::output::duration(secs)
@@ -71,6 +71,21 @@ pub fn timeline(id: &str, bars: &[(String, DateTime<Utc>, DateTime<Utc>)]) -> St
     out.push_str(&format!(r#"<text class="axis" x="{}" y="{:.1}" text-anchor="end">{}</text>"#, W - 4.0, height - 4.0, t1.format("%H:%M:%S UTC")));
     out.push_str("</svg>");
     out
+}
+
+/// A phase's colour, as the stylesheet's badges have it.
+fn phase_colour(phase: &str) -> &'static str {
+    match phase {
+        "completed" | "rolled_back" => "#6ce9a6",
+        "failed" => "#f97066",
+        "aborted" | "aborting" => "#fdb022",
+        "pending" => "#d0d5dd",
+        "preflight" | "provisioning" | "schema" | "hydrating" => "#84caff",
+        "replicating" | "validating" | "shadow_reads" => "#bd9cfe",
+        "flipping" | "rolling_back" => "#fd853a",
+        "flipped" | "soaking" => "#32d583",
+        _ => "#98a2b3",
+    }
 }
 
 /// A round upper bound for an axis.
