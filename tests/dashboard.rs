@@ -159,7 +159,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// An HTTP request on loopback; (status, body).
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).expect("request");
     let mut response = String::new();
     s.read_to_string(&mut response).expect("response");

@@ -30,7 +30,7 @@ fn demo_flips_its_fleet_under_load_and_reports_the_cutover() {
                     use std::io::{Read, Write};
                     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
                     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-                    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")?;
+                    s.write_all(format!("GET / HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n").as_bytes())?;
                     let mut page = String::new();
                     s.read_to_string(&mut page)?;
                     Ok(page)

@@ -141,6 +141,23 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     let rollback_held_ms = env.state("app").rollback.held_ms.expect("rollback held_ms");
     assert!(rollback_held_ms < 2000.0, "the rollback held traffic for {rollback_held_ms:.1} ms");
     eprintln!("rollback: traffic held {rollback_held_ms:.1} ms; {second} transactions, 0 failed");
+
+    // the cutover records: the flip and the rollback, each acknowledged by both proxies, with
+    // the stall clients had at the hold (8 sessions at 300 tps each: some waited)
+    let report = env.dmf_json(&["report", "app", "--json"]);
+    let cutovers = report["cutovers"].as_array().expect("cutovers");
+    let moved: Vec<&serde_json::Value> = cutovers.iter().filter(|c| c["outcome"] == "moved").collect();
+    assert_eq!(moved.iter().map(|c| c["way"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["flip", "rollback"], "{report}");
+    for c in &moved {
+        assert_eq!(c["proxies_acknowledged"].as_array().map(Vec::len), Some(2), "{c}");
+        assert!(c["final_lsn"].is_string() && c["applied_lsn"].is_string(), "{c}");
+        assert!(c["pause_ms"].as_f64().is_some_and(|p| p > 0.0 && p < 2000.0), "{c}");
+        let stall = c["longest_stall_ms"].as_f64().unwrap_or(-1.0);
+        assert!(stall >= 0.0 && stall < 5000.0, "the longest client stall is recorded: {c}");
+        eprintln!("{} cutover: pause {:.1} ms, longest client stall {stall:.1} ms", c["way"], c["pause_ms"].as_f64().unwrap_or(0.0));
+    }
+    assert!(moved[0]["audit_at_gate"]["rows_compared"].as_i64().unwrap_or(0) > 0, "{report}");
+    assert!(moved[0]["reverse_start_lsn"].is_string(), "{report}");
     env.assert_no_secret(&["app-pw"], &[], true);
 }
 

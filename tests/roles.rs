@@ -129,6 +129,14 @@ fn the_application_role_logs_in_before_during_and_after_the_flip_with_the_same_p
     env.wait_for("a flip attempt undone", Duration::from_secs(60), |_| !env.state("app").flip.undone.is_empty());
     let undone = env.state("app").flip.undone;
     assert!(undone[0].reason.contains("cannot log in to the target as user \"legacy\""), "the reason names the user: {undone:?}");
+    // dmf status says why the flip went back, and the undone run is on record
+    let status = env.dmf_json(&["status", "app", "--json"]);
+    let why = &status["clusters"][0]["why"];
+    assert!(why["because"].as_str().is_some_and(|b| b.contains("cannot log in to the target as user \"legacy\"")), "{why}");
+    assert!(why["action"].as_str().is_some_and(|a| !a.is_empty()), "{why}");
+    let report = env.dmf_json(&["report", "app", "--json"]);
+    assert_eq!(report["cutovers"][0]["outcome"], "undone", "{report}");
+    assert!(report["cutovers"][0]["reason"].as_str().is_some_and(|r| r.contains("legacy")), "{report}");
     let legacy = legacy.wait_with_output().expect("legacy session");
     assert!(legacy.status.success(), "the legacy session was not cut off: {}", String::from_utf8_lossy(&legacy.stderr));
     // without a legacy session the next attempt flips (pause_before asks again before it)

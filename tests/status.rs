@@ -130,6 +130,31 @@ fn status_of_400_clusters_leads_with_a_summary_and_filters() {
     let cluster = http_get(port, "/cluster/c042");
     assert!(cluster.contains("failed: waits for an operator") && cluster.contains("Event log"), "{cluster}");
     assert!(http_get(port, "/cluster/nope%3Cscript%3E").starts_with("HTTP/1.1 404"), "an unknown cluster");
+
+    // hostile requests: another Host (DNS rebinding), a malformed action path, a forged notice,
+    // actions while they are off, a header flood; the dashboard answers each and stays up
+    let raw = |request: &[u8]| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = s.write_all(request);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(raw(b"GET / HTTP/1.1\r\nhost: evil.example\r\n\r\n").starts_with("HTTP/1.1 421"));
+    let host = format!("host: 127.0.0.1:{port}\r\n");
+    assert!(raw(format!("POST /cluster/action HTTP/1.1\r\n{host}content-length: 0\r\n\r\n").as_bytes()).starts_with("HTTP/1.1 404"));
+    let forged = http_get(port, "/cluster/c042?done=%3Cscript%3Ealert(1)%3C/script%3E");
+    assert!(!forged.contains("<script>alert") && !forged.contains("Done:"), "{forged}");
+    let body = "action=abort&token=x&confirm=c042";
+    let off = raw(format!("POST /cluster/c042/action HTTP/1.1\r\n{host}content-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    assert!(off.starts_with("HTTP/1.1 403"), "{off}");
+    let mut flood = format!("GET / HTTP/1.1\r\n{host}x: ").into_bytes();
+    flood.extend(std::iter::repeat_n(b'a', 32 * 1024));
+    assert!(raw(&flood).starts_with("HTTP/1.1 431"));
+    assert!(http_get(port, "/").contains("400 clusters"), "still serving");
+    assert!(http_get(port, "/").contains("Content-Security-Policy: default-src 'self'"), "the page allows only its own scripts");
+    assert_eq!(env.phase_of("c042"), "failed", "nothing acted");
 }
 
 /// Lag history ages: raw samples older than 15 minutes fold into one a minute (weighted

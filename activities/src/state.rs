@@ -231,7 +231,9 @@ pub struct FlipRecord {
     /// The new primary's WAL position once it had applied the final marker: everything up to
     /// `final_lsn` on the old primary is in it.
     pub applied_lsn: Option<String>,
-    /// The sequences copied inside the hold, with the values set.
+    /// The sequences copied inside the hold, with the values set: in the cutover record only
+    /// (the record saved in the migration's state inside the hold leaves them out).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sequences: BTreeMap<String, i64>,
     /// The longest a client transaction waited at the hold, its move included (the proxies'
     /// acknowledgements of the release), milliseconds.

@@ -168,17 +168,16 @@ impl Db {
         .await?)
     }
 
-    /// When each migration entered `phase` (its first entry), oldest first: the fleet's progress
-    /// over time.
-    pub async fn entered(&self, phase: &str) -> Result<Vec<DateTime<Utc>>, Error> {
-        Ok(sqlx::query_scalar("SELECT min(at) FROM dmf.events WHERE to_phase = $1 AND migration IS NOT NULL GROUP BY migration ORDER BY 1")
-            .bind(phase)
+    /// When each migration completed (its first entry into `completed`), oldest first: the
+    /// fleet's progress over time (`events_completed_idx`).
+    pub async fn completions(&self) -> Result<Vec<DateTime<Utc>>, Error> {
+        Ok(sqlx::query_scalar("SELECT min(at) FROM dmf.events WHERE to_phase = 'completed' AND migration IS NOT NULL GROUP BY migration ORDER BY 1")
             .fetch_all(&self.pool)
             .await?)
     }
 
-    /// A number that changes whenever anything the dashboard shows may have: the newest event,
-    /// the newest migration update and the newest lag sample.
+    /// A mark that changes whenever anything the dashboard shows may have: the newest event,
+    /// migration update (lag samples move it), audit sample, difference and copy progress.
     pub async fn change_mark(&self) -> Result<String, Error> {
         Ok(sqlx::query_scalar(include_str!("queries/change_mark.sql")).fetch_one(&self.pool).await?)
     }

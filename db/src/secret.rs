@@ -148,7 +148,9 @@ pub fn login(dsn: &str, reference: Option<&PasswordRef>, who: &str) -> Result<St
     }
 }
 
-fn percent_encode(s: &str) -> String {
+/// Percent-encoding of everything but unreserved characters (RFC 3986): a URL's user info, a
+/// path segment, a query value.
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -47,7 +47,13 @@ pub fn explain(v: &View) -> Option<Why> {
         _ => {}
     }
     if r.paused {
-        return Some(Why { what: format!("paused before {}", r.phase), because: "the manifest's pause_before, or an operator".into(), action: format!("dmf resume {cluster}"), needs_operator: true });
+        let mut because = String::from("the manifest's pause_before, or an operator");
+        if r.phase == "flipping" {
+            if let Some(reason) = v.state.flip.undone.last().map(|u| u.reason.as_str()) {
+                because.push_str(&format!("; the last flip attempt went back to shadow_reads: {reason}"));
+            }
+        }
+        return Some(Why { what: format!("paused before {}", r.phase), because, action: format!("dmf resume {cluster}"), needs_operator: true });
     }
     // a flip (or rollback) that went back, and has not moved traffic since
     let flip = &v.state.flip;

@@ -1,6 +1,8 @@
 //! A minimal HTTP/1.1 server: one request per connection, bounded heads and bodies, a deadline
-//! for reading them, and streamed replies for server-sent events. Enough for `/metrics` and the
-//! dashboard's pages; not a general web server.
+//! for reading them, a bound on connections at once, on a handler's time and on each write, and
+//! streamed replies for server-sent events. Enough for `/metrics` and the dashboard's pages; not a
+//! general web server. Every reply says it is not to be framed, sniffed or sent as a referrer, and
+//! allows scripts and styles from this server only.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +17,15 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// How long a client has to send its whole request.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog (a scraper or a browser is a
+/// handful: a flood must not take the file descriptors a worker needs for its databases).
+const MAX_CONNECTIONS: usize = 128;
+/// How long a handler may take to answer.
+const HANDLER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one write may wait for a client that does not read.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+const SECURITY_HEADERS: &str = "X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n\
+Content-Security-Policy: default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'\r\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -99,7 +110,15 @@ where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -118,6 +137,7 @@ where
                 _ = cancel.cancelled() => {}
                 _ = connection(stream, peer, handler) => {}
             }
+            drop(slot);
         });
     }
 }
@@ -134,6 +154,19 @@ where
         }
         Ok(Err(status)) => {
             let _ = write_reply(&mut stream, Reply::status(status, "bad request")).await;
+            // what the client still sends is read and dropped for a moment: closing on unread
+            // bytes would reset the connection and lose the answer on the way
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut left = 256 * 1024usize;
+                while left > 0 {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
             return;
         }
         Err(_) => {
@@ -141,17 +174,23 @@ where
             return;
         }
     };
-    let reply = handler(request).await;
+    let reply = match tokio::time::timeout(HANDLER_DEADLINE, handler(request)).await {
+        Ok(r) => r,
+        Err(_) => Reply::status(503, "the server took too long to answer"),
+    };
     let _ = write_reply(&mut stream, reply).await;
 }
 
 /// Read one request; `Err(status)` for one that is malformed or too large.
 async fn read_request(stream: &mut TcpStream) -> Result<Request, u16> {
     let mut buf = Vec::with_capacity(1024);
+    let mut searched = 0;
     let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
+        // (only what arrived since the last look, and the three bytes before it)
+        if let Some(i) = find(&buf[searched..], b"\r\n\r\n") {
+            break searched + i;
         }
+        searched = buf.len().saturating_sub(3);
         if buf.len() > MAX_HEAD {
             return Err(431);
         }
@@ -189,7 +228,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, u16> {
     }
     body.truncate(length);
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    Ok(Request { method, path: decode(path), query: parse_pairs(query), headers, body, peer: None })
+    Ok(Request { method, path: decode_path(path), query: parse_pairs(query), headers, body, peer: None })
 }
 
 async fn write_reply(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
@@ -202,33 +241,30 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     };
-    let mut head = format!("HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n", reply.status, reply.content_type);
+    let mut head = format!("HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nConnection: close\r\n{SECURITY_HEADERS}", reply.status, reply.content_type);
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     match reply.body {
         Body::Full(body) => {
             head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-            stream.write_all(head.as_bytes()).await?;
-            stream.write_all(&body).await?;
+            write(stream, head.as_bytes()).await?;
+            write(stream, &body).await?;
         }
         Body::Events(mut rx) => {
             head.push_str("\r\n");
-            stream.write_all(head.as_bytes()).await?;
-            stream.flush().await?;
+            write(stream, head.as_bytes()).await?;
             let mut closed = [0u8; 64];
             loop {
                 tokio::select! {
                     message = rx.recv() => match message {
-                        Some(m) => {
-                            stream.write_all(m.as_bytes()).await?;
-                            stream.flush().await?;
-                        }
+                        Some(m) => write(stream, m.as_bytes()).await?,
                         None => break,
                     },
                     // the client went away (or sent something: it has nothing to say)
@@ -237,7 +273,16 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()
             }
         }
     }
-    stream.shutdown().await
+    tokio::time::timeout(WRITE_DEADLINE, stream.shutdown()).await.unwrap_or(Ok(()))
+}
+
+/// Write and flush, or give up on a client that has not read for `WRITE_DEADLINE`.
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let sent = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(WRITE_DEADLINE, sent).await.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading")))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -248,23 +293,31 @@ fn parse_pairs(s: &str) -> Vec<(String, String)> {
     s.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
-/// Percent-decoding (and `+` as a space), lossy for invalid UTF-8.
+/// Percent-decoding of a query or form value (`+` is a space), lossy for invalid UTF-8.
 pub fn decode(s: &str) -> String {
+    unescape(s, true)
+}
+
+/// Percent-decoding of a path (`+` is itself).
+pub fn decode_path(s: &str) -> String {
+    unescape(s, false)
+}
+
+fn unescape(s: &str, plus_is_space: bool) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -272,18 +325,6 @@ pub fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Percent-encoding for a path segment or a query value.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -291,12 +332,14 @@ mod tests {
 
     #[test]
     fn decodes_what_it_encodes_and_survives_broken_escapes() {
-        for s in ["c0001", "a b/c?d=e&f", "ünï\"<x>", "%", "100%"] {
-            assert_eq!(decode(&encode(s)), s);
-        }
+        assert_eq!(decode("a%20b%2Fc%3Fd%3De%26f"), "a b/c?d=e&f");
+        assert_eq!(decode("%C3%BCn%C3%AF%22%3Cx%3E"), "ünï\"<x>");
+        assert_eq!(decode("100%"), "100%");
         assert_eq!(decode("a%2"), "a%2");
         assert_eq!(decode("%zz+x"), "%zz x");
         assert_eq!(decode("%41"), "A");
+        assert_eq!(decode("%+5"), "%+5".replace('+', " "), "two hex digits or nothing");
+        assert_eq!(decode_path("/a+b%2Fc"), "/a+b/c");
     }
 
     #[tokio::test]

@@ -190,6 +190,8 @@ fn number(v: f64) -> String {
         format!("{}", v as i64)
     } else if v.is_nan() {
         "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
     } else {
         format!("{v}")
     }

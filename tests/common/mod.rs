@@ -509,7 +509,7 @@ impl ProxyProc {
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect for HTTP GET");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).expect("HTTP request");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n").as_bytes()).expect("HTTP request");
     let mut response = String::new();
     s.read_to_string(&mut response).expect("HTTP response");
     response

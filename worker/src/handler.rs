@@ -72,7 +72,7 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
     let deadline = shared.opts.phase_timeouts.get(&phase).copied();
     let started = Instant::now();
     tracing::info!(cluster = %m.cluster, migration = %m.id, phase = %phase, epoch = m.epoch, attempt, "activity started");
-    shared.metrics.add(metrics::RUNNING, &[], 1.0);
+    let _running = metrics::Running::start(&shared.metrics);
     dmf_activities::fetch_secrets(&m, &shared.opts.activities.aws).await;
     let (outcome, panicked) = match Context::new(db, m.clone(), cancel.clone(), shared.opts.activities.clone()) {
         Err(e) => (e.into_outcome(), false),
@@ -91,7 +91,6 @@ async fn run_leased(shared: &Shared, job: &ActivityJob, phase: Phase, holder: &s
     let cancelled = cancel.is_cancelled();
     renewer.abort();
     let labels = [("phase", phase.as_str()), ("outcome", if cancelled { "cancelled" } else { metrics::outcome(&outcome) })];
-    shared.metrics.add(metrics::RUNNING, &[], -1.0);
     shared.metrics.inc(metrics::JOBS, &labels);
     shared.metrics.observe(metrics::ACTIVITY_SECONDS, &labels[..1], started.elapsed().as_secs_f64());
     if cancelled && !shared.hard_stop.is_cancelled() {
@@ -138,6 +137,9 @@ fn timeout_outcome(phase: Phase, limit: Duration) -> Outcome {
 /// the reconciler runs the (idempotent) activity again later.
 async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision: Decision, holder: &str) -> Result<(), Error> {
     let actor = shared.opts.name.clone();
+    if let Decision::Retry { .. } = &decision {
+        shared.metrics.inc(metrics::RETRIES, &[("phase", phase.as_str())]);
+    }
     let mut wait = Duration::from_millis(200);
     loop {
         let r = match &decision {
@@ -156,7 +158,6 @@ async fn apply(shared: &Shared, m: &dmf_db::MigrationRow, phase: Phase, decision
                 shared.db.follow_up(m.id, &again).await.map(|_| ())
             }
             Decision::Retry { after, error } => {
-                shared.metrics.inc(metrics::RETRIES, &[("phase", phase.as_str())]);
                 tracing::warn!(cluster = %m.cluster, migration = %m.id, phase = %phase, error = %error, retry_in_ms = after.as_millis() as u64, "activity will retry");
                 let again = FollowUp { phase, epoch: m.epoch, delay: *after, why: Again::Failed(error), actor: &actor, release_lease: Some(holder) };
                 shared.db.follow_up(m.id, &again).await.map(|_| ())

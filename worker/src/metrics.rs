@@ -25,6 +25,22 @@ pub fn registry() -> Registry {
     r
 }
 
+/// One activity counted in `RUNNING` until dropped (a panic or a dropped job included).
+pub struct Running(std::sync::Arc<Registry>);
+
+impl Running {
+    pub fn start(r: &std::sync::Arc<Registry>) -> Running {
+        r.add(RUNNING, &[], 1.0);
+        Running(r.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.add(RUNNING, &[], -1.0);
+    }
+}
+
 /// The outcome's label.
 pub fn outcome(o: &Outcome) -> &'static str {
     match o {

@@ -12,7 +12,11 @@ use crate::Shared;
 /// How long one migration's secrets may take to read in a reconciler tick.
 const SECRETS_WITHIN: Duration = Duration::from_secs(10);
 
+/// How often this worker folds aged lag history (one worker at a time does it).
+const DOWNSAMPLE_EVERY: Duration = Duration::from_secs(60);
+
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut downsampled: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -24,10 +28,13 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             shared.metrics.inc(crate::metrics::CONTROL_PLANE_ERRORS, &[]);
             tracing::debug!(error = %e, "reconciler tick failed; next tick retries");
         }
-        match shared.db.downsample_lag(shared.opts.lag_retention).await {
-            Ok(n) if n > 0 => tracing::debug!(folded = n, "lag history downsampled"),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "lag history not downsampled; next tick retries"),
+        if downsampled.is_none_or(|at| at.elapsed() >= DOWNSAMPLE_EVERY) {
+            downsampled = Some(std::time::Instant::now());
+            match shared.db.downsample_lag(shared.opts.lag_retention).await {
+                Ok(n) if n > 0 => tracing::debug!(folded = n, "lag history downsampled"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "lag history not downsampled; a later tick retries"),
+            }
         }
     }
 }

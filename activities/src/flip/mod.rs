@@ -124,6 +124,8 @@ const ROUTED: &str = "routed";
 struct Progress {
     way: Way,
     record: FlipRecord,
+    /// The sequences this run copied, for its cutover record only.
+    sequences: std::collections::BTreeMap<String, i64>,
 }
 
 impl Progress {
@@ -132,7 +134,7 @@ impl Progress {
             Way::Forward => ctx.record::<Flip>()?.0,
             Way::Back => ctx.record::<Rollback>()?.0,
         };
-        Ok(Progress { way, record })
+        Ok(Progress { way, record, sequences: Default::default() })
     }
 
     /// The record as a patch of the migration's state.
@@ -217,7 +219,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
         progress.record.in_progress = false;
         progress.save(ctx).await?;
         if recorded {
-            record_cutover(ctx, way, "moved", &progress.record).await?;
+            record_cutover(ctx, way, "moved", &progress.record, &progress.sequences).await;
         }
         return Ok(Outcome::Done);
     }
@@ -263,7 +265,7 @@ async fn run(ctx: &Context, way: Way, (from_dsn, from_route): (String, String), 
         Ok(()) => {
             progress.record.in_progress = false;
             progress.save(ctx).await?;
-            record_cutover(ctx, way, "moved", &progress.record).await?;
+            record_cutover(ctx, way, "moved", &progress.record, &progress.sequences).await;
             Ok(Outcome::Done)
         }
         // cancelled, or the lease is gone (this worker stalled and another may run the migration
@@ -443,7 +445,7 @@ async fn protocol(ctx: &Context, sides: &Sides, progress: &mut Progress) -> Resu
     if arrived?.is_none() {
         return Err(Error::Replication(format!("the {} did not apply the final write within {:?}", side_name(sides.way, false), cfg.catch_up_timeout)));
     }
-    progress.record.sequences = copied?.into_iter().collect();
+    progress.sequences = copied?.into_iter().collect();
     // The source's final position, and the target's: everything the target holds up to its
     // position came from the source, and replication back starts after it. The target's is the
     // insert position, because the apply worker commits asynchronously.
@@ -532,7 +534,7 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
         // the route moved: the protocol finished as far as traffic is concerned
         progress.record.in_progress = false;
         progress.save(ctx).await?;
-        record_cutover(ctx, sides.way, "moved", &progress.record).await?;
+        record_cutover(ctx, sides.way, "moved", &progress.record, &progress.sequences).await;
         return Ok(Outcome::Done);
     }
     let back = Names::reverse_of(ctx.migration.id);
@@ -570,16 +572,21 @@ async fn undo(ctx: &Context, sides: &Sides, progress: &mut Progress, reason: Str
     // engine records it, and the next run then flips again straight from here
     progress.record.undone.push(Undone { reason: reason.clone(), at: Some(chrono::Utc::now()) });
     progress.save(ctx).await?;
-    record_cutover(ctx, sides.way, "undone", &progress.record).await?;
+    record_cutover(ctx, sides.way, "undone", &progress.record, &progress.sequences).await;
     Ok(revert_outcome(ctx, sides.way, attempts, reason))
 }
 
 /// The run's evidence in `dmf.cutovers` (once per hold: a later run that finds the route already
-/// moved records it only if its worker died first).
-async fn record_cutover(ctx: &Context, way: Way, outcome: &str, record: &FlipRecord) -> Result<(), Error> {
+/// moved records it only if its worker died first), with the sequences this run copied (kept out
+/// of the migration's state: the record saved inside the hold stays small). Traffic has already
+/// moved or returned: a record that cannot be written is logged, never a failed cutover.
+async fn record_cutover(ctx: &Context, way: Way, outcome: &str, record: &FlipRecord, sequences: &std::collections::BTreeMap<String, i64>) {
+    let mut record = record.clone();
+    record.sequences = sequences.clone();
     // (a record that does not serialise is a bug; the cutover is not held up for it)
-    let evidence = serde_json::to_value(record).unwrap_or_else(|e| serde_json::json!({ "unrecorded": e.to_string() }));
-    ctx.db
+    let evidence = serde_json::to_value(&record).unwrap_or_else(|e| serde_json::json!({ "unrecorded": e.to_string() }));
+    let written = ctx
+        .db
         .record_cutover(&dmf_db::history::NewCutover {
             migration: ctx.migration.id,
             cluster: ctx.cluster(),
@@ -589,8 +596,10 @@ async fn record_cutover(ctx: &Context, way: Way, outcome: &str, record: &FlipRec
             worker: record.worker.as_deref(),
             record: evidence,
         })
-        .await?;
-    Ok(())
+        .await;
+    if let Err(e) = written {
+        tracing::warn!(cluster = %ctx.cluster(), migration = %ctx.migration.id, way = way.key(), outcome, error = %e, "the cutover record was not written");
+    }
 }
 
 fn revert_outcome(ctx: &Context, way: Way, attempts: u64, reason: String) -> Outcome {

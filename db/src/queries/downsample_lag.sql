@@ -26,7 +26,10 @@ SELECT migration, bucket,
 FROM folded
 GROUP BY migration, bucket
 ON CONFLICT (migration, at) DO UPDATE
-SET lag_ms = round((coalesce(l.lag_ms, 0)::numeric * l.samples + coalesce(EXCLUDED.lag_ms, 0) * EXCLUDED.samples) / (l.samples + EXCLUDED.samples))::bigint,
-    lag_bytes = round((coalesce(l.lag_bytes, 0)::numeric * l.samples + coalesce(EXCLUDED.lag_bytes, 0) * EXCLUDED.samples) / (l.samples + EXCLUDED.samples))::bigint,
+-- (a side without a value leaves the other's: an average of what was measured)
+SET lag_ms = CASE WHEN l.lag_ms IS NULL THEN EXCLUDED.lag_ms WHEN EXCLUDED.lag_ms IS NULL THEN l.lag_ms
+                  ELSE round((l.lag_ms::numeric * l.samples + EXCLUDED.lag_ms * EXCLUDED.samples) / (l.samples + EXCLUDED.samples))::bigint END,
+    lag_bytes = CASE WHEN l.lag_bytes IS NULL THEN EXCLUDED.lag_bytes WHEN EXCLUDED.lag_bytes IS NULL THEN l.lag_bytes
+                     ELSE round((l.lag_bytes::numeric * l.samples + EXCLUDED.lag_bytes * EXCLUDED.samples) / (l.samples + EXCLUDED.samples))::bigint END,
     retained_bytes = GREATEST(l.retained_bytes, EXCLUDED.retained_bytes),
     samples = l.samples + EXCLUDED.samples

@@ -83,7 +83,7 @@ pub(crate) async fn act(dash: &Dash, cluster: &str, form: &[(String, String)]) -
     };
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
     let Some(operator) = operators.who(field("token")) else {
-        tracing::warn!(cluster, "dashboard action refused: unknown token");
+        tracing::warn!(cluster = ?cluster, "dashboard action refused: unknown token");
         return Reply::status(403, "unknown operator token");
     };
     if field("confirm") != cluster {
@@ -98,8 +98,8 @@ pub(crate) async fn act(dash: &Dash, cluster: &str, form: &[(String, String)]) -
     };
     match done {
         Ok(m) => {
-            tracing::info!(cluster, operator, action = field("action"), phase = %m.phase, "dashboard action");
-            Reply::redirect(&format!("{}?done={}", super::cluster_href(cluster), dmf_telemetry::http::encode(field("action"))))
+            tracing::info!(cluster = ?cluster, operator, action = ?field("action"), phase = %m.phase, "dashboard action");
+            Reply::redirect(&format!("{}?done={}", super::cluster_href(cluster), dmf_db::secret::percent_encode(field("action"))))
         }
         Err(e) => Reply::status(409, &dmf_db::secret::redact(&format!("{} {cluster}: {e}", field("action")))),
     }

@@ -29,6 +29,9 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// Bars of a cluster's phase timeline, the newest.
+const TIMELINE_BARS: usize = 40;
+
 fn page(title: &str, fragment_url: &str, main: String, fragment: bool) -> Reply {
     if fragment {
         return Reply::html(main);
@@ -106,11 +109,26 @@ fn audit(v: &View) -> String {
     }
 }
 
-/// `GET /`: the fleet.
+/// `GET /`: the fleet. Rendered once per change of the control plane, whatever the pages open.
 pub(crate) async fn fleet(dash: &Dash, fragment: bool) -> anyhow::Result<Reply> {
+    let mark = dash.changes.borrow().clone();
+    let mut cache = dash.fleet_cache.lock().await;
+    let main = match cache.as_ref() {
+        Some((at, main)) if !mark.is_empty() && *at == mark => main.clone(),
+        _ => {
+            let main = fleet_main(dash).await?;
+            *cache = Some((mark, main.clone()));
+            main
+        }
+    };
+    drop(cache);
+    Ok(page("fleet", "/?fragment=1", main, fragment))
+}
+
+async fn fleet_main(dash: &Dash) -> anyhow::Result<String> {
     let views: Vec<View> = dash.db.status(None).await?.into_iter().map(View::of).collect();
     let fleets = dash.db.fleets().await?;
-    let completed = dash.db.entered("completed").await?;
+    let completed = dash.db.completions().await?;
     let summary = Summary::of(&views);
     let mut m = String::with_capacity(64 * 1024 + views.len() * 600);
     let _ = write!(m, r#"<h1>Fleet <small>{} clusters · {}</small></h1>"#, views.len(), Utc::now().format("%H:%M:%S UTC"));
@@ -190,7 +208,7 @@ pub(crate) async fn fleet(dash: &Dash, fragment: bool) -> anyhow::Result<Reply> 
         );
     }
     m.push_str("</tbody></table></section>");
-    Ok(page("fleet", "/?fragment=1", m, fragment))
+    Ok(m)
 }
 
 fn problem_table(m: &mut String, views: &[&View]) {
@@ -246,8 +264,8 @@ pub(crate) async fn cluster(dash: &Dash, name: &str, hours: f64, fragment: bool,
         esc(&r.replication),
         when(Some(r.phase_started_at))
     );
-    if let Some(done) = done {
-        let _ = write!(m, r#"<div class="done">Done: {} requested, written to the event log.</div>"#, esc(done));
+    if let Some(done) = done.filter(|d| matches!(*d, "resume" | "abort" | "rollback")) {
+        let _ = write!(m, r#"<div class="done">Done: {done} requested, written to the event log.</div>"#);
     }
     if let Some(w) = &v.why {
         m.push_str(&why_html(w));
@@ -257,7 +275,7 @@ pub(crate) async fn cluster(dash: &Dash, name: &str, hours: f64, fragment: bool,
             m,
             r#"<form class="actions" method="post" action="{}/action" data-cluster="{}">
 <label>action <select name="action"><option value="resume">resume</option><option value="abort">abort</option><option value="rollback">rollback</option></select></label>
-<label>operator token <input name="token" type="password" autocomplete="off" required></label>
+<label>operator token <input name="token" type="password" autocomplete="new-password" required></label>
 <label>type <b>{}</b> to confirm <input name="confirm" autocomplete="off" required></label>
 <button type="submit">act</button></form>"#,
             cluster_href(name),
@@ -266,15 +284,19 @@ pub(crate) async fn cluster(dash: &Dash, name: &str, hours: f64, fragment: bool,
         );
     }
 
-    // timeline
-    let mut bars = Vec::new();
+    // timeline: a phase entered again right away (a resume, a retry) is one bar; the last
+    // TIMELINE_BARS (a flip that went back many times makes many)
+    let mut bars: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
     for (i, t) in transitions.iter().enumerate() {
         let end = transitions.get(i + 1).map(|n| n.at).unwrap_or_else(Utc::now);
-        if let Some(to) = &t.to_phase {
-            bars.push((to.clone(), t.at, end));
+        let Some(to) = &t.to_phase else { continue };
+        match bars.last_mut() {
+            Some(last) if &last.0 == to => last.2 = end,
+            _ => bars.push((to.clone(), t.at, end)),
         }
     }
-    let _ = write!(m, r#"<section id="timeline"><h2>Phase timeline</h2>{}</section>"#, svg::timeline("timeline-chart", &bars));
+    let bars = &bars[bars.len().saturating_sub(TIMELINE_BARS)..];
+    let _ = write!(m, r#"<section id="timeline"><h2>Phase timeline</h2>{}</section>"#, svg::timeline("timeline-chart", bars));
 
     // lag
     let points: Vec<(DateTime<Utc>, f64)> = lag.iter().filter_map(|s| s.lag_ms.map(|l| (s.at, l as f64))).collect();

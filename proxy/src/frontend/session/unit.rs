@@ -103,6 +103,31 @@ impl Unit {
     }
 }
 
+/// A transaction waiting at a hold, counted in `held_now` from its start until it is dropped;
+/// then its wait is added to the hold's totals and to the longest stall of the hold.
+struct Held {
+    shared: std::sync::Arc<crate::Shared>,
+    since: Instant,
+}
+
+impl Held {
+    fn start(shared: &std::sync::Arc<crate::Shared>) -> Held {
+        add(&shared.metrics.held_now, 1);
+        add(&shared.metrics.held_total, 1);
+        Held { shared: shared.clone(), since: Instant::now() }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let m = &self.shared.metrics;
+        let waited = self.since.elapsed().as_micros() as u64;
+        add(&m.hold_time_us_total, waited);
+        m.hold_longest_us.fetch_max(waited, Ordering::Relaxed);
+        sub(&m.held_now, 1);
+    }
+}
+
 impl Session {
     /// Wait while traffic is held or the lease is lost; then enter a unit and follow the route.
     pub(super) async fn gate(&mut self) -> Result<(), Error> {
@@ -113,7 +138,9 @@ impl Session {
             self.in_tx.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let mut held_since: Option<Instant> = None;
+        // counted held until it runs again (on the new primary, if the route moved), however this
+        // ends: refused, killed, or dropped with the session in the middle of its move
+        let mut held: Option<Held> = None;
         let shared = self.shared.clone();
         let route = loop {
             self.route_rx.borrow_and_update();
@@ -121,14 +148,9 @@ impl Session {
             if shared.gate.lease_ok() && !route.hold && shared.gate.try_enter() {
                 break route;
             }
-            let since = *held_since.get_or_insert_with(|| {
-                add(&shared.metrics.held_now, 1);
-                add(&shared.metrics.held_total, 1);
-                Instant::now()
-            });
+            let since = held.get_or_insert_with(|| Held::start(&shared)).since;
             let Some(left) = shared.opts.hold_timeout.checked_sub(since.elapsed()) else {
-                sub(&shared.metrics.held_now, 1);
-                add(&shared.metrics.hold_time_us_total, since.elapsed().as_micros() as u64);
+                drop(held.take());
                 self.refuse(Refusal::held_too_long(shared.gate.lease_ok(), shared.opts.hold_timeout)).await;
                 return Err(Error::HeldTooLong(shared.opts.hold_timeout));
             };
@@ -139,7 +161,6 @@ impl Session {
                 _ = self.route_rx.changed() => {}
                 _ = tokio::time::sleep(left.min(Duration::from_millis(2))) => {}
                 _ = self.signal.wait(KILL | SHUTDOWN) => {
-                    sub(&shared.metrics.held_now, 1);
                     return Err(Error::Closed("ended while held".into()));
                 }
             }
@@ -147,14 +168,9 @@ impl Session {
         self.unit = Unit::started();
         self.in_tx.store(true, Ordering::SeqCst);
         let followed = if route.epoch != self.route.epoch { self.follow(route).await } else { Ok(()) };
-        // counted held until it runs on the new primary: the release's acknowledgement waits for
-        // the held ones and reports the longest stall (`router::control`)
-        if let Some(since) = held_since {
-            let waited = since.elapsed().as_micros() as u64;
-            add(&shared.metrics.hold_time_us_total, waited);
-            shared.metrics.hold_longest_us.fetch_max(waited, Ordering::Relaxed);
-            sub(&shared.metrics.held_now, 1);
-        }
+        // the release's acknowledgement waits for the held ones and reports the longest stall
+        // (`router::control`)
+        drop(held);
         followed
     }
 
