@@ -17,6 +17,10 @@ pub enum Error {
     BackendRefused { endpoint: String, code: String, message: String },
     #[error("authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// The client asked for a database the route does not serve: through this proxy, it does
+    /// not exist (as PostgreSQL says of a database it lacks).
+    #[error("database \"{0}\" does not exist")]
+    NoSuchDatabase(String),
     /// A client message would take the buffers of all sessions past `--max-buffer-bytes`.
     #[error("a {message}-byte message does not fit in the proxy's buffers ({in_use} of {cap} bytes in use)")]
     BufferFull { message: usize, in_use: usize, cap: usize },

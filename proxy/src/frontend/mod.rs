@@ -99,7 +99,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             let in_tx = Arc::new(AtomicBool::new(false));
             let target = Arc::new(Mutex::new(Some(CancelTarget::of(&backend))));
             let entry = SessionEntry { signal, in_tx, cancel: target, params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
-            let (id, (pid, secret)) = shared.registry.insert(entry.clone());
+            let (id, (pid, secret)) = shared.registry.insert(entry.clone(), backend.key().0);
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);
             let _registered = Registered { shared: shared.clone(), id, key: (pid, secret) };
@@ -111,7 +111,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             hello.extend_from_slice(&build::ready(crate::protocol::tag::status::IDLE));
             if tell(&mut client, &hello).await {
                 let login = entry.params.clone();
-                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, entry);
+                let s = session::Session::new(shared.clone(), id, client, buf, params, backend, entry, pid);
                 let (result, left) = s.run().await;
                 if let Err(e) = result {
                     if matches!(e, Error::Protocol(_)) {
@@ -237,6 +237,13 @@ async fn open(
     tokio::time::timeout_at(auth_deadline, auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking))
         .await
         .map_err(|_| Error::AuthTimeout(shared.opts.auth_timeout))??;
+    // the route serves one database; any other does not exist here (PostgreSQL's default
+    // database is the user's name)
+    let requested = params.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    let served = route.primary.dbname.as_deref().unwrap_or(user);
+    if requested != served {
+        return Err(Error::NoSuchDatabase(requested.to_string()));
+    }
     let admitted = shared.admit().await?;
     let route = shared.route();
     let key = crate::backend::pool::Key::new(&route.primary.dsn, params);

@@ -10,6 +10,7 @@ use crate::Error;
 /// SQLSTATEs the proxy uses (PostgreSQL's errcodes).
 mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const INVALID_PASSWORD: &str = "28P01";
@@ -37,8 +38,16 @@ impl Refusal {
     }
 
     /// A connection could not be opened for the client: the code says why (authentication,
-    /// a hold or lost lease, the server's own refusal, or no server).
+    /// a hold or lost lease, the server's own refusal, or no server). What the server itself
+    /// would have said (its refusal, a wrong password, a database it lacks) goes to the client in
+    /// the server's words, as a direct connection gets them; the proxy's own reasons say so.
     pub fn connection(e: &Error) -> Refusal {
+        match e {
+            Error::BackendRefused { code, message, .. } => return Refusal { code: code.clone(), message: message.clone() },
+            Error::AuthFailed(user) => return Refusal { code: sqlstate::INVALID_PASSWORD.into(), message: format!("password authentication failed for user \"{user}\"") },
+            Error::NoSuchDatabase(_) => return Refusal { code: sqlstate::INVALID_CATALOG_NAME.into(), message: e.to_string() },
+            _ => {}
+        }
         let code = match e {
             Error::AuthFailed(_) => sqlstate::INVALID_PASSWORD,
             Error::TrustRefused { .. } => sqlstate::INVALID_AUTHORIZATION,
@@ -142,13 +151,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusal_carries_its_sqlstate_and_says_it_is_the_proxy() {
+    fn what_the_server_would_say_is_said_in_its_words_and_the_proxys_own_reasons_say_so() {
         let r = Refusal::connection(&Error::BackendRefused { endpoint: "db:5432/x".into(), code: "28000".into(), message: "role \"app\" does not exist".into() });
         assert_eq!(r.code(), "28000");
-        let bytes = r.message();
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(text.contains("dmf proxy: backend db:5432/x refused: role \"app\" does not exist"), "{text}");
+        let text = String::from_utf8_lossy(&r.message()).to_string();
+        assert!(text.contains("Mrole \"app\" does not exist\0") && !text.contains("dmf proxy"), "the server's words: {text}");
+        let r = Refusal::connection(&Error::NoSuchDatabase("nosuchdb".into()));
+        assert_eq!((r.code(), String::from_utf8_lossy(&r.message()).contains("Mdatabase \"nosuchdb\" does not exist\0")), ("3D000", true));
+        let r = Refusal::connection(&Error::AuthFailed("app".into()));
+        assert_eq!((r.code(), String::from_utf8_lossy(&r.message()).contains("Mpassword authentication failed for user \"app\"\0")), ("28P01", true));
         assert_eq!(Refusal::connection(&Error::LeaseLost).code(), "57P03");
+        assert!(String::from_utf8_lossy(&Refusal::connection(&Error::LeaseLost).message()).contains("dmf proxy: "));
         assert_eq!(Refusal::held_too_long(false, Duration::from_secs(30)).code(), "57P03");
     }
 }

@@ -62,14 +62,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Register a session: its id, and the cancel key its client is given (no other session's).
-    pub fn insert(&self, entry: SessionEntry) -> (u64, (i32, i32)) {
+    /// Register a session that starts on server process `pid`: its id, and the cancel key its
+    /// client is given. The key is that real pid (what the client sees in pg_stat_activity, its
+    /// notifications, pg_terminate_backend) with a secret the proxy makes: a backend reused by
+    /// another client gets another secret, so that no client can cancel another's query.
+    pub fn insert(&self, entry: SessionEntry, pid: i32) -> (u64, (i32, i32)) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&self.sessions).insert(id, entry.clone());
         let mut cancels = lock(&self.cancels);
         let key = loop {
             let b = *uuid::Uuid::new_v4().as_bytes();
-            let pid = i32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]]).max(1);
             let secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
             if !cancels.contains_key(&(pid, secret)) {
                 break (pid, secret);
@@ -134,11 +136,11 @@ mod tests {
     #[test]
     fn each_session_gets_its_own_key_and_a_removed_one_cancels_nothing() {
         let r = Registry::default();
-        let (a, ka) = r.insert(entry(false));
-        let (b, kb) = r.insert(entry(true));
+        let (a, ka) = r.insert(entry(false), 42);
+        let (b, kb) = r.insert(entry(true), 42);
         assert_ne!(a, b);
-        assert_ne!(ka, kb);
-        assert!(ka.0 > 0 && kb.0 > 0, "a pid is positive");
+        assert_ne!(ka, kb, "two clients of one server process (one after the other) get two secrets");
+        assert_eq!((ka.0, kb.0), (42, 42), "the server's pid");
         assert_eq!(r.cancel_target(ka).map(|t| t.pid), Some(42));
         r.remove(a, ka);
         assert!(r.cancel_target(ka).is_none());
@@ -152,8 +154,8 @@ mod tests {
         let r = Registry::default();
         let idle = entry(false);
         let busy = entry(true);
-        r.insert(idle.clone());
-        r.insert(busy.clone());
+        r.insert(idle.clone(), 1);
+        r.insert(busy.clone(), 2);
         r.raise(KILL, true);
         assert_eq!((idle.signal.raised(), busy.signal.raised()), (0, KILL));
         r.raise(KILL, false);

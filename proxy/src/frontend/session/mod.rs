@@ -91,10 +91,17 @@ pub struct Session {
     to_server: Vec<u8>,
     /// What goes to the client when the pump drops answers (else from the backend's buffer).
     to_client: Vec<u8>,
+    /// The server pid the client was given (BackendKeyData): after a move, notifications from
+    /// the session's own backend are rewritten to carry it.
+    given_pid: i32,
+    /// The backend sent the client a FATAL (or PANIC) error: the server is ending the session and
+    /// has said why; its closed connection is the client's, with nothing added.
+    server_fatal: bool,
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, id: u64, client: ClientStream, client_buf: BytesMut, params: Params, primary: Backend, entry: SessionEntry) -> Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(shared: Arc<Shared>, id: u64, client: ClientStream, client_buf: BytesMut, params: Params, primary: Backend, entry: SessionEntry, given_pid: i32) -> Session {
         let route = shared.route();
         let route_rx = shared.gate.subscribe();
         let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
@@ -129,6 +136,8 @@ impl Session {
             restored: None,
             to_server: Vec::with_capacity(16 * 1024),
             to_client: Vec::with_capacity(16 * 1024),
+            given_pid,
+            server_fatal: false,
         }
     }
 
@@ -205,7 +214,9 @@ impl Session {
                     self.relay.poll.touch();
                     if r? == 0 {
                         let label = endpoint.label();
-                        self.refuse(Refusal::server_closed(&label)).await;
+                        if !self.server_fatal {
+                            self.refuse(Refusal::server_closed(&label)).await;
+                        }
                         return Err(Error::backend(&label, "closed the connection"));
                     }
                     unless_killed(&signal, self.pump_server()).await?;

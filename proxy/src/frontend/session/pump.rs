@@ -210,6 +210,10 @@ impl Session {
     pub(super) async fn pump_server(&mut self) -> Result<(), Error> {
         self.to_client.clear();
         let on_read = self.unit.on_read();
+        // after a move the backend's pid is not the one the client was given: the session's own
+        // notifications are rewritten to carry the given one (others' pass as they are)
+        let own_pid = self.primary.key().0;
+        let rewrite_pid = !on_read && own_pid != self.given_pid;
         let mut copy = false;
         let mut pos = 0;
         loop {
@@ -229,7 +233,8 @@ impl Session {
             let avail = rbuf.len() - pos;
             if avail < total {
                 let needed = matches!(h.tag, server::READY_FOR_QUERY | server::ERROR_RESPONSE | server::PARSE_COMPLETE | server::CLOSE_COMPLETE)
-                    || (self.capture.is_some() && matches!(h.tag, server::DATA_ROW | server::COMMAND_COMPLETE));
+                    || (self.capture.is_some() && matches!(h.tag, server::DATA_ROW | server::COMMAND_COMPLETE))
+                    || (rewrite_pid && h.tag == server::NOTIFICATION);
                 if needed {
                     rbuf.reserve(total - avail);
                     break;
@@ -259,6 +264,11 @@ impl Session {
                 }
                 server::ERROR_RESPONSE => {
                     self.injected_answers = 0;
+                    // (V: the severity not translated, since PostgreSQL 9.6)
+                    let f = Frame { tag: h.tag, body };
+                    if matches!(f.field(b'V').or_else(|| f.field(b'S')), Some("FATAL" | "PANIC")) {
+                        self.server_fatal = true;
+                    }
                     if let Some(c) = self.capture.as_mut() {
                         c.error(Frame { tag: h.tag, body }.field(b'C').unwrap_or("XX000"));
                     }
@@ -272,6 +282,17 @@ impl Session {
                     if let Some(c) = self.capture.as_mut() {
                         c.row(body);
                     }
+                }
+                server::NOTIFICATION if rewrite_pid && body.get(..4) == Some(&own_pid.to_be_bytes()[..]) => {
+                    if !copy {
+                        self.to_client.extend_from_slice(&rbuf[..pos]);
+                        copy = true;
+                    }
+                    self.to_client.extend_from_slice(&rbuf[pos..pos + 5]);
+                    self.to_client.extend_from_slice(&self.given_pid.to_be_bytes());
+                    self.to_client.extend_from_slice(&rbuf[pos + 9..pos + total]);
+                    pos += total;
+                    continue;
                 }
                 _ => {}
             }

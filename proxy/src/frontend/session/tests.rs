@@ -74,8 +74,9 @@ impl Harness {
             spare: Arc::new(Mutex::new(None)),
             thread: 0,
         };
-        let (id, _) = shared.registry.insert(entry.clone());
-        let session = Session::new(shared.clone(), id, ClientStream::Memory(proxy_client), BytesMut::new(), params, backend, entry);
+        let pid = backend.key().0;
+        let (id, _) = shared.registry.insert(entry.clone(), pid);
+        let session = Session::new(shared.clone(), id, ClientStream::Memory(proxy_client), BytesMut::new(), params, backend, entry, pid);
         let done = tokio::spawn(async move {
             let (result, kept) = session.run().await;
             (result, kept.is_some())
