@@ -111,6 +111,9 @@ pub struct Conn<S> {
     secret: i32,
     /// ParameterStatus values as the server last reported them.
     params: Vec<(String, String)>,
+    /// NoticeResponse bodies the server sent while logging in (a proxy passes them on to its
+    /// client, who would have had them directly).
+    startup_notices: Vec<Bytes>,
 }
 
 /// A TCP connection to `host:port` with Nagle off, within `timeout`.
@@ -138,7 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The authentication method the server asks of `params`' user (AuthenticationOk is 0,
     /// clear text 3): the startup packet, the first answer, and the connection dropped.
     pub async fn auth_request(stream: S, params: &Params) -> Result<i32, Error> {
-        let mut conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new() };
+        let mut conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new(), startup_notices: Vec::new() };
         conn.send(&build::startup(params)).await?;
         loop {
             let m = conn.read().await?;
@@ -154,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// `start`, answering a clear-text password request only when `cleartext_ok` (the stream is
     /// encrypted, or the connection string said `sslmode=disable`: `tls::TlsPolicy::cleartext_ok`).
     pub async fn start_checked(stream: S, params: &Params, password: Option<&[u8]>, cleartext_ok: bool) -> Result<Conn<S>, Error> {
-        let mut conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new() };
+        let mut conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new(), startup_notices: Vec::new() };
         conn.send(&build::startup(params)).await?;
         conn.authenticate(params.get("user").unwrap_or_default(), password, cleartext_ok).await?;
         loop {
@@ -167,6 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     let (secret, _) = be_i32(rest).ok_or_else(short)?;
                     (conn.pid, conn.secret) = (pid, secret);
                 }
+                server::NOTICE_RESPONSE => conn.startup_notices.push(m.body),
                 server::READY_FOR_QUERY => return Ok(conn),
                 server::ERROR_RESPONSE => return Err(ServerError::of(&m.body).into()),
                 _ => {}
@@ -182,7 +186,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match m.tag {
                 server::AUTHENTICATION => {}
                 server::ERROR_RESPONSE => return Err(ServerError::of(&m.body).into()),
-                server::NOTICE_RESPONSE => continue,
+                server::NOTICE_RESPONSE => {
+                    self.startup_notices.push(m.body);
+                    continue;
+                }
                 other => return Err(Error::Unexpected(other as char)),
             }
             let malformed = || Error::Malformed("authentication request");
@@ -331,7 +338,7 @@ impl<S> Conn<S> {
     /// A connection over a stream that is already past startup, with nothing read from it yet
     /// and no key or parameters known (tests drive a scripted server with it).
     pub fn over(stream: S) -> Conn<S> {
-        Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new() }
+        Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), pid: 0, secret: 0, params: Vec::new(), startup_notices: Vec::new() }
     }
 
     /// The server process and the key that cancels its queries (BackendKeyData).
@@ -340,6 +347,11 @@ impl<S> Conn<S> {
     }
 
     /// The ParameterStatus values the server reported, latest first-seen order.
+    /// The NoticeResponse bodies the server sent while logging in.
+    pub fn startup_notices(&self) -> &[Bytes] {
+        &self.startup_notices
+    }
+
     pub fn params(&self) -> &[(String, String)] {
         &self.params
     }
@@ -366,8 +378,8 @@ impl<S> Conn<S> {
     /// The same connection over another stream of the same bytes (a socket registered again on
     /// another runtime).
     pub fn map_stream<T, E>(self, f: impl FnOnce(S) -> Result<T, E>) -> Result<Conn<T>, E> {
-        let Conn { stream, buf, pid, secret, params } = self;
-        Ok(Conn { stream: f(stream)?, buf, pid, secret, params })
+        let Conn { stream, buf, pid, secret, params, startup_notices } = self;
+        Ok(Conn { stream: f(stream)?, buf, pid, secret, params, startup_notices })
     }
 }
 

@@ -142,6 +142,11 @@ pub fn ready(status: u8) -> Vec<u8> {
 }
 
 /// ErrorResponse (FATAL or ERROR) with a SQLSTATE; messages from the proxy say so.
+/// A NoticeResponse with `body` (its fields, as a server sent them).
+pub fn notice(body: &[u8]) -> Vec<u8> {
+    framed(b'N', |o| o.extend_from_slice(body))
+}
+
 pub fn error(severity: &str, code: &str, message: &str) -> Vec<u8> {
     framed(b'E', |o| {
         for (f, v) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {

@@ -103,6 +103,13 @@ impl Backend {
         self.conn.params()
     }
 
+    /// The NoticeResponse bodies the server sent when this backend logged in: its clients are
+    /// told them as they would have been logging in directly (the key it is reused under holds
+    /// every startup parameter, so a reusing client would have had the same).
+    pub fn startup_notices(&self) -> &[bytes::Bytes] {
+        self.conn.startup_notices()
+    }
+
     /// The generation of the client's statement `name` this backend holds, if any.
     pub fn prepared(&self, name: &str) -> Option<u64> {
         self.prepared.get(name).copied()

@@ -104,6 +104,9 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             drop(admitted);
             let _registered = Registered { shared: shared.clone(), id, key: (pid, secret) };
             let mut hello = Vec::new();
+            for n in backend.startup_notices() {
+                hello.extend_from_slice(&build::notice(n));
+            }
             for (k, v) in backend.params() {
                 hello.extend_from_slice(&build::parameter_status(k, v));
             }
@@ -111,6 +114,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             hello.extend_from_slice(&build::ready(crate::protocol::tag::status::IDLE));
             if tell(&mut client, &hello).await {
                 let login = entry.params.clone();
+                let entry_cancel = entry.cancel.clone();
                 let s = session::Session::new(shared.clone(), id, client, buf, params, backend, entry, pid);
                 let (result, left) = s.run().await;
                 if let Err(e) = result {
@@ -120,6 +124,9 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
                     tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "session ended");
                 }
                 if let Some((backend, epoch)) = left {
+                    // the client's cancel key no longer reaches the backend it leaves to the next
+                    drop(_registered);
+                    *crate::lock(&entry_cancel) = None;
                     let key = crate::backend::pool::Key::new(&backend.endpoint().dsn, &login);
                     if let Err(e) = shared.idle.put(backend, key, epoch, slot.0.index, &shared.metrics).await {
                         tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
@@ -239,19 +246,28 @@ async fn open(
         .map_err(|_| Error::AuthTimeout(shared.opts.auth_timeout))??;
     // the route serves one database; any other does not exist here (PostgreSQL's default
     // database is the user's name)
-    let requested = params.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
-    let served = route.primary.dbname.as_deref().unwrap_or(user);
-    if requested != served {
-        return Err(Error::NoSuchDatabase(requested.to_string()));
-    }
     let admitted = shared.admit().await?;
     let route = shared.route();
+    let requested = params.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    let served = route.primary.dbname.as_deref().unwrap_or(user);
+    if identifier(requested) != identifier(served) {
+        return Err(Error::NoSuchDatabase(requested.to_string()));
+    }
     let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
     let backend = match shared.idle.checkout(&key, route.epoch, thread, &shared.metrics).await {
         Some(b) => b,
         None => connect_as(route.primary.clone(), shared, params, false).await?,
     };
     Ok((backend, admitted))
+}
+
+/// A name as PostgreSQL looks it up: cut to 63 bytes (NAMEDATALEN - 1) on a character boundary.
+fn identifier(name: &str) -> &str {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// Log in to `endpoint` as the client's user with the password the users file holds for it: the

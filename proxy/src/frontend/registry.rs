@@ -64,15 +64,17 @@ pub struct Registry {
 impl Registry {
     /// Register a session that starts on server process `pid`: its id, and the cancel key its
     /// client is given. The key is that real pid (what the client sees in pg_stat_activity, its
-    /// notifications, pg_terminate_backend) with a secret the proxy makes: a backend reused by
-    /// another client gets another secret, so that no client can cancel another's query.
+    /// notifications, pg_terminate_backend, until the session moves to another server) with a
+    /// secret the proxy makes of 32 random bits: a backend reused by another client gets another
+    /// secret, so that no client can cancel another's query.
     pub fn insert(&self, entry: SessionEntry, pid: i32) -> (u64, (i32, i32)) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&self.sessions).insert(id, entry.clone());
         let mut cancels = lock(&self.cancels);
         let key = loop {
+            // (bytes 0 to 3 of a v4 UUID are all random; 6 and 8 carry its version and variant)
             let b = *uuid::Uuid::new_v4().as_bytes();
-            let secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+            let secret = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
             if !cancels.contains_key(&(pid, secret)) {
                 break (pid, secret);
             }

@@ -220,6 +220,10 @@ impl Session {
                         return Err(Error::backend(&label, "closed the connection"));
                     }
                     unless_killed(&signal, self.pump_server()).await?;
+                    if self.server_fatal {
+                        // the server ended the session and said why; its connection closes next
+                        return Err(Error::backend(&self.backend().endpoint().label(), "ended the session"));
+                    }
                 }
                 r = self.client.read_buf(&mut self.client_buf), if !blocked => {
                     self.relay.poll.touch();

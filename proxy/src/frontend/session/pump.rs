@@ -264,9 +264,7 @@ impl Session {
                 }
                 server::ERROR_RESPONSE => {
                     self.injected_answers = 0;
-                    // (V: the severity not translated, since PostgreSQL 9.6)
-                    let f = Frame { tag: h.tag, body };
-                    if matches!(f.field(b'V').or_else(|| f.field(b'S')), Some("FATAL" | "PANIC")) {
+                    if ends_session(body) {
                         self.server_fatal = true;
                     }
                     if let Some(c) = self.capture.as_mut() {
@@ -283,13 +281,17 @@ impl Session {
                         c.row(body);
                     }
                 }
-                server::NOTIFICATION if rewrite_pid && body.get(..4) == Some(&own_pid.to_be_bytes()[..]) => {
+                // the session's own pid and the one it was given trade places: its own notifications
+                // carry the given pid, and another process's that has the given pid on this server
+                // is not taken for its own
+                server::NOTIFICATION if rewrite_pid && matches!(body.get(..4), Some(p) if p == own_pid.to_be_bytes() || p == self.given_pid.to_be_bytes()) => {
                     if !copy {
                         self.to_client.extend_from_slice(&rbuf[..pos]);
                         copy = true;
                     }
+                    let shown = if body.get(..4) == Some(&own_pid.to_be_bytes()[..]) { self.given_pid } else { own_pid };
                     self.to_client.extend_from_slice(&rbuf[pos..pos + 5]);
-                    self.to_client.extend_from_slice(&self.given_pid.to_be_bytes());
+                    self.to_client.extend_from_slice(&shown.to_be_bytes());
                     self.to_client.extend_from_slice(&rbuf[pos + 9..pos + total]);
                     pos += total;
                     continue;
@@ -328,6 +330,27 @@ impl Session {
     }
 }
 
+/// Whether an ErrorResponse body ends the session: its non-localized severity (V, PostgreSQL 9.6
+/// and later; else the localized S) is FATAL or PANIC. Read as bytes: a message in another
+/// encoding than UTF-8 is still read.
+fn ends_session(body: &[u8]) -> bool {
+    let (mut v, mut s) = (None, None);
+    let mut rest = body;
+    while let Some((&kind, r)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = r.iter().position(|&b| b == 0).unwrap_or(r.len());
+        match kind {
+            b'V' => v = Some(&r[..end]),
+            b'S' => s = Some(&r[..end]),
+            _ => {}
+        }
+        rest = r.get(end + 1..).unwrap_or_default();
+    }
+    matches!(v.or(s), Some(b"FATAL" | b"PANIC"))
+}
+
 /// Pass what `buf` holds of a message body being streamed through (`left` bytes still to come):
 /// it is forwarded from `buf` itself, or copied to `out` once the pump is copying. False when
 /// `buf` has nothing more.
@@ -339,4 +362,19 @@ fn pass_streamed(buf: &[u8], pos: &mut usize, left: &mut usize, copy: bool, out:
     *pos += n;
     *left -= n;
     n > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_session;
+
+    #[test]
+    fn a_fatal_or_panic_ends_the_session_whatever_the_language_of_its_severity() {
+        assert!(ends_session(b"SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0"));
+        assert!(ends_session(b"S\xc9chec\0VPANIC\0C XX000\0\0"), "V wins over a translated S in another encoding");
+        assert!(ends_session(b"SFATAL\0C57P01\0\0"), "before 9.6: S");
+        assert!(!ends_session(b"SERROR\0VERROR\0C22012\0Mdivision by zero\0\0"));
+        assert!(!ends_session(b""));
+        assert!(!ends_session(b"VFAT"), "truncated");
+    }
 }
