@@ -73,7 +73,9 @@ printf '[fleet]\nname = "conformance"\n[[cluster]]\nname = "conf"\nsource = "pos
 printf '"pass_user" "password"\n"md5_user" "password"\n"scram_user" "password"\n"postgres" "postgres"\n"scram_test" "test4scram"\n' > "$BASE/users.txt"
 printf '"scram_unicode_test" "IX-\xe2\x85\xa8"\n' >> "$BASE/users.txt"
 PX_PORT=$(free_port)
-"$DMF" proxy --cluster conf --listen "127.0.0.1:$PX_PORT" --users-file "$BASE/users.txt" >"$BASE/proxy.log" 2>&1 &
+# TLS for clients too, as the server offers it (node-postgres's ssl tests connect with it)
+"$DMF" proxy --cluster conf --listen "127.0.0.1:$PX_PORT" --users-file "$BASE/users.txt" \
+    --tls-cert "$BASE/server/data/server.crt" --tls-key "$BASE/server/data/server.key" >"$BASE/proxy.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PX_PORT") 2>/dev/null && break; sleep 0.1; done
 echo "server on $PG_PORT, dmf proxy on $PX_PORT"

@@ -309,9 +309,30 @@ fn malformed_input_gets_a_protocol_error_and_a_closed_connection() {
     let src = env.source("src");
     env.enqueue_app(&src, "SELECT 1");
     let proxy = env.proxy("proxy", "app", &[]);
+    // a first packet of no startup length (a client that sent a Terminate before its startup
+    // packet, as node-postgres does when ended at once) is closed without a word, as the server
+    // itself does
+    for (what, bytes) in [("absurd startup length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]), ("startup length too small", vec![0, 0, 0, 2]), ("a Terminate first", vec![b'X', 0, 0, 0, 4])] {
+        // (what came back, and whether the connection ended: closed or reset, not left open)
+        let answer = |port: u16| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(&bytes).expect("send");
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return (got, true),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => return (got, !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+                }
+            }
+        };
+        let direct = answer(src.port);
+        assert_eq!(direct, (Vec::new(), true), "{what}: the server ends the connection without a word");
+        assert_eq!(answer(proxy.port), direct, "{what}: the proxy as the server");
+    }
     let before_startup: Vec<(&str, Vec<u8>)> = vec![
-        ("absurd startup length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]),
-        ("startup length too small", vec![0, 0, 0, 2]),
         ("protocol 2.0", vec![0, 0, 0, 8, 0, 2, 0, 0]),
         ("parameters not terminated", vec![0, 0, 0, 13, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0]),
         ("no user", vec![0, 0, 0, 9, 0, 3, 0, 0, 0]),

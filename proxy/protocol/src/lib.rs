@@ -20,6 +20,10 @@ pub enum Error {
     UnknownTag(char),
     #[error("bad startup packet: {0}")]
     BadStartup(String),
+    /// A first packet whose length no startup packet has (a client that sent something else,
+    /// such as a Terminate before its startup packet): PostgreSQL closes without an answer.
+    #[error("invalid length of startup packet: {0}")]
+    StartupLength(i32),
     #[error("unsupported frontend protocol {major}.{minor}: the proxy speaks 3.0")]
     UnsupportedProtocol { major: u16, minor: u16 },
     #[error("malformed {what} message")]

@@ -40,7 +40,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Startup, usize)>, Error> {
     let Some(len) = buf.get(..4) else { return Ok(None) };
     let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
     if len < 8 || len as usize > MAX_LEN {
-        return Err(Error::BadStartup(format!("length {len}")));
+        return Err(Error::StartupLength(len));
     }
     let len = len as usize;
     let Some(packet) = buf.get(..len) else { return Ok(None) };
@@ -103,8 +103,8 @@ mod tests {
         assert_eq!(parse(&pkt), Ok(Some((Startup::Params(p), pkt.len()))));
         assert_eq!(parse(&pkt[..pkt.len() - 1]), Ok(None));
         assert_eq!(parse(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]), Ok(Some((Startup::Ssl, 8))));
-        assert!(matches!(parse(&[0, 0, 0, 3]), Err(Error::BadStartup(_))));
-        assert!(matches!(parse(&[0x7f, 0, 0, 0]), Err(Error::BadStartup(_))));
+        assert!(matches!(parse(&[0, 0, 0, 3]), Err(Error::StartupLength(3))));
+        assert!(matches!(parse(&[0x7f, 0, 0, 0]), Err(Error::StartupLength(_))));
         assert!(matches!(parse(&[0, 0, 0, 8, 0, 2, 0, 0]), Err(Error::UnsupportedProtocol { major: 2, minor: 0 })));
         assert!(matches!(parse(&[0, 0, 0, 10, 0, 3, 0, 0, b'x', 0]), Err(Error::BadStartup(_))));
         let no_user = [0, 0, 0, 9, 0, 3, 0, 0, 0];

@@ -63,7 +63,9 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
                 add(&shared.metrics.protocol_errors, 1);
             }
             tracing::info!(cluster = %cluster, peer = %peer, error = %e, "connection refused before startup");
-            if let Some(mut c) = c {
+            // a first packet of no startup length is closed without a word, as PostgreSQL does
+            let silent = matches!(e, Error::Protocol(protocol::Error::StartupLength(_)));
+            if let (Some(mut c), false) = (c, silent) {
                 tell(&mut c, &Refusal::protocol(&e).message()).await;
             }
             return;
