@@ -86,9 +86,9 @@ pub struct CutoverReport {
     pub reason: Option<String>,
 }
 
-/// Every cutover of `cluster`, oldest first.
-pub async fn cluster_report(db: &Db, cluster: &str) -> anyhow::Result<Vec<CutoverReport>> {
-    let m = db.migration_by_cluster(cluster).await?;
+/// Every cutover of migration `m`, oldest first.
+pub async fn cluster_report(db: &Db, m: &dmf_db::MigrationRow) -> anyhow::Result<Vec<CutoverReport>> {
+    let cluster = m.cluster.as_str();
     // (a state that does not parse loses only the audit figures: the records stand on their own)
     let state = MigrationState::of(&m.state).unwrap_or_default();
     let mut out = Vec::new();
@@ -286,7 +286,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let cluster = a.cluster.unwrap_or_default();
-    let reports = cluster_report(&db, &cluster).await?;
+    let reports = cluster_report(&db, &db.migration_by_cluster(&cluster).await?).await?;
     if a.json {
         return output::json(&serde_json::json!({ "cluster": cluster, "cutovers": reports }));
     }

@@ -42,17 +42,12 @@ impl Refusal {
     /// would have said (its refusal, a wrong password, a database it lacks) goes to the client in
     /// the server's words, as a direct connection gets them; the proxy's own reasons say so.
     pub fn connection(e: &Error) -> Refusal {
-        match e {
+        let code = match e {
             Error::BackendRefused { code, message, .. } => return Refusal { code: code.clone(), message: message.clone() },
             Error::AuthFailed(user) => return Refusal { code: sqlstate::INVALID_PASSWORD.into(), message: format!("password authentication failed for user \"{user}\"") },
             Error::NoSuchDatabase(_) => return Refusal { code: sqlstate::INVALID_CATALOG_NAME.into(), message: e.to_string() },
-            _ => {}
-        }
-        let code = match e {
-            Error::AuthFailed(_) => sqlstate::INVALID_PASSWORD,
             Error::TrustRefused { .. } => sqlstate::INVALID_AUTHORIZATION,
             Error::LeaseLost | Error::HeldTooLong(_) => sqlstate::CANNOT_CONNECT_NOW,
-            Error::BackendRefused { code, .. } => code.as_str(),
             Error::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             _ => sqlstate::CONNECTION_FAILURE,
         };

@@ -245,7 +245,7 @@ pub(crate) async fn cluster(dash: &Dash, name: &str, hours: f64, fragment: bool,
         async { db.transitions(id).await.map_err(anyhow::Error::from) },
         async { db.events(id, 200).await.map_err(anyhow::Error::from) },
         async { db.differences(id, 50).await.map_err(anyhow::Error::from) },
-        super::super::report::cluster_report(db, name),
+        super::super::report::cluster_report(db, &m_row),
         async { db.latest_audit_run(id).await.map_err(anyhow::Error::from) },
     )?;
 
