@@ -12,8 +12,10 @@
 # The server is set up as the suites' own CI does: `postgres` trusted over TCP (tokio-postgres
 # logs in without a password), pass_user/md5_user/scram_user with password methods, hstore, citext
 # and ltree, SSL on. The proxy routes to it as its own role (`dmf_admin`): trust never admits the
-# route's user, so `postgres` stays an application role. Clients log in to the proxy by trust on
-# loopback (the default there); the proxy logs them in to the server with the users file.
+# route's user, so `postgres` stays an application role. Clients log in to the proxy with
+# `--client-auth server`: each is asked what the server asks of its user (trust for `postgres`,
+# a clear-text password, MD5 or SCRAM for the others), checked against the users file, which the
+# proxy also logs them in to the server with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -74,7 +76,7 @@ printf '"pass_user" "password"\n"md5_user" "password"\n"scram_user" "password"\n
 printf '"scram_unicode_test" "IX-\xe2\x85\xa8"\n' >> "$BASE/users.txt"
 PX_PORT=$(free_port)
 # TLS for clients too, as the server offers it (node-postgres's ssl tests connect with it)
-"$DMF" proxy --cluster conf --listen "127.0.0.1:$PX_PORT" --users-file "$BASE/users.txt" \
+"$DMF" proxy --cluster conf --listen "127.0.0.1:$PX_PORT" --client-auth server --users-file "$BASE/users.txt" \
     --tls-cert "$BASE/server/data/server.crt" --tls-key "$BASE/server/data/server.key" >"$BASE/proxy.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PX_PORT") 2>/dev/null && break; sleep 0.1; done

@@ -295,7 +295,7 @@ fn run(plan: Plan) {
         .map(|(k, c)| {
             let script = env.path().join(format!("write-{}.sql", c.name));
             std::fs::write(&script, "INSERT INTO events (client, payload) VALUES (:client_id, 'written through the proxy');\n").expect("script");
-            let dsn = format!("postgres://w_{}@127.0.0.1:{}/{}?sslmode=disable", c.name, proxies[k].port, c.name);
+            let dsn = proxies[k].dsn_as(&format!("w_{}", c.name), &format!("w-{}-pw", c.name), &c.name);
             Load { cluster: k, dsn, script, running: None, segments: 0, processed: 0, failed: 0, reports: Vec::new() }
         })
         .collect();

@@ -34,8 +34,8 @@ fn load(env: &Env, name: &str, proxies: [&ProxyProc; 2], seconds: u32) -> [Bench
     let t = seconds.to_string();
     let args = ["-c", "4", "-j", "1", "-T", t.as_str(), "-R", "300", "-P", "5"];
     [
-        Bench::start(env.path(), &format!("{name}-a"), &proxies[0].dsn_as("app_user", "app"), &args),
-        Bench::start(env.path(), &format!("{name}-b"), &proxies[1].dsn_as("app_user", "app"), &args),
+        Bench::start(env.path(), &format!("{name}-a"), &proxies[0].dsn_as("app_user", "app-pw", "app"), &args),
+        Bench::start(env.path(), &format!("{name}-b"), &proxies[1].dsn_as("app_user", "app-pw", "app"), &args),
     ]
 }
 
@@ -83,7 +83,7 @@ fn flip_under_load_through_two_proxies_loses_nothing_and_rolls_back() {
     // --- the flip, under load; one more session keeps a setting and a prepared statement and asks
     // for them all through the flip (it is parked at the hold, so it moves on the backend prepared
     // there)
-    let watcher = session_watcher(p1.dsn_as("app_user", "app"));
+    let watcher = session_watcher(p1.dsn_as("app_user", "app-pw", "app"));
     let benches = load(&env, "flip", [&p1, &p2], 45);
     env.wait_for("flipped", Duration::from_secs(120), |cs| {
         cs.first().is_some_and(|c| matches!(c["phase"].as_str(), Some("flipped" | "failed" | "aborted" | "aborting")))
@@ -381,7 +381,8 @@ fn a_transaction_stuck_on_a_client_that_stopped_reading_never_commits_behind_the
     psql(&env.url, "UPDATE dmf.migrations SET pause_before = '{flipping}'");
     let users = env.path().join("users.txt");
     std::fs::write(&users, "\"app_user\" \"app-pw\"\n").expect("users file");
-    let proxy = env.proxy("proxy", "app", &["--users-file", users.to_str().expect("path")]);
+    // the raw client logs in without a password: a proxy that trusts loopback clients
+    let proxy = env.proxy("proxy", "app", &["--client-auth", "trust", "--users-file", users.to_str().expect("path")]);
     let _scheduler = env.scheduler();
     let worker = env.worker("w1", &["--audit-window-s", "1", "--shadow-reads-s", "1", "--soak-s", "600", "--flip-max-lag-ms", "200", "--hold-deadline-ms", "1000"]);
     env.wait_for("paused before the flip", Duration::from_secs(180), |cs| {

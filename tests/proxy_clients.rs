@@ -39,7 +39,7 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
          \\conninfo\n",
     )
     .expect("script");
-    let tls_dsn = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=require", proxy.port);
+    let tls_dsn = format!("host=127.0.0.1 port={} dbname=app user=app_client password={APP_CLIENT_PW} sslmode=require", proxy.port);
     let out = Command::new(psql_bin()).args(["-X", "-A", "-t", "-d", &tls_dsn, "-f"]).arg(&script).output_within(COMMAND_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -54,9 +54,9 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
     // Without a certificate the proxy answers SSLRequest with 'N': sslmode=prefer goes on in
     // clear text, sslmode=require is refused by the client.
     let plain = env.proxy("plain", "app", &[]);
-    let prefer = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=prefer", plain.port);
+    let prefer = format!("host=127.0.0.1 port={} dbname=app user=app_client password={APP_CLIENT_PW} sslmode=prefer", plain.port);
     assert_eq!(psql(&prefer, "SELECT count(*) FROM t"), "3");
-    let require = format!("host=127.0.0.1 port={} dbname=app user=app_client sslmode=require", plain.port);
+    let require = format!("host=127.0.0.1 port={} dbname=app user=app_client password={APP_CLIENT_PW} sslmode=require", plain.port);
     let out = Command::new(psql_bin()).args(["-X", "-d", &require, "-c", "SELECT 1"]).output_within(COMMAND_LIMIT);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server does not support SSL"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -64,7 +64,8 @@ fn psql_copy_notices_notifications_errors_and_tls_pass_through() {
 
 fn pgbench(args: &[&str]) -> String {
     let bin = dmf_activities::providers::local::program("pgbench").expect("pgbench");
-    run_ok(Command::new(bin).args(args))
+    // the application role's password, as an application gives it (never in argv)
+    run_ok(Command::new(bin).args(args).env("PGPASSWORD", APP_CLIENT_PW))
 }
 
 fn processed(out: &str) -> u64 {
@@ -308,7 +309,8 @@ fn malformed_input_gets_a_protocol_error_and_a_closed_connection() {
     let env = Env::new("proxy-malformed");
     let src = env.source("src");
     env.enqueue_app(&src, "SELECT 1");
-    let proxy = env.proxy("proxy", "app", &[]);
+    // the raw logins below give no password: a proxy that trusts loopback clients
+    let proxy = env.proxy("proxy", "app", &["--client-auth", "trust"]);
     // a first packet of no startup length (a client that sent a Terminate before its startup
     // packet, as node-postgres does when ended at once) is closed without a word, as the server
     // itself does

@@ -1,8 +1,10 @@
 //! The proxy is invisible (issue 22): a client gets through `dmf proxy` what it gets directly
 //! from the server. Each test runs the same client against the server and through the proxy and
-//! compares: connection errors (a database the route does not serve, a wrong password), and the
-//! server process a session runs on (its pid in BackendKeyData, in its own notifications, in
-//! pg_stat_activity, and after a move).
+//! compares: logins (what each user is asked, wrong and missing passwords, a database the route
+//! does not serve), the server process a session runs on (its pid in BackendKeyData, in its own
+//! notifications, in pg_stat_activity, and after a move), the ends of a session (the server's
+//! FATAL, a server process killed, errors inside `with` blocks), interrupts, and the timing of a
+//! client waiting on its socket, in clear and over TLS.
 
 mod common;
 
@@ -228,5 +230,241 @@ print("rounds ok", round(time.monotonic() - t0, 1))
         let out = Command::new("python3").arg("-c").arg(script).arg(dsn).output_within(COMMAND_LIMIT);
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && text.contains("rounds ok"), "{dsn}: {text}");
+    }
+}
+
+/// psql's answer (`-w`: it never prompts; no password file) for `user` with `password` (none
+/// when empty) to `port`.
+fn login_answer(user: &str, password: &str, port: u16) -> (Option<i32>, String) {
+    let pw = if password.is_empty() { String::new() } else { format!(":{password}") };
+    let dsn = format!("postgres://{user}{pw}@127.0.0.1:{port}/app?sslmode=disable");
+    let out = Command::new(psql_bin())
+        .args(["-X", "-w", "-A", "-t", "-d", &dsn, "-c", "SELECT current_user"])
+        .env("PGPASSFILE", "/dev/null")
+        .env_remove("PGPASSWORD")
+        .output_within(COMMAND_LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let line = stderr.lines().find(|l| l.contains("FATAL") || l.contains("fe_sendauth") || l.contains("ERROR")).map(str::to_string);
+    let line = line.unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let line = match line.find("failed: ") {
+        Some(i) => line[i + "failed: ".len()..].to_string(),
+        None => line,
+    };
+    (out.status.code(), line)
+}
+
+#[test]
+fn a_client_is_asked_at_login_what_the_server_asks_of_its_user() {
+    let env = Env::new("invisible-auth");
+    let src = env.source("src");
+    src.psql("postgres", "CREATE DATABASE app").expect("create database app");
+    // clear-text passwords to this server (it has no TLS) are allowed by the route
+    let out = env.enqueue("fleet.toml", &format!("[fleet]\nname = \"f\"\n\n[[cluster]]\nname = \"app\"\nsource = \"{}?sslmode=disable\"\n", src.dsn("app")));
+    assert!(out.status.success(), "enqueue: {}", String::from_utf8_lossy(&out.stderr));
+    let users = [("t_user", "trust"), ("p_user", "password"), ("m_user", "md5"), ("s_user", "scram-sha-256")];
+    for (user, method) in users {
+        let enc = if method == "md5" { "md5" } else { "scram-sha-256" };
+        psql(&src.dsn("app"), &format!("SET password_encryption = '{enc}'; CREATE ROLE {user} LOGIN PASSWORD '{user}-pw'"));
+    }
+    // each user's own method first (the first matching pg_hba line wins); a role that does not
+    // exist meets SCRAM, as on a server that asks everyone a password
+    let hba = src.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("hba");
+    let ours: String = users.iter().map(|(u, m)| format!("host all {u} 127.0.0.1/32 {m}\n")).collect();
+    std::fs::write(&hba, format!("{ours}host all nobody 127.0.0.1/32 scram-sha-256\n{rules}")).expect("hba");
+    psql(&src.dsn("postgres"), "SELECT pg_reload_conf()");
+    let file = env.path().join("users.txt");
+    let held: String = users.iter().map(|(u, _)| format!("\"{u}\" \"{u}-pw\"\n")).collect();
+    std::fs::write(&file, held).expect("users file");
+    let proxy = env.proxy("proxy", "app", &["--client-auth", "server", "--users-file", file.to_str().expect("utf-8 path")]);
+    let mut compared = 0;
+    for (user, _) in users.iter().chain(&[("nobody", "")]) {
+        for password in [format!("{user}-pw"), "wrong".to_string(), String::new()] {
+            let want = login_answer(user, &password, src.port);
+            let got = login_answer(user, &password, proxy.port);
+            assert_eq!(got, want, "{user} with password {password:?}: through the proxy, then directly");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 15);
+    // the right password logs in both ways, and a wrong one is refused both ways
+    assert_eq!(login_answer("s_user", "s_user-pw", proxy.port), (Some(0), "s_user".into()));
+    assert_eq!(login_answer("t_user", "wrong", proxy.port), (Some(0), "t_user".into()), "the server trusts t_user: so does the proxy");
+    assert_eq!(login_answer("m_user", "wrong", proxy.port).0, Some(2));
+}
+
+/// psycopg where a session ends badly: an error inside `with conn.transaction()` and the rollback
+/// on the way out, a `with connect()` block left by an exception during a COPY (its rollback fails
+/// and is logged, not raised), and the server process killed outright, so that its socket closes
+/// without a word. Each with the exception the client saw and whether its connection closed.
+fn session_ends_badly(dsn: &str) -> String {
+    let script = r#"
+import sys, logging, time, psycopg
+dsn = sys.argv[1]
+logged = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        logged.append(record.levelname + " " + record.getMessage().split(" on <")[0])
+logging.getLogger("psycopg").addHandler(Keep())
+def name(e):
+    return type(e).__module__ + "." + type(e).__name__ + " | " + " / ".join(l.strip() for l in str(e).splitlines())
+
+# an error inside a transaction block: the block rolls back and the error is what is raised
+conn = psycopg.connect(dsn)
+try:
+    with conn.transaction():
+        conn.execute("SELECT 1/0")
+except Exception as e:
+    print("with-error:", name(e), "| status", conn.info.transaction_status.name)
+print("after with-error:", conn.execute("SELECT 'usable'").fetchone()[0])
+# the server ends the session inside the block: the rollback on the way out must not hide why
+try:
+    with conn.transaction():
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+except Exception as e:
+    print("with-terminated:", name(e), "| closed", conn.closed)
+
+# left by an exception while a COPY streams: the rollback fails, is logged, and the exception is
+# the one raised
+try:
+    with psycopg.connect(dsn) as conn:
+        conn.pgconn.exec_(b"copy (select generate_series(1, 10)) to stdout")
+        print("copy status:", conn.info.transaction_status.name)
+        1 / 0
+except ZeroDivisionError:
+    print("copy: ZeroDivisionError raised, logged", logged, "| closed", conn.closed)
+
+# the server process killed: its socket closes with no message
+conn = psycopg.connect(dsn, autocommit=True)
+pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+import os, signal
+t = time.monotonic()
+try:
+    conn.execute("SELECT pg_sleep(0.2); SELECT 1")
+    os.kill(pid, signal.SIGKILL)
+    conn.execute("SELECT pg_sleep(2)")
+    print("killed: no error")
+except Exception as e:
+    print("killed:", name(e), "| closed", conn.closed != 0, "| prompt", time.monotonic() - t < 5)
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(dsn).output_within(COMMAND_LIMIT);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_session_that_ends_badly_ends_for_the_client_as_it_does_directly() {
+    let env = Env::new("invisible-badly");
+    let src = env.source("src");
+    env.enqueue_app(&src, "SELECT 1");
+    let proxy = env.proxy("proxy", "app", &[]);
+    let direct = format!("postgres://{APP_CLIENT}:{APP_CLIENT_PW}@127.0.0.1:{}/app?sslmode=disable", src.port);
+    let want = session_ends_badly(&direct);
+    println!("directly:\n{want}");
+    assert!(want.contains("killed: psycopg.OperationalError"), "directly: {want}");
+    // the server restarts its processes after one was killed: wait until it takes logins again
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while try_psql(&direct, "SELECT 1").is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not come back after the kill");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let got = session_ends_badly(&proxy.dsn("app"));
+    assert_eq!(got, want, "through the proxy, then directly");
+}
+
+/// A client that waits for its socket to become readable, with a timeout, as event loops and
+/// psycopg's `notifies(timeout=)` do: what it finds and roughly when. Times are reported in
+/// coarse bands (a shared machine is noisy); a server message held back by the proxy moves a
+/// band.
+fn socket_waits(dsn: &str, other: &str) -> String {
+    let script = r#"
+import sys, select, time, psycopg
+dsn, other = sys.argv[1], sys.argv[2]
+def band(t):
+    return "<0.25s" if t < 0.25 else "<1.5s" if t < 1.5 else ">=1.5s"
+def wait(conn, timeout):
+    t = time.monotonic()
+    r, _, _ = select.select([conn.pgconn.socket], [], [], timeout)
+    return bool(r), time.monotonic() - t
+
+# a notification from another session to an idle listener
+conn = psycopg.connect(dsn, autocommit=True)
+conn.execute("LISTEN ch")
+ready, _ = wait(conn, 0.3)
+print("idle listener readable before any NOTIFY:", ready)
+with psycopg.connect(other, autocommit=True) as o:
+    sent = time.monotonic()
+    o.execute("NOTIFY ch, 'x'")
+ready, _ = wait(conn, 3)
+print("readable after the NOTIFY:", ready, band(time.monotonic() - sent))
+conn.pgconn.consume_input()
+n = conn.pgconn.notifies()
+print("notification:", n.relname.decode(), n.extra.decode())
+
+# a query that sleeps: nothing readable before it ends, then its answer at once
+conn.pgconn.send_query(b"SELECT pg_sleep(0.6)")
+conn.pgconn.flush()
+ready, _ = wait(conn, 0.3)
+print("readable during pg_sleep(0.6):", ready)
+ready, waited = wait(conn, 3)
+print("readable at its end:", ready, band(waited))
+while conn.pgconn.get_result() is not None:
+    pass
+
+# a notice the server flushes in the middle of a statement arrives in the middle
+conn.pgconn.send_query(b"DO $$ BEGIN RAISE NOTICE 'halfway'; PERFORM pg_sleep(2); END $$")
+conn.pgconn.flush()
+ready, waited = wait(conn, 3)
+print("readable at the notice:", ready, band(waited))
+while conn.pgconn.get_result() is not None:
+    pass
+
+# a session idle in a transaction past its timeout: the server's FATAL when it ends it
+conn.execute("SET idle_in_transaction_session_timeout = '600ms'")
+conn.execute("BEGIN")
+ready, waited = wait(conn, 3)
+print("readable at the idle timeout:", ready, band(waited))
+notices = []
+conn.add_notice_handler(lambda d: notices.append(d.sqlstate))
+lost = None
+for _ in range(30):
+    try:
+        conn.pgconn.consume_input()
+    except Exception as e:
+        lost = str(e).strip().splitlines()[0]
+        break
+    wait(conn, 0.1)
+print("then:", psycopg.pq.ConnStatus(conn.pgconn.status).name, lost)
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(dsn).arg(other).output_within(COMMAND_LIMIT);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_client_waiting_on_its_socket_sees_server_messages_when_it_would_directly() {
+    let env = Env::new("invisible-waits");
+    // the server and the proxy both offer TLS, with one certificate: a client is compared in
+    // clear and encrypted (a message held back in a TLS buffer would show, and so would a
+    // connection ended without TLS's close_notify)
+    let dir = env.path().join("tls");
+    std::fs::create_dir_all(&dir).expect("tls dir");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    run_ok(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"]).arg(&key).arg("-out").arg(&cert));
+    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+    let _ = Command::new("chmod").arg("600").arg(&key).status();
+    let src = env.source_conf("src", &format!("ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n", cert.display(), key.display()));
+    env.enqueue_app(&src, "SELECT 1");
+    let proxy = env.proxy("proxy", "app", &["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path")]);
+    let at = |port: u16, ssl: &str| format!("postgres://{APP_CLIENT}:{APP_CLIENT_PW}@127.0.0.1:{port}/app?sslmode={ssl}");
+    for ssl in ["disable", "require"] {
+        let want = socket_waits(&at(src.port, ssl), &at(src.port, "disable"));
+        assert!(
+            want.contains("readable after the NOTIFY: True <0.25s")
+                && want.contains("readable during pg_sleep(0.6): False")
+                && want.contains("readable at the notice: True <0.25s")
+                && want.contains("readable at the idle timeout: True <1.5s")
+                && want.contains("then: BAD"),
+            "directly, sslmode={ssl}: {want}"
+        );
+        assert_eq!(socket_waits(&at(proxy.port, ssl), &at(src.port, "disable")), want, "sslmode={ssl}: through the proxy, then directly");
     }
 }

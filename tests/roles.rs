@@ -60,7 +60,7 @@ fn as_user(dsn: &str, user: &str, password: &str) -> String {
 
 /// TPC-B as `app` through the proxy, paced, for `seconds`.
 fn load(env: &Env, name: &str, proxy: &ProxyProc, seconds: u32) -> Bench {
-    let dsn = proxy.dsn_as("app", "app");
+    let dsn = proxy.dsn_as("app", "app-pw", "app");
     Bench::start(env.path(), name, &dsn, &["-c", "4", "-j", "1", "-T", &seconds.to_string(), "-R", "100", "-P", "5"])
 }
 
@@ -117,7 +117,7 @@ fn the_application_role_logs_in_before_during_and_after_the_flip_with_the_same_p
     // a session as legacy through the proxy: the proxy cannot log in to the target as legacy, so
     // the flip goes back to shadow reads naming it, and nobody is cut off
     let legacy = std::process::Command::new(dmf_activities::providers::local::program("psql").expect("psql"))
-        .args(["-X", "-q", "-d", &proxy.dsn_as("legacy", "app"), "-c", "SELECT pg_sleep(25)"])
+        .args(["-X", "-q", "-d", &proxy.dsn_as("legacy", "legacy-pw", "app"), "-c", "SELECT pg_sleep(25)"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -149,7 +149,7 @@ fn the_application_role_logs_in_before_during_and_after_the_flip_with_the_same_p
     assert_eq!(psql(&target, "SELECT count(*) FROM pgbench_history").parse::<i64>().expect("count"), first, "every transaction of app is on the target");
 
     // after the flip, through the proxy, app has exactly its privileges on the target
-    let via = proxy.dsn_as("app", "app");
+    let via = proxy.dsn_as("app", "app-pw", "app");
     let target_port = target.rsplit(':').next().and_then(|p| p.split('/').next()).expect("port").to_string();
     assert_eq!(try_psql(&via, "SELECT inet_server_port()::text"), Ok(target_port));
     let refused = try_psql(&via, "SELECT s FROM secrets");

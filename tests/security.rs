@@ -23,22 +23,28 @@ fn shop(env: &Env) -> (Guard, String) {
 }
 
 /// Item 1: a client that only names dmf's role never gets a backend logged in with the route's
-/// password; trust never admits dmf's role; trust is the default only on a loopback listener.
+/// password; neither trust nor the default (what the server asks) admits dmf's role without its
+/// password; neither is the default beyond a loopback listener.
 #[test]
 fn the_proxy_never_logs_a_client_in_with_dmfs_credentials() {
     let env = Env::new("sec-proxy-login");
     let (_src, _) = shop(&env);
     let proxy = env.proxy("proxy", "shop", &[]);
-    let err = try_psql(&proxy.dsn_as("migrator", "shop"), "SELECT current_user").expect_err("dmf's role through a trusting proxy");
+    let err = try_psql(&proxy.dsn_as("migrator", "", "shop"), "SELECT current_user").expect_err("dmf's role through a trusting proxy");
     assert!(err.contains("migrator"), "the refusal names the user: {err}");
     assert!(!err.contains("migrator-pw"), "{err}");
     // The application's own role, with its password from the users file, works.
     let users = env.path().join("users.txt");
     std::fs::write(&users, "\"shop_app\" \"shop-pw\"\n\"migrator\" \"migrator-pw\"\n").expect("users file");
     let with_users = env.proxy("proxy-users", "shop", &["--users-file", users.to_str().expect("path")]);
-    assert_eq!(psql(&with_users.dsn_as("shop_app", "shop"), "SELECT current_user || ':' || count(*) FROM orders"), "shop_app:1");
+    assert_eq!(psql(&with_users.dsn_as("shop_app", "shop-pw", "shop"), "SELECT current_user || ':' || count(*) FROM orders"), "shop_app:1");
+    // The default on loopback asks what the server asks: it trusts every user on loopback here,
+    // but dmf's role is asked its password all the same.
+    let err = try_psql(&with_users.dsn_as("migrator", "", "shop"), "SELECT 1").expect_err("dmf's role without its password");
+    assert!(err.contains("password"), "{err}");
     // Even with its password in the users file, trust does not admit dmf's role.
-    let err = try_psql(&with_users.dsn_as("migrator", "shop"), "SELECT 1").expect_err("trust for dmf's role");
+    let trusting = env.proxy("proxy-trust", "shop", &["--client-auth", "trust", "--users-file", users.to_str().expect("path")]);
+    let err = try_psql(&trusting.dsn_as("migrator", "", "shop"), "SELECT 1").expect_err("trust for dmf's role");
     assert!(err.contains("dmf's own role"), "{err}");
     // A proxy listening beyond loopback does not default to trust.
     let port = dmf_activities::providers::local::free_port().expect("port");
@@ -292,8 +298,7 @@ async fn the_proxys_limits_bound_its_connections_and_memory() {
             s
         })
         .collect();
-    let with_pw = scram.dsn("app").replacen(&format!("{APP_CLIENT}@"), &format!("{APP_CLIENT}:{APP_CLIENT_PW}@"), 1);
-    assert_eq!(psql(&with_pw, "SELECT count(*) FROM t"), "1", "a client with its password gets in meanwhile");
+    assert_eq!(psql(&scram.dsn("app"), "SELECT count(*) FROM t"), "1", "a client with its password gets in meanwhile");
     let started = std::time::Instant::now();
     for s in &mut silent {
         s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
@@ -311,7 +316,8 @@ async fn the_proxys_limits_bound_its_connections_and_memory() {
     let limited = env.proxy(
         "limited",
         "app",
-        &["--max-client-conn", "3", "--max-buffer-bytes", "314572800", "--server-connect-timeout-s", "2"],
+        // the raw logins below give no password: loopback clients are trusted
+        &["--client-auth", "trust", "--max-client-conn", "3", "--max-buffer-bytes", "314572800", "--server-connect-timeout-s", "2"],
     );
     let pid = limited.proc.child.id();
     let (rss_before, _) = memory_mib(pid);

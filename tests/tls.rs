@@ -91,7 +91,7 @@ fn migrated_flipped_and_rolled_back_over_verify_full_tls_only() {
     let proxy = env.proxy("proxy", "app", &["--tls-cert", c.cert.to_str().expect("path"), "--tls-key", c.key.to_str().expect("path"), "--client-tls", "required"]);
     let refused = try_psql(&proxy.dsn("app"), "SELECT 1").expect_err("a client without TLS");
     assert!(refused.contains("TLS is required"), "{refused}");
-    let through = format!("postgres://{APP_CLIENT}@127.0.0.1:{}/app?sslmode=verify-full&sslrootcert={}", proxy.port, c.ca.display());
+    let through = format!("postgres://{APP_CLIENT}:{APP_CLIENT_PW}@127.0.0.1:{}/app?sslmode=verify-full&sslrootcert={}", proxy.port, c.ca.display());
     assert_eq!(psql(&through, "SELECT count(*) FROM pgbench_branches"), "1");
     let _scheduler = env.scheduler();
     let worker = env.worker("w1", &["--audit-window-s", "2", "--shadow-reads-s", "2", "--soak-s", "600", "--flip-max-lag-ms", "100"]);

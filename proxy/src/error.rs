@@ -33,6 +33,10 @@ pub enum Error {
     /// `--client-auth trust` does not admit this client.
     #[error("trust does not admit user \"{user}\": {why}")]
     TrustRefused { user: String, why: &'static str },
+    /// `--client-auth server`: the server asks this user for a method the proxy cannot ask of
+    /// the client in its place (GSSAPI, SSPI, ...).
+    #[error("the server asks user \"{user}\" for authentication of type {code}, which the proxy cannot ask of the client in its place; run the proxy with --client-auth scram")]
+    AuthNotMirrored { user: String, code: i32 },
     #[error("tls: {0}")]
     Tls(String),
     #[error("bad endpoint {0:?}: {1}")]

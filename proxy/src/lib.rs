@@ -99,7 +99,7 @@ impl Options {
             listen,
             metrics: None,
             database_url: database_url.to_string(),
-            client_auth: ClientAuth::Trust,
+            client_auth: ClientAuth::Server,
             users: Users::default(),
             tls: None,
             client_tls_required: false,
@@ -172,6 +172,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Backends their clients left, reset and waiting for the next client.
     pub idle: backend::pool::Pool,
+    /// What the server asks of each user at login, for `--client-auth server`.
+    pub server_answers: frontend::auth::ServerAnswers,
     /// The relay threads, the proxy's own first: their connections and idle polling.
     pub relays: Vec<Arc<relay::RelayThread>>,
     /// Cancelled when the proxy stops (after the drain, or when it fails to start): the relay
@@ -192,6 +194,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tls,
             idle: backend::pool::Pool::new(opts.idle_backends, opts.idle_backend_timeout),
+            server_answers: frontend::auth::ServerAnswers::default(),
             relays: (0..opts.threads.max(1)).map(|i| Arc::new(relay::RelayThread::new(i, opts.idle_poll))).collect(),
             stopped: CancellationToken::new(),
             opts,

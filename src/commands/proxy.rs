@@ -12,10 +12,12 @@ use super::ControlPlane;
 database; the proxy follows the cluster's route in the control plane (primary, read endpoint, holds, \
 shadow traffic), registers itself and heartbeats. If it cannot reach the control plane for longer than \
 --lease-ms it sends nothing anywhere until it can again.\n\n\
-On a loopback listener clients on loopback are trusted by default (never as dmf's own role, the \
-route's user); on any other listener the default is --client-auth scram, which needs a --users-file. \
-The users file also holds the passwords the proxy uses to log in to the backends as each client's \
-user (the route's credentials never serve a client):\n\n\
+On a loopback listener each client is asked by default what the server asks of its user \
+(--client-auth server: nothing where the server trusts it, else its password, checked against \
+--users-file), so that it logs in as it would directly; on any other listener the default is \
+--client-auth scram, which needs a --users-file. The users file also holds the passwords the proxy \
+uses to log in to the backends as each client's user (the route's credentials never serve a \
+client):\n\n\
     \"app\" \"app-password\"\n\n\
 Example: dmf proxy --cluster orders --listen 127.0.0.1:6432 --metrics 127.0.0.1:9187")]
 pub struct Args {
@@ -30,8 +32,13 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// How clients authenticate: trust (loopback clients only, never dmf's own role), md5 or
-    /// scram. Default: trust on a loopback listener, scram on any other.
+    /// How clients authenticate. server: each client is asked what the server asks of its user
+    /// (nothing where the server trusts it, a clear-text password, MD5 or SCRAM), as it would be
+    /// logging in directly; the server's answer costs one short connection per user every 10 s;
+    /// where the server trusts, a client on another host or naming dmf's own role is asked for
+    /// SCRAM all the same. trust: loopback clients, never as dmf's own role. md5, scram: every
+    /// client. Passwords are checked against --users-file. Default: server on a loopback
+    /// listener, scram on any other.
     #[arg(long)]
     client_auth: Option<dmf_proxy::ClientAuth>,
     /// pgbouncer-style users file: `"user" "password"` per line; used for clients and backends.
@@ -118,14 +125,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     opts.metrics = a.metrics;
     opts.client_auth = match a.client_auth {
         Some(mode) => mode,
-        None if a.listen.ip().is_loopback() => dmf_proxy::ClientAuth::Trust,
+        None if a.listen.ip().is_loopback() => dmf_proxy::ClientAuth::Server,
         None => dmf_proxy::ClientAuth::Scram,
     };
     if let Some(path) = &a.users_file {
         opts.users = dmf_proxy::Users::load(path)?;
-    } else if opts.client_auth != dmf_proxy::ClientAuth::Trust {
+    } else if !matches!(opts.client_auth, dmf_proxy::ClientAuth::Trust | dmf_proxy::ClientAuth::Server) {
         let why = if a.client_auth.is_none() { format!(" (the default on {}, which is not a loopback address)", a.listen) } else { String::new() };
-        anyhow::bail!("--client-auth {}{why} needs --users-file with the users' passwords; --client-auth trust admits loopback clients only", opts.client_auth);
+        anyhow::bail!("--client-auth {}{why} needs --users-file with the users' passwords; --client-auth server asks each client what the server asks of it", opts.client_auth);
     }
     opts.tls = a.tls_cert.zip(a.tls_key);
     opts.client_tls_required = a.client_tls == "required";

@@ -453,15 +453,18 @@ impl Env {
 }
 
 impl ProxyProc {
-    /// A connection string through this proxy as the application role [`APP_CLIENT`].
+    /// A connection string through this proxy as the application role [`APP_CLIENT`], with its
+    /// password, as an application logs in.
     pub fn dsn(&self, db: &str) -> String {
-        self.dsn_as(APP_CLIENT, db)
+        self.dsn_as(APP_CLIENT, APP_CLIENT_PW, db)
     }
 
-    /// A connection string through this proxy as `user` (its backend password comes from the
-    /// proxy's users file).
-    pub fn dsn_as(&self, user: &str, db: &str) -> String {
-        format!("postgres://{user}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    /// A connection string through this proxy as `user` with `password` (none when empty): the
+    /// proxy asks what the server asks of the user and checks it against its users file, which
+    /// also holds the password it logs in to the backend with.
+    pub fn dsn_as(&self, user: &str, password: &str, db: &str) -> String {
+        let pw = if password.is_empty() { String::new() } else { format!(":{password}") };
+        format!("postgres://{user}{pw}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
     }
 
     /// One counter from the proxy's Prometheus endpoint.

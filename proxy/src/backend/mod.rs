@@ -54,32 +54,52 @@ fn conn_error(endpoint: &Endpoint, e: dmf_pgconn::Error) -> Error {
     }
 }
 
+/// A connection to `endpoint`, with TLS as its connection string says.
+async fn open_stream(endpoint: &Endpoint) -> Result<BackendStream, Error> {
+    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| Error::backend(&endpoint.label(), format!("connect: {e}")))?;
+    tcp.set_nodelay(true)?;
+    match dmf_pgconn::tls::negotiate(stream::Sock(Some(tcp)), &endpoint.tls, &endpoint.host).await {
+        Ok(dmf_pgconn::tls::MaybeTls::Plain(s)) => Ok(BackendStream::Tcp(s.0.ok_or_else(|| Error::backend(&endpoint.label(), "socket lost"))?)),
+        Ok(dmf_pgconn::tls::MaybeTls::Tls(t)) => Ok(BackendStream::Tls(t)),
+        Err(e) => Err(Error::backend(&endpoint.label(), e)),
+    }
+}
+
+/// The startup packet's parameters for `login` at `endpoint`: its user, the endpoint's database,
+/// and the client's own parameters (application_name, options, ...).
+fn login_params(endpoint: &Endpoint, login: &Login<'_>) -> Params {
+    let mut params = Params::default();
+    params.set("user", login.user);
+    params.set("database", endpoint.dbname.as_deref().unwrap_or(login.user));
+    for (k, v) in &login.params.0 {
+        if !matches!(k.as_str(), "user" | "database" | "replication") {
+            params.set(k, v);
+        }
+    }
+    if login.read_only {
+        let opts = params.get("options").map(|o| format!("{o} -c default_transaction_read_only=on"));
+        params.set("options", opts.as_deref().unwrap_or("-c default_transaction_read_only=on"));
+    }
+    params
+}
+
 impl Backend {
     pub async fn connect(endpoint: Arc<Endpoint>, login: &Login<'_>) -> Result<Backend, Error> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-            .await
-            .map_err(|e| Error::backend(&endpoint.label(), format!("connect: {e}")))?;
-        tcp.set_nodelay(true)?;
-        let stream = match dmf_pgconn::tls::negotiate(stream::Sock(Some(tcp)), &endpoint.tls, &endpoint.host).await {
-            Ok(dmf_pgconn::tls::MaybeTls::Plain(s)) => BackendStream::Tcp(s.0.ok_or_else(|| Error::backend(&endpoint.label(), "socket lost"))?),
-            Ok(dmf_pgconn::tls::MaybeTls::Tls(t)) => BackendStream::Tls(t),
-            Err(e) => return Err(Error::backend(&endpoint.label(), e)),
-        };
+        let stream = open_stream(&endpoint).await?;
         let cleartext_ok = endpoint.tls.cleartext_ok(matches!(stream, BackendStream::Tls(_)));
-        let mut params = Params::default();
-        params.set("user", login.user);
-        params.set("database", endpoint.dbname.as_deref().unwrap_or(login.user));
-        for (k, v) in &login.params.0 {
-            if !matches!(k.as_str(), "user" | "database" | "replication") {
-                params.set(k, v);
-            }
-        }
-        if login.read_only {
-            let opts = params.get("options").map(|o| format!("{o} -c default_transaction_read_only=on"));
-            params.set("options", opts.as_deref().unwrap_or("-c default_transaction_read_only=on"));
-        }
+        let params = login_params(&endpoint, login);
         let conn = Conn::start_checked(stream, &params, login.password.map(str::as_bytes), cleartext_ok).await.map_err(|e| conn_error(&endpoint, e))?;
         Ok(Backend { conn, endpoint, prepared: HashMap::new() })
+    }
+
+    /// The authentication request `endpoint` answers `login`'s startup packet with (0 trust,
+    /// 3 clear text, 5 MD5, 10 SASL): the connection is then dropped without a word, as libpq
+    /// drops one to ask its user for a password, so the server logs nothing.
+    pub async fn auth_request(endpoint: &Endpoint, login: &Login<'_>) -> Result<i32, Error> {
+        let stream = open_stream(endpoint).await?;
+        Conn::auth_request(stream, &login_params(endpoint, login)).await.map_err(|e| conn_error(endpoint, e))
     }
 
     /// A backend over a stream a test's scripted server holds, already logged in.

@@ -1,5 +1,5 @@
-//! Client authentication: trust on loopback (never for dmf's own role), or MD5 / SCRAM-SHA-256
-//! against the users file.
+//! Client authentication: trust on loopback (never for dmf's own role), MD5 / SCRAM-SHA-256
+//! against the users file, or, per user, what the server itself asks of that user.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +22,12 @@ pub enum ClientAuth {
     Trust,
     Md5,
     Scram,
+    /// Ask each client what the server asks of its user (nothing where it trusts, a clear-text
+    /// password, MD5 or SCRAM), checked against the users file: a client sees the login it would
+    /// see directly. The server's answer to the proxy's address stands for a loopback client's
+    /// only: a client on another host, or one naming dmf's own role, proves itself with SCRAM
+    /// where the server trusts.
+    Server,
 }
 
 impl std::fmt::Display for ClientAuth {
@@ -30,6 +36,7 @@ impl std::fmt::Display for ClientAuth {
             ClientAuth::Trust => "trust",
             ClientAuth::Md5 => "md5",
             ClientAuth::Scram => "scram",
+            ClientAuth::Server => "server",
         })
     }
 }
@@ -41,7 +48,8 @@ impl std::str::FromStr for ClientAuth {
             "trust" => Ok(ClientAuth::Trust),
             "md5" => Ok(ClientAuth::Md5),
             "scram" | "scram-sha-256" => Ok(ClientAuth::Scram),
-            _ => Err(format!("unknown client auth {s:?}: use trust, md5 or scram")),
+            "server" => Ok(ClientAuth::Server),
+            _ => Err(format!("unknown client auth {s:?}: use trust, md5, scram or server")),
         }
     }
 }
@@ -196,40 +204,113 @@ async fn read_auth(client: &mut ClientStream, buf: &mut BytesMut) -> Result<Byte
     }
 }
 
+/// How long the server's answer to a user's login is taken as its answer (`--client-auth
+/// server`): a burst of logins costs the server one probe, and a pg_hba.conf change is followed
+/// within this long.
+pub const SERVER_ANSWER_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers kept at most; past it they are all dropped (a client cycling through user names must
+/// not grow the proxy without bound).
+const ANSWERS_KEPT: usize = 4096;
+
+/// The authentication requests servers answered logins with, by server, user and database, each
+/// for [`SERVER_ANSWER_FOR`].
+#[derive(Default)]
+pub struct ServerAnswers(std::sync::Mutex<HashMap<(String, String, String), (i32, std::time::Instant)>>);
+
+impl ServerAnswers {
+    pub fn get(&self, server: &str, user: &str, database: &str) -> Option<i32> {
+        let answers = crate::lock(&self.0);
+        let key = (server.to_string(), user.to_string(), database.to_string());
+        answers.get(&key).filter(|(_, at)| at.elapsed() < SERVER_ANSWER_FOR).map(|(code, _)| *code)
+    }
+
+    pub fn put(&self, server: &str, user: &str, database: &str, code: i32) {
+        let mut answers = crate::lock(&self.0);
+        if answers.len() >= ANSWERS_KEPT {
+            answers.clear();
+        }
+        answers.insert((server.to_string(), user.to_string(), database.to_string()), (code, std::time::Instant::now()));
+    }
+}
+
 /// Who is asking: the client's address and the roles trust never admits.
 pub struct Asking<'a> {
     pub user: &'a str,
     pub loopback: bool,
     /// dmf's own roles (the route's users): a client must prove it is one with a password.
     pub dmf_roles: &'a [&'a str],
+    /// Under `--client-auth server`: the authentication request the server answered this user's
+    /// startup packet with (0 trust, 3 clear text, 5 MD5, 10 SASL).
+    pub server_asks: Option<i32>,
+}
+
+/// What a client is asked to prove at login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ask {
+    Nothing,
+    Cleartext,
+    Md5,
+    Scram,
+}
+
+/// What `mode` asks of this client, or why it is refused before it is asked anything.
+fn ask(mode: ClientAuth, asking: &Asking<'_>) -> Result<Ask, Error> {
+    let user = asking.user;
+    let dmf_role = asking.dmf_roles.contains(&user);
+    let refuse = |why| Error::TrustRefused { user: user.to_string(), why };
+    match mode {
+        ClientAuth::Trust if !asking.loopback => Err(refuse("trust is for loopback clients only; run the proxy with --client-auth scram and a --users-file")),
+        ClientAuth::Trust if dmf_role => Err(refuse(
+            "it is dmf's own role; applications log in as their own roles (run the proxy with --client-auth scram to require passwords)",
+        )),
+        ClientAuth::Trust => Ok(Ask::Nothing),
+        ClientAuth::Md5 => Ok(Ask::Md5),
+        ClientAuth::Scram => Ok(Ask::Scram),
+        ClientAuth::Server => match asking.server_asks {
+            // the server trusts the proxy's address, which is the client's only on loopback
+            Some(0) if asking.loopback && !dmf_role => Ok(Ask::Nothing),
+            Some(0) => Ok(Ask::Scram),
+            Some(3) => Ok(Ask::Cleartext),
+            Some(5) => Ok(Ask::Md5),
+            Some(10) => Ok(Ask::Scram),
+            other => Err(Error::AuthNotMirrored { user: user.to_string(), code: other.unwrap_or(-1) }),
+        },
+    }
 }
 
 /// Authenticate a client; on success AuthenticationOk has been sent.
 pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: ClientAuth, users: &Users, asking: Asking<'_>) -> Result<(), Error> {
     let user = asking.user;
-    let refuse = |why| Error::TrustRefused { user: user.to_string(), why };
-    match mode {
-        ClientAuth::Trust if !asking.loopback => {
-            return Err(refuse("trust is for loopback clients only; run the proxy with --client-auth scram and a --users-file"))
+    match ask(mode, &asking)? {
+        Ask::Nothing => {}
+        Ask::Cleartext => {
+            send_all(client, &build::auth(3, &[])).await?;
+            let msg = read_auth(client, buf).await?;
+            let given = cstr(&msg).map(|(s, _)| s).unwrap_or("");
+            if !users.password(user).is_some_and(|pw| same(pw.as_bytes(), given.as_bytes())) {
+                return Err(Error::AuthFailed(user.to_string()));
+            }
         }
-        ClientAuth::Trust if asking.dmf_roles.contains(&user) => {
-            return Err(refuse("it is dmf's own role; applications log in as their own roles (run the proxy with --client-auth scram to require passwords)"))
-        }
-        ClientAuth::Trust => {}
-        ClientAuth::Md5 => {
+        Ask::Md5 => {
             let salt = random_bytes::<4>();
             send_all(client, &build::auth(5, &salt)).await?;
             let msg = read_auth(client, buf).await?;
             let given = cstr(&msg).map(|(s, _)| s).unwrap_or("");
-            let ok = users.password(user).is_some_and(|pw| postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), salt) == given);
+            let ok = users.password(user).is_some_and(|pw| same(postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), salt).as_bytes(), given.as_bytes()));
             if !ok {
                 return Err(Error::AuthFailed(user.to_string()));
             }
         }
-        ClientAuth::Scram => scram(client, buf, users, user).await?,
+        Ask::Scram => scram(client, buf, users, user).await?,
     }
     send_all(client, &build::auth(0, &[])).await?;
     Ok(())
+}
+
+/// Equal, in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, user: &str) -> Result<(), Error> {
@@ -310,5 +391,43 @@ mod tests {
         assert_eq!(users.password("app"), Some("secret"));
         assert!(users.scram.contains_key("app"));
         let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn under_server_auth_a_client_is_asked_what_the_server_asks_unless_the_servers_trust_is_not_the_clients() {
+        let asking = |user, loopback, server_asks| Asking { user, loopback, dmf_roles: &["dmf_admin"], server_asks };
+        let server = |a: &Asking<'_>| ask(ClientAuth::Server, a).ok();
+        assert_eq!(server(&asking("app", true, Some(0))), Some(Ask::Nothing));
+        assert_eq!(server(&asking("app", true, Some(3))), Some(Ask::Cleartext));
+        assert_eq!(server(&asking("app", true, Some(5))), Some(Ask::Md5));
+        assert_eq!(server(&asking("app", false, Some(10))), Some(Ask::Scram));
+        // the server trusts the proxy's address, not a client on another host, nor dmf's role
+        assert_eq!(server(&asking("app", false, Some(0))), Some(Ask::Scram));
+        assert_eq!(server(&asking("dmf_admin", true, Some(0))), Some(Ask::Scram));
+        // GSSAPI and the like cannot be asked in the server's place
+        let err = ask(ClientAuth::Server, &asking("app", true, Some(7))).expect_err("GSSAPI");
+        assert!(err.to_string().contains("app") && err.to_string().contains("--client-auth scram"), "{err}");
+        assert!(ask(ClientAuth::Trust, &asking("app", false, None)).is_err());
+        assert!(ask(ClientAuth::Trust, &asking("dmf_admin", true, None)).is_err());
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn the_servers_answers_are_kept_per_server_user_and_database_and_bounded() {
+        let answers = ServerAnswers::default();
+        answers.put("db1", "app", "shop", 10);
+        assert_eq!(answers.get("db1", "app", "shop"), Some(10));
+        assert_eq!(answers.get("db2", "app", "shop"), None, "another server asks for itself");
+        assert_eq!(answers.get("db1", "app", "other"), None, "pg_hba.conf lines name databases too");
+        for i in 0..ANSWERS_KEPT + 1 {
+            answers.put("db1", &format!("user{i}"), "shop", 0);
+        }
+        assert!(crate::lock(&answers.0).len() <= ANSWERS_KEPT, "bounded");
+        // an answer older than SERVER_ANSWER_FOR is asked again
+        let old = std::time::Instant::now().checked_sub(SERVER_ANSWER_FOR + std::time::Duration::from_secs(1));
+        if let Some(old) = old {
+            crate::lock(&answers.0).insert(("db1".into(), "stale".into(), "shop".into()), (0, old));
+            assert_eq!(answers.get("db1", "stale", "shop"), None);
+        }
     }
 }

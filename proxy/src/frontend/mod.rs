@@ -66,7 +66,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             // a first packet of no startup length is closed without a word, as PostgreSQL does
             let silent = matches!(e, Error::Protocol(protocol::Error::StartupLength(_)));
             if let (Some(mut c), false) = (c, silent) {
-                tell(&mut c, &Refusal::protocol(&e).message()).await;
+                turn_away(&mut c, &Refusal::protocol(&e)).await;
             }
             return;
         }
@@ -81,13 +81,13 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     if shared.opts.client_tls_required && !matches!(client, ClientStream::Tls(_)) {
         add(&shared.metrics.connections_refused, 1);
         tracing::info!(cluster = %cluster, peer = %peer, user = %user, "client refused: no TLS (--client-tls required)");
-        tell(&mut client, &Refusal::tls_required().message()).await;
+        turn_away(&mut client, &Refusal::tls_required()).await;
         return;
     }
     if counted.over() {
         add(&shared.metrics.connections_refused, 1);
         tracing::warn!(cluster = %cluster, peer = %peer, user = %user, clients = counted.count, "client refused: --max-client-conn reached");
-        tell(&mut client, &Refusal::too_many_clients(shared.opts.max_client_conn).message()).await;
+        turn_away(&mut client, &Refusal::too_many_clients(shared.opts.max_client_conn)).await;
         return;
     }
     add(&shared.metrics.connections_total, 1);
@@ -141,7 +141,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
         Err(e) => {
             add(&shared.metrics.connections_refused, 1);
             tracing::info!(cluster = %cluster, user = %user, peer = %peer, error = %e, "connection refused");
-            tell(&mut client, &Refusal::connection(&e).message()).await;
+            turn_away(&mut client, &Refusal::connection(&e)).await;
         }
     }
 }
@@ -153,6 +153,14 @@ const TELL_WITHIN: Duration = Duration::from_secs(5);
 /// it did not go: a client that does not read must not keep its connection's task.
 async fn tell(client: &mut ClientStream, bytes: &[u8]) -> bool {
     matches!(tokio::time::timeout(TELL_WITHIN, send_all(client, bytes)).await, Ok(Ok(())))
+}
+
+/// Refuse a client not yet in a session: the refusal, then the connection closed as PostgreSQL
+/// closes it.
+async fn turn_away(client: &mut ClientStream, refusal: &Refusal) {
+    if tell(client, &refusal.message()).await {
+        client.close(TELL_WITHIN).await;
+    }
 }
 
 /// A session's entries in the shared registries and its count in `connections_active`, removed
@@ -242,7 +250,11 @@ async fn open(
     let route = shared.route();
     let dmf_roles: Vec<&str> =
         [Some(&route.primary), Some(&route.read), route.next_primary.as_ref(), route.shadow.as_ref()].into_iter().flatten().filter_map(|e| e.user.as_deref()).collect();
-    let asking = auth::Asking { user, loopback: peer.ip().is_loopback(), dmf_roles: &dmf_roles };
+    let server_asks = match shared.opts.client_auth {
+        auth::ClientAuth::Server => Some(server_asks(route.primary.clone(), shared, params).await?),
+        _ => None,
+    };
+    let asking = auth::Asking { user, loopback: peer.ip().is_loopback(), dmf_roles: &dmf_roles, server_asks };
     tokio::time::timeout_at(auth_deadline, auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking))
         .await
         .map_err(|_| Error::AuthTimeout(shared.opts.auth_timeout))??;
@@ -282,6 +294,25 @@ pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared
     tokio::time::timeout(timeout, Backend::connect(endpoint, &Login { user, password, params, read_only }))
         .await
         .map_err(|_| Error::backend(&label, format!("no login within {timeout:?} (--server-connect-timeout-s)")))?
+}
+
+/// What `endpoint` asks of the client's user at login (`--client-auth server`): a startup
+/// packet, its first answer, and that connection dropped; the answer is kept for
+/// `auth::SERVER_ANSWER_FOR`. The server's refusal (no pg_hba.conf line for this user, too many
+/// connections) is the client's, in the server's words.
+async fn server_asks(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params) -> Result<i32, Error> {
+    let user = params.get("user").unwrap_or_default();
+    let database = endpoint.dbname.as_deref().unwrap_or(user);
+    if let Some(code) = shared.server_answers.get(&endpoint.dsn, user, database) {
+        return Ok(code);
+    }
+    let timeout = shared.opts.connect_timeout;
+    let login = Login { user, password: None, params, read_only: false };
+    let code = tokio::time::timeout(timeout, Backend::auth_request(&endpoint, &login))
+        .await
+        .map_err(|_| Error::backend(&endpoint.label(), format!("no answer to a login within {timeout:?} (--server-connect-timeout-s)")))??;
+    shared.server_answers.put(&endpoint.dsn, user, database, code);
+    Ok(code)
 }
 
 /// Forward a client's cancel request to the backend its session is using now.

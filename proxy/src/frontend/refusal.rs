@@ -46,7 +46,7 @@ impl Refusal {
             Error::BackendRefused { code, message, .. } => return Refusal { code: code.clone(), message: message.clone() },
             Error::AuthFailed(user) => return Refusal { code: sqlstate::INVALID_PASSWORD.into(), message: format!("password authentication failed for user \"{user}\"") },
             Error::NoSuchDatabase(_) => return Refusal { code: sqlstate::INVALID_CATALOG_NAME.into(), message: e.to_string() },
-            Error::TrustRefused { .. } => sqlstate::INVALID_AUTHORIZATION,
+            Error::TrustRefused { .. } | Error::AuthNotMirrored { .. } => sqlstate::INVALID_AUTHORIZATION,
             Error::LeaseLost | Error::HeldTooLong(_) => sqlstate::CANNOT_CONNECT_NOW,
             Error::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             _ => sqlstate::CONNECTION_FAILURE,
@@ -77,11 +77,6 @@ impl Refusal {
                 "a {message}-byte message does not fit in the proxy's buffers ({in_use} of {cap} bytes in use, --max-buffer-bytes); the session is closed"
             ),
         )
-    }
-
-    /// The server the session was using closed its connection.
-    pub fn server_closed(server: &str) -> Refusal {
-        Refusal::new(sqlstate::CONNECTION_FAILURE, format_args!("the server {server} closed the connection"))
     }
 
     /// The server the session was using sent bytes that are not the protocol.

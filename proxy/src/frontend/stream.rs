@@ -55,6 +55,18 @@ impl AsyncWrite for ClientStream {
     }
 }
 
+impl ClientStream {
+    /// End the connection as PostgreSQL ends its own: over TLS with a close_notify first, which a
+    /// client reads as the server closing the connection (without it, libpq reports "SSL error:
+    /// unexpected eof" where directly it reports "server closed the connection"). At most
+    /// `within`: a client that does not read cannot keep the task.
+    pub async fn close(&mut self, within: std::time::Duration) {
+        if let ClientStream::Tls(s) = self {
+            let _ = tokio::time::timeout(within, s.shutdown()).await;
+        }
+    }
+}
+
 /// A stream that can take bytes without the reactor when its socket has room.
 pub trait TryWrite {
     /// Write what the socket takes now; `WouldBlock` when it takes nothing.

@@ -169,12 +169,14 @@ async fn demo(a: &Args, base: &std::path::Path, started: Instant) -> anyhow::Res
             }
             .instrument(span),
         );
-        let dsn = format!("postgres://{APP_ROLE}@{addr}/app?sslmode=disable");
+        // the application logs in with its password, as it would to the server itself
+        let mut login = tokio_postgres::Config::new();
+        login.host(addr.ip().to_string()).port(addr.port()).dbname("app").user(APP_ROLE).password(app_password.as_str());
         let clients = (0..a.clients.max(1))
             .map(|c| {
                 let seed = (i * 1000 + c + 1) as u64;
                 let span = tracing::info_span!("task", name = %format!("demo-client-{name}-{c}"));
-                tokio::spawn(workload::client(dsn.clone(), a.scale, seed, Duration::from_millis(a.pace_ms), load_stop.clone()).instrument(span))
+                tokio::spawn(workload::client(login.clone(), a.scale, seed, Duration::from_millis(a.pace_ms), load_stop.clone()).instrument(span))
             })
             .collect();
         members.push(Member { name, source, proxy: handle, proxy_task, clients });

@@ -61,14 +61,14 @@ const STATEMENTS: [&str; 5] = [
     "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
 ];
 
-/// Run TPC-B transactions against `dsn` (scale `scale`), one every `pace`, until `stop`. An error
+/// Run TPC-B transactions as `login` (scale `scale`), one every `pace`, until `stop`. An error
 /// is counted and the client reconnects, as an application's pool would.
-pub async fn client(dsn: String, scale: u32, seed: u64, pace: Duration, stop: CancellationToken) -> Stats {
+pub async fn client(login: tokio_postgres::Config, scale: u32, seed: u64, pace: Duration, stop: CancellationToken) -> Stats {
     let mut stats = Stats::default();
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let scale = i64::from(scale.max(1));
     while !stop.is_cancelled() {
-        let (client, conn) = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+        let (client, conn) = match login.connect(tokio_postgres::NoTls).await {
             Ok(c) => c,
             Err(e) => {
                 stats.error("connect", e);

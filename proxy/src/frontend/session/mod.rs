@@ -149,6 +149,7 @@ impl Session {
         if let Err(Error::Protocol(e)) = &result {
             self.refuse(Refusal::protocol(e)).await;
         }
+        self.client.close(Duration::from_secs(1)).await;
         let reusable = result.is_ok() && self.left_idle();
         if let Some(r) = self.read.take() {
             r.terminate(Duration::from_millis(200)).await;
@@ -213,11 +214,10 @@ impl Session {
                 r = stream.read_buf(rbuf) => {
                     self.relay.poll.touch();
                     if r? == 0 {
-                        let label = endpoint.label();
-                        if !self.server_fatal {
-                            self.refuse(Refusal::server_closed(&label)).await;
-                        }
-                        return Err(Error::backend(&label, "closed the connection"));
+                        // the client's connection closes as the server's did: with its FATAL
+                        // already relayed, or without a word (a killed server process, a lost
+                        // network), which the client reports as it would directly
+                        return Err(Error::backend(&endpoint.label(), "closed the connection"));
                     }
                     unless_killed(&signal, self.pump_server()).await?;
                     if self.server_fatal {
