@@ -19,10 +19,22 @@ fn psql_bin() -> std::path::PathBuf {
 /// psql's exit status and its error line without the "connection to server at ..., port N
 /// failed: " part that names where it connected (that differs by design).
 fn psql_error(dsn: &str) -> (Option<i32>, String) {
-    let out = Command::new(psql_bin()).args(["-X", "-A", "-t", "-d", dsn, "-c", "SELECT current_database()"]).output_within(COMMAND_LIMIT);
+    psql_answer(dsn, "SELECT current_database()", &[])
+}
+
+/// psql running `sql` on `dsn` (with `args` before it): its exit status and its error line, or
+/// its output, without where it connected.
+fn psql_answer(dsn: &str, sql: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(psql_bin())
+        .args(["-X", "-A", "-t"])
+        .args(args)
+        .args(["-d", dsn, "-c", sql])
+        .env("PGPASSFILE", "/dev/null")
+        .env_remove("PGPASSWORD")
+        .output_within(COMMAND_LIMIT);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = stderr.lines().find(|l| l.contains("FATAL") || l.contains("ERROR")).unwrap_or(stdout.trim()).to_string();
+    let line = stderr.lines().find(|l| l.contains("FATAL") || l.contains("fe_sendauth") || l.contains("ERROR")).map(str::to_string);
+    let line = line.unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
     let line = match line.find("failed: ") {
         Some(i) => line[i + "failed: ".len()..].to_string(),
         None => line,
@@ -237,20 +249,7 @@ print("rounds ok", round(time.monotonic() - t0, 1))
 /// when empty) to `port`.
 fn login_answer(user: &str, password: &str, port: u16) -> (Option<i32>, String) {
     let pw = if password.is_empty() { String::new() } else { format!(":{password}") };
-    let dsn = format!("postgres://{user}{pw}@127.0.0.1:{port}/app?sslmode=disable");
-    let out = Command::new(psql_bin())
-        .args(["-X", "-w", "-A", "-t", "-d", &dsn, "-c", "SELECT current_user"])
-        .env("PGPASSFILE", "/dev/null")
-        .env_remove("PGPASSWORD")
-        .output_within(COMMAND_LIMIT);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let line = stderr.lines().find(|l| l.contains("FATAL") || l.contains("fe_sendauth") || l.contains("ERROR")).map(str::to_string);
-    let line = line.unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
-    let line = match line.find("failed: ") {
-        Some(i) => line[i + "failed: ".len()..].to_string(),
-        None => line,
-    };
-    (out.status.code(), line)
+    psql_answer(&format!("postgres://{user}{pw}@127.0.0.1:{port}/app?sslmode=disable"), "SELECT current_user", &["-w"])
 }
 
 #[test]
@@ -276,7 +275,9 @@ fn a_client_is_asked_at_login_what_the_server_asks_of_its_user() {
     let file = env.path().join("users.txt");
     let held: String = users.iter().map(|(u, _)| format!("\"{u}\" \"{u}-pw\"\n")).collect();
     std::fs::write(&file, held).expect("users file");
-    let proxy = env.proxy("proxy", "app", &["--client-auth", "server", "--users-file", file.to_str().expect("utf-8 path")]);
+    // no parked backends: each login below logs in to the server (a parked one would serve the
+    // next client of the same login, as a pooler's does, whatever the server's rules became)
+    let proxy = env.proxy("proxy", "app", &["--client-auth", "server", "--idle-backends", "0", "--users-file", file.to_str().expect("utf-8 path")]);
     let mut compared = 0;
     for (user, _) in users.iter().chain(&[("nobody", "")]) {
         for password in [format!("{user}-pw"), "wrong".to_string(), String::new()] {
@@ -291,6 +292,15 @@ fn a_client_is_asked_at_login_what_the_server_asks_of_its_user() {
     assert_eq!(login_answer("s_user", "s_user-pw", proxy.port), (Some(0), "s_user".into()));
     assert_eq!(login_answer("t_user", "wrong", proxy.port), (Some(0), "t_user".into()), "the server trusts t_user: so does the proxy");
     assert_eq!(login_answer("m_user", "wrong", proxy.port).0, Some(2));
+    // the server stops trusting t_user: a client the proxy still takes for trusted (its answer
+    // is kept a few seconds) is logged in without a password, so the server refuses it; the
+    // users file's password never stands in for a client that proved nothing
+    let now = std::fs::read_to_string(&hba).expect("hba").replace("host all t_user 127.0.0.1/32 trust", "host all t_user 127.0.0.1/32 scram-sha-256");
+    std::fs::write(&hba, now).expect("hba");
+    psql(&src.dsn("postgres"), "SELECT pg_reload_conf()");
+    let (status, line) = login_answer("t_user", "", proxy.port);
+    assert_eq!(status, Some(2), "refused: {line}");
+    assert!(line.contains("t_user"), "{line}");
 }
 
 /// psycopg where a session ends badly: an error inside `with conn.transaction()` and the rollback

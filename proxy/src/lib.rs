@@ -240,14 +240,25 @@ impl Shared {
     /// session. A hold therefore waits for connections being opened too, and the backend pids it
     /// acknowledges include theirs.
     pub(crate) async fn admit(self: &Arc<Self>) -> Result<Admitted, Error> {
+        self.wait_gate(true).await?;
+        Ok(Admitted(self.clone()))
+    }
+
+    /// Wait as `admit` does, without entering: the route is in force (no hold) and the lease held.
+    pub(crate) async fn until_open(&self) -> Result<(), Error> {
+        self.wait_gate(false).await
+    }
+
+    /// Wait until the gate is open (and `enter` it), within the hold timeout.
+    async fn wait_gate(&self, enter: bool) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + self.opts.hold_timeout;
         let mut changes = self.gate.subscribe();
         loop {
             if !self.gate.lease_ok() {
                 return Err(Error::LeaseLost);
             }
-            if self.gate.try_enter() {
-                return Ok(Admitted(self.clone()));
+            if if enter { self.gate.try_enter() } else { !self.gate.held() } {
+                return Ok(());
             }
             let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
                 return Err(Error::HeldTooLong(self.opts.hold_timeout));

@@ -196,7 +196,7 @@ pub async fn worker(shared: Arc<Shared>) {
         let key = (item.spec.user.clone(), endpoint.dsn.clone());
         if !conns.contains_key(&key) {
             let params = Params(vec![("user".into(), item.spec.user.clone()), ("application_name".into(), "dmf-shadow".into())]);
-            match super::frontend::connect_as(endpoint.clone(), &shared, &params, false).await {
+            match super::frontend::connect_as(endpoint.clone(), &shared, &params, super::frontend::auth::Proof::Password, false).await {
                 Ok(b) => {
                     conns.insert(key.clone(), b);
                 }

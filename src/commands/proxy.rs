@@ -34,11 +34,13 @@ pub struct Args {
     metrics: Option<SocketAddr>,
     /// How clients authenticate. server: each client is asked what the server asks of its user
     /// (nothing where the server trusts it, a clear-text password, MD5 or SCRAM), as it would be
-    /// logging in directly; the server's answer costs one short connection per user every 10 s;
-    /// where the server trusts, a client on another host or naming dmf's own role is asked for
-    /// SCRAM all the same. trust: loopback clients, never as dmf's own role. md5, scram: every
-    /// client. Passwords are checked against --users-file. Default: server on a loopback
-    /// listener, scram on any other.
+    /// logging in directly; learning the server's answer costs a short login per server, user
+    /// and database every 10 s. Where the server trusts, a client on another host or naming
+    /// dmf's own role is asked for SCRAM all the same, and SCRAM replaces a clear-text password
+    /// from another host without TLS; a client the server trusts is logged in without a
+    /// password. trust: loopback clients, never as dmf's own role, logged in with the users
+    /// file's passwords. md5, scram: every client. Passwords are checked against --users-file.
+    /// Default: server on a loopback listener, scram on any other.
     #[arg(long)]
     client_auth: Option<dmf_proxy::ClientAuth>,
     /// pgbouncer-style users file: `"user" "password"` per line; used for clients and backends.
@@ -132,7 +134,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         opts.users = dmf_proxy::Users::load(path)?;
     } else if !matches!(opts.client_auth, dmf_proxy::ClientAuth::Trust | dmf_proxy::ClientAuth::Server) {
         let why = if a.client_auth.is_none() { format!(" (the default on {}, which is not a loopback address)", a.listen) } else { String::new() };
-        anyhow::bail!("--client-auth {}{why} needs --users-file with the users' passwords; --client-auth server asks each client what the server asks of it", opts.client_auth);
+        anyhow::bail!("--client-auth {}{why} needs --users-file with the users' passwords; --client-auth trust admits loopback clients only", opts.client_auth);
+    }
+    if a.users_file.is_none() && opts.client_auth == dmf_proxy::ClientAuth::Server {
+        tracing::warn!(cluster = %a.cluster, "no --users-file: only users the server trusts can log in through this proxy");
     }
     opts.tls = a.tls_cert.zip(a.tls_key);
     opts.client_tls_required = a.client_tls == "required";

@@ -96,7 +96,8 @@ impl Backend {
 
     /// The authentication request `endpoint` answers `login`'s startup packet with (0 trust,
     /// 3 clear text, 5 MD5, 10 SASL): the connection is then dropped without a word, as libpq
-    /// drops one to ask its user for a password, so the server logs nothing.
+    /// drops one to ask its user for a password (the server logs no failed login; where it
+    /// trusts the user, the login is whole and `log_connections` shows it).
     pub async fn auth_request(endpoint: &Endpoint, login: &Login<'_>) -> Result<i32, Error> {
         let stream = open_stream(endpoint).await?;
         Conn::auth_request(stream, &login_params(endpoint, login)).await.map_err(|e| conn_error(endpoint, e))

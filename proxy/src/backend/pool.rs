@@ -29,13 +29,16 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Key {
     dsn: String,
     params: Vec<(String, String)>,
+    /// How it logged in: a backend logged in with a password never serves a client the server
+    /// only trusted.
+    proof: crate::frontend::auth::Proof,
 }
 
 impl Key {
-    pub fn new(dsn: &str, params: &Params) -> Key {
+    pub fn new(dsn: &str, params: &Params, proof: crate::frontend::auth::Proof) -> Key {
         let mut params = params.0.clone();
         params.sort();
-        Key { dsn: dsn.to_string(), params }
+        Key { dsn: dsn.to_string(), params, proof }
     }
 }
 
@@ -175,12 +178,14 @@ mod tests {
 
     #[test]
     fn keys_match_on_server_and_every_startup_parameter_in_any_order() {
+        const P: crate::frontend::auth::Proof = crate::frontend::auth::Proof::Password;
         let a = Params(vec![("user".into(), "app".into()), ("database".into(), "orders".into())]);
         let b = Params(vec![("database".into(), "orders".into()), ("user".into(), "app".into())]);
-        assert_eq!(Key::new("postgres://h/orders", &a), Key::new("postgres://h/orders", &b));
-        assert_ne!(Key::new("postgres://h/orders", &a), Key::new("postgres://other/orders", &a));
+        assert_eq!(Key::new("postgres://h/orders", &a, P), Key::new("postgres://h/orders", &b, P));
+        assert_ne!(Key::new("postgres://h/orders", &a, P), Key::new("postgres://other/orders", &a, P));
         let mut named = a.clone();
         named.set("application_name", "billing");
-        assert_ne!(Key::new("postgres://h/orders", &a), Key::new("postgres://h/orders", &named));
+        assert_ne!(Key::new("postgres://h/orders", &a, P), Key::new("postgres://h/orders", &named, P));
+        assert_ne!(Key::new("postgres://h/orders", &a, P), Key::new("postgres://h/orders", &a, crate::frontend::auth::Proof::ServerTrust), "how it logged in counts");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -216,28 +217,61 @@ const ANSWERS_KEPT: usize = 4096;
 /// The authentication requests servers answered logins with, by server, user and database, each
 /// for [`SERVER_ANSWER_FOR`].
 #[derive(Default)]
-pub struct ServerAnswers(std::sync::Mutex<HashMap<(String, String, String), (i32, std::time::Instant)>>);
+pub struct ServerAnswers {
+    answers: std::sync::Mutex<HashMap<(String, String, String), (i32, std::time::Instant)>>,
+    /// One probe at a time per server, user and database: a burst of logins waits for the
+    /// first one's answer instead of each opening a connection.
+    probing: std::sync::Mutex<HashMap<(String, String, String), Arc<tokio::sync::Mutex<()>>>>,
+}
 
 impl ServerAnswers {
     pub fn get(&self, server: &str, user: &str, database: &str) -> Option<i32> {
-        let answers = crate::lock(&self.0);
+        let answers = crate::lock(&self.answers);
         let key = (server.to_string(), user.to_string(), database.to_string());
         answers.get(&key).filter(|(_, at)| at.elapsed() < SERVER_ANSWER_FOR).map(|(code, _)| *code)
     }
 
     pub fn put(&self, server: &str, user: &str, database: &str, code: i32) {
-        let mut answers = crate::lock(&self.0);
+        let mut answers = crate::lock(&self.answers);
         if answers.len() >= ANSWERS_KEPT {
-            answers.clear();
+            // expired answers go first; only a table full of fresh ones is emptied
+            answers.retain(|_, (_, at)| at.elapsed() < SERVER_ANSWER_FOR);
+            if answers.len() >= ANSWERS_KEPT {
+                answers.clear();
+            }
         }
         answers.insert((server.to_string(), user.to_string(), database.to_string()), (code, std::time::Instant::now()));
     }
+
+    /// The lock the probe of this server, user and database is made under (see `probing`).
+    pub fn probe_lock(&self, server: &str, user: &str, database: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut probing = crate::lock(&self.probing);
+        if probing.len() >= ANSWERS_KEPT {
+            // locks no probe holds are dropped (a held one has another reference)
+            probing.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        probing.entry((server.to_string(), user.to_string(), database.to_string())).or_default().clone()
+    }
+}
+
+/// What a client proved at login, and so how the proxy logs it in to servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proof {
+    /// Its password, or trust under `--client-auth trust` (the proxy holds its clients'
+    /// passwords): the users file's password logs it in.
+    Password,
+    /// Nothing, because the server trusts its user: it is logged in without a password, so a
+    /// server that stops trusting the user (a pg_hba.conf change, a move to a server that asks
+    /// one) refuses it rather than taking the proxy's password for it.
+    ServerTrust,
 }
 
 /// Who is asking: the client's address and the roles trust never admits.
 pub struct Asking<'a> {
     pub user: &'a str,
     pub loopback: bool,
+    /// The client's connection is encrypted: a clear-text password may be asked over it.
+    pub encrypted: bool,
     /// dmf's own roles (the route's users): a client must prove it is one with a password.
     pub dmf_roles: &'a [&'a str],
     /// Under `--client-auth server`: the authentication request the server answered this user's
@@ -257,7 +291,7 @@ enum Ask {
 /// What `mode` asks of this client, or why it is refused before it is asked anything.
 fn ask(mode: ClientAuth, asking: &Asking<'_>) -> Result<Ask, Error> {
     let user = asking.user;
-    let dmf_role = asking.dmf_roles.contains(&user);
+    let dmf_role = is_dmf_role(user, asking.dmf_roles);
     let refuse = |why| Error::TrustRefused { user: user.to_string(), why };
     match mode {
         ClientAuth::Trust if !asking.loopback => Err(refuse("trust is for loopback clients only; run the proxy with --client-auth scram and a --users-file")),
@@ -271,7 +305,9 @@ fn ask(mode: ClientAuth, asking: &Asking<'_>) -> Result<Ask, Error> {
             // the server trusts the proxy's address, which is the client's only on loopback
             Some(0) if asking.loopback && !dmf_role => Ok(Ask::Nothing),
             Some(0) => Ok(Ask::Scram),
-            Some(3) => Ok(Ask::Cleartext),
+            // a clear-text password crosses no network unencrypted that the server's would not
+            Some(3) if asking.loopback || asking.encrypted => Ok(Ask::Cleartext),
+            Some(3) => Ok(Ask::Scram),
             Some(5) => Ok(Ask::Md5),
             Some(10) => Ok(Ask::Scram),
             other => Err(Error::AuthNotMirrored { user: user.to_string(), code: other.unwrap_or(-1) }),
@@ -279,16 +315,26 @@ fn ask(mode: ClientAuth, asking: &Asking<'_>) -> Result<Ask, Error> {
     }
 }
 
-/// Authenticate a client; on success AuthenticationOk has been sent.
-pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: ClientAuth, users: &Users, asking: Asking<'_>) -> Result<(), Error> {
+/// Whether `user` is one of dmf's own roles, as PostgreSQL compares role names (cut to 63 bytes).
+pub fn is_dmf_role(user: &str, dmf_roles: &[&str]) -> bool {
+    dmf_roles.iter().any(|r| crate::frontend::identifier(r) == crate::frontend::identifier(user))
+}
+
+/// Authenticate a client; on success AuthenticationOk has been sent, and what it proved is
+/// returned.
+pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: ClientAuth, users: &Users, asking: Asking<'_>) -> Result<Proof, Error> {
     let user = asking.user;
+    let mut proof = Proof::Password;
     match ask(mode, &asking)? {
+        Ask::Nothing if mode == ClientAuth::Server => proof = Proof::ServerTrust,
         Ask::Nothing => {}
         Ask::Cleartext => {
             send_all(client, &build::auth(3, &[])).await?;
             let msg = read_auth(client, buf).await?;
             let given = cstr(&msg).map(|(s, _)| s).unwrap_or("");
-            if !users.password(user).is_some_and(|pw| same(pw.as_bytes(), given.as_bytes())) {
+            // compared as keyed hashes: the time taken says nothing of the password's length
+            let ok = users.password(user).is_some_and(|pw| same(&hmac(&users.mock_key, pw.as_bytes()), &hmac(&users.mock_key, given.as_bytes())));
+            if !ok {
                 return Err(Error::AuthFailed(user.to_string()));
             }
         }
@@ -305,7 +351,7 @@ pub async fn authenticate(client: &mut ClientStream, buf: &mut BytesMut, mode: C
         Ask::Scram => scram(client, buf, users, user).await?,
     }
     send_all(client, &build::auth(0, &[])).await?;
-    Ok(())
+    Ok(proof)
 }
 
 /// Equal, in a time that does not depend on where they differ.
@@ -366,7 +412,7 @@ async fn scram(client: &mut ClientStream, buf: &mut BytesMut, users: &Users, use
         return Err(fail());
     }
     let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
-    if Sha256::digest(&client_key).as_slice() != secret.stored_key.as_slice() {
+    if !same(Sha256::digest(&client_key).as_slice(), &secret.stored_key) {
         return Err(fail());
     }
     let server_sig = hmac(&secret.server_key, auth_message.as_bytes());
@@ -395,15 +441,20 @@ mod tests {
 
     #[test]
     fn under_server_auth_a_client_is_asked_what_the_server_asks_unless_the_servers_trust_is_not_the_clients() {
-        let asking = |user, loopback, server_asks| Asking { user, loopback, dmf_roles: &["dmf_admin"], server_asks };
+        let asking = |user, loopback, server_asks| Asking { user, loopback, encrypted: false, dmf_roles: &["dmf_admin"], server_asks };
         let server = |a: &Asking<'_>| ask(ClientAuth::Server, a).ok();
         assert_eq!(server(&asking("app", true, Some(0))), Some(Ask::Nothing));
         assert_eq!(server(&asking("app", true, Some(3))), Some(Ask::Cleartext));
+        // no clear-text password from another host over an unencrypted connection
+        assert_eq!(server(&asking("app", false, Some(3))), Some(Ask::Scram));
+        assert_eq!(server(&Asking { encrypted: true, ..asking("app", false, Some(3)) }), Some(Ask::Cleartext));
         assert_eq!(server(&asking("app", true, Some(5))), Some(Ask::Md5));
         assert_eq!(server(&asking("app", false, Some(10))), Some(Ask::Scram));
         // the server trusts the proxy's address, not a client on another host, nor dmf's role
         assert_eq!(server(&asking("app", false, Some(0))), Some(Ask::Scram));
         assert_eq!(server(&asking("dmf_admin", true, Some(0))), Some(Ask::Scram));
+        let long = format!("{}{}", "r".repeat(63), "-and-more");
+        assert!(is_dmf_role(&long, &[&"r".repeat(63)]), "role names compare cut to 63 bytes, as PostgreSQL's");
         // GSSAPI and the like cannot be asked in the server's place
         let err = ask(ClientAuth::Server, &asking("app", true, Some(7))).expect_err("GSSAPI");
         assert!(err.to_string().contains("app") && err.to_string().contains("--client-auth scram"), "{err}");
@@ -422,11 +473,11 @@ mod tests {
         for i in 0..ANSWERS_KEPT + 1 {
             answers.put("db1", &format!("user{i}"), "shop", 0);
         }
-        assert!(crate::lock(&answers.0).len() <= ANSWERS_KEPT, "bounded");
+        assert!(crate::lock(&answers.answers).len() <= ANSWERS_KEPT, "bounded");
         // an answer older than SERVER_ANSWER_FOR is asked again
         let old = std::time::Instant::now().checked_sub(SERVER_ANSWER_FOR + std::time::Duration::from_secs(1));
         if let Some(old) = old {
-            crate::lock(&answers.0).insert(("db1".into(), "stale".into(), "shop".into()), (0, old));
+            crate::lock(&answers.answers).insert(("db1".into(), "stale".into(), "shop".into()), (0, old));
             assert_eq!(answers.get("db1", "stale", "shop"), None);
         }
     }

@@ -92,7 +92,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
     }
     add(&shared.metrics.connections_total, 1);
     match open(&mut client, &mut buf, peer, &params, &shared, slot.0.index, auth_deadline).await {
-        Ok((backend, admitted)) => {
+        Ok((backend, admitted, proof)) => {
             add(&shared.metrics.connections_active, 1);
             let signal = Arc::new(signal::Signal::default());
             if shared.shutdown.is_cancelled() {
@@ -100,7 +100,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             let in_tx = Arc::new(AtomicBool::new(false));
             let target = Arc::new(Mutex::new(Some(CancelTarget::of(&backend))));
-            let entry = SessionEntry { signal, in_tx, cancel: target, params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
+            let entry = SessionEntry { signal, in_tx, cancel: target, params: Arc::new(params.clone()), proof, spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
             let (id, (pid, secret)) = shared.registry.insert(entry.clone(), backend.key().0);
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);
@@ -129,7 +129,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
                     // the client's cancel key no longer reaches the backend it leaves to the next
                     drop(_registered);
                     *crate::lock(&entry_cancel) = None;
-                    let key = crate::backend::pool::Key::new(&backend.endpoint().dsn, &login);
+                    let key = crate::backend::pool::Key::new(&backend.endpoint().dsn, &login, proof);
                     if let Err(e) = shared.idle.put(backend, key, epoch, slot.0.index, &shared.metrics).await {
                         tracing::debug!(cluster = %cluster, user = %user, error = %e, "backend not kept for reuse");
                     }
@@ -237,6 +237,7 @@ async fn negotiate(mut client: ClientStream, buf: &mut BytesMut, shared: &Arc<Sh
 }
 
 /// Authenticate the client, wait out a hold, and log in to the route's primary for it.
+#[allow(clippy::too_many_arguments)]
 async fn open(
     client: &mut ClientStream,
     buf: &mut BytesMut,
@@ -245,17 +246,24 @@ async fn open(
     shared: &Arc<Shared>,
     thread: usize,
     auth_deadline: tokio::time::Instant,
-) -> Result<(Backend, crate::Admitted), Error> {
+) -> Result<(Backend, crate::Admitted, auth::Proof), Error> {
     let user = params.get("user").unwrap_or_default();
     let route = shared.route();
     let dmf_roles: Vec<&str> =
         [Some(&route.primary), Some(&route.read), route.next_primary.as_ref(), route.shadow.as_ref()].into_iter().flatten().filter_map(|e| e.user.as_deref()).collect();
+    // dmf's own roles are asked for a password whatever the server says: no probe for them
     let server_asks = match shared.opts.client_auth {
-        auth::ClientAuth::Server => Some(server_asks(route.primary.clone(), shared, params).await?),
+        auth::ClientAuth::Server if !auth::is_dmf_role(user, &dmf_roles) => {
+            // nothing is sent anywhere without the lease, nor to a primary a hold is moving away from
+            shared.until_open().await?;
+            Some(server_asks(shared.route().primary.clone(), shared, user, auth_deadline).await?)
+        }
+        auth::ClientAuth::Server => Some(10),
         _ => None,
     };
-    let asking = auth::Asking { user, loopback: peer.ip().is_loopback(), dmf_roles: &dmf_roles, server_asks };
-    tokio::time::timeout_at(auth_deadline, auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking))
+    let encrypted = matches!(client, ClientStream::Tls(_));
+    let asking = auth::Asking { user, loopback: peer.ip().is_loopback(), encrypted, dmf_roles: &dmf_roles, server_asks };
+    let proof = tokio::time::timeout_at(auth_deadline, auth::authenticate(client, buf, shared.opts.client_auth, &shared.opts.users, asking))
         .await
         .map_err(|_| Error::AuthTimeout(shared.opts.auth_timeout))??;
     // the route serves one database; any other does not exist here (PostgreSQL's default
@@ -267,16 +275,16 @@ async fn open(
     if identifier(requested) != identifier(served) {
         return Err(Error::NoSuchDatabase(requested.to_string()));
     }
-    let key = crate::backend::pool::Key::new(&route.primary.dsn, params);
+    let key = crate::backend::pool::Key::new(&route.primary.dsn, params, proof);
     let backend = match shared.idle.checkout(&key, route.epoch, thread, &shared.metrics).await {
         Some(b) => b,
-        None => connect_as(route.primary.clone(), shared, params, false).await?,
+        None => connect_as(route.primary.clone(), shared, params, proof, false).await?,
     };
-    Ok((backend, admitted))
+    Ok((backend, admitted, proof))
 }
 
 /// A name as PostgreSQL looks it up: cut to 63 bytes (NAMEDATALEN - 1) on a character boundary.
-fn identifier(name: &str) -> &str {
+pub(crate) fn identifier(name: &str) -> &str {
     let mut end = name.len().min(63);
     while !name.is_char_boundary(end) {
         end -= 1;
@@ -284,11 +292,15 @@ fn identifier(name: &str) -> &str {
     &name[..end]
 }
 
-/// Log in to `endpoint` as the client's user with the password the users file holds for it: the
-/// route's own credentials serve dmf's connections only, never a client's.
-pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params, read_only: bool) -> Result<Backend, Error> {
+/// Log in to `endpoint` as the client's user with the password the users file holds for it, or
+/// with none for a client the server trusted (`proof`): the route's own credentials serve dmf's
+/// connections only, never a client's.
+pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params, proof: auth::Proof, read_only: bool) -> Result<Backend, Error> {
     let user = params.get("user").unwrap_or_default();
-    let password = shared.opts.users.password(user);
+    let password = match proof {
+        auth::Proof::Password => shared.opts.users.password(user),
+        auth::Proof::ServerTrust => None,
+    };
     let timeout = shared.opts.connect_timeout;
     let label = endpoint.label();
     tokio::time::timeout(timeout, Backend::connect(endpoint, &Login { user, password, params, read_only }))
@@ -296,23 +308,37 @@ pub async fn connect_as(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared
         .map_err(|_| Error::backend(&label, format!("no login within {timeout:?} (--server-connect-timeout-s)")))?
 }
 
-/// What `endpoint` asks of the client's user at login (`--client-auth server`): a startup
-/// packet, its first answer, and that connection dropped; the answer is kept for
-/// `auth::SERVER_ANSWER_FOR`. The server's refusal (no pg_hba.conf line for this user, too many
-/// connections) is the client's, in the server's words.
-async fn server_asks(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, params: &startup::Params) -> Result<i32, Error> {
-    let user = params.get("user").unwrap_or_default();
+/// What `endpoint` asks of `user` at login (`--client-auth server`): a startup packet with the
+/// user and database only (none of the client's parameters reach a server before the client
+/// has authenticated), its first answer, and that connection dropped; the answer is kept for
+/// `auth::SERVER_ANSWER_FOR`, and one probe at a time is made per server, user and database.
+/// Within `--server-connect-timeout-s` and the client's authentication deadline. The server's
+/// refusal (no pg_hba.conf line for this user, too many connections) is the client's, in the
+/// server's words.
+async fn server_asks(endpoint: Arc<crate::backend::Endpoint>, shared: &Shared, user: &str, auth_deadline: tokio::time::Instant) -> Result<i32, Error> {
     let database = endpoint.dbname.as_deref().unwrap_or(user);
     if let Some(code) = shared.server_answers.get(&endpoint.dsn, user, database) {
         return Ok(code);
     }
     let timeout = shared.opts.connect_timeout;
-    let login = Login { user, password: None, params, read_only: false };
-    let code = tokio::time::timeout(timeout, Backend::auth_request(&endpoint, &login))
+    let deadline = auth_deadline.min(tokio::time::Instant::now() + timeout);
+    let lock = shared.server_answers.probe_lock(&endpoint.dsn, user, database);
+    let probe = async {
+        let _probing = lock.lock().await;
+        // another login's probe may have answered while this one waited
+        if let Some(code) = shared.server_answers.get(&endpoint.dsn, user, database) {
+            return Ok(code);
+        }
+        let mut bare = startup::Params::default();
+        bare.set("user", user);
+        let login = Login { user, password: None, params: &bare, read_only: false };
+        let code = Backend::auth_request(&endpoint, &login).await?;
+        shared.server_answers.put(&endpoint.dsn, user, database, code);
+        Ok(code)
+    };
+    tokio::time::timeout_at(deadline, probe)
         .await
-        .map_err(|_| Error::backend(&endpoint.label(), format!("no answer to a login within {timeout:?} (--server-connect-timeout-s)")))??;
-    shared.server_answers.put(&endpoint.dsn, user, database, code);
-    Ok(code)
+        .map_err(|_| Error::backend(&endpoint.label(), format!("no answer to a login within {timeout:?} (--server-connect-timeout-s)")))?
 }
 
 /// Forward a client's cancel request to the backend its session is using now.

@@ -90,6 +90,11 @@ impl Gate {
         false
     }
 
+    /// A hold is in force.
+    pub(crate) fn held(&self) -> bool {
+        self.hold.load(Ordering::SeqCst)
+    }
+
     /// One fewer in flight (after a successful [`Gate::try_enter`]).
     pub(crate) fn leave(&self) {
         self.inflight.fetch_sub(1, Ordering::SeqCst);

@@ -94,6 +94,8 @@ pub struct Session {
     /// The server pid the client was given (BackendKeyData): after a move, notifications from
     /// the session's own backend are rewritten to carry it.
     given_pid: i32,
+    /// What the client proved at login: how it is logged in to every server.
+    proof: crate::frontend::auth::Proof,
     /// The backend sent the client a FATAL (or PANIC) error: the server is ending the session and
     /// has said why; its closed connection is the client's, with nothing added.
     server_fatal: bool,
@@ -137,6 +139,7 @@ impl Session {
             to_server: Vec::with_capacity(16 * 1024),
             to_client: Vec::with_capacity(16 * 1024),
             given_pid,
+            proof: entry.proof,
             server_fatal: false,
         }
     }
@@ -149,7 +152,6 @@ impl Session {
         if let Err(Error::Protocol(e)) = &result {
             self.refuse(Refusal::protocol(e)).await;
         }
-        self.client.close(Duration::from_secs(1)).await;
         let reusable = result.is_ok() && self.left_idle();
         if let Some(r) = self.read.take() {
             r.terminate(Duration::from_millis(200)).await;
@@ -158,16 +160,20 @@ impl Session {
             r.close();
         }
         if reusable {
+            self.client.close(Duration::from_secs(1)).await;
             return (result, Some((self.primary, self.route.epoch)));
         }
         // the unit is left only once its backend is closed: a hold that counts this session
         // drained must not find that backend still able to commit (a reusable session left no
-        // unit open)
+        // unit open); the client's connection is closed after, so that a client that does not
+        // read delays neither
         let (open, shared, in_tx) = (self.unit.is_open(), self.shared.clone(), self.in_tx.clone());
-        self.primary.terminate(Duration::from_millis(200)).await;
+        let Session { primary, mut client, .. } = self;
+        primary.terminate(Duration::from_millis(200)).await;
         if open {
             unit::left(&in_tx, &shared);
         }
+        client.close(Duration::from_secs(1)).await;
         (result, None)
     }
 
