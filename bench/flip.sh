@@ -37,13 +37,7 @@ trap 'exit 143' TERM
 pgbench_source "$SCALE"
 # the application logs in as its own role (not a superuser), as production applications do: dmf
 # makes it on the target with its password and grants; the proxies hold its password
-APP_PW="bench-app-$RANDOM$RANDOM"
-psql -q -X "$SRC" <<SQL
-CREATE ROLE bank LOGIN PASSWORD '$APP_PW';
-GRANT SELECT, UPDATE ON pgbench_accounts, pgbench_tellers, pgbench_branches TO bank;
-GRANT INSERT ON pgbench_history TO bank;
-GRANT USAGE ON SEQUENCE pgbench_history_hid_seq TO bank;
-SQL
+bank_role
 printf '"bank" "%s"\n' "$APP_PW" > "$BASE/users.txt"
 CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
 export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"

@@ -289,6 +289,19 @@ pgbench_source() {
     psql -q -X "$SRC" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" -c "VACUUM ANALYZE"
 }
 
+# bank_role: the application's own role `bank` on the source (not a superuser), with TPC-B's
+# grants and a fresh password in $APP_PW, as production applications log in (dmf makes it on the
+# target with its password and grants).
+bank_role() {
+    APP_PW="bench-app-$RANDOM$RANDOM"
+    psql -q -X "$SRC" <<SQL
+CREATE ROLE bank LOGIN PASSWORD '$APP_PW';
+GRANT SELECT, UPDATE ON pgbench_accounts, pgbench_tellers, pgbench_branches TO bank;
+GRANT INSERT ON pgbench_history TO bank;
+GRANT USAGE ON SEQUENCE pgbench_history_hid_seq TO bank;
+SQL
+}
+
 # settle PORT...: before a timed run, checkpoint these clusters and let the disk settle, so that a
 # run does not pay for the previous one's background writes.
 settle() {

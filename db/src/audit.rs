@@ -77,6 +77,10 @@ pub struct SampleSummary {
     pub matched: i64,
     pub mismatched: i64,
     pub unsettled: i64,
+    /// Timed, their rows not re-checked (the slice had its re-checks).
+    pub timed_only: i64,
+    /// Not applied on the target within the fence timeout: no window.
+    pub untimed: i64,
     pub window_p50_ms: Option<f64>,
     pub window_p99_ms: Option<f64>,
     pub first_at: Option<DateTime<Utc>>,
@@ -201,6 +205,14 @@ impl Db {
             insert_difference(&mut tx, migration, None, "sample", d).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record samples whose windows were timed and whose rows were not re-checked (status
+    /// `timed`), each `(window_ms, commit_lsn)`, in one statement.
+    pub async fn record_audit_windows(&self, migration: Uuid, windows: &[(Option<f64>, String)]) -> Result<(), Error> {
+        let (ms, lsns): (Vec<Option<f64>>, Vec<String>) = windows.iter().cloned().unzip();
+        sqlx::query(include_str!("queries/insert_audit_windows.sql")).bind(migration).bind(ms).bind(lsns).execute(&self.pool).await?;
         Ok(())
     }
 

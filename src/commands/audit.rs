@@ -105,13 +105,15 @@ async fn report(db: &dmf_db::Db, m: &dmf_db::MigrationRow, limit: i64, json: boo
     }
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "-".into());
     output::line(&format!(
-        "continuous validation: {} sampled transactions ({} matched, {} unsettled, {} mismatched); consistency window p50 {} p99 {}",
+        "continuous validation: {} sampled transactions ({} matched, {} unsettled, {} mismatched, {} timed without a re-check); consistency window p50 {} p99 {} ({} not applied in time)",
         samples.samples,
         samples.matched,
         samples.unsettled,
         samples.mismatched,
+        samples.timed_only,
         ms(samples.window_p50_ms),
-        ms(samples.window_p99_ms)
+        ms(samples.window_p99_ms),
+        samples.untimed
     ));
     for d in &differences {
         output::line(&format!(

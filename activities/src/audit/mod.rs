@@ -69,7 +69,8 @@ pub struct AuditConfig {
     pub max_chunk_attempts: i32,
     /// Work done per tick of the validating phase before it reports back.
     pub slice: Duration,
-    /// Sampled transactions checked per slice at most (the rest of the slice's picks are skipped).
+    /// Sampled transactions whose rows are re-checked per slice at most (the others are timed and
+    /// recorded with status `timed`).
     pub max_samples_per_slice: u64,
 }
 

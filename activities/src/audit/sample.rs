@@ -5,8 +5,15 @@
 //!
 //! Three stages run at once so that checking never slows reading: the reader decodes the stream,
 //! the watcher polls the target's apply position, the verifier re-checks rows.
+//!
+//! The window is timed against the target's own progress, not against when the reader got the
+//! commit: the watcher, a task of its own, reads the target's applied position every
+//! [`WATCH_EVERY`] from the start of the slice and keeps when it passed each position; a sampled
+//! commit is visible at the first reading at or past its end. A transaction is sampled when it
+//! commits while the slice watches (after the target's applied position at its start: one
+//! committed between slices was applied while nobody watched, and is not in the sample).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -22,18 +29,23 @@ use crate::error::Error;
 use crate::pg;
 use crate::replconn::{ReplConn, PG_EPOCH_OFFSET_US};
 use dmf_db::Db;
+use tracing::Instrument;
 
-/// How far behind its commit the stream may read a transaction and still time its window.
-const STREAM_BEHIND_US: i64 = 1_000_000;
+/// How often the watcher reads the target's applied position: the window's resolution.
+const WATCH_EVERY: Duration = Duration::from_millis(2);
+
+/// Windows of samples whose rows are not re-checked, recorded together this many at a time.
+const WINDOWS_PER_WRITE: usize = 100;
 
 /// A sampled, committed source transaction and the rows it touched.
 #[derive(Debug, Clone)]
 struct Sampled {
     end_lsn: u64,
     commit_time_us: i64,
-    /// When the reader got the commit (Unix µs): far after the commit means the stream was behind.
-    received_us: i64,
     rows: Vec<(String, Key)>,
+    /// Its rows are re-checked (the slice's first `max_samples_per_slice`); the others' windows
+    /// are timed all the same.
+    check: bool,
 }
 
 /// What one slice of sampling did.
@@ -41,7 +53,8 @@ struct Sampled {
 pub struct SliceReport {
     pub transactions_seen: u64,
     pub sampled: u64,
-    /// Picked but left unchecked: the slice already had `max_samples_per_slice`.
+    /// Sampled and timed, their rows not re-checked: the slice already had
+    /// `max_samples_per_slice` re-checks.
     pub skipped: u64,
     pub differences: usize,
 }
@@ -151,8 +164,15 @@ pub async fn run_slice(
     repl.start_logical(ep.audit_slot, ep.publication).await?;
     let watch_target = kept.take_or(migration, &format!("watch {}", pinned(ep.target_dsn)), connect_pinned_named(ep.target_dsn, "target", &name)).await?;
 
-    let (to_watch, mut watching) = mpsc::unbounded_channel::<Sampled>();
+    let (to_watch, watching) = mpsc::unbounded_channel::<Sampled>();
     let (to_verify, mut verifying) = mpsc::unbounded_channel::<(Sampled, Option<f64>)>();
+    // the watch starts before the first commit is read: what the target applied by then is not
+    // sampled (nobody watched it become visible)
+    let watch_from = applied_lsn(&watch_target, ep.subscription).await?;
+    let watcher = tokio::spawn(
+        watch(watch_target, ep.subscription.to_string(), (now_us(), watch_from), watching, to_verify, cfg.fence_timeout, cancel.clone())
+            .instrument(tracing::info_span!("task", name = "audit-watcher", migration = %migration)),
+    );
 
     let reader = async {
         let started = Instant::now();
@@ -195,13 +215,13 @@ pub async fn run_slice(
                     Message::Commit { end_lsn, commit_time_us } => {
                         seen += 1;
                         if let Some((true, rows)) = current.take() {
-                            // Checks are slower than commits: cap them so that a slice ends in time
-                            // (a stream catching up would otherwise pick thousands at once).
-                            if !rows.is_empty() && sampled < cfg.max_samples_per_slice {
+                            if !rows.is_empty() && end_lsn > watch_from {
+                                // every sample is timed; re-checks are slower than commits and
+                                // are capped so that a slice ends in time
+                                let check = sampled < cfg.max_samples_per_slice;
                                 sampled += 1;
-                                let _ = to_watch.send(Sampled { end_lsn, commit_time_us, received_us: now_us(), rows });
-                            } else if !rows.is_empty() {
-                                skipped += 1;
+                                skipped += u64::from(!check);
+                                let _ = to_watch.send(Sampled { end_lsn, commit_time_us, rows, check });
                             }
                         }
                         flushed = Some(end_lsn);
@@ -217,55 +237,17 @@ pub async fn run_slice(
         Ok::<(u64, u64, u64), Error>((seen, sampled, skipped))
     };
 
-    let watcher = async {
-        let mut pending: Vec<(Sampled, Instant)> = Vec::new();
-        let mut open = true;
-        while open || !pending.is_empty() {
-            if pending.is_empty() {
-                match watching.recv().await {
-                    Some(s) => pending.push((s, Instant::now())),
-                    None => open = false,
+    let verifier = async {
+        let mut differences = 0usize;
+        let mut timed: Vec<(Option<f64>, String)> = Vec::new();
+        while let Some((s, window)) = verifying.recv().await {
+            if !s.check {
+                timed.push((window, pgoutput::lsn_text(s.end_lsn)));
+                if timed.len() >= WINDOWS_PER_WRITE {
+                    db.record_audit_windows(migration, &std::mem::take(&mut timed)).await?;
                 }
                 continue;
             }
-            while let Ok(s) = watching.try_recv() {
-                pending.push((s, Instant::now()));
-            }
-            let applied = applied_lsn(&watch_target, ep.subscription).await?;
-            let now = now_us();
-            let mut rest = Vec::new();
-            for (s, since) in pending.drain(..) {
-                if s.end_lsn <= applied {
-                    let committed = s.commit_time_us + PG_EPOCH_OFFSET_US;
-                    // A commit read long after it happened (the stream was catching up) says
-                    // nothing about how fast the target applied it: no window for it.
-                    let live = s.received_us - committed <= STREAM_BEHIND_US;
-                    let window = live.then(|| ((now - committed) as f64 / 1000.0).max(0.0));
-                    let _ = to_verify.send((s, window));
-                } else if since.elapsed() > cfg.fence_timeout {
-                    // Not applied in time: check the rows anyway; the fence decides.
-                    let _ = to_verify.send((s, None));
-                } else {
-                    rest.push((s, since));
-                }
-            }
-            pending = rest;
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
-                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-                s = watching.recv(), if open => match s {
-                    Some(s) => pending.push((s, Instant::now())),
-                    None => open = false,
-                },
-            }
-        }
-        drop(to_verify);
-        Ok::<(), Error>(())
-    };
-
-    let verifier = async {
-        let mut differences = 0usize;
-        while let Some((s, window)) = verifying.recv().await {
             let mut by_table: HashMap<&str, Vec<Key>> = HashMap::new();
             for (t, k) in &s.rows {
                 let keys = by_table.entry(t.as_str()).or_default();
@@ -291,11 +273,17 @@ pub async fn run_slice(
             differences += found.len();
             db.record_audit_sample(migration, window, checked, status, &pgoutput::lsn_text(s.end_lsn), &found).await?;
         }
+        if !timed.is_empty() {
+            db.record_audit_windows(migration, &timed).await?;
+        }
         Ok::<usize, Error>(differences)
     };
 
-    let (read, watched, verified) = tokio::join!(reader, watcher, verifier);
+    let (read, verified) = tokio::join!(reader, verifier);
+    // the reader has ended (its sender dropped): the watcher ends once its samples are timed
+    let watched = watcher.await.map_err(|e| Error::Replication(format!("the audit watcher stopped: {e}")));
     let (transactions_seen, sampled, skipped) = read?;
+    let (watch_target, watched) = watched?;
     watched?;
     let differences = verified?;
     repl.close().await;
@@ -303,6 +291,71 @@ pub async fn run_slice(
     kept.put(migration, &pinned(ep.target_dsn), target);
     kept.put(migration, &format!("watch {}", pinned(ep.target_dsn)), watch_target);
     Ok(SliceReport { transactions_seen, sampled, skipped, differences })
+}
+
+/// The watcher: reads the target's applied position every [`WATCH_EVERY`] and keeps when it
+/// passed each position (`timeline`, from `first`); each sample is visible at the first reading
+/// at or past its end, whenever the reader delivers it, and goes to the verifier with its window
+/// (none if it was not applied within `fence_timeout`: the fence decides). Ends when the reader
+/// has ended and every sample is timed; gives its connection back.
+async fn watch(
+    target: Client,
+    subscription: String,
+    first: (i64, u64),
+    mut samples: mpsc::UnboundedReceiver<Sampled>,
+    to_verify: mpsc::UnboundedSender<(Sampled, Option<f64>)>,
+    fence_timeout: Duration,
+    cancel: CancellationToken,
+) -> (Client, Result<(), Error>) {
+    let mut timeline: VecDeque<(i64, u64)> = VecDeque::from([first]);
+    let mut pending: VecDeque<(Sampled, Instant)> = VecDeque::new();
+    let mut open = true;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        while let Ok(s) = samples.try_recv() {
+            pending.push_back((s, Instant::now()));
+        }
+        // samples come in commit order: each is visible no earlier than the one before
+        while let Some((s, since)) = pending.front() {
+            let at = timeline.partition_point(|(_, applied)| *applied < s.end_lsn);
+            let window = match timeline.get(at) {
+                Some((seen_us, _)) => Some(((seen_us - (s.commit_time_us + PG_EPOCH_OFFSET_US)) as f64 / 1000.0).max(0.0)),
+                None if since.elapsed() > fence_timeout => None,
+                None => break,
+            };
+            // readings before this one cannot time a later sample
+            timeline.drain(..at.min(timeline.len().saturating_sub(1)));
+            if let Some((s, _)) = pending.pop_front() {
+                let _ = to_verify.send((s, window));
+            }
+        }
+        if !open && pending.is_empty() {
+            break Ok(());
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break Err(Error::Cancelled),
+            _ = tick.tick() => {}
+            s = samples.recv(), if open => {
+                match s {
+                    Some(s) => pending.push_back((s, Instant::now())),
+                    None => open = false,
+                }
+                continue;
+            }
+        }
+        match applied_lsn(&target, &subscription).await {
+            Ok(applied) => {
+                // taken when the reading came back: a window is never shorter than it was
+                let seen_us = now_us();
+                if timeline.back().is_none_or(|(_, last)| applied > *last) {
+                    timeline.push_back((seen_us, applied));
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    (target, result)
 }
 
 #[cfg(test)]
