@@ -39,13 +39,7 @@ pgbench_source "$SCALE"
 # makes it on the target with its password and grants; the proxies hold its password
 bank_role
 printf '"bank" "%s"\n' "$APP_PW" > "$BASE/users.txt"
-CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
-export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
-export DMF_LOG="${DMF_LOG:-warn}"
-"$DMF" init >/dev/null
-printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
-"$DMF" enqueue "$BASE/fleet.toml" >/dev/null
-mkdir -p "$BASE/targets"
+bench_control_plane
 # Every dmf process in its own session, like a service (see bench/proxy.sh on autogroups).
 start() {  # start NAME ARGS...: a dmf process in the background, its log in $BASE/NAME.log
     local name="$1"; shift

@@ -25,13 +25,7 @@ pgbench_source "$SCALE"
 # fsync on, as production runs (make_cluster turns it off for speed)
 psql -q -X "postgres://postgres@127.0.0.1:$SRC_PORT/postgres" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null
 bank_role
-CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
-export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
-export DMF_LOG="${DMF_LOG:-warn}"
-"$DMF" init >/dev/null
-printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
-"$DMF" enqueue "$BASE/fleet.toml" >/dev/null
-mkdir -p "$BASE/targets"
+bench_control_plane
 start() {  # start NAME ARGS...: a dmf process in its own session, its log in $BASE/NAME.log
     local name="$1"; shift
     DMF_LOG="${PROCS_LOG:-info}" setsid "$DMF" "$@" >"$BASE/$name.log" 2>&1 & PIDS+=($!)

@@ -302,6 +302,18 @@ GRANT USAGE ON SEQUENCE pgbench_history_hid_seq TO bank;
 SQL
 }
 
+# bench_control_plane: a control plane in $BASE/cp ($DMF_DATABASE_URL) with $SRC enqueued as
+# cluster `bench` of fleet `bench`, and $BASE/targets for the local targets the worker makes.
+bench_control_plane() {
+    CP_PORT=$(free_port); make_cluster "$BASE/cp" "$CP_PORT"
+    export DMF_DATABASE_URL="postgres://postgres@127.0.0.1:$CP_PORT/postgres"
+    export DMF_LOG="${DMF_LOG:-warn}"
+    "$DMF" init >/dev/null
+    printf '[fleet]\nname = "bench"\n[[cluster]]\nname = "bench"\nsource = "%s"\n' "$SRC" > "$BASE/fleet.toml"
+    "$DMF" enqueue "$BASE/fleet.toml" >/dev/null
+    mkdir -p "$BASE/targets"
+}
+
 # settle PORT...: before a timed run, checkpoint these clusters and let the disk settle, so that a
 # run does not pay for the previous one's background writes.
 settle() {

@@ -66,7 +66,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         loop {
             let done = db.audit_run(m.id, run).await?.map(|r| r.chunks_done + r.chunks_unsettled).unwrap_or(0);
             bar.set_position(done as u64);
-            let progress = compare::resume(&db, m.id, run, &m.source_dsn, &target, &cfg, None, &cancel, || bar.inc(1)).await?;
+            let progress = compare::resume(&db, m.id, run, &m.source_dsn, &target, &cfg, None, &cancel, None, || bar.inc(1)).await?;
             if let compare::Progress::Finished(_) = progress {
                 break;
             }

@@ -130,6 +130,7 @@ pub async fn resume(
     cfg: &AuditConfig,
     budget: Option<Duration>,
     cancel: &CancellationToken,
+    pace: Option<&super::pace::Pace>,
     on_chunk: impl Fn() + Send + Sync,
 ) -> Result<Progress, Error> {
     let open = db.open_audit_chunks(run, cfg.max_chunk_attempts).await?;
@@ -148,6 +149,9 @@ pub async fn resume(
                 }
                 if budget.is_some_and(|b| started.elapsed() >= b) {
                     return Ok(());
+                }
+                if let Some(p) = pace {
+                    p.give_way(cancel).await;
                 }
                 let Some(chunk) = queue.lock().await.pop_front() else { return Ok(()) };
                 let Some(table) = tables.get(&chunk.table_name) else {

@@ -6,6 +6,7 @@
 //! reason `audit_mismatch` before any traffic moves.
 
 pub mod compare;
+pub mod pace;
 pub mod pgoutput;
 pub mod recheck;
 pub mod sample;
@@ -127,9 +128,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome, Error> {
         audit_slot: &slot,
         subscription: &names.subscription,
     };
+    // the compare gives way while the sampler sees the target apply late
+    let pace = std::sync::Arc::new(pace::Pace::default());
     let (sampled, compared) = tokio::join!(
-        sample::run_slice(&ctx.db, m.id, &endpoints, cfg, cfg.slice, &ctx.cancel, &ctx.config.conns),
-        compare::resume(&ctx.db, m.id, run, ctx.source_dsn(), &target_dsn, cfg, Some(cfg.slice), &ctx.cancel, || {}),
+        sample::run_slice(&ctx.db, m.id, &endpoints, cfg, cfg.slice, &ctx.cancel, &ctx.config.conns, pace.clone()),
+        compare::resume(&ctx.db, m.id, run, ctx.source_dsn(), &target_dsn, cfg, Some(cfg.slice), &ctx.cancel, Some(&pace), || {}),
     );
     let sampled = sampled?;
     compared?;

@@ -151,6 +151,7 @@ pub async fn run_slice(
     duration: Duration,
     cancel: &CancellationToken,
     kept: &crate::conns::Conns,
+    pace: std::sync::Arc<super::pace::Pace>,
 ) -> Result<SliceReport, Error> {
     let pinned = |dsn: &str| format!("pinned {dsn}");
     let name = crate::conns::application_name(migration);
@@ -170,7 +171,7 @@ pub async fn run_slice(
     // sampled (nobody watched it become visible)
     let watch_from = applied_lsn(&watch_target, ep.subscription).await?;
     let watcher = tokio::spawn(
-        watch(watch_target, ep.subscription.to_string(), (now_us(), watch_from), watching, to_verify, cfg.fence_timeout, cancel.clone())
+        watch(watch_target, ep.subscription.to_string(), (now_us(), watch_from), watching, to_verify, cfg.fence_timeout, cancel.clone(), pace)
             .instrument(tracing::info_span!("task", name = "audit-watcher", migration = %migration)),
     );
 
@@ -296,7 +297,8 @@ pub async fn run_slice(
 /// The watcher: reads the target's applied position every [`WATCH_EVERY`] and keeps when it
 /// passed each position (`timeline`, from `first`); each sample is visible at the first reading
 /// at or past its end, whenever the reader delivers it, and goes to the verifier with its window
-/// (none if it was not applied within `fence_timeout`: the fence decides). Ends when the reader
+/// (none if it was not applied within `fence_timeout`: the fence decides), and to `pace`, which
+/// the full compare gives way to while windows are late. Ends when the reader
 /// has ended and every sample is timed; gives its connection back.
 async fn watch(
     target: Client,
@@ -306,6 +308,7 @@ async fn watch(
     to_verify: mpsc::UnboundedSender<(Sampled, Option<f64>)>,
     fence_timeout: Duration,
     cancel: CancellationToken,
+    pace: std::sync::Arc<super::pace::Pace>,
 ) -> (Client, Result<(), Error>) {
     let mut timeline: VecDeque<(i64, u64)> = VecDeque::from([first]);
     let mut pending: VecDeque<(Sampled, Instant)> = VecDeque::new();
@@ -320,7 +323,11 @@ async fn watch(
         while let Some((s, since)) = pending.front() {
             let at = timeline.partition_point(|(_, applied)| *applied < s.end_lsn);
             let window = match timeline.get(at) {
-                Some((seen_us, _)) => Some(((seen_us - (s.commit_time_us + PG_EPOCH_OFFSET_US)) as f64 / 1000.0).max(0.0)),
+                Some((seen_us, _)) => {
+                    let us = (seen_us - (s.commit_time_us + PG_EPOCH_OFFSET_US)).max(0);
+                    pace.observe(Duration::from_micros(us as u64));
+                    Some(us as f64 / 1000.0)
+                }
                 None if since.elapsed() > fence_timeout => None,
                 None => break,
             };
