@@ -143,6 +143,7 @@ pub async fn resume(
         let streams = (0..cfg.jobs.max(1)).map(|_| async {
             let source = connect_pinned(source_dsn, "source").await?;
             let target = connect_pinned(target_dsn, "target").await?;
+            let mut gave_way = false;
             loop {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
@@ -150,9 +151,14 @@ pub async fn resume(
                 if budget.is_some_and(|b| started.elapsed() >= b) {
                     return Ok(());
                 }
+                // after giving way (once per chunk), cancel and the budget are looked at again
                 if let Some(p) = pace {
-                    p.give_way(cancel).await;
+                    if !gave_way && p.give_way(cancel).await > Duration::from_millis(1) {
+                        gave_way = true;
+                        continue;
+                    }
                 }
+                gave_way = false;
                 let Some(chunk) = queue.lock().await.pop_front() else { return Ok(()) };
                 let Some(table) = tables.get(&chunk.table_name) else {
                     // Dropped from the source since planning: nothing to compare.

@@ -34,6 +34,10 @@ use tracing::Instrument;
 /// How often the watcher reads the target's applied position: the window's resolution.
 const WATCH_EVERY: Duration = Duration::from_millis(2);
 
+/// How long one reading of the target's applied position may take: a target that stops
+/// answering ends the slice with an error instead of holding it.
+const READING_WITHIN: Duration = Duration::from_secs(10);
+
 /// Windows of samples whose rows are not re-checked, recorded together this many at a time.
 const WINDOWS_PER_WRITE: usize = 100;
 
@@ -170,10 +174,11 @@ pub async fn run_slice(
     // the watch starts before the first commit is read: what the target applied by then is not
     // sampled (nobody watched it become visible)
     let watch_from = applied_lsn(&watch_target, ep.subscription).await?;
-    let watcher = tokio::spawn(
+    // aborted if this slice ends early (dropped, or a panic the handler catches)
+    let watcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
         watch(watch_target, ep.subscription.to_string(), (now_us(), watch_from), watching, to_verify, cfg.fence_timeout, cancel.clone(), pace)
             .instrument(tracing::info_span!("task", name = "audit-watcher", migration = %migration)),
-    );
+    ));
 
     let reader = async {
         let started = Instant::now();
@@ -340,6 +345,11 @@ async fn watch(
         if !open && pending.is_empty() {
             break Ok(());
         }
+        // a sample still waiting past the goal is late too: the compare gives way meanwhile
+        if let Some((s, _)) = pending.front() {
+            let waited = now_us() - (s.commit_time_us + PG_EPOCH_OFFSET_US);
+            pace.observe(Duration::from_micros(waited.max(0) as u64));
+        }
         tokio::select! {
             _ = cancel.cancelled() => break Err(Error::Cancelled),
             _ = tick.tick() => {}
@@ -351,7 +361,14 @@ async fn watch(
                 continue;
             }
         }
-        match applied_lsn(&target, &subscription).await {
+        let reading = tokio::select! {
+            _ = cancel.cancelled() => break Err(Error::Cancelled),
+            r = tokio::time::timeout(READING_WITHIN, applied_lsn(&target, &subscription)) => r,
+        };
+        let Ok(reading) = reading else {
+            break Err(Error::Replication(format!("the target did not answer for its applied position within {READING_WITHIN:?}")));
+        };
+        match reading {
             Ok(applied) => {
                 // taken when the reading came back: a window is never shorter than it was
                 let seen_us = now_us();
