@@ -260,9 +260,11 @@ pub enum Proof {
     /// Its password, or trust under `--client-auth trust` (the proxy holds its clients'
     /// passwords): the users file's password logs it in.
     Password,
-    /// Nothing, because the server trusts its user: it is logged in without a password, so a
-    /// server that stops trusting the user (a pg_hba.conf change, a move to a server that asks
-    /// one) refuses it rather than taking the proxy's password for it.
+    /// Nothing, because the server trusts its user: its first login, to that server, is made
+    /// without a password, so a server that stopped trusting the user (a pg_hba.conf change the
+    /// proxy's kept answer has not seen) refuses it. A move to another server (a flip, the read
+    /// endpoint) logs it in with the users file's password: the database moves under the
+    /// application without an error, as dmf promises, to a target that may ask one.
     ServerTrust,
 }
 

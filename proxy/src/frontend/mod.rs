@@ -100,7 +100,7 @@ pub(crate) async fn connection(sock: TcpStream, peer: SocketAddr, shared: Arc<Sh
             }
             let in_tx = Arc::new(AtomicBool::new(false));
             let target = Arc::new(Mutex::new(Some(CancelTarget::of(&backend))));
-            let entry = SessionEntry { signal, in_tx, cancel: target, params: Arc::new(params.clone()), proof, spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
+            let entry = SessionEntry { signal, in_tx, cancel: target, params: Arc::new(params.clone()), spare: Arc::new(Mutex::new(None)), thread: slot.0.index };
             let (id, (pid, secret)) = shared.registry.insert(entry.clone(), backend.key().0);
             // registered: a hold from now on finds this session's backend among the sessions
             drop(admitted);

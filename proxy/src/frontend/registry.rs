@@ -46,8 +46,6 @@ pub struct SessionEntry {
     pub cancel: SharedCancelTarget,
     /// The client's startup parameters (to log in to a new backend for it).
     pub params: Arc<Params>,
-    /// What the client proved at login: how it is logged in to every server.
-    pub proof: crate::frontend::auth::Proof,
     /// A backend on the next primary the route announced, opened (and warmed) ahead of the move.
     pub spare: SpareBackend,
     /// The relay thread the session runs on (`relay`).
@@ -128,7 +126,6 @@ mod tests {
 
     fn entry(in_tx: bool) -> SessionEntry {
         SessionEntry {
-            proof: crate::frontend::auth::Proof::Password,
             signal: Arc::new(Signal::default()),
             in_tx: Arc::new(AtomicBool::new(in_tx)),
             cancel: Arc::new(Mutex::new(Some(CancelTarget { host: "db".into(), port: 5432, pid: 42, secret: 7 }))),

@@ -289,7 +289,7 @@ impl Control {
             users.entry(user.clone()).or_insert_with(|| Some(format!("user \"{user}\": no login finished within {SPARES_WAIT:?}")));
             let (shared, next) = (self.shared.clone(), next.clone());
             opening.spawn(async move {
-                let opened = match crate::frontend::connect_as(next.clone(), &shared, &s.params, s.proof, false).await {
+                let opened = match crate::frontend::connect_as(next.clone(), &shared, &s.params, crate::frontend::auth::Proof::Password, false).await {
                     Ok(mut b) => {
                         if let Err(e) = b.simple_query(WARM_SQL).await {
                             tracing::debug!(cluster = %shared.opts.cluster, to = %next.label(), error = %e, "could not warm a backend opened ahead of the move");

@@ -94,8 +94,6 @@ pub struct Session {
     /// The server pid the client was given (BackendKeyData): after a move, notifications from
     /// the session's own backend are rewritten to carry it.
     given_pid: i32,
-    /// What the client proved at login: how it is logged in to every server.
-    proof: crate::frontend::auth::Proof,
     /// The backend sent the client a FATAL (or PANIC) error: the server is ending the session and
     /// has said why; its closed connection is the client's, with nothing added.
     server_fatal: bool,
@@ -139,7 +137,6 @@ impl Session {
             to_server: Vec::with_capacity(16 * 1024),
             to_client: Vec::with_capacity(16 * 1024),
             given_pid,
-            proof: entry.proof,
             server_fatal: false,
         }
     }

@@ -134,7 +134,7 @@ impl Session {
             None => None,
         };
         if next.is_none() {
-            let mut b = match crate::frontend::connect_as(self.route.primary.clone(), &self.shared, &self.params, self.proof, false).await {
+            let mut b = match crate::frontend::connect_as(self.route.primary.clone(), &self.shared, &self.params, crate::frontend::auth::Proof::Password, false).await {
                 Ok(b) => b,
                 Err(e) => {
                     self.refuse(Refusal::new_primary_unreachable(&to, &e)).await;

@@ -155,7 +155,7 @@ impl Session {
     /// A read-only backend on the read endpoint carrying this session's settings.
     async fn open_read(&mut self) -> Result<Backend, Error> {
         let state = self.held_state().await?;
-        let mut r = crate::frontend::connect_as(self.route.read.clone(), &self.shared, &self.params, self.proof, true).await?;
+        let mut r = crate::frontend::connect_as(self.route.read.clone(), &self.shared, &self.params, crate::frontend::auth::Proof::Password, true).await?;
         super::moving::replay(&mut r, &state).await?;
         Ok(r)
     }

@@ -67,7 +67,6 @@ impl Harness {
         let mut params = Params::default();
         params.set("user", "app");
         let entry = SessionEntry {
-            proof: crate::frontend::auth::Proof::Password,
             signal: Arc::new(Signal::default()),
             in_tx: Arc::new(AtomicBool::new(false)),
             cancel: Arc::new(Mutex::new(None)),
